@@ -1,0 +1,39 @@
+# Two targets do all set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+CONSTRAINTS ?= constraints.txt
+BIN := $(VENV)/bin
+DEMO_OUT ?= runs/demo
+
+.PHONY: demo test lint bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed-dev: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e '.[dev]'
+	touch $@
+
+$(VENV)/.installed: $(BIN)/python pyproject.toml $(CONSTRAINTS)
+	$(BIN)/pip install -q -c $(CONSTRAINTS) -e .
+	touch $@
+
+# Fashion-MNIST: already found, else Debian's package (when root with apt), else the canonical download.
+fashion-mnist: $(VENV)/.installed
+	@$(BIN)/bioprop datasets --check fashion-mnist 2>/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	       && apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist >/dev/null; } \
+	  || $(BIN)/bioprop datasets --download fashion-mnist
+	@$(BIN)/bioprop datasets --check fashion-mnist
+
+demo: fashion-mnist
+	$(BIN)/python examples/demo.py --out $(DEMO_OUT)
+
+test: $(VENV)/.installed-dev
+	$(BIN)/python -m pytest
+
+lint: $(VENV)/.installed-dev
+	$(BIN)/ruff check src tests benchmarks examples
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache

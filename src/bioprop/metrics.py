@@ -1,0 +1,43 @@
+"""Metrics: the angle between a rule's update and the exact gradient, accuracy and loss."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+def angle_deg(a: Tensor, b: Tensor) -> float:
+    """Angle in degrees between two tensors seen as flat vectors; NaN if either is zero."""
+    a, b = a.detach().flatten().double(), b.detach().flatten().double()
+    norms = a.norm() * b.norm()
+    if norms == 0:
+        return math.nan
+    return math.degrees(math.acos(float((a @ b / norms).clamp(-1.0, 1.0))))
+
+
+def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
+    """Per parameter tensor: the mean over ``probes`` (held-out batches) of the angle in degrees between the
+    rule's update ``rule.grads`` and ``rule.reference_grads``. Leaves ``.grad`` untouched."""
+    sums: dict[str, list[float]] = {}
+    for x, y in probes:
+        update = rule.grads(x, y).grads
+        reference = rule.reference_grads(x, y)
+        for name, exact in reference.items():
+            sums.setdefault(name, []).append(angle_deg(update[name], exact))
+    return {name: sum(values) / len(values) for name, values in sums.items()}
+
+
+@torch.no_grad()
+def evaluate(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
+    """Batch-mean cross-entropy and accuracy (a fraction) of ``net`` on ``(x, y)``, in chunks of ``batch_size``."""
+    total_loss, correct = 0.0, 0
+    for start in range(0, len(x), batch_size):
+        logits = net(x[start : start + batch_size])
+        target = y[start : start + batch_size]
+        total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
+        correct += int((logits.argmax(1) == target).sum())
+    return total_loss / len(x), correct / len(x)

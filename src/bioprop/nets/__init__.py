@@ -1,0 +1,135 @@
+"""Network definitions. Every network is an ``nn.Module`` whose ``net(x)`` returns its prediction (logits).
+
+Feedforward networks are built from a spec string by :func:`build`:
+
+- ``mlp:256x256``: a multilayer perceptron with those hidden sizes (``mlp`` or ``mlp:`` alone is a linear
+  classifier); the activation is an option (``tanh``, ``relu``, ``sigmoid``, ``gelu``, ...).
+- ``lenet``: the LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120 with 5x5 kernels, ReLU, 2x2
+  max-pooling, fully connected 120-84-10 with no activation between the two linear layers, as there). BioTorch
+  resizes 28x28 images to 32x32; here the first convolution pads by 2 instead, which gives the same shapes and
+  parameter count.
+
+A user's own ``nn.Sequential`` of Linear / Conv2d / pooling / Flatten / activation modules works too: the
+learning rules walk its layers with :func:`layers`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from bioprop.errors import BioPropError
+
+ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "tanh": nn.Tanh,
+    "relu": nn.ReLU,
+    "sigmoid": nn.Sigmoid,
+    "gelu": nn.GELU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "softplus": nn.Softplus,
+    "silu": nn.SiLU,
+    "identity": nn.Identity,
+}
+
+ARCHS = {
+    "mlp:H1xH2...": "multilayer perceptron with the given hidden sizes, e.g. mlp:256x256",
+    "lenet": "LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120, fc 84-10)",
+}
+
+# Layers the rules know how to walk. Parameterless ones are differentiated exactly (they carry no weights, so no
+# weight transport question arises); parameterised ones are where the rules differ.
+PARAMETERISED = (nn.Linear, nn.Conv2d)
+PARAMETERLESS = (
+    nn.Flatten,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.Identity,
+    nn.Dropout,
+    *[cls for cls in ACTIVATIONS.values() if cls is not nn.Identity],
+)
+
+
+def activation(name: str) -> nn.Module:
+    """The activation module called ``name``; unknown names are a :class:`BioPropError` listing the known ones."""
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise BioPropError(f"unknown activation {name!r}; known: {', '.join(ACTIVATIONS)}") from None
+
+
+def mlp(in_features: int, hidden: Sequence[int], n_classes: int, act: str = "relu") -> nn.Sequential:
+    """Flatten, then Linear-act pairs of the given hidden sizes, then a Linear readout."""
+    sizes = [in_features, *hidden]
+    modules: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:], strict=True):
+        modules += [nn.Linear(fan_in, fan_out), activation(act)]
+    modules.append(nn.Linear(sizes[-1], n_classes))
+    return nn.Sequential(*modules)
+
+
+def lenet(in_shape: Sequence[int], n_classes: int, act: str = "relu") -> nn.Sequential:
+    """LeNet-5 as in BioTorch's Fashion-MNIST benchmark; see the module docstring."""
+    channels, height, width = in_shape
+    pad = max(0, (32 - min(height, width)) // 2)
+    net = nn.Sequential(
+        nn.Conv2d(channels, 6, 5, padding=pad), activation(act), nn.MaxPool2d(2),
+        nn.Conv2d(6, 16, 5), activation(act), nn.MaxPool2d(2),
+        nn.Conv2d(16, 120, 5), activation(act),
+        nn.Flatten(),
+        nn.Linear(120, 84),
+        nn.Linear(84, n_classes),
+    )  # fmt: skip
+    with torch.no_grad():
+        out = net[:8](torch.zeros(1, *in_shape))
+    if out.shape[-1] != 1 or out.shape[-2] != 1:
+        raise BioPropError(f"lenet needs inputs of about 28x28 or 32x32 pixels, got {height}x{width}")
+    return net
+
+
+def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "relu") -> nn.Sequential:
+    """Build the network named by ``spec`` (see the module docstring) for inputs of shape ``in_shape`` (C, H, W)
+    or (features,) and ``n_classes`` outputs."""
+    spec = spec.strip().lower()
+    if spec == "lenet":
+        if len(in_shape) != 3:
+            raise BioPropError("lenet needs image inputs (C, H, W)")
+        return lenet(in_shape, n_classes, act)
+    if spec == "mlp" or spec.startswith("mlp:"):
+        body = spec[4:]
+        try:
+            hidden = [int(size) for size in body.split("x")] if body else []
+        except ValueError:
+            raise BioPropError(f"bad arch {spec!r}: hidden sizes must be integers, e.g. mlp:256x256") from None
+        if any(size <= 0 for size in hidden):
+            raise BioPropError(f"bad arch {spec!r}: hidden sizes must be positive")
+        return mlp(math.prod(in_shape), hidden, n_classes, act)
+    raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet")
+
+
+def layers(net: nn.Module) -> list[nn.Module]:
+    """The layers of ``net`` in forward order, nested ``nn.Sequential`` flattened.
+
+    Raises :class:`BioPropError` if ``net`` is not a sequential stack of supported layers, naming the first
+    layer that is not supported.
+    """
+    if not isinstance(net, nn.Sequential):
+        raise BioPropError(
+            f"the rules walk an nn.Sequential of layers; got {type(net).__name__}. "
+            "Wrap your layers in nn.Sequential."
+        )
+    flat: list[nn.Module] = []
+    for module in net:
+        if isinstance(module, nn.Sequential):
+            flat += layers(module)
+        elif isinstance(module, PARAMETERISED + PARAMETERLESS):
+            flat.append(module)
+        else:
+            raise BioPropError(f"unsupported layer {type(module).__name__} in the network")
+    return flat
+
+
+__all__ = ["ACTIVATIONS", "ARCHS", "activation", "build", "layers", "lenet", "mlp"]

@@ -1,0 +1,204 @@
+"""The feedback-alignment family: backprop's backward pass with W_lᵀ replaced by other feedback weights.
+
+With δ_l the error at layer l's pre-activation a_l, e = ∂L/∂z the output error and φ' the activation's
+derivative, each hidden layer receives (the output layer always gets its exact gradient δ_L = e):
+
+- ``fa``, random feedback (Lillicrap, Cownden, Tweed & Akerman 2016, Nat. Commun. 7:13276, Eq. 1):
+  δ_l = (B_{l+1} δ_{l+1}) ⊙ φ'(a_l), B fixed random.
+- ``dfa``, direct feedback (Nøkland 2016, NeurIPS, Eq. 3): δ_l = (B_l e) ⊙ φ'(a_l), B_l fixed random, from the
+  output error straight to every hidden layer.
+- Sign symmetry (Liao, Leibo & Poggio 2016, AAAI; variants as in Moraitis et al.'s BioTorch, Sanfiz & Akrout
+  2021): B_{l+1} = sign(W_{l+1})ᵀ scaled, i.e. only the signs of the forward weights are transported:
+  ``usf`` B = σ·sign(W) with σ the init's standard deviation; ``brsf`` B = |M| ∘ sign(W) with M redrawn every
+  step; ``frsf`` B = |B₀| ∘ sign(W) with B₀ drawn once.
+
+Weight updates are ∂W_l = δ_l h_{l-1}ᵀ, ∂b_l = Σ δ_l (descent directions of the batch-mean cross-entropy). For
+convolutions B has the kernel's shape and is applied with the transposed convolution. Between parameterised
+layers, activations and pooling are differentiated exactly (see :mod:`bioprop.rules.layerwise`); in ``dfa`` the
+signal B_l e enters at the input of the next parameterised layer.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from bioprop.metrics import angle_deg
+from bioprop.nets import layers as walk_layers
+from bioprop.rules.base import Entry, Option, Rule, Update, cross_entropy_grad, make_card, register
+from bioprop.rules.layerwise import (
+    feed_back,
+    forward_cached,
+    parameterised_indices,
+    through_parameterless,
+    weight_grads,
+)
+
+INITS = ("xavier", "kaiming", "uniform")
+
+
+def init_std(shape: torch.Size, init: str) -> float:
+    """Standard deviation of the feedback initialisation for a weight of this shape (fan as in torch.nn.init)."""
+    receptive = math.prod(shape[2:])
+    fan_out, fan_in = shape[0] * receptive, shape[1] * receptive
+    if init == "xavier":
+        return math.sqrt(2.0 / (fan_in + fan_out))
+    if init == "kaiming":
+        return math.sqrt(2.0 / fan_in)
+    return 1.0 / math.sqrt(3.0 * fan_in)  # torch's default layer init, U(±1/√fan_in)
+
+
+def draw_feedback(shape: torch.Size, init: str, generator: torch.Generator) -> Tensor:
+    """A random feedback tensor: xavier and uniform are uniform, kaiming is normal, all with :func:`init_std`."""
+    std = init_std(shape, init)
+    if init == "kaiming":
+        return torch.randn(shape, generator=generator, dtype=torch.float64) * std
+    return (torch.rand(shape, generator=generator, dtype=torch.float64) * 2 - 1) * (std * math.sqrt(3.0))
+
+
+CARD_FA = make_card(
+    linear=(False, "errors still flow through a linear backward pathway"),
+    derivatives=(False, "hidden errors are multiplied by the exact φ'"),
+    weight_transport=(True, "errors return through fixed random weights B, not Wᵀ"),
+    spikes=(False, "real-valued activities and errors"),
+    clock=(False, "a separate backward phase follows each forward phase"),
+    targets=(False, "needs a supervised target at the output"),
+)
+CARD_DFA = make_card(
+    linear=(False, "errors reach hidden layers through a linear projection"),
+    derivatives=(False, "hidden errors are multiplied by the exact φ'"),
+    weight_transport=(True, "the output error reaches each layer through its own fixed random B_l"),
+    spikes=(False, "real-valued activities and errors"),
+    clock=(False, "the output error is broadcast after each forward phase"),
+    targets=(False, "needs a supervised target at the output"),
+)
+CARD_SIGN = make_card(
+    linear=(False, "errors still flow through a linear backward pathway"),
+    derivatives=(False, "hidden errors are multiplied by the exact φ'"),
+    weight_transport=(False, "only the signs of W are transported, magnitudes are not"),
+    spikes=(False, "real-valued activities and errors"),
+    clock=(False, "a separate backward phase follows each forward phase"),
+    targets=(False, "needs a supervised target at the output"),
+)
+LILLICRAP = "Lillicrap, Cownden, Tweed & Akerman 2016, Nat. Commun. 7:13276"
+NOKLAND = "Nøkland 2016, NeurIPS (direct feedback alignment)"
+LIAO = "Liao, Leibo & Poggio 2016, AAAI (sign symmetry)"
+
+
+@register("frsf", family="feedback alignment", paper=LIAO, summary="B = |B₀|∘sign(W), B₀ fixed",
+          card=CARD_SIGN, feedback="frsf")  # fmt: skip
+@register("brsf", family="feedback alignment", paper=LIAO, summary="B = |M|∘sign(W), M redrawn each step",
+          card=CARD_SIGN, feedback="brsf")  # fmt: skip
+@register("usf", family="feedback alignment", paper=LIAO, summary="B = σ·sign(W), uniform sign-concordant",
+          card=CARD_SIGN, feedback="usf")  # fmt: skip
+@register("dfa", family="feedback alignment", paper=NOKLAND, summary="output error sent to every layer by fixed B_l",
+          card=CARD_DFA, feedback="direct")  # fmt: skip
+@register("fa", family="feedback alignment", paper=LILLICRAP, summary="fixed random feedback B in place of Wᵀ",
+          card=CARD_FA, feedback="random")  # fmt: skip
+class FeedbackAlignment(Rule):
+    """Random, direct and sign-concordant feedback; the equations are in the module docstring."""
+
+    options = {
+        "feedback": Option("random", "which feedback replaces Wᵀ", choices=("random", "direct", "usf", "brsf", "frsf")),
+        "init": Option("xavier", "distribution of the random feedback weights", choices=INITS),
+        "scale": Option(1.0, "factor on every feedback weight", type=float, check=lambda v: v > 0,
+                        check_says="must be positive"),  # fmt: skip
+        "seed": Option(0, "seed of the feedback weights' generator", type=int),
+    }
+
+    def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
+        super().__init__(net, entry, options)
+        self.layers = walk_layers(net)
+        self.param_layers = parameterised_indices(self.layers)
+        if not self.param_layers:
+            raise ValueError("the network has no Linear or Conv2d layer")
+        self.generator = torch.Generator().manual_seed(self.config["seed"])
+        self.names = {id(p): n for n, p in net.named_parameters()}
+        # Feedback tensors of layers after the first parameterised one (the first needs none: nothing lies
+        # below it). "direct" feedback is shaped (n_classes, input size) and drawn at the first batch.
+        self.feedback: dict[int, Tensor] = {}
+        self.last_feedback: dict[int, Tensor] = {}
+        self.sign_sigma: dict[int, float] = {}
+        kind = self.config["feedback"]
+        for index in self.param_layers[1:]:
+            weight = self.layers[index].weight
+            if kind in ("random", "frsf"):
+                self.feedback[index] = draw_feedback(weight.shape, self.config["init"], self.generator)
+            elif kind == "usf":
+                self.sign_sigma[index] = init_std(weight.shape, self.config["init"])
+
+    def feedback_for(self, index: int, like: Tensor) -> Tensor:
+        """The tensor standing in for W at layer ``index`` (weight-shaped; for ``direct``, (K, input size))."""
+        kind, scale, weight = self.config["feedback"], self.config["scale"], self.layers[index].weight
+        if kind == "random":
+            feedback = self.feedback[index].to(like)
+        elif kind == "usf":
+            feedback = torch.sign(weight) * self.sign_sigma[index]
+        elif kind == "frsf":
+            feedback = self.feedback[index].to(like).abs() * torch.sign(weight)
+        elif kind == "brsf":
+            fresh = draw_feedback(weight.shape, self.config["init"], self.generator).to(like)
+            feedback = fresh.abs_() * torch.sign(weight)
+        else:
+            feedback = self.feedback[index].to(like)
+        feedback = feedback * scale if scale != 1.0 else feedback
+        self.last_feedback[index] = feedback
+        return feedback
+
+    def ensure_direct_feedback(self, acts: list[Tensor], n_classes: int) -> None:
+        for index in self.param_layers[1:]:
+            if index not in self.feedback:
+                size = acts[index][0].numel()
+                self.feedback[index] = draw_feedback(torch.Size((n_classes, size)), self.config["init"], self.generator)
+
+    @torch.no_grad()
+    def grads(self, x: Tensor, y: Tensor) -> Update:
+        acts = forward_cached(self.layers, x)
+        logits = acts[-1]
+        loss, error = cross_entropy_grad(logits, y)  # error: (B, K)
+        direct = self.config["feedback"] == "direct"
+        if direct:
+            self.ensure_direct_feedback(acts, logits.shape[1])
+        grads: dict[str, Tensor] = {}
+        grad = error
+        first = self.param_layers[0]
+        for index in range(len(self.layers) - 1, first - 1, -1):
+            layer, h_in, h_out = self.layers[index], acts[index], acts[index + 1]
+            if index not in self.param_layers:
+                grad = through_parameterless(layer, h_in, h_out, grad)
+                continue
+            for param, value in zip(layer.parameters(), weight_grads(layer, h_in, grad), strict=True):
+                grads[self.names[id(param)]] = value
+            if index == first:
+                break
+            if direct:
+                feedback = self.feedback_for(index, error)
+                grad = (error @ feedback).reshape(h_in.shape)  # (B, K) @ (K, size) → layer input's shape
+            else:
+                grad = feed_back(layer, self.feedback_for(index, grad), h_in, grad)
+        return Update(grads, loss, logits)
+
+    def diagnostics(self) -> dict[str, float]:
+        """Per weight after the first: angle (degrees) between W and the feedback used in its place (Bᵀ in the
+        paper's orientation), and the norm ratio ‖B‖/‖W‖. ``dfa``'s B has another shape: norm ratio only."""
+        out: dict[str, float] = {}
+        for index, feedback in self.last_feedback.items():
+            weight = self.layers[index].weight.detach()
+            name = self.names[id(self.layers[index].weight)]
+            if feedback.shape == weight.shape:
+                out[f"{name}/w_b_angle_deg"] = angle_deg(weight, feedback)
+            out[f"{name}/b_w_norm_ratio"] = float(feedback.norm() / weight.norm())
+        return out
+
+    def state_dict(self) -> dict[str, Tensor]:
+        state = {f"feedback.{index}": tensor for index, tensor in self.feedback.items()}
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        state = dict(state)
+        self.generator.set_state(state.pop("generator"))
+        self.feedback = {int(key.split(".", 1)[1]): tensor for key, tensor in state.items()}
