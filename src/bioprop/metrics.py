@@ -13,10 +13,12 @@ from torch import Tensor, nn
 def angle_deg(a: Tensor, b: Tensor) -> float:
     """Angle in degrees between two tensors seen as flat vectors; NaN if either is zero."""
     a, b = a.detach().flatten().double(), b.detach().flatten().double()
-    norms = a.norm() * b.norm()
-    if norms == 0:
+    a_norm, b_norm = a.norm(), b.norm()
+    if a_norm == 0 or b_norm == 0:
         return math.nan
-    return math.degrees(math.acos(float((a @ b / norms).clamp(-1.0, 1.0))))
+    a, b = a / a_norm, b / b_norm
+    # 2·atan2(‖â−b̂‖, ‖â+b̂‖) stays exact near 0° and 180°, where acos(â·b̂) loses about 1e-6°.
+    return math.degrees(2 * math.atan2(float((a - b).norm()), float((a + b).norm())))
 
 
 def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from bioprop.errors import BioPropError
 from bioprop.metrics import angle_deg
 from bioprop.nets import layers as walk_layers
 from bioprop.rules.base import Entry, Option, Rule, Update, cross_entropy_grad, make_card, register
@@ -114,7 +115,7 @@ class FeedbackAlignment(Rule):
         self.layers = walk_layers(net)
         self.param_layers = parameterised_indices(self.layers)
         if not self.param_layers:
-            raise ValueError("the network has no Linear or Conv2d layer")
+            raise BioPropError(f"rule {self.name}: the network has no Linear or Conv2d layer")
         self.generator = torch.Generator().manual_seed(self.config["seed"])
         self.names = {id(p): n for n, p in net.named_parameters()}
         # Feedback tensors of layers after the first parameterised one (the first needs none: nothing lies

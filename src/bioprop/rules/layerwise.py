@@ -26,7 +26,9 @@ def forward_cached(layers: Sequence[nn.Module], x: Tensor) -> list[Tensor]:
     acts = [x]
     with torch.no_grad():
         for layer in layers:
-            acts.append(layer(acts[-1]))
+            # An in-place layer would overwrite the cached input its derivative needs.
+            inputs = acts[-1].clone() if getattr(layer, "inplace", False) else acts[-1]
+            acts.append(layer(inputs))
     return acts
 
 
@@ -40,8 +42,12 @@ def through_parameterless(layer: nn.Module, h_in: Tensor, h_out: Tensor, grad_ou
         return grad_out * h_out * (1 - h_out)
     if isinstance(layer, nn.Flatten):
         return grad_out.reshape(h_in.shape)
-    if isinstance(layer, nn.Identity):
+    if isinstance(layer, nn.Identity) or (isinstance(layer, nn.Dropout) and not layer.training):
         return grad_out
+    if isinstance(layer, nn.Dropout):
+        # The forward pass's mask, read off its output: redrawing it here would send error to dropped units.
+        # (An input that was exactly 0 counts as dropped; it carries no weight gradient either way.)
+        return grad_out * (h_out != 0) / (1 - layer.p)
     # Other activations and pooling: their local derivative, by autograd over this one layer only.
     with torch.enable_grad():
         leaf = h_in.detach().requires_grad_(True)
