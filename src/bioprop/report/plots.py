@@ -1,0 +1,89 @@
+"""Figures of a run directory, drawn with matplotlib's Agg canvas (no pyplot, no global backend switch).
+
+- :func:`alignment_plot`: the angle between the rule's update and backprop's, one line per weight tensor, against
+  the epoch (the value before training at epoch 0), or against the step when ``alignment.csv`` exists; a dashed
+  line marks 90°, where an update is orthogonal to the gradient (no better than chance). Lillicrap et al. 2016,
+  Fig. 1 draws this curve for feedback alignment.
+- :func:`curves_plot`: train and test accuracy and loss per epoch.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from bioprop.errors import BioPropError
+from bioprop.report import logs
+
+
+def _title(run_dir: Path) -> str:
+    try:
+        s = json.loads((run_dir / logs.SUMMARY).read_text())
+        return f"{s['rule']} · {s['dataset']} · {s['arch']} · seed {s['seed']}"
+    except (OSError, ValueError, KeyError):
+        return run_dir.name
+
+
+def _rows(run_dir: Path) -> list[dict]:
+    rows = logs.read_metrics(run_dir)
+    if not rows:
+        raise BioPropError(f"no epochs recorded in {run_dir / logs.METRICS} yet")
+    return rows
+
+
+def alignment_plot(run_dir: str | Path) -> Path:
+    """Draw ``alignment.png`` in ``run_dir`` and return its path."""
+    run_dir = Path(run_dir)
+    series: dict[str, tuple[list[float], list[float]]] = {}
+    if (run_dir / logs.ALIGNMENT).is_file() and logs.read_csv(run_dir / logs.ALIGNMENT):
+        for row in logs.read_csv(run_dir / logs.ALIGNMENT):
+            xs, ys = series.setdefault(row["parameter"], ([], []))
+            xs.append(row["step"])
+            ys.append(row["angle_deg"])
+        xlabel = "step"
+    else:
+        rows = _rows(run_dir)
+        try:
+            init = json.loads((run_dir / logs.SUMMARY).read_text()).get("alignment_init_deg") or {}
+        except (OSError, ValueError):
+            init = {}
+        for key in rows[0]:
+            if key.startswith("angle/"):
+                name = key[6:]
+                first = ([0], [init[name]]) if init.get(name) is not None else ([], [])
+                series[name] = (first[0] + [r["epoch"] for r in rows], first[1] + [r[key] for r in rows])
+        xlabel = "epoch"
+    weights = {name: xy for name, xy in series.items() if not name.endswith(".bias")} or series
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for name, (xs, ys) in weights.items():
+        ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o" if len(xs) < 30 else None,
+                markersize=3, label=name)  # fmt: skip
+    ax.axhline(90.0, color="grey", linestyle="--", linewidth=1, label="90° (orthogonal)")
+    ax.set(xlabel=xlabel, ylabel="angle to backprop update (degrees)", ylim=(-3, 100), title=_title(run_dir))
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    path = run_dir / "alignment.png"
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def curves_plot(run_dir: str | Path) -> Path:
+    """Draw ``curves.png`` (accuracy and loss, train and test, per epoch) in ``run_dir`` and return its path."""
+    run_dir = Path(run_dir)
+    rows = _rows(run_dir)
+    epochs = [row["epoch"] for row in rows]
+    fig = Figure(figsize=(10, 4), layout="constrained")
+    for ax, what in zip(fig.subplots(1, 2), ("accuracy", "loss"), strict=True):
+        for split in ("train", "test"):
+            ax.plot(epochs, [row[f"{split}_{what}"] for row in rows], marker="o" if len(rows) < 30 else None,
+                    markersize=3, label=split)  # fmt: skip
+        ax.set(xlabel="epoch", ylabel=what)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(_title(run_dir))
+    path = run_dir / "curves.png"
+    fig.savefig(path, dpi=110)
+    return path

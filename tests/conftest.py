@@ -1,0 +1,62 @@
+"""Shared fixtures: a tiny run configuration, one finished run reused read-only, and an in-process CLI.
+
+Torch is limited to one thread: the networks here are tiny, and on a busy two-core machine OpenMP's barriers
+make every small op take milliseconds (measured: softmax of a 4x10 tensor, 20 ms with 2 threads, 4 µs with 1).
+Subprocesses inherit OMP_NUM_THREADS=1 for the same reason, and so that runs in and out of process do the same
+arithmetic.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+from bioprop.cli import main
+from bioprop.config import RunConfig
+
+os.environ["OMP_NUM_THREADS"] = "1"
+torch.set_num_threads(1)
+
+TINY = {"data": "digits", "arch": "mlp:32", "epochs": 2, "limit": 300, "device": "cpu", "lr": 0.05}
+
+
+def tiny_config(**overrides) -> RunConfig:
+    """A run of a few seconds at most: 300 digits, a 32-unit MLP, 2 epochs, on the CPU."""
+    return RunConfig(**{**TINY, **overrides})
+
+
+@pytest.fixture(scope="session")
+def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A finished 2-epoch feedback-alignment run. Read only: copy it (``run_copy``) before changing anything."""
+    from bioprop import train
+
+    out = tmp_path_factory.mktemp("finished") / "fa-run"
+    train.run(tiny_config(rule="fa"), out, quiet=True)
+    return out
+
+
+@pytest.fixture
+def run_copy(finished_run: Path, tmp_path: Path) -> Path:
+    """A private copy of :func:`finished_run` that a test may edit."""
+    return Path(shutil.copytree(finished_run, tmp_path / "copy"))
+
+
+@pytest.fixture
+def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str]]:
+    """Run ``bioprop ARGS...`` in this process through :func:`bioprop.cli.main`, the console entry point;
+    returns (exit code, stdout, stderr)."""
+
+    def call(*args: object) -> tuple[int, str, str]:
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as stop:
+            main([str(arg) for arg in args])
+        out, err = capsys.readouterr()
+        code = stop.value.code
+        return (0 if code is None else code if isinstance(code, int) else 1), out, err
+
+    return call
