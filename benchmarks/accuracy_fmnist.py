@@ -4,22 +4,22 @@
     python benchmarks/accuracy_fmnist.py --suite lenet --seeds 0 1 2
 
 Each (suite, rule, seed) is an ordinary bioprop run directory under ``--out``; finished runs are reused and
-interrupted ones resumed, so the script can be stopped and restarted without losing work. At the end it prints a
-markdown table of test accuracy (final epoch, mean ± std over seeds), best epoch, the hidden layers' update angle
-to backprop (last epoch) and seconds per epoch.
+interrupted ones resumed, so the script can be stopped and restarted without losing work. At the end it
+prints, per suite, ``bioprop compare``'s table: test accuracy (final and best epoch, mean ± std over seeds),
+each layer's update angle to backprop at the last epoch, and seconds per epoch.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
 from pathlib import Path
 
 from bioprop import train
 from bioprop.config import RunConfig
 from bioprop.errors import BioPropError
+from bioprop.report import tables
 
 # One budget per suite, shared by every rule: the only thing that changes inside a suite is the rule.
 SUITES = {
@@ -31,8 +31,8 @@ SUITES = {
 RULES = ["bp", "fa", "dfa", "usf", "brsf", "frsf"]
 
 
-def run_one(out: Path, suite: str, rule: str, seed: int, epochs: int | None, data_dir: str | None) -> dict:
-    run_dir = out / suite / f"{rule}-s{seed}"
+def run_one(run_dir: Path, suite: str, rule: str, seed: int, epochs: int | None, data_dir: str | None) -> dict:
+    """Train one run, or reuse it when finished, or resume it from its checkpoint when interrupted."""
     summary_path = run_dir / "summary.json"
     if summary_path.is_file() and json.loads(summary_path.read_text()).get("status") == "finished":
         return json.loads(summary_path.read_text())
@@ -42,29 +42,6 @@ def run_one(out: Path, suite: str, rule: str, seed: int, epochs: int | None, dat
     if epochs:
         settings["epochs"] = epochs
     return train.run(RunConfig(**settings), run_dir, overwrite=True, quiet=True)
-
-
-def mean_std(values: list[float]) -> str:
-    spread = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{100 * statistics.mean(values):.2f} ± {100 * spread:.2f}"
-
-
-def table(results: dict[tuple[str, str], list[dict]]) -> str:
-    lines = [
-        "| suite | rule | seeds | test acc % (final) | best epoch % | hidden angles to BP (°, last) | s/epoch |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for (suite, rule), runs in results.items():
-        finals = [r["test_accuracy"] for r in runs]
-        bests = [r["best_test_accuracy"] for r in runs]
-        weights = [name for name in runs[0]["alignment_deg"] if name.endswith("weight")][:-1]  # output layer exact
-        angles = ", ".join(
-            f"{statistics.mean(r['alignment_deg'][name][-1] for r in runs):.0f}" for name in weights
-        )
-        seconds = statistics.median(s for r in runs for s in r["epoch_seconds"])
-        accuracy = f"{mean_std(finals)} | {mean_std(bests)}"
-        lines.append(f"| {suite} | {rule} | {len(runs)} | {accuracy} | {angles} | {seconds:.1f} |")
-    return "\n".join(lines)
 
 
 def main() -> None:
@@ -77,19 +54,20 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     args = parser.parse_args()
     suites = list(SUITES) if args.suite == "all" else [args.suite]
-    results: dict[tuple[str, str], list[dict]] = {}
+    run_dirs: dict[str, list[Path]] = {suite: [] for suite in suites}
     try:
         for suite in suites:
             for rule in args.rules:
                 for seed in args.seeds:
-                    summary = run_one(args.out, suite, rule, seed, args.epochs, args.data_dir)
+                    run_dir = args.out / suite / f"{rule}-s{seed}"
+                    summary = run_one(run_dir, suite, rule, seed, args.epochs, args.data_dir)
                     print(f"{suite} {rule} seed {seed}: {100 * summary['test_accuracy']:.2f} %", file=sys.stderr)
-                    results.setdefault((suite, rule), []).append(summary)
+                    run_dirs[suite].append(run_dir)
     except BioPropError as err:
         sys.exit(f"accuracy_fmnist: error: {err}")
     for suite in suites:
-        print(f"\n{suite}: {json.dumps(SUITES[suite])}")
-    print(table(results))
+        print(f"\n{suite}: {json.dumps(SUITES[suite])}\n")
+        print(tables.compare(run_dirs[suite]))
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
 """bioprop: biologically plausible alternatives to backpropagation under one API.
 
-    import bioprop
-    net = bioprop.nets.build("mlp:256", in_shape=(1, 28, 28), n_classes=10)
-    rule = bioprop.rules.create("fa", net)
-    loss, prediction = rule.backward(x, y)   # fills p.grad with the rule's descent direction
+import bioprop
+net = bioprop.nets.build("mlp:256", in_shape=(1, 28, 28), n_classes=10)
+rule = bioprop.rules.create("fa", net)
+loss, prediction = rule.backward(x, y)   # fills p.grad with the rule's descent direction
 """
 
 from importlib.metadata import PackageNotFoundError, version

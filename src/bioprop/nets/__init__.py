@@ -118,8 +118,7 @@ def layers(net: nn.Module) -> list[nn.Module]:
     """
     if not isinstance(net, nn.Sequential):
         raise BioPropError(
-            f"the rules walk an nn.Sequential of layers; got {type(net).__name__}. "
-            "Wrap your layers in nn.Sequential."
+            f"the rules walk an nn.Sequential of layers; got {type(net).__name__}. Wrap your layers in nn.Sequential."
         )
     flat: list[nn.Module] = []
     for module in net:

@@ -5,6 +5,7 @@
   line marks 90°, where an update is orthogonal to the gradient (no better than chance). Lillicrap et al. 2016,
   Fig. 1 draws this curve for feedback alignment.
 - :func:`curves_plot`: train and test accuracy and loss per epoch.
+- :func:`alignment_comparison`: several runs (e.g. one per rule) in one figure, a panel per hidden weight tensor.
 """
 
 from __future__ import annotations
@@ -33,9 +34,8 @@ def _rows(run_dir: Path) -> list[dict]:
     return rows
 
 
-def alignment_plot(run_dir: str | Path) -> Path:
-    """Draw ``alignment.png`` in ``run_dir`` and return its path."""
-    run_dir = Path(run_dir)
+def _alignment_series(run_dir: Path) -> tuple[dict[str, tuple[list[float], list[float]]], str]:
+    """Angle to backprop per parameter: against the step from ``alignment.csv`` when present, else per epoch."""
     series: dict[str, tuple[list[float], list[float]]] = {}
     if (run_dir / logs.ALIGNMENT).is_file() and logs.read_csv(run_dir / logs.ALIGNMENT):
         for row in logs.read_csv(run_dir / logs.ALIGNMENT):
@@ -55,6 +55,13 @@ def alignment_plot(run_dir: str | Path) -> Path:
                 first = ([0], [init[name]]) if init.get(name) is not None else ([], [])
                 series[name] = (first[0] + [r["epoch"] for r in rows], first[1] + [r[key] for r in rows])
         xlabel = "epoch"
+    return series, xlabel
+
+
+def alignment_plot(run_dir: str | Path) -> Path:
+    """Draw ``alignment.png`` in ``run_dir`` and return its path."""
+    run_dir = Path(run_dir)
+    series, xlabel = _alignment_series(run_dir)
     weights = {name: xy for name, xy in series.items() if not name.endswith(".bias")} or series
     fig = Figure(figsize=(7, 4.5), layout="constrained")
     ax = fig.add_subplot()
@@ -87,3 +94,25 @@ def curves_plot(run_dir: str | Path) -> Path:
     path = run_dir / "curves.png"
     fig.savefig(path, dpi=110)
     return path
+
+
+def alignment_comparison(run_dirs: list[str | Path], path: str | Path) -> Path:
+    """Draw, for several runs, the angle to backprop of each weight tensor but the last (the output layer gets the
+    exact gradient in every rule so far), one panel per tensor and one line per run; returns ``path``."""
+    curves = {}
+    for run_dir in map(Path, run_dirs):
+        series, xlabel = _alignment_series(run_dir)
+        label = json.loads((run_dir / logs.SUMMARY).read_text())["rule"]
+        curves[label] = {name: xy for name, xy in series.items() if not name.endswith(".bias")}
+    names = list(next(iter(curves.values())))[:-1] or list(next(iter(curves.values())))
+    fig = Figure(figsize=(4.2 * len(names), 4), layout="constrained")
+    for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
+        for label, series in curves.items():
+            if name in series:
+                ax.plot(*series[name], label=label)
+        ax.axhline(90.0, color="grey", linestyle="--", linewidth=1)
+        ax.set(xlabel=xlabel, ylabel="angle to backprop update (degrees)", ylim=(-3, 100), title=name)
+        ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    fig.savefig(path, dpi=110)
+    return Path(path)

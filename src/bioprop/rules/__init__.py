@@ -1,8 +1,8 @@
 """Learning rules under one contract; see :mod:`bioprop.rules.base`.
 
-    rule = bioprop.rules.create("fa", net, init="xavier")
-    loss, prediction = rule.backward(x, y)      # p.grad now holds the rule's descent direction
-    exact = rule.reference_grads(x, y)          # what the rule approximates, keyed like net.named_parameters()
+rule = bioprop.rules.create("fa", net, init="xavier")
+loss, prediction = rule.backward(x, y)      # p.grad now holds the rule's descent direction
+exact = rule.reference_grads(x, y)          # what the rule approximates, keyed like net.named_parameters()
 """
 
 from bioprop.rules import backprop, feedback_alignment  # noqa: F401  (registers the rules)

@@ -105,8 +105,9 @@ class FeedbackAlignment(Rule):
     options = {
         "feedback": Option("random", "which feedback replaces Wᵀ", choices=("random", "direct", "usf", "brsf", "frsf")),
         "init": Option("xavier", "distribution of the random feedback weights", choices=INITS),
-        "scale": Option(1.0, "factor on every feedback weight", type=float, check=lambda v: v > 0,
-                        check_says="must be positive"),  # fmt: skip
+        "scale": Option(
+            1.0, "factor on every feedback weight", type=float, check=lambda v: v > 0, check_says="must be positive"
+        ),  # fmt: skip
         "seed": Option(0, "seed of the feedback weights' generator", type=int),
     }
 
