@@ -189,10 +189,10 @@ def list_datasets(
     in that order.
     """
     if download is not None:
-        key = download.strip().lower().replace("_", "-")
+        key = data.canonical_name(download)
         dest = Path(data_dir) / key if data_dir is not None else None
-        path = data.download(download, dest=dest, progress=True)
-        typer.echo(f"{download}: files in {path}")
+        path = data.download(key, dest=dest, progress=True)
+        typer.echo(f"{key}: files in {path}")
         return
     if check is not None:
         found = data.find(check, data_dir)  # unknown names raise BioPropError

@@ -14,7 +14,7 @@ download is checked against the SHA-256 recorded in :data:`DATASETS`.
 
 from bioprop.data._core import Dataset, batches, catalog, find, load
 from bioprop.data._fetch import download
-from bioprop.data._registry import DATASETS, DatasetSpec, RemoteFile
+from bioprop.data._registry import DATASETS, DatasetSpec, RemoteFile, canonical_name
 
 __all__ = [
     "DATASETS",
@@ -22,6 +22,7 @@ __all__ = [
     "DatasetSpec",
     "RemoteFile",
     "batches",
+    "canonical_name",
     "catalog",
     "download",
     "find",
