@@ -31,11 +31,10 @@ from bioprop.metrics import angle_deg
 from bioprop.nets import layers as walk_layers
 from bioprop.rules.base import Entry, Option, Rule, Update, cross_entropy_grad, make_card, register
 from bioprop.rules.layerwise import (
-    feed_back,
     forward_cached,
+    layer_backward,
     parameterised_indices,
     through_parameterless,
-    weight_grads,
 )
 
 INITS = ("xavier", "kaiming", "uniform")
@@ -158,7 +157,7 @@ class FeedbackAlignment(Rule):
 
     @torch.no_grad()
     def grads(self, x: Tensor, y: Tensor) -> Update:
-        acts = forward_cached(self.layers, x)
+        acts, pool_indices = forward_cached(self.layers, x)
         logits = acts[-1]
         loss, error = cross_entropy_grad(logits, y)  # error: (B, K)
         direct = self.config["feedback"] == "direct"
@@ -170,17 +169,18 @@ class FeedbackAlignment(Rule):
         for index in range(len(self.layers) - 1, first - 1, -1):
             layer, h_in, h_out = self.layers[index], acts[index], acts[index + 1]
             if index not in self.param_layers:
-                grad = through_parameterless(layer, h_in, h_out, grad)
+                grad = through_parameterless(layer, h_in, h_out, grad, pool_indices.get(index))
                 continue
-            for param, value in zip(layer.parameters(), weight_grads(layer, h_in, grad), strict=True):
+            chained = not direct and index != first
+            params, below = layer_backward(layer, h_in, grad, self.feedback_for(index, grad) if chained else None)
+            for param, value in zip(layer.parameters(), params, strict=True):
                 grads[self.names[id(param)]] = value
             if index == first:
                 break
             if direct:
-                feedback = self.feedback_for(index, error)
-                grad = (error @ feedback).reshape(h_in.shape)  # (B, K) @ (K, size) → layer input's shape
+                grad = (error @ self.feedback_for(index, error)).reshape(h_in.shape)  # (B, K) @ (K, size)
             else:
-                grad = feed_back(layer, self.feedback_for(index, grad), h_in, grad)
+                grad = below
         return Update(grads, loss, logits)
 
     def diagnostics(self) -> dict[str, float]:

@@ -15,31 +15,48 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
-from torch.nn.grad import conv2d_input, conv2d_weight
 
 from bioprop.errors import BioPropError
 
 
-def forward_cached(layers: Sequence[nn.Module], x: Tensor) -> list[Tensor]:
-    """``acts[0] = x`` and ``acts[i+1] = layers[i](acts[i])``, computed without an autograd graph."""
-    acts = [x]
+def forward_cached(layers: Sequence[nn.Module], x: Tensor) -> tuple[list[Tensor], dict[int, Tensor]]:
+    """``acts[0] = x`` and ``acts[i+1] = layers[i](acts[i])``, computed without an autograd graph, and the argmax
+    indices of every max-pooling layer (keyed by layer index), so its backward pass need not pool again."""
+    acts, pool_indices = [x], {}
     with torch.no_grad():
-        for layer in layers:
+        for index, layer in enumerate(layers):
+            if isinstance(layer, nn.MaxPool2d) and not layer.return_indices:
+                out, pool_indices[index] = F.max_pool2d(
+                    acts[-1], layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+                    ceil_mode=layer.ceil_mode, return_indices=True,
+                )  # fmt: skip
+                acts.append(out)
+                continue
             # An in-place layer would overwrite the cached input its derivative needs.
             inputs = acts[-1].clone() if getattr(layer, "inplace", False) else acts[-1]
             acts.append(layer(inputs))
-    return acts
+    return acts, pool_indices
 
 
-def through_parameterless(layer: nn.Module, h_in: Tensor, h_out: Tensor, grad_out: Tensor) -> Tensor:
-    """The exact vector-Jacobian product of a parameterless layer: grad_out (shape of h_out) → shape of h_in."""
+def through_parameterless(
+    layer: nn.Module, h_in: Tensor, h_out: Tensor, grad_out: Tensor, pool_indices: Tensor | None = None
+) -> Tensor:
+    """The exact vector-Jacobian product of a parameterless layer: grad_out (shape of h_out) → shape of h_in.
+    ``pool_indices`` are a max-pooling layer's argmax indices from :func:`forward_cached`."""
+    # The fused kernels autograd itself uses: one pass, no boolean mask or temporaries.
     if isinstance(layer, nn.ReLU):
-        return grad_out * (h_out > 0)
+        return torch.ops.aten.threshold_backward(grad_out, h_out, 0)  # grad_out where h_out > 0, else 0
     if isinstance(layer, nn.Tanh):
-        return grad_out * (1 - h_out * h_out)
+        return torch.ops.aten.tanh_backward(grad_out, h_out)  # grad_out * (1 - h_out²)
     if isinstance(layer, nn.Sigmoid):
-        return grad_out * h_out * (1 - h_out)
+        return torch.ops.aten.sigmoid_backward(grad_out, h_out)  # grad_out * h_out * (1 - h_out)
+    if isinstance(layer, nn.MaxPool2d) and pool_indices is not None:
+        return torch.ops.aten.max_pool2d_with_indices_backward(
+            grad_out, h_in, layer.kernel_size, layer.stride or layer.kernel_size, layer.padding, layer.dilation,
+            layer.ceil_mode, pool_indices,
+        )  # fmt: skip
     if isinstance(layer, nn.Flatten):
         return grad_out.reshape(h_in.shape)
     if isinstance(layer, nn.Identity) or (isinstance(layer, nn.Dropout) and not layer.training):
@@ -55,27 +72,28 @@ def through_parameterless(layer: nn.Module, h_in: Tensor, h_out: Tensor, grad_ou
     return grad_in
 
 
-def weight_grads(layer: nn.Module, h_in: Tensor, delta: Tensor) -> list[Tensor]:
-    """[∂W, ∂b] (∂b only when the layer has a bias) of a Linear or Conv2d layer from its output error δ."""
+def layer_backward(
+    layer: nn.Module, h_in: Tensor, delta: Tensor, feedback: Tensor | None
+) -> tuple[list[Tensor], Tensor | None]:
+    """For a Linear or Conv2d layer with output error δ: its parameter gradients [∂W, ∂b] (∂b only with a bias)
+    and, when ``feedback`` is given, δ carried to the layer's input through ``feedback``, a tensor of the weight's
+    shape standing where the weight stands in backprop (backprop itself is ``feedback = W``)."""
     if isinstance(layer, nn.Linear):
-        grads = [delta.reshape(-1, delta.shape[-1]).T @ h_in.reshape(-1, h_in.shape[-1])]  # (out, in)
-        bias_dims: tuple[int, ...] = tuple(range(delta.dim() - 1))
-    else:
-        stride, padding, dilation, groups = conv_geometry(layer)
-        grads = [conv2d_weight(h_in, layer.weight.shape, delta, stride, padding, dilation, groups)]
-        bias_dims = (0, 2, 3)
-    if layer.bias is not None:
-        grads.append(delta.sum(bias_dims))
-    return grads
-
-
-def feed_back(layer: nn.Module, feedback: Tensor, h_in: Tensor, delta: Tensor) -> Tensor:
-    """Carry δ (layer output error) to the layer's input through ``feedback``, a tensor of the weight's shape
-    standing where the weight would stand in backprop (backprop itself is ``feedback = W``)."""
-    if isinstance(layer, nn.Linear):
-        return delta @ feedback  # (B, out) @ (out, in) → (B, in)
+        delta2d = delta.reshape(-1, delta.shape[-1])  # (B, out)
+        grads = [delta2d.T @ h_in.reshape(-1, h_in.shape[-1])]  # (out, in)
+        if layer.bias is not None:
+            grads.append(delta2d.sum(0))
+        return grads, None if feedback is None else delta @ feedback  # (B, out) @ (out, in) → (B, in)
     stride, padding, dilation, groups = conv_geometry(layer)
-    return conv2d_input(h_in.shape, feedback, delta, stride, padding, dilation, groups)
+    # One fused call, as autograd makes for a convolution: the input error through `feedback`, and the weight and
+    # bias gradients (which do not depend on the weight).
+    grad_in, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
+        delta, h_in, layer.weight if feedback is None else feedback,
+        None if layer.bias is None else [layer.bias.shape[0]],
+        stride, padding, dilation, False, [0, 0], groups,
+        [feedback is not None, True, layer.bias is not None],
+    )  # fmt: skip
+    return [grad_weight] if layer.bias is None else [grad_weight, grad_bias], grad_in
 
 
 def conv_geometry(layer: nn.Conv2d) -> tuple:
