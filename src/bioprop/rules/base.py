@@ -89,9 +89,10 @@ class Update(NamedTuple):
 
 def cross_entropy_grad(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     """Batch-mean cross-entropy and its gradient with respect to the logits, e = (softmax(z) − onehot(y)) / B."""
-    loss = F.cross_entropy(logits, y)
-    error = torch.softmax(logits, dim=1)  # (B, K)
-    error[torch.arange(len(y), device=y.device), y] -= 1.0
+    log_p = torch.log_softmax(logits, dim=1)  # one softmax pass serves the loss and its gradient
+    loss = F.nll_loss(log_p, y)
+    error = log_p.exp()  # (B, K)
+    error.scatter_add_(1, y.unsqueeze(1), error.new_full((len(y), 1), -1.0))
     return loss, error.div_(len(y))
 
 

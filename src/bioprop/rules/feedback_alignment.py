@@ -127,7 +127,8 @@ class FeedbackAlignment(Rule):
         for index in self.param_layers[1:]:
             weight = self.layers[index].weight
             if kind in ("random", "frsf"):
-                self.feedback[index] = draw_feedback(weight.shape, self.config["init"], self.generator)
+                # Kept in the weight's dtype and device, so that using it costs no conversion per step.
+                self.feedback[index] = draw_feedback(weight.shape, self.config["init"], self.generator).to(weight)
             elif kind == "usf":
                 self.sign_sigma[index] = init_std(weight.shape, self.config["init"])
 
@@ -137,15 +138,15 @@ class FeedbackAlignment(Rule):
         if kind == "random":
             feedback = self.feedback[index].to(like)
         elif kind == "usf":
-            feedback = torch.sign(weight) * self.sign_sigma[index]
+            feedback = torch.sign(weight).mul_(self.sign_sigma[index])
         elif kind == "frsf":
-            feedback = self.feedback[index].to(like).abs() * torch.sign(weight)
+            feedback = torch.sign(weight).mul_(self.feedback[index].to(like).abs())
         elif kind == "brsf":
             fresh = draw_feedback(weight.shape, self.config["init"], self.generator).to(like)
-            feedback = fresh.abs_() * torch.sign(weight)
+            feedback = fresh.abs_().mul_(torch.sign(weight))
         else:
             feedback = self.feedback[index].to(like)
-        feedback = feedback * scale if scale != 1.0 else feedback
+        feedback = feedback * scale if scale != 1.0 else feedback  # a copy: the stored B stays unscaled
         self.last_feedback[index] = feedback
         return feedback
 
@@ -153,7 +154,8 @@ class FeedbackAlignment(Rule):
         for index in self.param_layers[1:]:
             if index not in self.feedback:
                 size = acts[index][0].numel()
-                self.feedback[index] = draw_feedback(torch.Size((n_classes, size)), self.config["init"], self.generator)
+                drawn = draw_feedback(torch.Size((n_classes, size)), self.config["init"], self.generator)
+                self.feedback[index] = drawn.to(acts[index])
 
     @torch.no_grad()
     def grads(self, x: Tensor, y: Tensor) -> Update:
