@@ -4,8 +4,11 @@ VENV ?= .venv
 CONSTRAINTS ?= constraints.txt
 BIN := $(VENV)/bin
 DEMO_OUT ?= runs/demo
+# On a busy machine torch's OpenMP threads can spin-wait on descheduled siblings and run many times slower;
+# passive waiting costs next to nothing on an idle one.
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint clean fashion-mnist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
