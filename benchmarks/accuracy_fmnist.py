@@ -25,7 +25,8 @@ from bioprop.report import tables
 SUITES = {
     "mlp": dict(arch="mlp:512x512", activation="tanh", optimizer="adamw", lr=1e-3, weight_decay=1e-4,
                 schedule="cosine", batch_size=128, epochs=20),
-    "lenet": dict(arch="lenet", activation="relu", optimizer="adamw", lr=2e-3, weight_decay=1e-4,
+    # lr 2e-3 let FA's losses blow up on LeNet (81.6 % after 18 epochs); 5e-4 trains it smoothly.
+    "lenet": dict(arch="lenet", activation="relu", optimizer="adamw", lr=5e-4, weight_decay=1e-4,
                   schedule="cosine", batch_size=64, epochs=20),
 }  # fmt: skip
 RULES = ["bp", "fa", "dfa", "usf", "brsf", "frsf"]
@@ -33,15 +34,19 @@ RULES = ["bp", "fa", "dfa", "usf", "brsf", "frsf"]
 
 def run_one(run_dir: Path, suite: str, rule: str, seed: int, epochs: int | None, data_dir: str | None) -> dict:
     """Train one run, or reuse it when finished, or resume it from its checkpoint when interrupted."""
-    summary_path = run_dir / "summary.json"
-    if summary_path.is_file() and json.loads(summary_path.read_text()).get("status") == "finished":
-        return json.loads(summary_path.read_text())
-    if (run_dir / "checkpoint.safetensors").is_file():
-        return train.resume(run_dir, quiet=True)
     settings = dict(SUITES[suite], rule=rule, seed=seed, data="fashion-mnist", data_dir=data_dir)
     if epochs:
         settings["epochs"] = epochs
-    return train.run(RunConfig(**settings), run_dir, overwrite=True, quiet=True)
+    config = RunConfig(**settings)
+    if (run_dir / "config.yaml").is_file():
+        if RunConfig.from_yaml(run_dir / "config.yaml").fingerprint() != config.fingerprint():
+            raise BioPropError(f"{run_dir} holds a run with other settings; pass another --out or remove it")
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file() and json.loads(summary_path.read_text()).get("status") == "finished":
+            return json.loads(summary_path.read_text())
+        if (run_dir / "checkpoint.safetensors").is_file():
+            return train.resume(run_dir, quiet=True)
+    return train.run(config, run_dir, overwrite=True, quiet=True)
 
 
 def main() -> None:
