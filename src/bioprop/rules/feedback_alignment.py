@@ -106,7 +106,7 @@ class FeedbackAlignment(Rule):
         "init": Option("xavier", "distribution of the random feedback weights", choices=INITS),
         "scale": Option(
             1.0, "factor on every feedback weight", type=float, check=lambda v: v > 0, check_says="must be positive"
-        ),  # fmt: skip
+        ),
         "seed": Option(0, "seed of the feedback weights' generator", type=int),
     }
 
@@ -135,17 +135,15 @@ class FeedbackAlignment(Rule):
     def feedback_for(self, index: int, like: Tensor) -> Tensor:
         """The tensor standing in for W at layer ``index`` (weight-shaped; for ``direct``, (K, input size))."""
         kind, scale, weight = self.config["feedback"], self.config["scale"], self.layers[index].weight
-        if kind == "random":
+        if kind in ("random", "direct"):
             feedback = self.feedback[index].to(like)
         elif kind == "usf":
             feedback = torch.sign(weight).mul_(self.sign_sigma[index])
         elif kind == "frsf":
             feedback = torch.sign(weight).mul_(self.feedback[index].to(like).abs())
-        elif kind == "brsf":
+        else:  # brsf: magnitudes redrawn every step
             fresh = draw_feedback(weight.shape, self.config["init"], self.generator).to(like)
             feedback = fresh.abs_().mul_(torch.sign(weight))
-        else:
-            feedback = self.feedback[index].to(like)
         feedback = feedback * scale if scale != 1.0 else feedback  # a copy: the stored B stays unscaled
         self.last_feedback[index] = feedback
         return feedback
