@@ -56,7 +56,7 @@ class Session:
     probes: list[tuple[Tensor, Tensor]]  # held-out batches for the update angles
     epoch: int = 0  # epochs done
     step: int = 0  # optimizer steps done
-    history: dict[str, Any] = field(default_factory=lambda: {"rows": [], "alignment": [], "init": {}})
+    history: dict[str, Any] = field(default_factory=lambda: {"rows": [], "alignment": [], "init": {}, "traces": []})
 
 
 # ------------------------------------------------------------------------------------------------- set-up
@@ -145,6 +145,7 @@ def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
 def end_of_epoch(s: Session, epoch: int, lr: float, trained: dict[str, float]) -> dict[str, Any]:
     """The epoch's metrics.csv row."""
     diagnostics = s.rule.diagnostics()  # before probing, so they describe the last training step
+    record_traces(s, epoch + 1, s.rule.epoch_traces())
     test_loss, test_accuracy = metrics.evaluate(s.net, s.dataset.test_x, s.dataset.test_y)
     row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": trained["train_loss"],
                            "train_accuracy": trained["train_accuracy"], "test_loss": test_loss,
@@ -152,6 +153,13 @@ def end_of_epoch(s: Session, epoch: int, lr: float, trained: dict[str, float]) -
     row.update({f"angle/{name}": angle for name, angle in probe_angles(s).items()})
     row.update({f"diag/{key}": float(value) for key, value in diagnostics.items()})
     return row
+
+
+def record_traces(s: Session, epoch: int, traces: dict[str, list[float]]) -> None:
+    """Keep per-step traces (epoch 0: the rule's preparation phase) as ``[epoch, name, step, value]`` rows."""
+    s.history.setdefault("traces", [])
+    for name, values in traces.items():
+        s.history["traces"] += [[epoch, name, step, logs.finite_or_none(float(v))] for step, v in enumerate(values)]
 
 
 def summary(s: Session, status: str, message: str | None = None) -> dict[str, Any]:
@@ -251,6 +259,7 @@ def run(config: RunConfig, out_dir: str | Path, overwrite: bool = False, quiet: 
     s = build(config, out)  # every input error surfaces here, before anything is written
     logs.make_out_dir(out, overwrite)
     logs.write_atomic(out / CONFIG, config.to_yaml().encode())
+    record_traces(s, 0, s.rule.prepare())
     s.history["init"] = probe_angles(s)
     if config.probe_every:
         s.history["alignment"] += [[0, 0, name, angle] for name, angle in s.history["init"].items()]
@@ -316,6 +325,8 @@ def write_logs(s: Session) -> None:
     logs.write_metrics(s.run_dir, s.history["rows"])
     if s.config.probe_every:
         logs.write_alignment(s.run_dir, s.history["alignment"])
+    if s.history.get("traces"):
+        logs.write_traces(s.run_dir, s.history["traces"])
 
 
 def write_plots(run_dir: Path) -> None:
@@ -323,3 +334,5 @@ def write_plots(run_dir: Path) -> None:
 
     plots.alignment_plot(run_dir)
     plots.curves_plot(run_dir)
+    if (run_dir / logs.TRACES).is_file():
+        plots.traces_plot(run_dir)

@@ -6,8 +6,11 @@ A run directory holds:
 - ``metrics.csv``: one row per epoch: epoch, train_loss, train_accuracy, test_loss, test_accuracy, seconds, lr,
   then ``angle/<parameter>`` (update angle to backprop, degrees) and ``diag/<key>`` (the rule's diagnostics);
 - ``alignment.csv`` (only with ``probe_every > 0``): step, epoch, parameter, angle_deg, every N steps;
+- ``traces.csv`` (rules with an inner dynamics): epoch, trace, step, value: the mean over the epoch's batches of
+  a per-step quantity such as the energy at each inference step; epoch 0 is the rule's preparation phase;
 - ``summary.json``: the run at a glance (final and best accuracy, per-epoch angles, status, versions);
-- ``checkpoint.safetensors`` and, once finished, ``model.safetensors``; ``alignment.png`` and ``curves.png``.
+- ``checkpoint.safetensors`` and, once finished, ``model.safetensors``; ``alignment.png``, ``curves.png`` and,
+  with traces, ``energy.png``.
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ ALIGNMENT = "alignment.csv"
 SUMMARY = "summary.json"
 BASE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr")
 ALIGNMENT_COLUMNS = ("step", "epoch", "parameter", "angle_deg")
+TRACES = "traces.csv"
+TRACE_COLUMNS = ("epoch", "trace", "step", "value")
 TIMING_COLUMNS = ("seconds",)  # differ between otherwise identical runs
 
 
@@ -71,6 +76,11 @@ def write_metrics(run_dir: Path, rows: Sequence[dict[str, Any]]) -> None:
 def write_alignment(run_dir: Path, rows: Sequence[Sequence[Any]]) -> None:
     """``rows`` of (step, epoch, parameter, angle_deg)."""
     write_csv(run_dir / ALIGNMENT, ALIGNMENT_COLUMNS, [dict(zip(ALIGNMENT_COLUMNS, row, strict=True)) for row in rows])
+
+
+def write_traces(run_dir: Path, rows: Sequence[Sequence[Any]]) -> None:
+    """``rows`` of (epoch, trace, step, value)."""
+    write_csv(run_dir / TRACES, TRACE_COLUMNS, [dict(zip(TRACE_COLUMNS, row, strict=True)) for row in rows])
 
 
 def read_csv(path: Path) -> list[dict[str, Any]]:

@@ -5,6 +5,9 @@
   line marks 90°, where an update is orthogonal to the gradient (no better than chance). Lillicrap et al. 2016,
   Fig. 1 draws this curve for feedback alignment.
 - :func:`curves_plot`: train and test accuracy and loss per epoch.
+- :func:`traces_plot`: per-step traces of a rule's inner dynamics (e.g. the energy at each inference step), one
+  panel per trace and one line per epoch, coloured from early (dark) to late (light); a rule's preparation phase
+  (epoch 0, e.g. the microcircuit's self-predicting phase) gets its own panel.
 - :func:`alignment_comparison`: several runs (e.g. one per rule) in one figure, a panel per hidden weight tensor.
 """
 
@@ -94,6 +97,40 @@ def curves_plot(run_dir: str | Path) -> Path:
     path = run_dir / "curves.png"
     fig.savefig(path, dpi=110)
     return path
+
+
+def traces_plot(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Draw ``energy.png`` (or ``path``) from ``traces.csv`` in ``run_dir`` and return its path."""
+    import matplotlib as mpl
+
+    run_dir = Path(run_dir)
+    rows = logs.read_csv(run_dir / logs.TRACES) if (run_dir / logs.TRACES).is_file() else []
+    if not rows:
+        raise BioPropError(f"no traces recorded in {run_dir / logs.TRACES}")
+    panels: dict[str, dict[int, tuple[list[int], list[float]]]] = {}
+    for row in rows:
+        key = f"{row['trace']} (preparation)" if row["epoch"] == 0 else row["trace"]
+        xs, ys = panels.setdefault(key, {}).setdefault(row["epoch"], ([], []))
+        xs.append(row["step"])
+        ys.append(float("nan") if row["value"] is None else row["value"])
+    fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
+    colours = mpl.colormaps["viridis"]
+    for ax, (name, by_epoch) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True):
+        last = max(by_epoch)
+        for epoch, (xs, ys) in sorted(by_epoch.items()):
+            label = "before training" if epoch == 0 else f"epoch {epoch}"
+            show = epoch in (min(by_epoch), last) or len(by_epoch) <= 6
+            ax.plot(xs, ys, color=colours(0.0 if last <= 1 else (epoch - 1) / (last - 1) * 0.9),
+                    label=label if show else None)  # fmt: skip
+        positive = all(y > 0 for _, ys in by_epoch.values() for y in ys if y == y)
+        ax.set(xlabel="step" if "preparation" in name else "inference step", ylabel=name,
+               yscale="log" if positive else "linear", title=name)  # fmt: skip
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle(_title(run_dir))
+    out = Path(path) if path is not None else run_dir / "energy.png"
+    fig.savefig(out, dpi=110)
+    return out
 
 
 def alignment_comparison(run_dirs: list[str | Path], path: str | Path) -> Path:

@@ -9,6 +9,11 @@ A rule is bound to a network with :func:`create`. For one batch ``(x, y)``:
   ``net.named_parameters()``.
 - ``rule.card`` says, for each of the six implausibilities of backprop (Bengio et al. 2015), whether the rule
   removes it and why.
+
+Rules with an inner dynamics (inference, relaxation, settling) return per-step traces in ``Update.traces``, e.g.
+``{"energy": tensor of shape (T + 1,)}``; ``backward`` accumulates them and ``rule.epoch_traces()`` hands the
+training loop their mean since the last call. ``rule.prepare()`` runs once before a fresh run's first epoch (a
+phase without targets, e.g. reaching a self-predicting state) and returns its traces.
 """
 
 from __future__ import annotations
@@ -85,6 +90,7 @@ class Update(NamedTuple):
     grads: dict[str, Tensor]  # descent direction, keyed like net.named_parameters()
     loss: Tensor  # scalar, batch-mean
     prediction: Tensor  # (B, n_classes) logits
+    traces: dict[str, Tensor] | None = None  # per inner step, e.g. the energy at each inference step
 
 
 def cross_entropy_grad(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -117,6 +123,8 @@ class Rule:
         self.net = net
         self.name, self.family, self.paper, self.card = entry.name, entry.family, entry.paper, entry.card
         self.config = self.parse_options(entry.name, options)
+        self._trace_sums: dict[str, Tensor] = {}
+        self._trace_counts: dict[str, int] = {}
 
     @classmethod
     def parse_options(cls, rule: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +145,26 @@ class Rule:
                 param.grad = grad.detach()  # rules return fresh tensors, so no copy is needed
             else:
                 param.grad.add_(grad)
+        for key, trace in (update.traces or {}).items():
+            trace = trace.detach()
+            total = self._trace_sums.get(key)
+            if total is None or total.shape != trace.shape:  # a changed step budget starts a new mean
+                self._trace_sums[key], self._trace_counts[key] = trace.double().clone(), 1
+            else:
+                total.add_(trace)
+                self._trace_counts[key] += 1
         return update.loss, update.prediction
+
+    def epoch_traces(self) -> dict[str, list[float]]:
+        """The mean of each trace over the ``backward`` calls since the last call, then forgets them."""
+        means = {key: (total / self._trace_counts[key]).tolist() for key, total in self._trace_sums.items()}
+        self._trace_sums, self._trace_counts = {}, {}
+        return means
+
+    def prepare(self) -> dict[str, list[float]]:
+        """A phase run once before a fresh run's first epoch (not on resume, whose checkpoint holds its result);
+        returns its traces. Nothing by default."""
+        return {}
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Backprop of the batch-mean cross-entropy (the default reference); leaves ``.grad`` untouched."""
