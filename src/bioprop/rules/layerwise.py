@@ -52,6 +52,16 @@ def through_parameterless(
         return torch.ops.aten.tanh_backward(grad_out, h_out)  # grad_out * (1 - h_out²)
     if isinstance(layer, nn.Sigmoid):
         return torch.ops.aten.sigmoid_backward(grad_out, h_out)  # grad_out * h_out * (1 - h_out)
+    if isinstance(layer, nn.GELU):
+        return torch.ops.aten.gelu_backward(grad_out, h_in, approximate=layer.approximate)
+    if isinstance(layer, nn.SiLU):
+        return torch.ops.aten.silu_backward(grad_out, h_in)
+    if isinstance(layer, nn.Softplus):
+        return torch.ops.aten.softplus_backward(grad_out, h_in, layer.beta, layer.threshold)
+    if isinstance(layer, nn.ELU):
+        return torch.ops.aten.elu_backward(grad_out, layer.alpha, 1, 1, False, h_in)
+    if isinstance(layer, nn.LeakyReLU):
+        return torch.ops.aten.leaky_relu_backward(grad_out, h_in, layer.negative_slope, False)
     if isinstance(layer, nn.MaxPool2d) and pool_indices is not None:
         return torch.ops.aten.max_pool2d_with_indices_backward(
             grad_out, h_in, layer.kernel_size, layer.stride or layer.kernel_size, layer.padding, layer.dilation,

@@ -1,0 +1,355 @@
+"""Predictive coding (Whittington & Bogacz 2017, Neural Comput. 29:1229; review 2019, Trends Cogn. Sci., Box 3).
+
+Value nodes x_l sit at the output of every parameterised layer (Linear, Conv2d); the parameterless layers after
+it (activation, pooling, flatten) make φ_l. With x_0 the clamped input and W_l, b_l layer l's parameters:
+
+.. math::
+    μ_l = W_l φ_{l-1}(x_{l-1}) + b_l, \\qquad δ_l = x_l - μ_l \\quad (l < L), \\qquad
+    ε_L = -β \\, ∂\\ell(μ_L, y) / ∂μ_L
+
+    F = \\sum_{l<L} ½‖δ_l‖^2 + β \\, \\ell(μ_L, y)
+
+    x_l ← x_l + γ \\bigl(-δ_l + J_{φ_l}(x_l)^T W_{l+1}^T ε_{l+1}\\bigr), \\quad ε_l = δ_l \\ (l < L),
+    \\quad t = 1..T
+
+    ∂W_l = -ε_l φ_{l-1}(x_{l-1})^T / β, \\qquad ∂b_l = -ε_l / β  \\quad (= ∂F/∂W_l / β)
+
+The output ℓ is squared error ½‖μ_L − onehot(y)‖² (``output=se``) or cross-entropy with the softmax outside the
+dynamics (``output=ce``). β is the output precision (π_L); with ``se`` and β = 1 the output node is hard-clamped
+to the target, x_L = onehot(y). Inference starts from the feedforward pass, where every hidden error is 0; the
+weights change once, at the end (test-time prediction is the feedforward pass, ``net(x)``).
+
+Batch reduction: inference descends the *sum* of the per-sample energies, so γ means the same for any batch
+size (each sample's values move independently); the weight update is the batch *mean* of the per-sample
+∂F/∂W ÷ β, on the scale of the batch-mean loss gradient. The traces report the batch-mean energy at each step.
+
+Options and variants (Whittington & Bogacz 2019 list the conditions under which PC equals backprop):
+
+- ``nudge``: ``positive`` (energy + β ℓ, as above), ``negative`` (−β ℓ; Scellier & Bengio 2017's sign trick,
+  the update divided by −β) or ``centred`` (both, batched together, update = (∂F⁺ − ∂F⁻)/(2β)), as in PCX
+  (Pinchetti et al. 2024). Small β: the equilibrium update tends to backprop's gradient of ℓ.
+- ``pc-fpa``: the fixed prediction assumption (Millidge, Tschantz & Buckley 2022; Rosenbaum 2022 "FixedPred"):
+  μ_l, J_φ and the output error stay at their feedforward values, γ = 1 and T = L − 1 sweeps: the update is
+  backprop's, exactly.
+- ``ipc``: incremental PC (Salvatori et al. 2024, ICLR): the weights also descend F at every inference step,
+  W ← W − η ∂F/∂W (η = ``weight_lr``); the update written to ``.grad`` is the sum of those per-step gradients,
+  so SGD with lr = η continues exactly the incremental trajectory.
+- ``update_at=zil``: zero-divergence inference learning (Song et al. 2020, NeurIPS): with γ = 1, layer l takes its
+  update at step L − l, when the error wave passes it; the update then equals backprop's.
+
+Stability: on a linear network F is quadratic in the values and inference descends it iff γ < 2/λ_max(∇²_x F);
+a rise of the energy over the inference (or a non-finite value) raises :class:`DivergenceError` naming γ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bioprop.errors import BioPropError, DivergenceError
+from bioprop.nets import layers as walk_layers
+from bioprop.rules.base import Entry, Option, Rule, Update, cross_entropy_grad, make_card, register
+from bioprop.rules.layerwise import conv_geometry, forward_cached, layer_backward, through_parameterless
+
+OUTPUTS = ("ce", "se")
+NUDGES = ("positive", "negative", "centred")
+
+
+@dataclass
+class Block:
+    """A parameterised layer and the parameterless layers after it (φ_l); ``names`` of its weight and bias."""
+
+    layer: nn.Linear | nn.Conv2d
+    after: list[nn.Module]
+    names: list[str]
+
+
+def split_blocks(net: nn.Module) -> tuple[list[nn.Module], list[Block]]:
+    """The parameterless layers before the first parameterised one, then one :class:`Block` per parameterised
+    layer. The network must end with a parameterised layer (its output is the prediction μ_L)."""
+    names = {id(p): n for n, p in net.named_parameters()}
+    before: list[nn.Module] = []
+    blocks: list[Block] = []
+    for layer in walk_layers(net):
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            if isinstance(layer, nn.Conv2d):
+                conv_geometry(layer)  # rejects padding modes the value dynamics cannot transpose
+            blocks.append(Block(layer, [], [names[id(p)] for p in layer.parameters()]))
+        elif blocks:
+            blocks[-1].after.append(layer)
+        else:
+            before.append(layer)
+    if not blocks:
+        raise BioPropError("predictive coding needs a network with at least one Linear or Conv2d layer")
+    if blocks[-1].after:
+        kind = type(blocks[-1].after[0]).__name__
+        raise BioPropError(f"predictive coding needs the network to end with its output layer, not {kind}")
+    return before, blocks
+
+
+# ------------------------------------------------------------------------------------ functional pieces
+
+
+def predict(layer: nn.Module, h: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+    """μ = W h + b for a Linear or Conv2d layer, with the given (possibly updated) parameters."""
+    if isinstance(layer, nn.Linear):
+        return F.linear(h, weight, bias)
+    return F.conv2d(h, weight, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+
+
+def transpose_weights(layer: nn.Module, h_in: Tensor, error: Tensor, weight: Tensor) -> Tensor:
+    """Wᵀ ε carried to the layer's input (shape of ``h_in``): a matrix product or a transposed convolution."""
+    if isinstance(layer, nn.Linear):
+        return error @ weight
+    stride, padding, dilation, groups = conv_geometry(layer)
+    return torch.ops.aten.convolution_backward(
+        error, h_in, weight, None, stride, padding, dilation, False, [0, 0], groups, [True, False, False]
+    )[0]
+
+
+def through_chain(chain: list[nn.Module], acts: list[Tensor], pool: dict[int, Tensor], grad: Tensor) -> Tensor:
+    """J_φᵀ grad: ``grad`` at the chain's output carried back to its input (``acts`` from forward_cached)."""
+    for index in range(len(chain) - 1, -1, -1):
+        grad = through_parameterless(chain[index], acts[index], acts[index + 1], grad, pool.get(index))
+    return grad
+
+
+def output_error(mu: Tensor, onehot: Tensor, output: str, beta: Tensor | float) -> tuple[Tensor, Tensor]:
+    """ε_L = −β ∂ℓ/∂μ_L per sample and the summed output energy Σ β ℓ; ``onehot`` is the target (times β when
+    β is a per-sample column, for the cross-entropy energy)."""
+    if output == "se":
+        diff = mu - onehot
+        error = diff * (-beta)
+        return error, squared_dot(error, diff) * -0.5
+    log_p = torch.log_softmax(mu, dim=1)
+    error = log_p.exp().sub_(onehot if isinstance(beta, float) else onehot / beta).mul_(-beta)
+    return error, squared_dot(onehot, log_p) * (-beta if isinstance(beta, float) else -1.0)
+
+
+def squared_dot(a: Tensor, b: Tensor) -> Tensor:
+    return torch.dot(a.reshape(-1), b.reshape(-1))
+
+
+@dataclass
+class Settings:
+    steps: int
+    gamma: float
+    output: str
+    fixed_predictions: bool = False
+    incremental: bool = False
+    weight_lr: float = 0.0
+    zil: bool = False
+
+
+def infer(
+    before: list[nn.Module], blocks: list[Block], x: Tensor, y: Tensor, beta: float | Tensor, s: Settings
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Run inference on one batch; return the weight updates (∂F/∂θ ÷ β, batch mean) keyed by parameter name,
+    the batch-mean energy at each of the T + 1 evaluations, and the feedforward prediction. ``beta`` is a float
+    or a (N, 1) column of each sample's signed precision (centred nudging stacks the +β and −β copies)."""
+    n, last = len(x), len(blocks) - 1
+    params = [[p.detach() for p in b.layer.parameters()] for b in blocks]
+    weights = [p[0] for p in params]
+    biases = [p[1] if len(p) > 1 else None for p in params]
+    onehot = F.one_hot(y, blocks[-1].layer.weight.shape[0]).to(x.dtype)
+    if isinstance(beta, Tensor) and s.output == "ce":
+        onehot = onehot * beta  # the energy Σ β_n ℓ_n = −Σ β_n onehot_n · log p_n
+    h0 = x
+    for layer in before:
+        h0 = layer(h0)
+
+    # Feedforward pass: x_l = μ_l, so every hidden error starts at 0.
+    ff_mu: list[Tensor] = []
+    caches: list[tuple[list[Tensor], dict[int, Tensor]]] = []
+    h = h0
+    for index, block in enumerate(blocks):
+        ff_mu.append(predict(block.layer, h, weights[index], biases[index]))
+        if index < last:
+            caches.append(forward_cached(block.after, ff_mu[-1]))
+            h = caches[-1][0][-1]
+    ff_caches = caches
+    values = [mu.clone() for mu in ff_mu[:-1]]  # hidden value nodes, moved in place
+
+    updates: dict[str, Tensor] = {}
+    summed = [[torch.zeros_like(p) for p in ps] for ps in params] if s.incremental else None
+    energies: list[Tensor] = []
+    scale = -1.0 / (beta * n)  # turns ε into the batch-mean descent direction ∂F/∂W ÷ β
+
+    for step in range(s.steps + 1):
+        if step and not s.fixed_predictions:
+            caches = [forward_cached(blocks[i].after, values[i]) for i in range(last)]
+        inputs = [h0] + [cache[0][-1] for cache in caches]
+        errors: list[Tensor] = []
+        for index, block in enumerate(blocks):
+            if s.fixed_predictions or (index == 0 and not s.incremental):
+                mu = ff_mu[index]  # frozen, or layer 1 under a clamped input and fixed weights
+            else:
+                mu = predict(block.layer, inputs[index], weights[index], biases[index])
+            if index < last:
+                errors.append(values[index] - mu)
+            else:
+                error, out_energy = output_error(mu, onehot, s.output, beta)
+                errors.append(error)
+        energies.append((sum(squared_dot(e, e) for e in errors[:-1]) * 0.5 + out_energy) / n)
+
+        if s.zil and step <= last:
+            index = last - step  # the error wave reaches layer L − t at step t
+            grads, _ = layer_backward(blocks[index].layer, inputs[index], errors[index] * scale, None)
+            updates.update(zip(blocks[index].names, grads, strict=True))
+        if step == s.steps:
+            break
+        if summed is not None:
+            for index, block in enumerate(blocks):
+                grads, _ = layer_backward(block.layer, inputs[index], errors[index] * scale, None)
+                for total, grad in zip(summed[index], grads, strict=True):
+                    total.add_(grad)
+
+        # Value updates; each layer reads only this step's errors (computed above, in separate tensors).
+        for index in range(last - 1, -1, -1):
+            above = blocks[index + 1].layer
+            grad = transpose_weights(above, inputs[index + 1], errors[index + 1], weights[index + 1])
+            acts, pool = caches[index]
+            grad = through_chain(blocks[index].after, acts, pool, grad)
+            values[index].add_(grad.sub_(errors[index]), alpha=s.gamma)
+
+        if summed is not None:  # incremental: W_{t+1} = W_0 − η Σ_{s≤t} ∂F/∂W(s)
+            weights = [p[0] - s.weight_lr * g[0] for p, g in zip(params, summed, strict=True)]
+            biases = [p[1] - s.weight_lr * g[1] if len(p) > 1 else None for p, g in zip(params, summed, strict=True)]
+
+    if summed is not None:
+        for block, totals in zip(blocks, summed, strict=True):
+            updates.update(zip(block.names, totals, strict=True))
+    elif not s.zil:
+        inputs = [h0] + [cache[0][-1] for cache in (ff_caches if s.fixed_predictions else caches)]
+        for index, block in enumerate(blocks):
+            grads, _ = layer_backward(block.layer, inputs[index], errors[index] * scale, None)
+            updates.update(zip(block.names, grads, strict=True))
+    return updates, torch.stack(energies), ff_mu[-1]
+
+
+def loss_of(prediction: Tensor, y: Tensor, output: str) -> Tensor:
+    """Batch-mean output loss ℓ: cross-entropy, or squared error ½‖z − onehot(y)‖² summed over classes."""
+    if output == "ce":
+        return F.cross_entropy(prediction, y)
+    return 0.5 * (prediction - F.one_hot(y, prediction.shape[1]).to(prediction.dtype)).square().sum(1).mean()
+
+
+def reference_update(net: nn.Module, x: Tensor, y: Tensor, output: str) -> dict[str, Tensor]:
+    """Autograd's gradient of the batch-mean output loss of ``net(x)``."""
+    named = dict(net.named_parameters())
+    with torch.enable_grad():
+        loss = loss_of(net(x), y, output)
+        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
+
+
+# ------------------------------------------------------------------------------------------------ the rule
+
+CARD_PC = make_card(
+    linear=(True, "errors are neurons: value nodes integrate them through their own nonlinearity"),
+    derivatives=(False, "the value dynamics multiply top-down errors by φ'(x_l)"),
+    weight_transport=(False, "errors return through Wᵀ, the transposed forward weights"),
+    spikes=(False, "real-valued values and errors"),
+    clock=(True, "one continuous relaxation, no separate backward phase; updates are local in space and time"),
+    targets=(False, "needs a supervised target at the output"),
+)
+CARD_FPA = make_card(
+    linear=(False, "under the fixed prediction assumption the sweep is backprop's linear backward pass"),
+    derivatives=(False, "the error sweep multiplies by φ' at the feedforward values"),
+    weight_transport=(False, "errors return through Wᵀ"),
+    spikes=(False, "real-valued values and errors"),
+    clock=(False, "predictions must be frozen during inference: an implicit phase signal"),
+    targets=(False, "needs a supervised target at the output"),
+)
+WHITTINGTON = "Whittington & Bogacz 2017, Neural Comput. 29:1229; review 2019, Trends Cogn. Sci. (Box 3)"
+FPA = "Millidge, Tschantz & Buckley 2022, Neural Comput. 34:1329 (fixed prediction assumption)"
+SALVATORI = "Salvatori et al. 2024, ICLR (incremental predictive coding)"
+
+
+@register("ipc", family="predictive coding", paper=SALVATORI, summary="weights also move at every inference step",
+          card=CARD_PC, incremental=True)  # fmt: skip
+@register("pc-fpa", family="predictive coding", paper=FPA, summary="fixed predictions, γ = 1: equals backprop",
+          card=CARD_FPA, predictions="fixed", gamma=1.0)  # fmt: skip
+@register("pc", family="predictive coding", paper=WHITTINGTON, summary="value and error nodes relax, then δ φ(x)ᵀ",
+          card=CARD_PC)  # fmt: skip
+class PredictiveCoding(Rule):
+    """Predictive coding and its variants; the equations are in the module docstring."""
+
+    options = {
+        "steps": Option(20, "inference steps T", check=lambda v: v >= 0, check_says="must be 0 or more"),
+        "gamma": Option(0.1, "inference step size γ", type=float, check=lambda v: v > 0, check_says="must be positive"),
+        "output": Option("ce", "output energy: cross-entropy (ce) or squared error (se)", choices=OUTPUTS),
+        "beta": Option(
+            1.0,
+            "output precision / nudging strength β (with se, 1 hard-clamps the output)",
+            type=float,
+            check=lambda v: v > 0,
+            check_says="must be positive",
+        ),  # fmt: skip
+        "nudge": Option("positive", "sign of the output nudging; centred runs ±β together", choices=NUDGES),
+        "predictions": Option("free", "free, or fixed at the feedforward pass (pc-fpa)", choices=("free", "fixed")),
+        "incremental": Option(False, "also descend F in the weights at every inference step (ipc)"),
+        "weight_lr": Option(
+            0.01,
+            "incremental: the weights' inner step size η",
+            type=float,
+            check=lambda v: v > 0,
+            check_says="must be positive",
+        ),  # fmt: skip
+        "update_at": Option(
+            "end", "end: update after T steps; zil: layer l at step L − l (Z-IL)", choices=("end", "zil")
+        ),
+        "compile": Option(False, "torch.compile the inference (fused kernels; each new batch shape compiles first)"),
+    }
+
+    def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
+        super().__init__(net, entry, options)
+        self.before, self.blocks = split_blocks(net)
+        c, depth = self.config, len(self.blocks)
+        fixed = c["predictions"] == "fixed"
+        if c["incremental"] and (fixed or c["update_at"] == "zil"):
+            raise BioPropError(f"rule {self.name}: incremental updates need predictions=free and update_at=end")
+        if c["update_at"] == "zil" and c["steps"] < depth - 1:
+            raise BioPropError(f"rule {self.name}: update_at=zil needs steps >= {depth - 1} for this network")
+        steps = c["steps"]
+        if fixed and c["gamma"] == 1.0:
+            steps = min(steps, depth - 1)  # the sweep is exact after L − 1 steps and stays put
+        self.settings = Settings(steps, c["gamma"], c["output"], fixed, c["incremental"], c["weight_lr"],
+                                 c["update_at"] == "zil")  # fmt: skip
+        self.infer = torch.compile(infer, dynamic=False) if c["compile"] else infer
+
+    @torch.no_grad()
+    def grads(self, x: Tensor, y: Tensor) -> Update:
+        c, n = self.config, len(x)
+        beta: float | Tensor = c["beta"]
+        if c["nudge"] == "negative":
+            beta = -c["beta"]
+        elif c["nudge"] == "centred":
+            beta = torch.full((2 * n, 1), c["beta"], dtype=x.dtype, device=x.device)
+            beta[n:] = -c["beta"]
+            x, y = torch.cat([x, x]), torch.cat([y, y])
+        updates, energy, prediction = self.infer(self.before, self.blocks, x, y, beta, self.settings)
+        prediction = prediction[:n]
+        self.check_energy(energy)
+        loss, _ = cross_entropy_grad(prediction, y[:n])
+        return Update(updates, loss, prediction, {"energy": energy})
+
+    def check_energy(self, energy: Tensor) -> None:
+        """Inference descends F for γ below the stability bound; a rise means γ is too large."""
+        if self.settings.fixed_predictions or self.settings.zil:
+            return  # a sweep, not a descent of F; Z-IL reads each layer as the wave passes, at γ = 1
+        first, final = energy[0], energy[-1]
+        rose = final > first + 1e-4 * first.abs() + 1e-12
+        if bool(rose | ~torch.isfinite(energy).all()):
+            raise DivergenceError(
+                f"{self.name}: the energy rose from {float(first):.4g} to {float(final):.4g} during inference, "
+                f"so gamma={self.settings.gamma:g} is above the stability bound for this network; lower gamma"
+            )
+
+    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """Backprop of the batch-mean output loss ℓ (cross-entropy or squared error, as the option says)."""
+        return reference_update(self.net, x, y, self.config["output"])
