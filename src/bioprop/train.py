@@ -336,3 +336,5 @@ def write_plots(run_dir: Path) -> None:
     plots.curves_plot(run_dir)
     if (run_dir / logs.TRACES).is_file():
         plots.traces_plot(run_dir)
+    if any(key.startswith("diag/apical_norm") for key in (logs.read_metrics(run_dir) or [{}])[0]):
+        plots.apical_plot(run_dir)

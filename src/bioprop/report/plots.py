@@ -153,3 +153,34 @@ def alignment_comparison(run_dirs: list[str | Path], path: str | Path) -> Path:
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)
     return Path(path)
+
+
+def apical_plot(run_dir: str | Path) -> Path:
+    """Draw ``apical.png``: left, the mean apical potential ‖v_A‖ during the microcircuit's self-predicting phase
+    (``traces.csv`` rows of epoch 0, trace ``apical_norm``); right, the per-epoch ``diag/apical_norm_*`` columns of
+    ``metrics.csv`` (with and without the target, one line per hidden layer). Returns its path."""
+    run_dir = Path(run_dir)
+    traces = logs.read_csv(run_dir / logs.TRACES) if (run_dir / logs.TRACES).is_file() else []
+    phase = [(r["step"], r["value"]) for r in traces if r["epoch"] == 0 and r["trace"] == "apical_norm"]
+    rows = logs.read_metrics(run_dir)
+    columns = [key for key in (rows[0] if rows else {}) if key.startswith("diag/apical_norm")]
+    if not phase and not columns:
+        raise BioPropError(f"no apical norms recorded in {run_dir}")
+    fig = Figure(figsize=(11, 4.2), layout="constrained")
+    left, right = fig.subplots(1, 2)
+    if phase:
+        left.plot([s for s, _ in phase], [float("nan") if v is None else v for _, v in phase])
+        left.set(yscale="log" if all(v and v > 0 for _, v in phase) else "linear")
+    left.set(xlabel="step", ylabel="mean ‖v_A‖ without target", title="self-predicting phase")
+    for key in columns:
+        right.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker="o" if len(rows) < 30 else None,
+                   markersize=3, label=key[5:])  # fmt: skip
+    right.set(xlabel="epoch", ylabel="mean ‖v_A‖", title="during training")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+    if columns:
+        right.legend(fontsize="small")
+    fig.suptitle(_title(run_dir))
+    path = run_dir / "apical.png"
+    fig.savefig(path, dpi=110)
+    return path

@@ -5,7 +5,7 @@ loss, prediction = rule.backward(x, y)      # p.grad now holds the rule's descen
 exact = rule.reference_grads(x, y)          # what the rule approximates, keyed like net.named_parameters()
 """
 
-from bioprop.rules import backprop, feedback_alignment, predictive_coding  # noqa: F401  (registers the rules)
+from bioprop.rules import backprop, dendritic, feedback_alignment, predictive_coding  # noqa: F401  (registration)
 from bioprop.rules.base import IMPLAUSIBILITIES, CardEntry, Entry, Option, Rule, Update, create, entry, names
 
 __all__ = ["IMPLAUSIBILITIES", "CardEntry", "Entry", "Option", "Rule", "Update", "create", "entry", "names"]
