@@ -1,0 +1,390 @@
+"""Speed of predictive coding: ms per training step, our ``pc`` rule against PCX 0.6.3 (JAX), side by side.
+
+The same network in both: an MLP 784-128-128-10 (GELU after each hidden layer, linear output), batch 64, float32,
+CPU. A step is one batch's inference (T = 20 plain gradient steps of size γ = 0.1 on the value nodes, no momentum)
+plus one AdamW weight update (lr 1e-3): for us ``zero_grad`` + ``rule.backward(x, y)`` + ``optimizer.step()``; for
+PCX its ``pxf.jit``-compiled ``train_on_batch``, written as PCX's examples write it (benchmarks/pcx_harness.py).
+Both output energies are timed: squared error (output node clamped to the one-hot target) and cross-entropy.
+Backprop on the same network is timed on both sides too (ours ``bp``; PCX's plain-JAX tutorial-0b step), for the
+pc/BP ratios.
+
+PCX runs in its own venv: this script starts ``--pcx-python benchmarks/pcx_harness.py`` as a subprocess (after
+JIT compilation and a warm-up, it times the steps it is asked for, ending on ``block_until_ready``) and
+interleaves its samples with ours, round-robin with the order rotated every repetition, so that a noisy, shared
+machine slows all contenders alike. Thread settings are equal on both sides (default one thread: torch
+``set_num_threads``, OMP_NUM_THREADS, and XLA's ``--xla_cpu_multi_thread_eigen=false
+intra_op_parallelism_threads=1``), and both processes are pinned to that many CPUs, since XLA's CPU client
+otherwise runs its computations on extra worker threads; each sample's CPU time / wall time is recorded to check
+it. Before timing,
+``--sanity-steps`` steps train fresh networks on both sides on a learnable random task and report the losses.
+
+    python benchmarks/speed_pc.py --pcx-python /work/scratch/pcx-venv/bin/python [--budget 60] [--threads 1]
+                                  [--no-pin] [--outputs se ce] [--compile] [--profile 30] [--json OUT]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import bioprop
+
+IN_SHAPE, N_CLASSES = (1, 28, 28), 10
+HARNESS = Path(__file__).with_name("pcx_harness.py")
+PCX_HINT = "PCX not measured: pass --pcx-python PATH, the python of a venv with pcx==0.6.3 (benchmarks/README.md)"
+
+
+def log(*parts: object) -> None:
+    print(*parts, file=sys.stderr, flush=True)
+
+
+class Ours:
+    """A fresh network, rule and AdamW optimizer; ``step(x, y)`` is one training step as a user writes it."""
+
+    def __init__(self, rule: str, args: argparse.Namespace, seed: int = 0, compile: str = "") -> None:
+        torch.manual_seed(seed)
+        self.net = bioprop.nets.build(f"mlp:{args.hidden}", IN_SHAPE, N_CLASSES, "gelu")
+        if rule == "bp":
+            self.rule = bioprop.rules.create("bp", self.net)
+        else:
+            output = rule.split("-")[1]
+            self.rule = bioprop.rules.create("pc", self.net, steps=args.steps, gamma=args.gamma, output=output)
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        self.step: Callable[[torch.Tensor, torch.Tensor], None] = self._step
+        if compile == "step":  # the whole step, optimizer included
+            self.step = torch.compile(self._step)
+        elif compile == "grads":  # the rule's own computation only (what the rule could compile inside itself)
+            self.rule.grads = torch.compile(self.rule.grads)
+
+    def _step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.opt.zero_grad()
+        self.rule.backward(x, y)
+        self.opt.step()
+
+
+class PCX:
+    """The PCX harness as a subprocess in its own venv, speaking JSON lines."""
+
+    def __init__(self, python: str, args: argparse.Namespace, systems: list[str], env: dict[str, str]) -> None:
+        cmd = [python, str(HARNESS), "--hidden", *args.hidden.split("x"), "--batch", str(args.batch)]
+        cmd += ["--steps", str(args.steps), "--gamma", str(args.gamma), "--lr", str(args.lr)]
+        cmd += ["--weight-decay", str(args.weight_decay), "--gelu", args.pcx_gelu, "--warmup", str(args.warmup)]
+        cmd += ["--systems", *systems]
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.hello = self.read()
+        if not self.hello.get("ready"):
+            raise RuntimeError(f"PCX harness failed to start: {self.hello}")
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"PCX harness exited (status {self.proc.wait()}); its stderr is above")
+        return json.loads(line)
+
+    def ask(self, **request: object) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=30)
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment for the PCX subprocess: JAX on the CPU with the same thread count as torch."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", OMP_NUM_THREADS=str(threads))
+    xla = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1" if threads == 1 else ""
+    if threads > 1:
+        xla = f"intra_op_parallelism_threads={threads}"
+    env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "") + " " + xla).strip()
+    return env
+
+
+def teacher_data(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A learnable task of MNIST's shape: uniform pixels, labels from a fixed random linear teacher."""
+    x = torch.rand((n, *IN_SHAPE), generator=gen)
+    teacher = torch.randn(IN_SHAPE[1] * IN_SHAPE[2], N_CLASSES, generator=gen)
+    return x, ((x.flatten(1) - 0.5) @ teacher).argmax(1)
+
+
+def losses(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
+    """Batch-mean ½‖z − onehot‖², cross-entropy and accuracy of the feedforward prediction z (as the harness)."""
+    with torch.no_grad():
+        z = net(x).double()
+    onehot = F.one_hot(y, N_CLASSES).double()
+    return {
+        "se": float(0.5 * (z - onehot).square().sum(1).mean()),
+        "ce": float(F.cross_entropy(z, y)),
+        "acc": float((z.argmax(1) == y).double().mean()),
+    }
+
+
+def sanity(args: argparse.Namespace, names: list[str], pcx: PCX | None) -> dict:
+    """Train fresh networks of every contender for ``--sanity-steps`` steps on the same 1024 samples."""
+    gen = torch.Generator().manual_seed(99)
+    x, y = teacher_data(16 * args.batch, gen)
+    out: dict[str, dict] = {}
+    for name in names:
+        ours = Ours(name, args, seed=1)
+        before = losses(ours.net, x, y)
+        for i in range(args.sanity_steps):
+            batch = slice((i % 16) * args.batch, (i % 16 + 1) * args.batch)
+            ours.step(x[batch], y[batch])
+        out[f"ours/{name}"] = {"before": before, "after": losses(ours.net, x, y)}
+    if pcx is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "data.npz")
+            np.savez(path, x=x.flatten(1).numpy(), y=y.numpy())
+            reply = pcx.ask(cmd="sanity", steps=args.sanity_steps, data=path)
+        out.update({f"pcx/{k}": v for k, v in reply["sanity"].items()})
+    return out
+
+
+def profile(args: argparse.Namespace, name: str, x: torch.Tensor, y: torch.Tensor) -> str:
+    """torch.profiler's table of our ``name`` step, by self CPU time, over ``--profile`` steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    ours = Ours(name, args)
+    for _ in range(args.warmup):
+        ours.step(x, y)
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(args.profile):
+            ours.step(x, y)
+    table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+    return f"torch.profiler, ours/{name}, {args.profile} steps (times are totals over them):\n{table}"
+
+
+def pin(args: argparse.Namespace) -> list[int] | None:
+    """Restrict this process, and so the PCX subprocess it starts, to ``--threads`` CPUs (``--cpus`` or the first
+    ones allowed). XLA's CPU client runs each computation on worker threads of its own while Python dispatches the
+    next one; unpinned, PCX then uses 1.3-1.6 cores where torch uses 1, whatever the thread flags say."""
+    if args.no_pin or not hasattr(os, "sched_setaffinity"):
+        return None
+    cpus = [int(c) for c in args.cpus.split(",")] if args.cpus else sorted(os.sched_getaffinity(0))[: args.threads]
+    os.sched_setaffinity(0, cpus)
+    return cpus
+
+
+def run(args: argparse.Namespace) -> dict:
+    cpus = pin(args)
+    torch.set_num_threads(args.threads)
+    os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    rules = [f"pc-{o}" for o in args.outputs] + ["bp"]
+    gen = torch.Generator().manual_seed(1234)
+    x = torch.rand((args.batch, *IN_SHAPE), generator=gen)
+    y = torch.randint(0, N_CLASSES, (args.batch,), generator=gen)
+
+    pcx = None
+    if args.pcx_python:
+        log(f"starting the PCX harness with {args.pcx_python} (JIT compilation takes a few seconds)")
+        pcx = PCX(args.pcx_python, args, rules, thread_env(args.threads))
+    else:
+        log(PCX_HINT)
+
+    sanity_out = sanity(args, rules, pcx) if args.sanity_steps else {}
+
+    contenders: dict[str, Callable[[], tuple[float, float]]] = {}
+
+    def timed(step: Callable) -> Callable[[], tuple[float, float]]:
+        def sample() -> tuple[float, float]:
+            c0, t0 = time.process_time(), time.perf_counter()
+            for _ in range(args.inner):
+                step(x, y)
+            wall = time.perf_counter() - t0
+            return wall * 1e3 / args.inner, (time.process_time() - c0) / wall
+
+        return sample
+
+    t_start = time.perf_counter()
+    for name in rules:
+        ours = Ours(name, args)
+        for _ in range(args.warmup):
+            ours.step(x, y)
+        contenders[f"ours/{name}"] = timed(ours.step)
+    compile_s: dict[str, float] = {}
+    for what in ("grads", "step") if args.compile else ():
+        log(f"torch.compile of our {rules[0]} {what} (compiles on the first calls; a minute on 2 busy cores)...")
+        t0 = time.perf_counter()
+        try:
+            compiled = Ours(rules[0], args, compile=what)
+            for _ in range(max(args.warmup, 3)):
+                compiled.step(x, y)
+        except Exception as exc:  # noqa: BLE001  (report what failed, time the rest)
+            log(f"torch.compile of the {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+            continue
+        contenders[f"ours/{rules[0]}+compile({what})"] = timed(compiled.step)
+        compile_s[what] = time.perf_counter() - t0
+    if pcx is not None:
+        for name in rules:
+
+            def ask(name: str = name) -> tuple[float, float]:
+                reply = pcx.ask(cmd="time", system=name, inner=args.inner)
+                return reply["ms"], reply["cpu"]
+
+            contenders[f"pcx/{name}"] = ask
+
+    names = list(contenders)
+    samples: dict[str, list[float]] = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    load = [os.getloadavg()[0]]
+    t_loop = time.perf_counter()
+    log(f"timing {len(names)} contenders round-robin, {args.inner} steps per sample, budget {args.budget:.0f} s")
+    for rep in range(args.repeats):
+        shift = rep % len(names)
+        for name in names[shift:] + names[:shift]:
+            ms, util = contenders[name]()
+            samples[name].append(ms)
+            cpu[name].append(util)
+        elapsed = time.perf_counter() - t_loop
+        if (rep + 1) % 10 == 0:
+            log(f"  {rep + 1} repetitions, {elapsed:.0f} s")
+        if elapsed > args.budget and rep + 1 >= 5:
+            log(f"  time budget of {args.budget:.0f} s spent after {rep + 1} repetitions")
+            break
+    load.append(os.getloadavg()[0])
+    versions = {"torch": torch.__version__, "bioprop": getattr(bioprop, "__version__", "?")}
+    if pcx is not None:
+        versions |= pcx.hello["versions"]
+        pcx.close()
+
+    def paired(a: str, b: str) -> float | None:
+        if a not in samples or b not in samples:
+            return None
+        return statistics.median(s / t for s, t in zip(samples[a], samples[b], strict=True))
+
+    results: dict[str, dict] = {}
+    for name in names:
+        q1, med, q3 = statistics.quantiles(samples[name], n=4, method="inclusive")
+        system, rule = name.split("/")
+        base = rule.split("+")[0]
+        entry = {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "cpu_per_wall": statistics.median(cpu[name])}
+        entry["samples_ms"] = samples[name]
+        entry["paired_to_bp"] = paired(name, f"{system}/bp") if rule != "bp" else None
+        entry["paired_to_pcx"] = paired(name, f"pcx/{base}") if system == "ours" else None
+        results[name] = entry
+    return {
+        "config": {
+            k: getattr(args, k)
+            for k in ("batch", "hidden", "steps", "gamma", "lr", "weight_decay", "inner", "warmup", "threads")
+        }
+        | {"outputs": args.outputs, "pcx_gelu": args.pcx_gelu, "repeats": len(samples[names[0]]), "pinned_cpus": cpus},
+        "versions": versions,
+        "pcx_compile_s": pcx.hello["compile_s"] if pcx is not None else None,
+        "torch_compile_s": compile_s,
+        "pcx_xla_flags": thread_env(args.threads)["XLA_FLAGS"],
+        "load_avg_1min": load,
+        "cpus": os.cpu_count(),
+        "wall_s": time.perf_counter() - t_start,
+        "sanity": sanity_out,
+        "results": results,
+    }
+
+
+def fmt(value: float | None, spec: str = "6.2f") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def report(out: dict) -> None:
+    cfg, res, ver = out["config"], out["results"], out["versions"]
+    have_pcx = any(name.startswith("pcx/") for name in res)
+    print(
+        f"PC speed: MLP 784-{cfg['hidden'].replace('x', '-')}-10 GELU, batch {cfg['batch']}, T={cfg['steps']}, "
+        f"γ={cfg['gamma']}, AdamW lr {cfg['lr']} wd {cfg['weight_decay']}, float32 CPU, {cfg['threads']} thread(s); "
+        f"{cfg['repeats']} round-robin repetitions of {cfg['inner']} steps"
+    )
+    pinned = cfg["pinned_cpus"]
+    where = f"both pinned to CPU(s) {','.join(map(str, pinned))}" if pinned else "not pinned (--no-pin)"
+    print(f"versions: {', '.join(f'{k} {v}' for k, v in ver.items())}; PCX GELU: {cfg['pcx_gelu']}; {where}")
+    print("ms/step median [IQR]; paired = median over repetitions of the ratio of two samples taken together")
+    head = f"{'contender':<28} | {'ms/step':>20} | {'÷ same-side BP':>14} | {'÷ PCX (paired)':>14} | {'CPU/wall':>8}"
+    print(head)
+    print("-" * len(head))
+    for name, r in res.items():
+        cell = f"{r['median_ms']:7.3f} [{r['q1_ms']:.2f}-{r['q3_ms']:.2f}]"
+        print(
+            f"{name:<28} | {cell:>20} | {fmt(r['paired_to_bp']):>14} | {fmt(r['paired_to_pcx']):>14} | "
+            f"{r['cpu_per_wall']:8.2f}"
+        )
+    print()
+    if out["sanity"]:
+        print("sanity: fresh networks, feedforward prediction on 1024 samples of a random linear-teacher task")
+        for name, s in out["sanity"].items():
+            b, a = s["before"], s["after"]
+            print(
+                f"  {name:<12} se {b['se']:.3f} -> {a['se']:.3f}   ce {b['ce']:.3f} -> {a['ce']:.3f}   "
+                f"acc {b['acc']:.3f} -> {a['acc']:.3f}"
+            )
+    if out["pcx_compile_s"]:
+        print(f"PCX JIT compile: {', '.join(f'{k} {v:.1f} s' for k, v in out['pcx_compile_s'].items())}")
+    if out["torch_compile_s"]:
+        spent = ", ".join(f"{k} {v:.0f} s" for k, v in out["torch_compile_s"].items())
+        print(f"torch.compile warm-up (compilation + {cfg['warmup']} steps): {spent}; graph breaks at .item()/bool()")
+    load = out["load_avg_1min"]
+    print(f"PCX XLA_FLAGS={out['pcx_xla_flags']!r}; load average (1 min) before/after: {load[0]:.1f}, {load[1]:.1f} "
+          f"on {out['cpus']} CPUs")  # fmt: skip
+    if not have_pcx:
+        print(PCX_HINT)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--pcx-python", metavar="PATH", default=os.environ.get("PCX_PYTHON"),
+                        help="python of PCX's venv (default $PCX_PYTHON); without it, ours only")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=1, help="threads for torch and XLA alike (default 1)")
+    parser.add_argument("--cpus", help="comma-separated CPUs to pin both sides to (default: the first --threads)")
+    parser.add_argument("--no-pin", action="store_true", help="do not pin (PCX's XLA then uses extra cores)")
+    parser.add_argument("--budget", type=float, default=60, help="seconds of timing after warm-up (default 60)")
+    parser.add_argument("--repeats", type=int, default=200, help="at most this many repetitions (default 200)")
+    parser.add_argument("--inner", type=int, default=3, help="steps per timed sample (default 3)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed steps per contender first (default 10)")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--hidden", default="128x128", help="hidden sizes, as in mlp:128x128")
+    parser.add_argument("--steps", type=int, default=20, help="inference steps T (default 20)")
+    parser.add_argument("--gamma", type=float, default=0.1, help="value-node step size γ (default 0.1)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
+    parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay, both sides (1e-4)")
+    parser.add_argument("--outputs", nargs="+", choices=("se", "ce"), default=["se", "ce"], help="output energies")
+    parser.add_argument("--pcx-gelu", choices=("exact", "tanh"), default="exact",
+                        help="PCX's GELU: exact (erf, as torch's nn.GELU) or tanh (jax.nn.gelu's default)")  # fmt: skip
+    parser.add_argument("--sanity-steps", type=int, default=200, help="training steps of the sanity check (0: skip)")
+    parser.add_argument("--compile", action="store_true",
+                        help="also time our first pc rule under torch.compile: grads alone, whole step")  # fmt: skip
+    parser.add_argument("--profile", type=int, default=0, metavar="STEPS",
+                        help="then print torch.profiler's table of our first pc rule over STEPS steps")  # fmt: skip
+    parser.add_argument("--json", metavar="OUT", help="write all results (samples included) to this JSON file")
+    args = parser.parse_args(argv)
+    out = run(args)
+    report(out)
+    if args.profile:
+        gen = torch.Generator().manual_seed(1234)
+        x = torch.rand((args.batch, *IN_SHAPE), generator=gen)
+        y = torch.randint(0, N_CLASSES, (args.batch,), generator=gen)
+        text = profile(args, f"pc-{args.outputs[0]}", x, y)
+        print()
+        print(text)
+        out["profile"] = text
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(out, fh, indent=1)
+        log(f"wrote {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
