@@ -3,6 +3,7 @@ traceback; the listing commands show what they promise."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -249,3 +250,9 @@ def test_help_texts(cli) -> None:
         assert flag in out
     code, out, _ = cli("--help")
     assert code == 0 and all(cmd in out for cmd in ("train", "resume", "rules", "datasets", "compare"))
+
+
+def test_unstable_inference_step_exits_3_naming_gamma(cli, tmp_path: Path) -> None:
+    code, _, err = cli("train", *TINY, "--rule", "pc", "--rule-opt", "gamma=3", "--out", tmp_path / "run")
+    assert_one_line_error(code, err, expected_code=3, says="gamma=3 is above the stability bound")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"

@@ -280,3 +280,33 @@ def test_config_yaml_of_a_run_round_trips(finished_run: Path) -> None:
     values = yaml.safe_load((finished_run / "config.yaml").read_text())
     assert values["rule"] == "fa" and values["rule_opts"] == {}
     assert RunConfig.from_dict(values).fingerprint() == tiny_config(rule="fa").fingerprint()
+
+
+def test_inference_rules_record_energy_traces_per_epoch_and_resume_them(tmp_path: Path, cli) -> None:
+    """pc returns the energy at each inference step; the run keeps the epoch mean in traces.csv, draws
+    energy.png, and a resumed run carries the traces of the epochs before the interruption."""
+    common = ["--rule", "pc", "--rule-opt", "steps=6", "--data", "digits", "--arch", "mlp:16", "--limit", "300",
+              "--device", "cpu", "--quiet"]  # fmt: skip
+    code, _, err = cli("train", *common, "--epochs", "3", "--out", tmp_path / "whole")
+    assert code == 0, err
+    rows = read_rows(tmp_path / "whole" / "traces.csv")
+    assert [(int(r["epoch"]), int(r["step"])) for r in rows] == [(e, t) for e in (1, 2, 3) for t in range(7)]
+    assert {r["trace"] for r in rows} == {"energy"}
+    for epoch in (1, 2, 3):
+        energy = [float(r["value"]) for r in rows if int(r["epoch"]) == epoch]
+        assert energy[-1] < energy[0], "inference lowers the energy"
+    assert (tmp_path / "whole" / "energy.png").read_bytes()[:8] == PNG_MAGIC
+    stopped = tmp_path / "stopped"
+    code, _, err = cli("train", *common, "--epochs", "1", "--out", stopped)
+    assert code == 0, err
+    config = stopped / "config.yaml"
+    config.write_text(config.read_text().replace("epochs: 1", "epochs: 3"))
+    checkpoint = stopped / train.CHECKPOINT
+    tensors, meta = train.read_checkpoint(checkpoint)
+    meta["fingerprint"] = RunConfig.from_yaml(config).fingerprint()  # as if the run had been started for 3 epochs
+    blob = safetensors.torch.save(tensors, metadata={"bioprop": json.dumps(meta)})
+    checkpoint.write_bytes(blob)
+    (stopped / "model.safetensors").unlink()
+    code, _, err = cli("resume", stopped, "--quiet")
+    assert code == 0, err
+    assert read_rows(stopped / "traces.csv") == rows

@@ -259,8 +259,12 @@ def run(config: RunConfig, out_dir: str | Path, overwrite: bool = False, quiet: 
     s = build(config, out)  # every input error surfaces here, before anything is written
     logs.make_out_dir(out, overwrite)
     logs.write_atomic(out / CONFIG, config.to_yaml().encode())
-    record_traces(s, 0, s.rule.prepare())
-    s.history["init"] = probe_angles(s)
+    try:
+        record_traces(s, 0, s.rule.prepare())
+        s.history["init"] = probe_angles(s)
+    except DivergenceError as exc:  # e.g. an unstable inference step size shows on the first probe batch
+        logs.write_summary(out, summary(s, "diverged", str(exc)))
+        raise
     if config.probe_every:
         s.history["alignment"] += [[0, 0, name, angle] for name, angle in s.history["init"].items()]
     logs.write_summary(out, summary(s, "running"))
