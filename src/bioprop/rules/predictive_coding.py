@@ -176,7 +176,8 @@ def infer(
 
     updates: dict[str, Tensor] = {}
     summed = [[torch.zeros_like(p) for p in ps] for ps in params] if s.incremental else None
-    energies: list[Tensor] = []
+    hidden_energy: list[Tensor] = []  # ‖δ_l‖² per step and hidden layer, combined once at the end
+    output_energy: list[Tensor] = []
     scale = -1.0 / (beta * n)  # turns ε into the batch-mean descent direction ∂F/∂W ÷ β
 
     for step in range(s.steps + 1):
@@ -194,7 +195,8 @@ def infer(
             else:
                 error, out_energy = output_error(mu, onehot, s.output, beta)
                 errors.append(error)
-        energies.append((sum(squared_dot(e, e) for e in errors[:-1]) * 0.5 + out_energy) / n)
+        hidden_energy += [squared_dot(e, e) for e in errors[:-1]]
+        output_energy.append(out_energy)
 
         if s.zil and step <= last:
             index = last - step  # the error wave reaches layer L − t at step t
@@ -228,7 +230,10 @@ def infer(
         for index, block in enumerate(blocks):
             grads, _ = layer_backward(block.layer, inputs[index], errors[index] * scale, None)
             updates.update(zip(block.names, grads, strict=True))
-    return updates, torch.stack(energies), ff_mu[-1]
+    energy = torch.stack(output_energy)
+    if last:
+        energy = energy + torch.stack(hidden_energy).view(len(output_energy), last).sum(1) * 0.5
+    return updates, energy / n, ff_mu[-1]
 
 
 def loss_of(prediction: Tensor, y: Tensor, output: str) -> Tensor:
