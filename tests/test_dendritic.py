@@ -338,3 +338,27 @@ def test_cards_are_complete() -> None:
         assert len(card) == 6 and all(entry.why for entry in card.values())
     assert rules.entry("microcircuit").card["weight_transport"].removed
     assert not rules.entry("dendritic").card["weight_transport"].removed
+
+
+def test_from_random_interneurons_the_phase_reaches_self_prediction_and_apical_is_backprop_error() -> None:
+    """Sacramento et al. 2018's claim end to end: with top-down weights W^down = W̃ᵀ and W^ip, W^pi random, the
+    self-predicting phase (random inputs, no target) silences the apical dendrites (mean ‖v_A‖ below 5 % of its
+    start); then, with a target, each hidden layer's apical potential is backprop's error at that layer
+    (−W̃_{k+1}ᵀ ∂L/∂a_{k+1}, from autograd): cosine ≥ 0.95."""
+    rule = rules.create("microcircuit", tanh_mlp(SIZES, seed=3), prepare_steps=1500, tol=1e-10, sweeps=300, seed=5)
+    linears = [m for m in rule.net if isinstance(m, nn.Linear)]
+    for k in range(len(linears) - 1):
+        rule.circuit.w_down[k].copy_(linears[k + 1].weight.detach().T)
+    trace = rule.prepare()["apical_norm"]
+    assert trace[-1] < 0.05 * trace[0]
+    x, y = data(10, 4, n=32, seed=9)
+    pre, h = [], x
+    with torch.enable_grad():
+        for m in linears:
+            pre.append(h @ m.weight.T + m.bias)
+            pre[-1].retain_grad()
+            h = torch.tanh(pre[-1])
+        torch.nn.functional.cross_entropy(pre[-1], y, reduction="sum").backward()
+    rule.net.zero_grad()
+    for k, apical in enumerate(rule.settle(x, y).apical):
+        assert cosine(apical, -pre[k + 1].grad @ linears[k + 1].weight.detach()) >= 0.95, k

@@ -210,7 +210,11 @@ CARD_MICROCIRCUIT = make_card(
     derivatives=(True, "the plasticity uses φ(u) − φ(v̂_B), a difference of rates, not φ'"),
     weight_transport=(True, "W^down is fixed random (or learned by a local rule), never a copy of W^upᵀ"),
     spikes=(False, "real-valued rates and potentials"),
-    clock=(True, "one continuous dynamics with plasticity always on; no separate backward phase"),
+    clock=(
+        True,
+        "one continuous dynamics with plasticity on, no backward phase (the default baseline=free "
+        "compares with a settling without target, a second phase; baseline=none has none)",
+    ),
     targets=(False, "needs a teaching current at the output layer"),
 )
 WHITTINGTON = "Whittington & Bogacz 2019, Trends Cogn. Sci. 23(3):235, Box 4"
