@@ -113,6 +113,11 @@ def traces_plot(run_dir: str | Path, path: str | Path | None = None) -> Path:
         xs, ys = panels.setdefault(key, {}).setdefault(row["epoch"], ([], []))
         xs.append(row["step"])
         ys.append(float("nan") if row["value"] is None else row["value"])
+    if "energy" in panels:  # how much of the energy inference removes, which a log scale hides as epochs pass
+        panels["energy / energy at step 0"] = {
+            epoch: (xs, [y / ys[0] if ys[0] else float("nan") for y in ys])
+            for epoch, (xs, ys) in panels["energy"].items()
+        }
     fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
     colours = mpl.colormaps["viridis"]
     for ax, (name, by_epoch) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True):
