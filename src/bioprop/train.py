@@ -338,7 +338,7 @@ def write_plots(run_dir: Path) -> None:
 
     plots.alignment_plot(run_dir)
     plots.curves_plot(run_dir)
-    if (run_dir / logs.TRACES).is_file():
-        plots.traces_plot(run_dir)
+    if (run_dir / logs.TRACES).is_file() and any(row["epoch"] for row in logs.read_csv(run_dir / logs.TRACES)):
+        plots.traces_plot(run_dir)  # traces of the preparation phase alone are apical.png's business
     if any(key.startswith("diag/apical_norm") for key in (logs.read_metrics(run_dir) or [{}])[0]):
         plots.apical_plot(run_dir)
