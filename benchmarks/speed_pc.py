@@ -62,7 +62,9 @@ class Ours:
             output = rule.split("-")[1]
             self.rule = bioprop.rules.create("pc", self.net, steps=args.steps, gamma=args.gamma, output=output,
                                              compile=compile == "rule")  # fmt: skip
-        self.opt = torch.optim.AdamW(self.net.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+        # fused: one kernel for all tensors, as optax's AdamW is fused into PCX's jit-compiled step
+        self.opt = torch.optim.AdamW(self.net.parameters(), lr=args.lr, weight_decay=args.weight_decay,
+                                     fused=not args.unfused_adamw)  # fmt: skip
         self.step: Callable[[torch.Tensor, torch.Tensor], None] = self._step
         if compile == "step":  # the whole step, optimizer included
             self.step = torch.compile(self._step)
@@ -280,7 +282,18 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "config": {
             k: getattr(args, k)
-            for k in ("batch", "hidden", "steps", "gamma", "lr", "weight_decay", "inner", "warmup", "threads")
+            for k in (
+                "batch",
+                "hidden",
+                "steps",
+                "gamma",
+                "lr",
+                "weight_decay",
+                "unfused_adamw",
+                "inner",
+                "warmup",
+                "threads",
+            )
         }
         | {"outputs": args.outputs, "pcx_gelu": args.pcx_gelu, "repeats": len(samples[names[0]]), "pinned_cpus": cpus},
         "versions": versions,
@@ -304,7 +317,8 @@ def report(out: dict) -> None:
     have_pcx = any(name.startswith("pcx/") for name in res)
     print(
         f"PC speed: MLP 784-{cfg['hidden'].replace('x', '-')}-10 GELU, batch {cfg['batch']}, T={cfg['steps']}, "
-        f"γ={cfg['gamma']}, AdamW lr {cfg['lr']} wd {cfg['weight_decay']}, float32 CPU, {cfg['threads']} thread(s); "
+        f"γ={cfg['gamma']}, AdamW lr {cfg['lr']} wd {cfg['weight_decay']} "
+        f"({'unfused' if cfg['unfused_adamw'] else 'fused'} on our side), float32 CPU, {cfg['threads']} thread(s); "
         f"{cfg['repeats']} round-robin repetitions of {cfg['inner']} steps"
     )
     pinned = cfg["pinned_cpus"]
@@ -358,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", type=float, default=0.1, help="value-node step size γ (default 0.1)")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3)")
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay, both sides (1e-4)")
+    parser.add_argument("--unfused-adamw", action="store_true", help="ours: torch's default AdamW, not fused=True")
     parser.add_argument("--outputs", nargs="+", choices=("se", "ce"), default=["se", "ce"], help="output energies")
     parser.add_argument("--pcx-gelu", choices=("exact", "tanh"), default="exact",
                         help="PCX's GELU: exact (erf, as torch's nn.GELU) or tanh (jax.nn.gelu's default)")  # fmt: skip
