@@ -102,6 +102,24 @@ def cross_entropy_grad(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     return loss, error.div_(len(y))
 
 
+def output_loss(z: Tensor, y: Tensor, output: str = "ce") -> Tensor:
+    """Batch-mean output loss ℓ of the rules that choose one: cross-entropy (``ce``) or squared error against the
+    one-hot target, ½‖z − onehot(y)‖² summed over classes (``se``)."""
+    if output == "ce":
+        return F.cross_entropy(z, y)
+    return 0.5 * (z - F.one_hot(y, z.shape[1]).to(z.dtype)).square().sum(1).mean()
+
+
+def output_loss_grads(net: nn.Module, x: Tensor, y: Tensor, output: str = "ce") -> dict[str, Tensor]:
+    """Autograd's gradient of :func:`output_loss` of ``net(x)``, keyed like ``net.named_parameters()``; leaves
+    ``.grad`` untouched. The reference gradient of rules with a choice of output loss."""
+    named = dict(net.named_parameters())
+    with torch.enable_grad():
+        loss = output_loss(net(x), y, output)
+        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
+
+
 def backprop_update(net: nn.Module, x: Tensor, y: Tensor) -> Update:
     """Autograd's gradient of the batch-mean cross-entropy of ``net(x)``; leaves ``.grad`` untouched."""
     named = dict(net.named_parameters())

@@ -74,7 +74,7 @@ from bioprop.errors import BioPropError, DivergenceError
 from bioprop.metrics import angle_deg
 from bioprop.nets import ACTIVATIONS
 from bioprop.nets import layers as walk_layers
-from bioprop.rules.base import Entry, Option, Rule, Update, make_card, register
+from bioprop.rules.base import Entry, Option, Rule, Update, make_card, output_loss_grads, register
 from bioprop.rules.feedback_alignment import draw_feedback
 
 Act = nn.Module  # an elementwise activation module
@@ -115,22 +115,6 @@ def onehot(y: Tensor, like: Tensor) -> Tensor:
 def output_loss_grad(mu: Tensor, y: Tensor, output: str) -> Tensor:
     """∂loss/∂μ per example, (B, K): ``se`` μ − onehot; ``ce`` softmax(μ) − onehot."""
     return (mu if output == "se" else torch.softmax(mu, dim=1)) - onehot(y, mu)
-
-
-def output_loss(z: Tensor, y: Tensor, output: str) -> Tensor:
-    """Batch-mean loss: ``se`` ½‖z − onehot‖² summed over classes; ``ce`` cross-entropy."""
-    if output == "se":
-        return 0.5 * ((z - onehot(y, z)) ** 2).sum(1).mean()
-    return F.cross_entropy(z, y)
-
-
-def reference_update(net: nn.Module, x: Tensor, y: Tensor, output: str) -> dict[str, Tensor]:
-    """Autograd backprop of :func:`output_loss`; leaves ``.grad`` untouched."""
-    named = dict(net.named_parameters())
-    with torch.enable_grad():
-        loss = output_loss(net(x), y, output)
-        grads = torch.autograd.grad(loss, list(named.values()))
-    return dict(zip(named, grads, strict=True))
 
 
 # -------------------------------------------------------------------------------------------------- dendritic
@@ -279,7 +263,7 @@ class Dendritic(Rule):
         return Update(grads, F.cross_entropy(prediction, y), prediction, traces={"residual": trace})
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        return reference_update(self.net, x, y, self.config["output"])
+        return output_loss_grads(self.net, x, y, self.config["output"])
 
 
 # ----------------------------------------------------------------------------------------------- microcircuit
@@ -674,7 +658,7 @@ class Microcircuit(Rule):
         return out
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        return reference_update(self.net, x, y, self.config["output"])
+        return output_loss_grads(self.net, x, y, self.config["output"])
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {f"{field}.{k}": t for field, ts in zip(Circuit._fields, self.circuit, strict=True)

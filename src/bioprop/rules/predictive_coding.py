@@ -52,7 +52,16 @@ from torch import Tensor, nn
 
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.nets import layers as walk_layers
-from bioprop.rules.base import Entry, Option, Rule, Update, cross_entropy_grad, make_card, register
+from bioprop.rules.base import (
+    Entry,
+    Option,
+    Rule,
+    Update,
+    cross_entropy_grad,
+    make_card,
+    output_loss_grads,
+    register,
+)
 from bioprop.rules.layerwise import conv_geometry, forward_cached, layer_backward, through_parameterless
 
 OUTPUTS = ("ce", "se")
@@ -236,22 +245,6 @@ def infer(
     return updates, energy / n, ff_mu[-1]
 
 
-def loss_of(prediction: Tensor, y: Tensor, output: str) -> Tensor:
-    """Batch-mean output loss ℓ: cross-entropy, or squared error ½‖z − onehot(y)‖² summed over classes."""
-    if output == "ce":
-        return F.cross_entropy(prediction, y)
-    return 0.5 * (prediction - F.one_hot(y, prediction.shape[1]).to(prediction.dtype)).square().sum(1).mean()
-
-
-def reference_update(net: nn.Module, x: Tensor, y: Tensor, output: str) -> dict[str, Tensor]:
-    """Autograd's gradient of the batch-mean output loss of ``net(x)``."""
-    named = dict(net.named_parameters())
-    with torch.enable_grad():
-        loss = loss_of(net(x), y, output)
-        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
-    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
-
-
 # ------------------------------------------------------------------------------------------------ the rule
 
 CARD_PC = make_card(
@@ -357,4 +350,4 @@ class PredictiveCoding(Rule):
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Backprop of the batch-mean output loss ℓ (cross-entropy or squared error, as the option says)."""
-        return reference_update(self.net, x, y, self.config["output"])
+        return output_loss_grads(self.net, x, y, self.config["output"])
