@@ -326,3 +326,21 @@ def test_compiled_inference_matches_eager() -> None:
     compiled = rules.create("pc", net, steps=5, compile=True).grads(x, y)
     for name, grad in eager.grads.items():
         torch.testing.assert_close(compiled.grads[name], grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("output", ["ce", "se"])
+@pytest.mark.parametrize("nudge", ["negative", "centred"])
+def test_negative_and_centred_nudging_descend_their_energies(nudge: str, output: str) -> None:
+    """Negative nudging is descent on F with −β; centred runs the +β and −β copies of the batch together: its
+    trace is the mean of the two energies and its update the mean of ∂F⁺/∂W ÷ β and ∂F⁻/∂W ÷ (−β)."""
+    net = mlp()
+    x, y = data((1, 3, 4))
+    beta, steps, gamma = 0.3, 10, 0.15
+    got = rules.create("pc", net, output=output, beta=beta, nudge=nudge, steps=steps, gamma=gamma).grads(x, y)
+    signs = (-1.0,) if nudge == "negative" else (1.0, -1.0)
+    runs = [descend_energy(net, mlp_stages(net), x, y, sign * beta, output, steps, gamma) for sign in signs]
+    trace = [sum(values) / len(runs) for values in zip(*(r[0] for r in runs), strict=True)]
+    assert got.traces["energy"].tolist() == pytest.approx(trace, rel=1e-10, abs=1e-12)
+    for name in runs[0][1]:
+        expected = sum(r[1][name] for r in runs) / len(runs)
+        assert rel_error(got.grads[name], expected) < 1e-9, name

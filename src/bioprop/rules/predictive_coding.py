@@ -127,16 +127,20 @@ def through_chain(chain: list[nn.Module], acts: list[Tensor], pool: dict[int, Te
     return grad
 
 
-def output_error(mu: Tensor, onehot: Tensor, output: str, beta: Tensor | float) -> tuple[Tensor, Tensor]:
-    """ε_L = −β ∂ℓ/∂μ_L per sample and the summed output energy Σ β ℓ; ``onehot`` is the target (times β when
-    β is a per-sample column, for the cross-entropy energy)."""
-    if output == "se":
-        diff = mu - onehot
-        error = diff * (-beta)
-        return error, squared_dot(error, diff) * -0.5
-    log_p = torch.log_softmax(mu, dim=1)
-    error = log_p.exp().sub_(onehot if isinstance(beta, float) else onehot / beta).mul_(-beta)
-    return error, squared_dot(onehot, log_p) * (-beta if isinstance(beta, float) else -1.0)
+def output_error(mu: Tensor, target: Tensor, output: str, beta: Tensor | float) -> tuple[Tensor, Tensor, float]:
+    """ε_L = −β ∂ℓ/∂μ_L per sample, and the summed output energy Σ_n β_n ℓ_n as ``(dot, factor)`` with
+    energy = dot · factor. ``target`` is β · onehot(y). (Products with a Python number are avoided: each would
+    copy the number into a tensor, at every inference step; the factor is applied once for all steps.)"""
+    if output == "se":  # ε = β (onehot − μ); β ℓ = ½ β ‖μ − onehot‖² = ‖ε‖² / (2β)
+        if isinstance(beta, float):
+            error = torch.sub(target, mu, alpha=beta)
+            return error, squared_dot(error, error), 0.5 / beta
+        error = torch.addcmul(target, beta, mu, value=-1.0)
+        return error, squared_dot(error, error / beta), 0.5
+    log_p = torch.log_softmax(mu, dim=1)  # ε = β (onehot − softmax μ); β ℓ = −β onehot · log softmax μ
+    if isinstance(beta, float):
+        return torch.sub(target, log_p.exp(), alpha=beta), squared_dot(target, log_p), -1.0
+    return torch.addcmul(target, beta, log_p.exp(), value=-1.0), squared_dot(target, log_p), -1.0
 
 
 def squared_dot(a: Tensor, b: Tensor) -> Tensor:
@@ -164,9 +168,7 @@ def infer(
     params = [[p.detach() for p in b.layer.parameters()] for b in blocks]
     weights = [p[0] for p in params]
     biases = [p[1] if len(p) > 1 else None for p in params]
-    onehot = F.one_hot(y, blocks[-1].layer.weight.shape[0]).to(x.dtype)
-    if isinstance(beta, Tensor) and s.output == "ce":
-        onehot = onehot * beta  # the energy Σ β_n ℓ_n = −Σ β_n onehot_n · log p_n
+    target = F.one_hot(y, blocks[-1].layer.weight.shape[0]).to(x.dtype) * beta  # β · onehot(y)
     h0 = x
     for layer in before:
         h0 = layer(h0)
@@ -202,7 +204,7 @@ def infer(
             if index < last:
                 errors.append(values[index] - mu)
             else:
-                error, out_energy = output_error(mu, onehot, s.output, beta)
+                error, out_energy, out_factor = output_error(mu, target, s.output, beta)
                 errors.append(error)
         hidden_energy += [squared_dot(e, e) for e in errors[:-1]]
         output_energy.append(out_energy)
@@ -239,7 +241,7 @@ def infer(
         for index, block in enumerate(blocks):
             grads, _ = layer_backward(block.layer, inputs[index], errors[index] * scale, None)
             updates.update(zip(block.names, grads, strict=True))
-    energy = torch.stack(output_energy)
+    energy = torch.stack(output_energy) * out_factor
     if last:
         energy = energy + torch.stack(hidden_energy).view(len(output_energy), last).sum(1) * 0.5
     return updates, energy / n, ff_mu[-1]
