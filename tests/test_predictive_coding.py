@@ -318,6 +318,7 @@ def test_cards_are_registered() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # raised inside torch.compile's own machinery
 def test_compiled_inference_matches_eager() -> None:
     net = mlp().float()
     x, y = data((1, 3, 4))
