@@ -110,22 +110,13 @@ def output_loss(z: Tensor, y: Tensor, output: str = "ce") -> Tensor:
     return 0.5 * (z - F.one_hot(y, z.shape[1]).to(z.dtype)).square().sum(1).mean()
 
 
-def output_loss_grads(net: nn.Module, x: Tensor, y: Tensor, output: str = "ce") -> dict[str, Tensor]:
-    """Autograd's gradient of :func:`output_loss` of ``net(x)``, keyed like ``net.named_parameters()``; leaves
-    ``.grad`` untouched. The reference gradient of rules with a choice of output loss."""
-    named = dict(net.named_parameters())
-    with torch.enable_grad():
-        loss = output_loss(net(x), y, output)
-        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
-    return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
-
-
-def backprop_update(net: nn.Module, x: Tensor, y: Tensor) -> Update:
-    """Autograd's gradient of the batch-mean cross-entropy of ``net(x)``; leaves ``.grad`` untouched."""
+def backprop_update(net: nn.Module, x: Tensor, y: Tensor, output: str = "ce") -> Update:
+    """Autograd's gradient of the batch-mean :func:`output_loss` of ``net(x)`` (cross-entropy by default); leaves
+    ``.grad`` untouched. Backprop's update, and the reference gradient of every rule that approximates it."""
     named = dict(net.named_parameters())
     with torch.enable_grad():
         prediction = net(x)
-        loss = F.cross_entropy(prediction, y)
+        loss = output_loss(prediction, y, output)
         grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
     update = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
     return Update(update, loss.detach(), prediction.detach())

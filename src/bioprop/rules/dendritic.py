@@ -74,7 +74,7 @@ from bioprop.errors import BioPropError, DivergenceError
 from bioprop.metrics import angle_deg
 from bioprop.nets import ACTIVATIONS
 from bioprop.nets import layers as walk_layers
-from bioprop.rules.base import Entry, Option, Rule, Update, make_card, output_loss_grads, register
+from bioprop.rules.base import Entry, Option, Rule, Update, backprop_update, make_card, register
 from bioprop.rules.feedback_alignment import draw_feedback
 
 Act = nn.Module  # an elementwise activation module
@@ -263,7 +263,7 @@ class Dendritic(Rule):
         return Update(grads, F.cross_entropy(prediction, y), prediction, traces={"residual": trace})
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        return output_loss_grads(self.net, x, y, self.config["output"])
+        return backprop_update(self.net, x, y, self.config["output"]).grads
 
 
 # ----------------------------------------------------------------------------------------------- microcircuit
@@ -658,7 +658,7 @@ class Microcircuit(Rule):
         return out
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        return output_loss_grads(self.net, x, y, self.config["output"])
+        return backprop_update(self.net, x, y, self.config["output"]).grads
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {f"{field}.{k}": t for field, ts in zip(Circuit._fields, self.circuit, strict=True)

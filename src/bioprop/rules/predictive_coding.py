@@ -57,9 +57,9 @@ from bioprop.rules.base import (
     Option,
     Rule,
     Update,
+    backprop_update,
     cross_entropy_grad,
     make_card,
-    output_loss_grads,
     register,
 )
 from bioprop.rules.layerwise import conv_geometry, forward_cached, layer_backward, through_parameterless
@@ -352,4 +352,4 @@ class PredictiveCoding(Rule):
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Backprop of the batch-mean output loss ℓ (cross-entropy or squared error, as the option says)."""
-        return output_loss_grads(self.net, x, y, self.config["output"])
+        return backprop_update(self.net, x, y, self.config["output"]).grads
