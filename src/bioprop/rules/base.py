@@ -147,7 +147,11 @@ class Rule:
         raise NotImplementedError
 
     def backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        update = self.grads(x, y)
+        return self.apply_update(self.grads(x, y))
+
+    def apply_update(self, update: Update) -> tuple[Tensor, Tensor]:
+        """What :meth:`backward` does with an update: accumulate it into ``.grad`` and its traces into the epoch's
+        means; returns the loss and prediction. For rules whose ``backward`` also changes state of their own."""
         for name, param in self.net.named_parameters():
             grad = update.grads[name]
             if param.grad is None:

@@ -604,14 +604,12 @@ class Microcircuit(Rule):
 
     def backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         update, change, settled = self.learn(x, y)
-        for name, param in self.net.named_parameters():
-            param.grad = update.grads[name] if param.grad is None else param.grad.add_(update.grads[name])
         self.apply(change.circuit)
         for k, v_a in enumerate(settled.apical):
             self._apical_sums[k] += float(v_a.norm(dim=1).mean())
         self._apical_count += 1
         self._last_x = x
-        return update.loss, update.prediction
+        return self.apply_update(update)
 
     @torch.no_grad()
     def prepare(self) -> dict[str, list[float]]:
