@@ -76,6 +76,7 @@ from bioprop.nets import ACTIVATIONS
 from bioprop.nets import layers as walk_layers
 from bioprop.rules.base import Entry, Option, Rule, Update, backprop_update, make_card, register
 from bioprop.rules.feedback_alignment import draw_feedback
+from bioprop.rules.layerwise import through_parameterless
 
 Act = nn.Module  # an elementwise activation module
 
@@ -99,13 +100,6 @@ def mlp_parts(net: nn.Module, rule: str) -> tuple[list[nn.Linear], Act]:
     if len({type(m) for m in between}) > 1:
         raise BioPropError(f"rule {rule} needs one activation throughout the MLP")
     return list(linears), (between[0] if between else nn.Identity())
-
-
-def derivative(phi: Act, x: Tensor) -> Tensor:
-    """φ'(x) of an elementwise activation, by autograd (exact for every activation in bioprop.nets)."""
-    with torch.enable_grad():
-        leaf = x.detach().requires_grad_(True)
-        return torch.autograd.grad(phi(leaf).sum(), leaf)[0]
 
 
 def onehot(y: Tensor, like: Tensor) -> Tensor:
@@ -149,8 +143,26 @@ def dendritic_rhs(
         w = weights[i + 1]
         v_a = values[i + 1] @ w - basal[i + 1] @ w  # top-down input minus interneuron inhibition
         apical.append(v_a)
-        rhs.append(-x + basal[i] + derivative(phi, x) * v_a)
+        rhs.append(-x + basal[i] + through_parameterless(phi, x, rates[i + 1], v_a))  # φ'(x) ⊙ v_A
     return Dendrites(basal[:-1], apical, rhs)
+
+
+def steady_reached(
+    residual: float, step: int, cfg: dict[str, Any], rule: str, budget: str, unstable: str, slow: str
+) -> bool:
+    """True once ``residual`` (max|ẋ|, or max|Δu| between sweeps) is below ``cfg["tol"]``. A non-finite residual or
+    a spent step budget ``cfg[budget]`` is a :class:`DivergenceError` naming the setting to change (``unstable``
+    for the first, ``slow`` for the second)."""
+    if not math.isfinite(residual):
+        raise DivergenceError(f"{rule}: the state became non-finite at step {step}; {unstable}")
+    if residual < cfg["tol"]:
+        return True
+    if step == cfg[budget]:
+        raise DivergenceError(
+            f"{rule}: no steady state within {budget}={cfg[budget]} (residual {residual:.1e} > tol {cfg['tol']:g}); "
+            f"{slow}"
+        )
+    return False
 
 
 def settle(
@@ -162,20 +174,13 @@ def settle(
     for w, b in zip(weights[:-1], biases[:-1], strict=True):
         xs.append(h @ w.T + b)
         h = phi(xs[-1])
-    residuals = []
+    residuals, unstable = [], f"lower dt={cfg['dt']:g}"
     for step in range(cfg["max_steps"] + 1):
         d = dendritic_rhs(weights, biases, x0, xs, y, phi, cfg["beta"], cfg["output"])
         residual = max((float(r.abs().max()) for r in d.rhs), default=0.0)
         residuals.append(residual)
-        if not math.isfinite(residual):
-            raise DivergenceError(f"dendritic: the state became non-finite at step {step}; lower dt={cfg['dt']:g}")
-        if residual < cfg["tol"]:
+        if steady_reached(residual, step, cfg, "dendritic", "max_steps", unstable, "raise max_steps or lower dt"):
             break
-        if step == cfg["max_steps"]:
-            raise DivergenceError(
-                f"dendritic: no steady state within max_steps={cfg['max_steps']} (residual {residual:.1e} > tol "
-                f"{cfg['tol']:g}); raise max_steps or lower dt"
-            )
         xs = [x + cfg["dt"] * r for x, r in zip(xs, d.rhs, strict=True)]
     trace = torch.tensor(residuals + [residuals[-1]] * (cfg["max_steps"] + 1 - len(residuals)), dtype=torch.float64)
     return xs, d, trace
@@ -253,7 +258,8 @@ class Dendritic(Rule):
         beta, n = self.config["beta"], len(x)
         rates = [x0] + [self.phi(v) for v in xs]
         mu_top = rates[-1] @ weights[-1].T + biases[-1]
-        errors = [derivative(self.phi, v) * a for v, a in zip(xs, d.apical, strict=True)]  # δ_l = φ' ⊙ v_A
+        # δ_l = φ'(x_l) ⊙ v_A,l, the error read from the apical compartment
+        errors = [through_parameterless(self.phi, v, r, a) for v, r, a in zip(xs, rates[1:], d.apical, strict=True)]
         errors.append(-beta * output_loss_grad(mu_top, y, self.config["output"]))  # ε_L
         grads: dict[str, Tensor] = {}
         for layer, delta, r in zip(self.linears, errors, rates, strict=True):
@@ -440,15 +446,10 @@ def settle_circuit(
         for sweep in range(cfg["sweeps"] + 1):
             new = steady_sweep(weights, biases, c, p, y, phi, g, output, first)
             change, p = max_change(new, p), new
-            if not math.isfinite(change):
-                raise DivergenceError("microcircuit: the steady state became non-finite; lower g_a or the lr")
-            if change < cfg["tol"]:
+            if steady_reached(
+                change, sweep, cfg, "microcircuit", "sweeps", "lower g_a or the lr", "raise sweeps or lower g_a"
+            ):
                 break
-            if sweep == cfg["sweeps"]:
-                raise DivergenceError(
-                    f"microcircuit: no steady state within sweeps={cfg['sweeps']} (residual {change:.1e} > tol "
-                    f"{cfg['tol']:g}); raise sweeps or lower g_a"
-                )
     return Settled(p, *drives(weights, biases, c, x0, p, phi, first))
 
 
@@ -581,12 +582,16 @@ class Microcircuit(Rule):
                               self.generator)  # fmt: skip
 
     @torch.no_grad()
-    def learn(self, x: Tensor, y: Tensor | None) -> tuple[Update, Plasticity, Settled]:
+    def learn(
+        self, x: Tensor, y: Tensor | None, rates: dict[str, float] | None = None
+    ) -> tuple[Update, Plasticity, Settled]:
+        """The settled circuit and its plasticity; ``rates`` overrides the interneuron learning rates."""
         weights, _ = self.weights()
         settled = self.settle(x, y)
         free = self.settle(x, None) if y is not None and self.config["baseline"] == "free" else None
         x0 = x.reshape(len(x), -1)
-        change = plasticity(weights, self.circuit, x0, settled, self.phi, self.config, y is not None, free)
+        cfg = {**self.config, **rates} if rates else self.config
+        change = plasticity(weights, self.circuit, x0, settled, self.phi, cfg, y is not None, free)
         grads: dict[str, Tensor] = {}
         for layer, (dw, db) in zip(self.linears, change.forward, strict=True):
             grads[self.names[id(layer.weight)]], grads[self.names[id(layer.bias)]] = dw, db
@@ -616,17 +621,13 @@ class Microcircuit(Rule):
         """The self-predicting phase: random inputs N(0, 1), no target; only Ŵ^ip, b^ip and W^pi learn. Trace:
         mean ‖v_A‖ (over examples and hidden layers) without a target, every step."""
         steps, batch = self.config["prepare_steps"], self.config["prepare_batch"]
-        like, training = self.linears[0].weight, self.config
-        self.config = {**training, "lr_ip": training["prepare_lr"], "lr_pi": training["prepare_lr"]}
+        like, rate = self.linears[0].weight, self.config["prepare_lr"]
         norms = []
-        try:
-            for _ in range(steps):
-                x = torch.randn((batch, self.linears[0].in_features), generator=self.generator, dtype=torch.float64)
-                _, change, settled = self.learn(x.to(like), None)
-                norms.append(sum(float(a.norm(dim=1).mean()) for a in settled.apical) / len(settled.apical))
-                self.apply(change.circuit)
-        finally:
-            self.config = training
+        for _ in range(steps):
+            x = torch.randn((batch, self.linears[0].in_features), generator=self.generator, dtype=torch.float64)
+            _, change, settled = self.learn(x.to(like), None, {"lr_ip": rate, "lr_pi": rate})
+            norms.append(sum(float(a.norm(dim=1).mean()) for a in settled.apical) / len(settled.apical))
+            self.apply(change.circuit)
         return {"apical_norm": norms} if norms else {}
 
     @torch.no_grad()
