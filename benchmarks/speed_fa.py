@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import bioprop
+import timing
 
 RULES = ("bp", "fa", "dfa", "usf", "brsf", "frsf")
 TARGET = {"fa": 1.05, "dfa": 1.05}  # acceptance: ours ≤ TARGET × our BP
@@ -131,21 +132,8 @@ def run(args: argparse.Namespace) -> dict:
             for _ in range(args.warmup):
                 contenders[name](x, y)
         peak = [gemm_peak()]
-        samples: dict[str, list[float]] = {n: [] for n in names}
-        for rep in range(args.repeats):
-            shift = rep % len(names)
-            for name in names[shift:] + names[:shift]:
-                step = contenders[name]
-                t0 = time.perf_counter()
-                for _ in range(args.inner):
-                    step(x, y)
-                samples[name].append((time.perf_counter() - t0) * 1e3 / args.inner)
-            elapsed = time.perf_counter() - t_start
-            if (rep + 1) % max(1, args.repeats // 10) == 0:
-                log(f"  {rep + 1}/{args.repeats} repetitions, {elapsed:.0f} s")
-            if elapsed > args.budget and rep + 1 >= 5:
-                log(f"  time budget of {args.budget:.0f} s spent after {rep + 1} repetitions")
-                break
+        sampled = {name: timing.timed(step, x, y, args.inner) for name, step in contenders.items()}
+        samples, _ = timing.round_robin(sampled, args.repeats, args.budget, log, started=t_start)
         peak.append(gemm_peak())
     load.append(os.getloadavg()[0])
 
@@ -154,19 +142,17 @@ def run(args: argparse.Namespace) -> dict:
     bp = samples["ours/bp"]
     results: dict[str, dict] = {}
     for name in names:
-        q1, med, q3 = statistics.quantiles(samples[name], n=4, method="inclusive")
+        q1, med, q3 = timing.quartiles(samples[name])
         entry = {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "iqr_ms": q3 - q1, "samples_ms": samples[name]}
         if name.startswith("ours/"):
             entry["ratio_to_bp"] = med / statistics.median(bp)
-            entry["paired_ratio_to_bp"] = statistics.median(s / b for s, b in zip(samples[name], bp, strict=True))
+            entry["paired_ratio_to_bp"] = timing.paired(samples[name], bp)
             entry["gflops"] = flops / (med * 1e-3) / 1e9
             entry["pct_of_peak"] = 100 * entry["gflops"] / peak_gflops
             other = f"biotorch/{name.split('/')[1]}"
             if other in samples:
                 entry["ratio_to_biotorch"] = med / statistics.median(samples[other])
-                entry["paired_ratio_to_biotorch"] = statistics.median(
-                    s / t for s, t in zip(samples[name], samples[other], strict=True)
-                )
+                entry["paired_ratio_to_biotorch"] = timing.paired(samples[name], samples[other])
         results[name] = entry
     return {
         "config": {k: getattr(args, k) for k in ("batch", "hidden", "inner", "warmup")}

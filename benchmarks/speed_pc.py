@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 import bioprop
+import timing
 
 IN_SHAPE, N_CLASSES = (1, 28, 28), 10
 HARNESS = Path(__file__).with_name("pcx_harness.py")
@@ -202,22 +203,12 @@ def run(args: argparse.Namespace) -> dict:
 
     contenders: dict[str, Callable[[], tuple[float, float]]] = {}
 
-    def timed(step: Callable) -> Callable[[], tuple[float, float]]:
-        def sample() -> tuple[float, float]:
-            c0, t0 = time.process_time(), time.perf_counter()
-            for _ in range(args.inner):
-                step(x, y)
-            wall = time.perf_counter() - t0
-            return wall * 1e3 / args.inner, (time.process_time() - c0) / wall
-
-        return sample
-
     t_start = time.perf_counter()
     for name in rules:
         ours = Ours(name, args)
         for _ in range(args.warmup):
             ours.step(x, y)
-        contenders[f"ours/{name}"] = timed(ours.step)
+        contenders[f"ours/{name}"] = timing.timed(ours.step, x, y, args.inner)
     compile_s: dict[str, float] = {}
     for what in ("rule", "step") if args.compile else ():  # the rule's compile=True option; the whole step
         log(f"torch.compile of our {rules[0]} {what} (compiles on the first calls; a minute on 2 busy cores)...")
@@ -229,7 +220,7 @@ def run(args: argparse.Namespace) -> dict:
         except Exception as exc:  # noqa: BLE001  (report what failed, time the rest)
             log(f"torch.compile of the {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
             continue
-        contenders[f"ours/{rules[0]}+compile({what})"] = timed(compiled.step)
+        contenders[f"ours/{rules[0]}+compile({what})"] = timing.timed(compiled.step, x, y, args.inner)
         compile_s[what] = time.perf_counter() - t0
     if pcx is not None:
         for name in rules:
@@ -241,23 +232,9 @@ def run(args: argparse.Namespace) -> dict:
             contenders[f"pcx/{name}"] = ask
 
     names = list(contenders)
-    samples: dict[str, list[float]] = {n: [] for n in names}
-    cpu: dict[str, list[float]] = {n: [] for n in names}
     load = [os.getloadavg()[0]]
-    t_loop = time.perf_counter()
     log(f"timing {len(names)} contenders round-robin, {args.inner} steps per sample, budget {args.budget:.0f} s")
-    for rep in range(args.repeats):
-        shift = rep % len(names)
-        for name in names[shift:] + names[:shift]:
-            ms, util = contenders[name]()
-            samples[name].append(ms)
-            cpu[name].append(util)
-        elapsed = time.perf_counter() - t_loop
-        if (rep + 1) % 10 == 0:
-            log(f"  {rep + 1} repetitions, {elapsed:.0f} s")
-        if elapsed > args.budget and rep + 1 >= 5:
-            log(f"  time budget of {args.budget:.0f} s spent after {rep + 1} repetitions")
-            break
+    samples, cpu = timing.round_robin(contenders, args.repeats, args.budget, log)
     load.append(os.getloadavg()[0])
     versions = {"torch": torch.__version__, "bioprop": getattr(bioprop, "__version__", "?")}
     if pcx is not None:
@@ -265,13 +242,11 @@ def run(args: argparse.Namespace) -> dict:
         pcx.close()
 
     def paired(a: str, b: str) -> float | None:
-        if a not in samples or b not in samples:
-            return None
-        return statistics.median(s / t for s, t in zip(samples[a], samples[b], strict=True))
+        return timing.paired(samples[a], samples[b]) if a in samples and b in samples else None
 
     results: dict[str, dict] = {}
     for name in names:
-        q1, med, q3 = statistics.quantiles(samples[name], n=4, method="inclusive")
+        q1, med, q3 = timing.quartiles(samples[name])
         system, rule = name.split("/")
         base = rule.split("+")[0]
         entry = {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "cpu_per_wall": statistics.median(cpu[name])}
