@@ -532,10 +532,21 @@ def test_bad_options_are_user_errors(options, says):
         rules.create("fa", mlp(), **options)
 
 
-def test_bp_has_no_options():
-    """bp takes no options, so any option given to it is a mistake to report."""
+def test_bp_rejects_options_it_does_not_have():
+    """bp's one option is its output loss; any other option given to it is a mistake to report."""
     with pytest.raises(BioPropError, match="unknown option"):
         rules.create("bp", mlp(), scale=2.0)
+
+
+def test_bp_squared_error_is_the_gradient_of_half_the_squared_distance_to_the_one_hot_target():
+    """bp's output=se against the hand-written loss ½‖z − onehot(y)‖², batch mean."""
+    torch.manual_seed(0)
+    net, x, y = mlp(), torch.randn(7, 12, dtype=torch.float64), torch.randint(0, 3, (7,))
+    update = rules.create("bp", net, output="se").grads(x, y).grads
+    loss = 0.5 * ((net(x) - torch.eye(3, dtype=torch.float64)[y]) ** 2).sum() / 7
+    expected = torch.autograd.grad(loss, list(net.parameters()))
+    for (name, _), grad in zip(net.named_parameters(), expected, strict=True):
+        torch.testing.assert_close(update[name], grad)
 
 
 @pytest.mark.parametrize("name, option", [("usf", {"feedback": "random"}), ("fa", {"feedback": "direct"})])

@@ -51,8 +51,20 @@ def _opt(help: str, *flags: str, **kwargs: Any) -> Any:
 def train(
     rule: Annotated[str | None, _opt("Learning rule (default bp); see `bioprop rules`.")] = None,
     data_name: Annotated[str | None, _opt("Dataset (default digits); see `bioprop datasets`.", "--data")] = None,
-    arch: Annotated[str | None, _opt("Network: mlp:H1xH2... (e.g. mlp:256x256) or lenet (default mlp:256).")] = None,
-    activation: Annotated[str | None, _opt("Hidden nonlinearity: relu, tanh, sigmoid, ... (default relu).")] = None,
+    arch: Annotated[
+        str | None,
+        _opt(
+            "Network: mlp:H1xH2... (e.g. mlp:256x256), lenet, or the energy-based ebm:H1x... and "
+            "ebm-conv[:C1xC2] for ep, chl, generec (default mlp:256)."
+        ),
+    ] = None,
+    activation: Annotated[
+        str | None,
+        _opt(
+            "Hidden nonlinearity: relu, tanh, sigmoid, ...; for ebm nets hard_sigmoid, sigmoid, hard_tanh, tanh "
+            "(default relu; hard_sigmoid for ebm)."
+        ),
+    ] = None,
     epochs: Annotated[int | None, _opt("Number of passes over the training set (default 10).")] = None,
     batch_size: Annotated[int | None, _opt("Examples per step (default 64).")] = None,
     optimizer: Annotated[str | None, _opt("sgd, adam or adamw, applied to the rule's update (default sgd).")] = None,

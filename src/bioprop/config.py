@@ -39,8 +39,8 @@ class RunConfig:
     # what is trained
     rule: str = "bp"  # learning rule, see `bioprop rules`
     data: str = "digits"  # dataset, see `bioprop datasets`
-    arch: str = "mlp:256"  # network: mlp:H1xH2... or lenet
-    activation: str = "relu"  # hidden nonlinearity of mlp / lenet
+    arch: str = "mlp:256"  # network: mlp:H1xH2..., lenet, ebm:H1x..., ebm-conv
+    activation: str = "auto"  # hidden nonlinearity; auto: relu (mlp, lenet), hard_sigmoid (ebm)
     rule_opts: dict[str, Any] = field(default_factory=dict)  # the rule's options; the rule's `seed` defaults to seed
     # how long and in what steps
     epochs: int = 10
@@ -128,7 +128,6 @@ class RunConfig:
             if getattr(self, name) not in choices:
                 raise BioPropError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
         rules.entry(self.rule)  # unknown rule: BioPropError listing the known ones
-        nets.activation(self.activation)
         with torch.device("meta"):  # checks the spec without allocating weights; shapes are checked at build
             nets.build(self.arch, (1, 28, 28), 10, self.activation)
         if self.device == "cuda" and not torch.cuda.is_available():

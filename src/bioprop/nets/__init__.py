@@ -4,6 +4,10 @@ Feedforward networks are built from a spec string by :func:`build`:
 
 - ``mlp:256x256``: a multilayer perceptron with those hidden sizes (``mlp`` or ``mlp:`` alone is a linear
   classifier); the activation is an option (``tanh``, ``relu``, ``sigmoid``, ``gelu``, ...).
+- ``ebm:500``, ``ebm:256x256``, ``ebm-conv``: energy-based networks with symmetric connections that relax to a
+  fixed point (:mod:`bioprop.nets.energy`), trained by the contrastive rules ``ep``, ``chl``, ``generec`` (or by
+  ``bp``, which is then backprop through time over the relaxation); their activation is bounded (default
+  ``hard_sigmoid``).
 - ``lenet``: the LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120 with 5x5 kernels, ReLU, 2x2
   max-pooling, fully connected 120-84-10 with no activation between the two linear layers, as there). BioTorch
   resizes 28x28 images to 32x32; here the first convolution pads by 2 instead, which gives the same shapes and
@@ -22,6 +26,8 @@ import torch
 from torch import nn
 
 from bioprop.errors import BioPropError
+from bioprop.nets.energy import ACTIVATIONS as ENERGY_ACTIVATIONS
+from bioprop.nets.energy import EnergyNet
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "tanh": nn.Tanh,
@@ -37,6 +43,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 ARCHS = {
     "mlp:H1xH2...": "multilayer perceptron with the given hidden sizes, e.g. mlp:256x256",
+    "ebm:H1xH2...": "energy-based network (symmetric weights, relaxes to a fixed point) for ep, chl, generec",
+    "ebm-conv[:C1xC2[:H1x...]]": "convolutional energy-based network (default ebm-conv:32x64), for ep",
     "lenet": "LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120, fc 84-10)",
 }
 
@@ -51,6 +59,11 @@ PARAMETERLESS = (
     nn.Dropout,
     *[cls for cls in ACTIVATIONS.values() if cls is not nn.Identity],
 )
+
+
+def default_activation(spec: str) -> str:
+    """The activation ``auto`` stands for: hard_sigmoid for energy-based networks, relu otherwise."""
+    return "hard_sigmoid" if spec.strip().lower().startswith("ebm") else "relu"
 
 
 def activation(name: str) -> nn.Module:
@@ -90,24 +103,41 @@ def lenet(in_shape: Sequence[int], n_classes: int, act: str = "relu") -> nn.Sequ
     return net
 
 
-def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "relu") -> nn.Sequential:
+def _sizes(body: str, spec: str, example: str, what: str = "hidden sizes") -> list[int]:
+    try:
+        sizes = [int(size) for size in body.split("x")] if body else []
+    except ValueError:
+        raise BioPropError(f"bad arch {spec!r}: {what} must be integers, e.g. {example}") from None
+    if any(size <= 0 for size in sizes):
+        raise BioPropError(f"bad arch {spec!r}: {what} must be positive")
+    return sizes
+
+
+def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto") -> nn.Module:
     """Build the network named by ``spec`` (see the module docstring) for inputs of shape ``in_shape`` (C, H, W)
-    or (features,) and ``n_classes`` outputs."""
+    or (features,) and ``n_classes`` outputs; ``act="auto"`` picks :func:`default_activation`."""
     spec = spec.strip().lower()
+    act = default_activation(spec) if act == "auto" else act
     if spec == "lenet":
         if len(in_shape) != 3:
             raise BioPropError("lenet needs image inputs (C, H, W)")
         return lenet(in_shape, n_classes, act)
     if spec == "mlp" or spec.startswith("mlp:"):
-        body = spec[4:]
-        try:
-            hidden = [int(size) for size in body.split("x")] if body else []
-        except ValueError:
-            raise BioPropError(f"bad arch {spec!r}: hidden sizes must be integers, e.g. mlp:256x256") from None
-        if any(size <= 0 for size in hidden):
-            raise BioPropError(f"bad arch {spec!r}: hidden sizes must be positive")
-        return mlp(math.prod(in_shape), hidden, n_classes, act)
-    raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet")
+        return mlp(math.prod(in_shape), _sizes(spec[4:], spec, "mlp:256x256"), n_classes, act)
+    if spec.startswith("ebm:"):
+        return EnergyNet((math.prod(in_shape),), _sizes(spec[4:], spec, "ebm:500"), n_classes, act)
+    if spec == "ebm-conv" or spec.startswith("ebm-conv:"):
+        parts = spec.split(":")[1:]
+        if len(parts) > 2:
+            raise BioPropError(f"bad arch {spec!r}: use ebm-conv:C1xC2 or ebm-conv:C1xC2:H1xH2")
+        channels = _sizes(parts[0], spec, "ebm-conv:32x64", "channel counts") if parts else [32, 64]
+        if not channels:
+            raise BioPropError(f"bad arch {spec!r}: give at least one conv layer, e.g. ebm-conv:32x64")
+        if len(in_shape) != 3:
+            raise BioPropError("ebm-conv needs image inputs (C, H, W)")
+        hidden = _sizes(parts[1], spec, "ebm-conv:32x64:256") if len(parts) > 1 else []
+        return EnergyNet(in_shape, hidden, n_classes, act, channels=channels)
+    raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet, ebm:H1x..., ebm-conv")
 
 
 def layers(net: nn.Module) -> list[nn.Module]:
@@ -116,6 +146,8 @@ def layers(net: nn.Module) -> list[nn.Module]:
     Raises :class:`BioPropError` if ``net`` is not a sequential stack of supported layers, naming the first
     layer that is not supported.
     """
+    if isinstance(net, EnergyNet):
+        raise BioPropError("energy-based networks (ebm:...) are trained by ep, chl, generec or bp, not by this rule")
     if not isinstance(net, nn.Sequential):
         raise BioPropError(
             f"the rules walk an nn.Sequential of layers; got {type(net).__name__}. Wrap your layers in nn.Sequential."
@@ -131,4 +163,15 @@ def layers(net: nn.Module) -> list[nn.Module]:
     return flat
 
 
-__all__ = ["ACTIVATIONS", "ARCHS", "activation", "build", "layers", "lenet", "mlp"]
+__all__ = [
+    "ACTIVATIONS",
+    "ARCHS",
+    "ENERGY_ACTIVATIONS",
+    "EnergyNet",
+    "activation",
+    "build",
+    "default_activation",
+    "layers",
+    "lenet",
+    "mlp",
+]

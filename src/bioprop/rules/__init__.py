@@ -5,7 +5,13 @@ loss, prediction = rule.backward(x, y)      # p.grad now holds the rule's descen
 exact = rule.reference_grads(x, y)          # what the rule approximates, keyed like net.named_parameters()
 """
 
-from bioprop.rules import backprop, dendritic, feedback_alignment, predictive_coding  # noqa: F401  (registration)
+from bioprop.rules import (  # noqa: F401  (registration)
+    backprop,
+    contrastive,
+    dendritic,
+    feedback_alignment,
+    predictive_coding,
+)
 from bioprop.rules.base import IMPLAUSIBILITIES, CardEntry, Entry, Option, Rule, Update, create, entry, names
 
 __all__ = ["IMPLAUSIBILITIES", "CardEntry", "Entry", "Option", "Rule", "Update", "create", "entry", "names"]

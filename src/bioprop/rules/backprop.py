@@ -3,16 +3,21 @@
 .. math::
     δ_L = e ⊙ φ'(a_L), \\quad δ_l = (W_{l+1}^T δ_{l+1}) ⊙ φ'(a_l), \\quad ∂L/∂W_l = δ_l h_{l-1}^T
 
-computed by autograd over the batch-mean cross-entropy. Works for any ``nn.Module``.
+computed by autograd over the batch-mean output loss: cross-entropy (``output=ce``, the default) or squared error
+against the one-hot target (``output=se``). Works for any ``nn.Module``; on an energy-based network
+(``--arch ebm:...``) it is backprop through time over the free relaxation, and ``output`` also says whether the
+last layer is a state (se) or a readout (ce).
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from bioprop.rules.base import Rule, Update, backprop_update, make_card, register
+from bioprop.nets.energy import EnergyNet
+from bioprop.rules.base import Entry, Option, Rule, Update, backprop_update, make_card, output_loss, register
 
 CARD = make_card(
     linear=(False, "errors flow through a purely linear backward pass"),
@@ -28,12 +33,23 @@ CARD = make_card(
 class Backprop(Rule):
     """Exact backpropagation through autograd; its update equals :meth:`reference_grads`."""
 
+    options = {"output": Option("ce", "output loss: ce (cross-entropy) or se (squared error to the one-hot target)",
+                                choices=("ce", "se"))}  # fmt: skip
+
+    def __init__(self, net: Any, entry: Entry, options: dict[str, Any]) -> None:
+        super().__init__(net, entry, options)
+        if isinstance(net, EnergyNet):
+            net.configure(output=self.config["output"])
+
     def grads(self, x: Tensor, y: Tensor) -> Update:
-        return backprop_update(self.net, x, y)
+        return backprop_update(self.net, x, y, self.config["output"])
+
+    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        return self.grads(x, y).grads
 
     def backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         with torch.enable_grad():
             prediction = self.net(x)
-            loss = F.cross_entropy(prediction, y)
+            loss = output_loss(prediction, y, self.config["output"])
             loss.backward()
         return loss.detach(), prediction.detach()

@@ -1,0 +1,294 @@
+"""Energy-based networks for the contrastive rules (``ep``, ``chl``, ``generec``): layers of state units s_1..s_L
+with symmetric connections, relaxed to a fixed point with the input x = s_0 clamped.
+
+The primitive function (Ernoult et al. 2019; Laborieux et al. 2021, Front. Neurosci. 15:633674) and the
+Hopfield-like energy (Scellier & Bengio 2017, Front. Comput. Neurosci. 11:24) with ρ = hard sigmoid:
+
+.. math::
+    Φ(x, s) = \\sum_{l=0}^{L-1} s_{l+1} · f_l(s_l), \\qquad f_l(s_l) = W_l s_l + b_l \\ \\text{(dense)}
+    \\quad \\text{or} \\quad \\mathcal{P}(W_l ⋆ s_l + b_l) \\ \\text{(conv, max-pooling } \\mathcal{P})
+
+    E(s) = ½ \\sum_l ‖s_l‖^2 - Φ(x, s)
+
+    s_l ← σ\\bigl((1 - ε)\\, s_l + ε\\, ∂Φ/∂s_l\\bigr), \\qquad
+    ∂Φ/∂s_l = f_{l-1}(s_{l-1}) + f_l^{T}(s_{l+1})
+
+all layers at once (synchronous, as in Laborieux's code), from s = 0. With ε = 1 this is the discrete form
+s_{t+1} = σ(∂Φ/∂s); with σ = hard sigmoid (clip to [0, 1]) and ε < 1 it is projected gradient descent on E, the
+discretised ds/dt = −∂E/∂s of Scellier & Bengio, which never increases E while ε < 2/‖∇²E‖. ``f_lᵀ`` is the
+transposed weight (dense) or the transposed convolution of the un-pooled state (conv), i.e. ∂(s_{l+1}·f_l)/∂s_l.
+
+Output: with ``output="se"`` the last layer s_L is a state and the prediction; with ``output="ce"`` the last
+synapse is a readout outside the dynamics (Laborieux's softmax variant): logits = W_L s_{L-1} + b_L, and s_{L-1}
+is the last state. ``net(x)`` relaxes the free phase with ``net.relaxation`` (the training rule sets it, so a
+prediction relaxes as training did) and returns the prediction.
+
+Specs for :func:`bioprop.nets.build`: ``ebm:500`` / ``ebm:256x256`` (dense), ``ebm-conv`` (= ``ebm-conv:32x64``,
+Laborieux's MNIST ConvNet: 5×5 convolutions without padding, each followed by 2×2 max-pooling, then the dense
+layers, e.g. ``ebm-conv:32x64:256`` for a hidden dense layer of 256 before the output).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bioprop.errors import BioPropError
+
+#: Bounded activations σ of the state units (unbounded ones let the states explode).
+ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
+    "hard_sigmoid": lambda a: a.clamp(0.0, 1.0),
+    "sigmoid": torch.sigmoid,
+    "hard_tanh": lambda a: a.clamp(-1.0, 1.0),
+    "tanh": torch.tanh,
+}
+_IN_PLACE: dict[str, Callable[[Tensor], Tensor]] = {
+    "hard_sigmoid": lambda a: a.clamp_(0.0, 1.0),
+    "sigmoid": torch.sigmoid_,
+    "hard_tanh": lambda a: a.clamp_(-1.0, 1.0),
+    "tanh": torch.tanh_,
+}
+OUTPUTS = ("se", "ce")
+
+
+@dataclass(frozen=True)
+class Relaxation:
+    """How the free phase relaxes: ``steps`` (budget), ``eps`` (step size ε), ``tol`` (stop early once the largest
+    change of any state in a step is below it; 0 runs the whole budget) and ``output`` (``se``: the last layer is a
+    state; ``ce``: it is a readout outside the dynamics)."""
+
+    steps: int = 30
+    eps: float = 1.0
+    tol: float = 0.0
+    output: str = "se"
+
+
+class Drive(NamedTuple):
+    """f_l(s_l) and what its transpose needs: the max-pooling indices and the shape before pooling."""
+
+    value: Tensor
+    indices: Tensor | None = None
+    unpooled_shape: torch.Size | None = None
+
+
+class EnergyNet(nn.Module):
+    """Dense or convolutional energy-based network; see the module docstring. ``synapses[l]`` maps s_l to s_{l+1}
+    (s_0 = x); ``pools[l]`` is its max-pooling size (1: none)."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        hidden: Sequence[int],
+        n_classes: int,
+        act: str = "hard_sigmoid",
+        channels: Sequence[int] = (),
+        kernel: int = 5,
+        pool: int = 2,
+    ) -> None:
+        super().__init__()
+        if act not in ACTIVATIONS:
+            raise BioPropError(
+                f"energy-based networks need a bounded activation, not {act!r}; choose one of {', '.join(ACTIVATIONS)}"
+            )
+        self.act_name = act
+        self.in_shape = tuple(in_shape)
+        self.synapses = nn.ModuleList()
+        self.pools: list[int] = []
+        self.state_shapes: list[tuple[int, ...]] = []  # shapes of s_1..s_L, the output included
+        shape = self.in_shape
+        for out_channels in channels:
+            if len(shape) != 3:
+                raise BioPropError("convolutional energy nets need image inputs (C, H, W)")
+            height, width = (shape[1] - kernel + 1) // pool, (shape[2] - kernel + 1) // pool
+            if height < 1 or width < 1:
+                raise BioPropError(f"the input {shape[1]}x{shape[2]} is too small for {len(channels)} conv layers")
+            self.synapses.append(nn.Conv2d(shape[0], out_channels, kernel))
+            self.pools.append(pool)
+            shape = (out_channels, height, width)
+            self.state_shapes.append(shape)
+        for size in [*hidden, n_classes]:
+            self.synapses.append(nn.Linear(math.prod(shape), size))
+            self.pools.append(1)
+            shape = (size,)
+            self.state_shapes.append(shape)
+        self.relaxation = Relaxation()
+
+    @property
+    def act(self) -> Callable[[Tensor], Tensor]:
+        return ACTIVATIONS[self.act_name]
+
+    @property
+    def act_(self) -> Callable[[Tensor], Tensor]:
+        """The activation, overwriting its argument."""
+        return _IN_PLACE[self.act_name]
+
+    def n_states(self, output: str | None = None) -> int:
+        """Number of relaxing layers: every synapse's target, but the readout with ``output="ce"``."""
+        return len(self.synapses) - ((output or self.relaxation.output) == "ce")
+
+    def configure(self, **settings: object) -> None:
+        """Change the free-phase settings ``net(x)`` uses (see :class:`Relaxation`)."""
+        self.relaxation = replace(self.relaxation, **settings)
+
+    def forward(self, x: Tensor) -> Tensor:
+        free = relax(self, x, zero_states(self, x), self.relaxation.steps, eps=self.relaxation.eps,
+                     tol=self.relaxation.tol)  # fmt: skip
+        return prediction(self, free.states)
+
+    def extra_repr(self) -> str:
+        return f"act={self.act_name}, pools={self.pools}, relaxation={self.relaxation}"
+
+
+# ------------------------------------------------------------------------------------ functional pieces
+
+
+def drive(net: EnergyNet, index: int, s: Tensor) -> Drive:
+    """f_l(s_l) for synapse ``index``: W s + b (dense, the state flattened) or max-pooled W ⋆ s + b (conv)."""
+    synapse = net.synapses[index]
+    if isinstance(synapse, nn.Linear):
+        return Drive(F.linear(s.flatten(1), synapse.weight, synapse.bias))
+    value = F.conv2d(s, synapse.weight, synapse.bias)
+    if net.pools[index] == 1:
+        return Drive(value)
+    pooled, indices = F.max_pool2d(value, net.pools[index], return_indices=True)
+    return Drive(pooled, indices, value.shape)
+
+
+def feedback(net: EnergyNet, index: int, s_next: Tensor, d: Drive, s_shape: Sequence[int]) -> Tensor:
+    """f_lᵀ(s_{l+1}) = ∂(s_{l+1} · f_l(s_l))/∂s_l for synapse ``index``, shaped like s_l (``s_shape``)."""
+    synapse = net.synapses[index]
+    if isinstance(synapse, nn.Linear):
+        return (s_next @ synapse.weight).view(len(s_next), *s_shape)
+    if d.indices is not None:
+        s_next = F.max_unpool2d(s_next, d.indices, net.pools[index], output_size=d.unpooled_shape[-2:])
+    return F.conv_transpose2d(s_next, synapse.weight)
+
+
+def synapse_grads(net: EnergyNet, index: int, pre: Tensor, post: Tensor, d: Drive | None = None) -> list[Tensor]:
+    """∂/∂(W_l, b_l) of Σ_batch post · f_l(pre), with the pooling indices of ``d`` (conv): [weight, bias]."""
+    synapse = net.synapses[index]
+    if isinstance(synapse, nn.Linear):
+        return [post.t() @ pre.flatten(1), post.sum(0)]
+    if d is not None and d.indices is not None:
+        post = F.max_unpool2d(post, d.indices, net.pools[index], output_size=d.unpooled_shape[-2:])
+    weight = torch.nn.grad.conv2d_weight(pre, synapse.weight.shape, post)
+    return [weight, post.sum((0, 2, 3))]
+
+
+def zero_states(net: EnergyNet, x: Tensor, output: str | None = None) -> list[Tensor]:
+    """The states s_1..s_n at rest, zeros (Laborieux's initialisation)."""
+    return [x.new_zeros(len(x), *shape) for shape in net.state_shapes[: net.n_states(output)]]
+
+
+def readout(net: EnergyNet, states: Sequence[Tensor]) -> Tensor:
+    """Logits of the readout outside the dynamics (``output="ce"``)."""
+    synapse = net.synapses[-1]
+    return F.linear(states[-1].flatten(1), synapse.weight, synapse.bias)
+
+
+def prediction(net: EnergyNet, states: Sequence[Tensor], output: str | None = None) -> Tensor:
+    """The network's output at ``states``: the last state (se) or the readout's logits (ce)."""
+    if (output or net.relaxation.output) == "ce":
+        return readout(net, states)
+    return states[-1].flatten(1)
+
+
+def primitive(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor]) -> tuple[Tensor, list[Drive]]:
+    """Per-sample Φ(x, s) (shape (B,)) and the drives f_l(s_l) it was made of (reused by a step)."""
+    drives = [x_drive] + [drive(net, i, s) for i, s in enumerate(states[:-1], start=1)]
+    phi = sum((s * d.value).flatten(1).sum(1) for s, d in zip(states, drives, strict=True))
+    return phi, drives
+
+
+def energy(net: EnergyNet, x: Tensor, states: Sequence[Tensor]) -> Tensor:
+    """Per-sample E = ½ Σ‖s_l‖² − Φ(x, s), shape (B,)."""
+    phi, _ = primitive(net, drive(net, 0, x), states)
+    return 0.5 * sum(s.square().flatten(1).sum(1) for s in states) - phi
+
+
+Nudge = Callable[[Tensor], Tensor]  # the last state ↦ the term −β ∂ℓ/∂s added to ∂Φ/∂s of the last state
+
+
+class Relaxed(NamedTuple):
+    states: list[Tensor]
+    steps: int  # steps taken
+    residual: float  # largest change of a state in the last step (0 when no step was taken)
+    energies: Tensor | None  # per step (steps + 1,), batch-mean E + β ℓ, when traced
+    residuals: Tensor | None  # per step (steps,), the largest change, when traced
+
+
+def step(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor], eps: float, nudge: Nudge | None = None,
+         drives: list[Drive] | None = None, clamp: Tensor | None = None) -> list[Tensor]:  # fmt: skip
+    """One synchronous step s ← σ((1 − ε) s + ε ∂(Φ − βℓ)/∂s); ``drives`` (f_l(s_l)) when already computed;
+    ``clamp`` holds the last state at a fixed value (the clamped phase of CHL)."""
+    if drives is None:
+        drives = [x_drive] + [drive(net, i, s) for i, s in enumerate(states[:-1], start=1)]
+    new = []
+    last = len(states) - 1
+    in_place = not torch.is_grad_enabled()  # fresh tensors may then be overwritten (autograd keeps its inputs)
+    for i, s in enumerate(states):  # s is s_{i+1}: driven by f_i(s_i) from below, f_{i+1}ᵀ(s_{i+2}) from above
+        if i == last and clamp is not None:
+            new.append(clamp)
+            continue
+        total, fresh = drives[i].value, i > 0  # f_0(x) is reused by every step: never overwritten
+        if i < last:
+            total, fresh = add_feedback(net, i + 1, states[i + 1], drives[i + 1], total), True
+        if i == last and nudge is not None:
+            total, fresh = total + nudge(s), True
+        if eps != 1.0:
+            total, fresh = torch.lerp(s, total, eps), True
+        new.append(net.act_(total) if in_place and fresh else net.act(total))
+    return new
+
+
+def add_feedback(net: EnergyNet, index: int, s_next: Tensor, d: Drive, below: Tensor) -> Tensor:
+    """below + f_lᵀ(s_{l+1}) as a new tensor; dense synapses fuse the sum into the matrix product."""
+    synapse = net.synapses[index]
+    if isinstance(synapse, nn.Linear) and below.dim() == 2:
+        return torch.addmm(below, s_next, synapse.weight)
+    return below + feedback(net, index, s_next, d, below.shape[1:])
+
+
+def relax(net: EnergyNet, x: Tensor | Drive, states: Sequence[Tensor], steps: int, *, eps: float = 1.0,
+          tol: float = 0.0, nudge: Nudge | None = None, cost: Callable[[Tensor], Tensor] | None = None,
+          clamp: Tensor | None = None, trace: bool = False) -> Relaxed:  # fmt: skip
+    """Run up to ``steps`` steps from ``states`` (the input's drive f_0(x) computed once); stop early when the
+    largest change falls below ``tol``. ``cost`` (last state ↦ per-sample β ℓ) adds the nudging cost to the traced
+    energy. Differentiable: autograd through it is backprop through time."""
+    x_drive = x if isinstance(x, Drive) else drive(net, 0, x)
+    states = list(states)
+    energies: list[Tensor] = []
+    residuals: list[Tensor] = []
+    taken = 0
+    while taken < steps:
+        drives = None
+        if trace:
+            phi, drives = primitive(net, x_drive, states)
+            energies.append(_mean_energy(states, phi, cost))
+        new = step(net, x_drive, states, eps, nudge, drives, clamp)
+        taken += 1
+        if trace or tol > 0 or taken == steps:
+            residuals.append(torch.stack([(a - b).abs().max() for a, b in zip(new, states, strict=True)]).max())
+        states = new
+        if tol > 0 and float(residuals[-1]) < tol:
+            break
+    if trace:
+        energies.append(_mean_energy(states, primitive(net, x_drive, states)[0], cost))
+    return Relaxed(
+        states,
+        taken,
+        float(residuals[-1].detach()) if residuals else 0.0,
+        torch.stack(energies).detach() if trace else None,
+        torch.stack(residuals).detach() if trace and residuals else None,
+    )
+
+
+def _mean_energy(states: Sequence[Tensor], phi: Tensor, cost: Callable[[Tensor], Tensor] | None) -> Tensor:
+    e = 0.5 * sum(s.square().flatten(1).sum(1) for s in states) - phi
+    return (e if cost is None else e + cost(states[-1])).mean()
