@@ -693,3 +693,18 @@ def test_fa_with_dropout_uses_the_forward_mask():
         reference = autograd_grads(net, x, y)
     assert rel(update["3.weight"], reference["3.weight"]) < TOL  # same forward mask: the output layer agrees
     assert rel(update["0.weight"], reference["0.weight"]) < TOL
+
+
+def test_hard_sigmoid_layer_backward_is_autograds_vector_jacobian_product():
+    """The feedforward hard sigmoid clip(x, 0, 1) (bp on the same-sized MLP as the energy nets) through the fused
+    kernel the layer-wise rules use, against autograd."""
+    from bioprop.nets import HardSigmoid
+    from bioprop.rules.layerwise import through_parameterless
+
+    layer = HardSigmoid()
+    h_in = (2 * torch.randn(5, 9, dtype=torch.float64)).requires_grad_()
+    h_out = layer(h_in)
+    grad_out = torch.randn(5, 9, dtype=torch.float64)
+    expected = torch.autograd.grad(h_out, h_in, grad_out)[0]
+    torch.testing.assert_close(through_parameterless(layer, h_in.detach(), h_out.detach(), grad_out), expected)
+    torch.testing.assert_close(h_out, h_in.clamp(0, 1))

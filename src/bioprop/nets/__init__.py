@@ -29,7 +29,16 @@ from bioprop.errors import BioPropError
 from bioprop.nets.energy import ACTIVATIONS as ENERGY_ACTIVATIONS
 from bioprop.nets.energy import EnergyNet
 
+
+class HardSigmoid(nn.Hardtanh):
+    """clip(x, 0, 1), the hard sigmoid of the energy-based networks (torch's ``nn.Hardsigmoid`` is x/6 + ½ clipped)."""
+
+    def __init__(self) -> None:
+        super().__init__(0.0, 1.0)
+
+
 ACTIVATIONS: dict[str, type[nn.Module]] = {
+    "hard_sigmoid": HardSigmoid,
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,
@@ -167,6 +176,7 @@ __all__ = [
     "ACTIVATIONS",
     "ARCHS",
     "ENERGY_ACTIVATIONS",
+    "HardSigmoid",
     "EnergyNet",
     "activation",
     "build",

@@ -31,9 +31,9 @@ scale of the gradient of the batch-mean cost. Every update is written as a desce
 ``reference_grads`` is the exact gradient of the batch-mean cost at the end of the free phase, by backprop through
 time (autograd) over the ``free_steps`` steps of the free dynamics from rest.
 
-Guards: a free phase whose last step still changes a state by more than ``max_residual`` (non-convergence,
-e.g. an oscillation of the synchronous updates, or non-finite states) raises :class:`DivergenceError` naming the
-settings to change.
+Guards: a free phase whose last step still changes the state units by more than ``max_residual`` on average
+(non-convergence, e.g. an oscillation of the synchronous updates, or non-finite states) raises
+:class:`DivergenceError` naming the settings to change.
 """
 
 from __future__ import annotations
@@ -72,9 +72,9 @@ COMMON: dict[str, Option] = {
                          check_says="must be a positive number of steps"),
     "eps": Option(1.0, "step size ε of s ← σ((1 − ε) s + ε ∂Φ/∂s); 1 is the discrete form, < 1 descends E",
                   check=lambda v: 0.0 < v <= 1.0, check_says="must be in (0, 1]"),
-    "tol": Option(0.0, "end the free phase once no state changes by more than tol in a step (0: whole budget)",
+    "tol": Option(0.0, "end the free phase once the mean |change| of the states in a step is below tol (0: no)",
                   check=lambda v: v >= 0.0, check_says="must be 0 or positive"),
-    "max_residual": Option(0.1, "largest state change allowed in the free phase's last step (else diverged)",
+    "max_residual": Option(1e-3, "largest mean |change| of the states allowed in the free phase's last step",
                            check=lambda v: v > 0.0, check_says="must be positive"),
     "trace_every": Option(20, "record energy and residual traces every N batches (0: never)",
                           check=lambda v: v >= 0, check_says="must be 0 or a positive number of batches"),
@@ -139,7 +139,9 @@ def free_phase(rule: Contrastive, x: Tensor, trace: bool) -> tuple[Drive, Relaxe
     free = relax(rule.net, x_drive, zero_states(rule.net, x, rule.output), c["free_steps"], eps=c["eps"],
                  tol=c["tol"], trace=trace)  # fmt: skip
     if not free.residual <= c["max_residual"]:  # NaN fails too
-        what = f"states still changing by {free.residual:.3g}" if math.isfinite(free.residual) else "non-finite states"
+        what = "non-finite states"
+        if math.isfinite(free.residual):
+            what = f"states still changing by {free.residual:.3g} on average"
         raise DivergenceError(
             f"{rule.name}: the free phase did not converge ({what} in step {free.steps}, max_residual "
             f"{c['max_residual']:g}); raise free_steps (now {c['free_steps']}) or lower eps (now {c['eps']:g}) "

@@ -60,6 +60,8 @@ def through_parameterless(
         return torch.ops.aten.softplus_backward(grad_out, h_in, layer.beta, layer.threshold)
     if isinstance(layer, nn.ELU):
         return torch.ops.aten.elu_backward(grad_out, layer.alpha, 1, 1, False, h_in)
+    if isinstance(layer, nn.Hardtanh):
+        return torch.ops.aten.hardtanh_backward(grad_out, h_in, layer.min_val, layer.max_val)
     if isinstance(layer, nn.LeakyReLU):
         return torch.ops.aten.leaky_relu_backward(grad_out, h_in, layer.negative_slope, False)
     if isinstance(layer, nn.MaxPool2d) and pool_indices is not None:
