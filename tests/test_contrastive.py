@@ -393,3 +393,18 @@ def test_a_free_phase_that_does_not_converge_is_a_divergence_naming_the_settings
         rule.grads(x, y)
     converging = rules.create("ep", net, free_steps=400, eps=0.05)  # the ε-form below its bound converges
     converging.grads(x, y)
+
+
+def test_persistent_particles_continue_each_examples_free_phase_where_it_stopped():
+    """With one free step per batch, the second visit of the same examples is two steps from rest, row by row,
+    even when the batch comes back shuffled and mixed with new examples."""
+    net = dense_net()
+    x, y = batch(net, n=6)
+    rule = rules.create("ep", net, free_steps=1, max_residual=10.0, persistent=True)
+    rule.grads(x[:4], y[:4])
+    order = torch.tensor([5, 2, 0, 4, 3, 1])
+    second = rule.grads(x[order], y[order]).prediction
+    two_steps = reference_free(net, x, y, 2)[-1]
+    one_step = reference_free(net, x, y, 1)[-1]
+    expected = torch.stack([(two_steps if i < 4 else one_step)[i] for i in order.tolist()])
+    torch.testing.assert_close(second, expected, rtol=1e-10, atol=1e-12)

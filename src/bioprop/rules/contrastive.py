@@ -28,6 +28,10 @@ Hebbian terms between the phases: the free phase is unlearnt (anti-Hebbian), the
 Batch reduction: each sample relaxes on its own energy; the update is the batch mean of the per-sample ĝ, on the
 scale of the gradient of the batch-mean cost. Every update is written as a descent direction.
 
+``persistent=true`` keeps each training example's free state and starts its next free phase there (persistent
+particles, Scellier & Bengio 2017), which lets a short free phase settle over the epochs; the particles are not
+checkpointed (a resumed run starts them from rest again).
+
 ``reference_grads`` is the exact gradient of the batch-mean cost at the end of the free phase, by backprop through
 time (autograd) over the ``free_steps`` steps of the free dynamics from rest.
 
@@ -78,6 +82,7 @@ COMMON: dict[str, Option] = {
                            check=lambda v: v > 0.0, check_says="must be positive"),
     "trace_every": Option(20, "record energy and residual traces every N batches (0: never)",
                           check=lambda v: v >= 0, check_says="must be 0 or a positive number of batches"),
+    "persistent": Option(False, "persistent particles: each example's free phase starts from its last free state"),
 }  # fmt: skip
 
 
@@ -132,12 +137,47 @@ def readout_grads(net: EnergyNet, states: list[Tensor], onehot: Tensor, coef: Te
     return [error.t() @ last, error.sum(0)]
 
 
+class Particles:
+    """Persistent particles (Scellier & Bengio 2017): each training example's free state is kept and the next free
+    phase of that example starts from it instead of from rest. Examples are recognised by their input's bytes (the
+    rule sees batches, not dataset indices); the states live on the CPU, flattened into one row per example."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, Tensor] = {}
+
+    @staticmethod
+    def keys(x: Tensor) -> list[int]:
+        return [hash(row.numpy().tobytes()) for row in x.detach().cpu().flatten(1)]
+
+    def start(self, net: EnergyNet, x: Tensor, output: str, keys: list[int]) -> list[Tensor]:
+        states = zero_states(net, x, output)
+        known = [i for i, key in enumerate(keys) if key in self.rows]
+        if known:
+            stored = torch.stack([self.rows[keys[i]] for i in known]).to(x.device, x.dtype)
+            index, start = torch.tensor(known, device=x.device), 0
+            for s in states:
+                size = s[0].numel()
+                s[index] = stored[:, start : start + size].view(len(known), *s.shape[1:])
+                start += size
+        return states
+
+    def keep(self, states: list[Tensor], keys: list[int]) -> None:
+        flat = torch.cat([s.detach().flatten(1) for s in states], 1).cpu()
+        for key, row in zip(keys, flat, strict=True):
+            self.rows[key] = row.clone()
+
+
 def free_phase(rule: Contrastive, x: Tensor, trace: bool) -> tuple[Drive, Relaxed]:
-    """Relax from rest with the input clamped; non-convergence within the budget is a DivergenceError."""
+    """Relax from rest (or from the examples' persistent particles) with the input clamped; non-convergence within
+    the budget is a DivergenceError."""
     c = rule.config
     x_drive = drive(rule.net, 0, x)
-    free = relax(rule.net, x_drive, zero_states(rule.net, x, rule.output), c["free_steps"], eps=c["eps"],
+    keys = Particles.keys(x) if rule.particles is not None else []
+    start = rule.particles.start(rule.net, x, rule.output, keys) if rule.particles is not None else None
+    free = relax(rule.net, x_drive, start or zero_states(rule.net, x, rule.output), c["free_steps"], eps=c["eps"],
                  tol=c["tol"], trace=trace)  # fmt: skip
+    if rule.particles is not None:
+        rule.particles.keep(free.states, keys)
     if not free.residual <= c["max_residual"]:  # NaN fails too
         what = "non-finite states"
         if math.isfinite(free.residual):
@@ -172,6 +212,7 @@ class Contrastive(Rule):
         self.net.configure(steps=self.config["free_steps"], eps=self.config["eps"], tol=self.config["tol"],
                            output=self.output)  # fmt: skip
         self.batches = 0
+        self.particles = Particles() if self.config["persistent"] else None
 
     def _tracing(self) -> bool:
         every = self.config["trace_every"]
