@@ -52,6 +52,13 @@ def snapshot(folder: Path) -> dict[str, bytes]:
         (["--rule", "fa", "--rule-opt", "scale=-1"], "must be positive"),
         (["--rule", "fa", "--rule-opt", "scale=big"], "not a valid float"),
         (["--limit", "0"], "limit must be a positive"),
+        (["--rule", "ep"], "rule ep needs an energy-based network"),
+        (["--rule", "ep", "--arch", "ebm:32", "--rule-opt", "beta=0"], "must be non-zero"),
+        (["--rule", "ep", "--arch", "ebm:32", "--rule-opt", "free_steps=-2"], "must be a positive number of steps"),
+        (["--rule", "chl", "--arch", "ebm:32", "--rule-opt", "clamped_steps=0"], "must be a positive number"),
+        (["--arch", "ebm:32", "--activation", "relu"], "need a bounded activation"),
+        (["--arch", "ebm-conv:8x0"], "channel counts must be positive"),
+        (["--rule", "fa", "--arch", "ebm:32"], "trained by ep, chl, generec or bp"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path: Path, args: list[str], says: str) -> None:
@@ -256,3 +263,20 @@ def test_unstable_inference_step_exits_3_naming_gamma(cli, tmp_path: Path) -> No
     code, _, err = cli("train", *TINY, "--rule", "pc", "--rule-opt", "gamma=3", "--out", tmp_path / "run")
     assert_one_line_error(code, err, expected_code=3, says="gamma=3 is above the stability bound")
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_free_phase_that_does_not_settle_exits_3_naming_the_settings(cli, tmp_path: Path) -> None:
+    code, _, err = cli("train", *TINY, "--rule", "ep", "--arch", "ebm:32", "--rule-opt", "free_steps=1",
+                       "--out", tmp_path / "run")  # fmt: skip
+    assert_one_line_error(code, err, expected_code=3, says="raise free_steps (now 1) or lower eps")
+    assert json.loads((tmp_path / "run" / "summary.json").read_text())["status"] == "diverged"
+
+
+def test_ep_run_records_each_phases_energy_and_residual(cli, tmp_path: Path) -> None:
+    code, _, err = cli("train", *TINY, "--rule", "ep", "--arch", "ebm:32", "--rule-opt", "trace_every=1",
+                       "--out", tmp_path / "run")  # fmt: skip
+    assert code == 0, err
+    traces = (tmp_path / "run" / "traces.csv").read_text()
+    for name in ("free energy", "free residual", "nudged energy", "nudged residual"):
+        assert f",{name}," in traces
+    assert (tmp_path / "run" / "energy.png").stat().st_size > 10_000
