@@ -24,7 +24,7 @@ from pathlib import Path
 from bioprop import train
 from bioprop.config import RunConfig
 from bioprop.errors import BioPropError
-from bioprop.report import tables
+from bioprop.report import plots, tables
 
 # One budget per suite, shared by every rule: the only thing that changes inside a suite is the rule (and its
 # options, listed with it).
@@ -107,6 +107,11 @@ def main() -> None:
         budget, rules = SUITES[suite]
         print(f"\n{suite}: {json.dumps(budget)}; rule options {json.dumps(rules)}\n")
         print(tables.compare(run_dirs[suite]))
+        first_seed = [d for d in run_dirs[suite] if d.name.endswith(f"-s{args.seeds[0]}") and "bp-" not in d.name]
+        if first_seed:  # bp's angle to its own reference is 0
+            figure = args.out / suite / "alignment.png"
+            plots.alignment_comparison(first_seed, figure, output_layer=suite.startswith("ep"))
+            print(f"\nupdate angles of seed {args.seeds[0]} over training: {figure}")
 
 
 if __name__ == "__main__":

@@ -408,3 +408,12 @@ def test_persistent_particles_continue_each_examples_free_phase_where_it_stopped
     one_step = reference_free(net, x, y, 1)[-1]
     expected = torch.stack([(two_steps if i < 4 else one_step)[i] for i in order.tolist()])
     torch.testing.assert_close(second, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_a_nudged_phase_that_oscillates_is_a_divergence_naming_beta():
+    """β > 1 with ε = 1 overshoots: s_L ← clip(f + β(y − s_L)) alternates between two values and never settles."""
+    net = dense_net()
+    x, y = batch(net, n=16)
+    with pytest.raises(DivergenceError, match=r"nudged phase does not settle.*lower beta \(now 3\)"):
+        rules.create("ep", net, beta=3.0, free_steps=100).grads(x, y)
+    rules.create("ep", net, beta=0.5, free_steps=100).grads(x, y)

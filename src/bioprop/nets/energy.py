@@ -219,6 +219,7 @@ class Relaxed(NamedTuple):
     states: list[Tensor]
     steps: int  # steps taken
     residual: float  # mean |change| of the state units in the last step (0 when no step was taken)
+    previous_residual: float  # the same in the step before (0 with fewer than two steps)
     energies: Tensor | None  # per step (steps + 1,), batch-mean E + β ℓ, when traced
     residuals: Tensor | None  # per step (steps,), the mean |change|, when traced
 
@@ -274,7 +275,7 @@ def relax(net: EnergyNet, x: Tensor | Drive, states: Sequence[Tensor], steps: in
             energies.append(_mean_energy(states, phi, cost))
         new = step(net, x_drive, states, eps, nudge, drives, clamp)
         taken += 1
-        if trace or tol > 0 or taken == steps:
+        if trace or tol > 0 or taken >= steps - 1:
             residuals.append(mean_change(new, states))
         states = new
         if tol > 0 and float(residuals[-1]) < tol:
@@ -285,6 +286,7 @@ def relax(net: EnergyNet, x: Tensor | Drive, states: Sequence[Tensor], steps: in
         states,
         taken,
         float(residuals[-1].detach()) if residuals else 0.0,
+        float(residuals[-2].detach()) if len(residuals) > 1 else 0.0,
         torch.stack(energies).detach() if trace else None,
         torch.stack(residuals).detach() if trace and residuals else None,
     )

@@ -72,7 +72,7 @@ def alignment_plot(run_dir: str | Path) -> Path:
         ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o" if len(xs) < 30 else None,
                 markersize=3, label=name)  # fmt: skip
     ax.axhline(90.0, color="grey", linestyle="--", linewidth=1, label="90° (orthogonal)")
-    ax.set(xlabel=xlabel, ylabel="angle to backprop update (degrees)", ylim=(-3, 100), title=_title(run_dir))
+    ax.set(xlabel=xlabel, ylabel="angle to the reference gradient (degrees)", ylim=(-3, 100), title=_title(run_dir))
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     path = run_dir / "alignment.png"
@@ -138,22 +138,24 @@ def traces_plot(run_dir: str | Path, path: str | Path | None = None) -> Path:
     return out
 
 
-def alignment_comparison(run_dirs: list[str | Path], path: str | Path) -> Path:
-    """Draw, for several runs, the angle to backprop of each weight tensor but the last (the output layer gets the
-    exact gradient in every rule so far), one panel per tensor and one line per run; returns ``path``."""
+def alignment_comparison(run_dirs: list[str | Path], path: str | Path, output_layer: bool = False) -> Path:
+    """Draw, for several runs, the angle of each weight tensor's update to the rule's reference gradient, one panel
+    per tensor and one line per run; returns ``path``. The last tensor is left out unless ``output_layer`` (the
+    output layer gets the exact gradient in the feedforward rules, not in the contrastive ones)."""
     curves = {}
     for run_dir in map(Path, run_dirs):
         series, xlabel = _alignment_series(run_dir)
         label = json.loads((run_dir / logs.SUMMARY).read_text())["rule"]
         curves[label] = {name: xy for name, xy in series.items() if not name.endswith(".bias")}
-    names = list(next(iter(curves.values())))[:-1] or list(next(iter(curves.values())))
+    names = list(next(iter(curves.values())))
+    names = names if output_layer else names[:-1] or names
     fig = Figure(figsize=(4.2 * len(names), 4), layout="constrained")
     for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
         for label, series in curves.items():
             if name in series:
                 ax.plot(*series[name], label=label)
         ax.axhline(90.0, color="grey", linestyle="--", linewidth=1)
-        ax.set(xlabel=xlabel, ylabel="angle to backprop update (degrees)", ylim=(-3, 100), title=name)
+        ax.set(xlabel=xlabel, ylabel="angle to the reference gradient (degrees)", ylim=(-3, 100), title=name)
         ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.savefig(path, dpi=110)

@@ -37,7 +37,9 @@ time (autograd) over the ``free_steps`` steps of the free dynamics from rest.
 
 Guards: a free phase whose last step still changes the state units by more than ``max_residual`` on average
 (non-convergence, e.g. an oscillation of the synchronous updates, or non-finite states) raises
-:class:`DivergenceError` naming the settings to change.
+:class:`DivergenceError` naming the settings to change; so does a nudged phase that stops settling (its last
+step's change above ``max_residual`` and no smaller than the step before: too large a β makes the output
+oscillate).
 """
 
 from __future__ import annotations
@@ -310,6 +312,12 @@ class EquilibriumPropagation(Contrastive):
                                   x_drive.unpooled_shape),
                        start, c["nudged_steps"], eps=c["eps"], nudge=target.nudge, cost=target.cost,
                        trace=trace)  # fmt: skip
+        if nudged.steps > 1 and nudged.residual > c["max_residual"] and not nudged.residual < nudged.previous_residual:
+            raise DivergenceError(
+                f"ep: the nudged phase does not settle (the states' mean |change| did not shrink from step "
+                f"{nudged.steps - 1} to {nudged.steps}: {nudged.previous_residual:.3g}, {nudged.residual:.3g}); "
+                f"lower beta (now {c['beta']:g}) or eps (now {c['eps']:g})"
+            )
         scale = 1.0 / ((beta2 - beta1) * batch)
         if beta1 == 0.0:
             states = [torch.cat([a, b]) for a, b in zip(nudged.states, free.states, strict=True)]
