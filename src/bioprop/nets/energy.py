@@ -160,6 +160,15 @@ def drive(net: EnergyNet, index: int, s: Tensor) -> Drive:
     return Drive(pooled, indices, value.shape)
 
 
+def repeat_drive(d: Drive, copies: int) -> Drive:
+    """f_0(x) for ``copies`` stacked copies of the batch (the nudged phases run batched together)."""
+    if copies == 1:
+        return d
+    ones = [1] * (d.value.dim() - 1)
+    indices = None if d.indices is None else d.indices.repeat(copies, *ones)
+    return Drive(d.value.repeat(copies, *ones), indices, d.unpooled_shape)
+
+
 def feedback(net: EnergyNet, index: int, s_next: Tensor, d: Drive, s_shape: Sequence[int]) -> Tensor:
     """f_lᵀ(s_{l+1}) = ∂(s_{l+1} · f_l(s_l))/∂s_l for synapse ``index``, shaped like s_l (``s_shape``)."""
     synapse = net.synapses[index]

@@ -45,6 +45,7 @@ oscillate).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import torch
@@ -61,6 +62,7 @@ from bioprop.nets.energy import (
     prediction,
     readout,
     relax,
+    repeat_drive,
     synapse_grads,
     zero_states,
 )
@@ -95,8 +97,8 @@ class Target(NamedTuple):
     """The output's pull in a nudged phase: ``nudge`` (last state ↦ −β ∂ℓ/∂s) and ``cost`` (last state ↦ β ℓ per
     sample), for a stack of copies of the batch with one β per row."""
 
-    nudge: Any
-    cost: Any
+    nudge: Callable[[Tensor], Tensor]
+    cost: Callable[[Tensor], Tensor]
 
 
 def nudging(net: EnergyNet, onehot: Tensor, beta: Tensor, output: str) -> Target:
@@ -307,26 +309,21 @@ class EquilibriumPropagation(Contrastive):
             betas = torch.cat([x.new_full((batch, 1), beta2), x.new_full((batch, 1), beta1)])
         copies = len(betas) // batch
         target = nudging(net, onehot.repeat(copies, 1), betas, self.output)
-        nudged = relax(net, Drive(x_drive.value.repeat(copies, *[1] * (x_drive.value.dim() - 1)),
-                                  None if x_drive.indices is None else x_drive.indices.repeat(copies, 1, 1, 1),
-                                  x_drive.unpooled_shape),
-                       start, c["nudged_steps"], eps=c["eps"], nudge=target.nudge, cost=target.cost,
-                       trace=trace)  # fmt: skip
+        nudged = relax(net, repeat_drive(x_drive, copies), start, c["nudged_steps"], eps=c["eps"],
+                       nudge=target.nudge, cost=target.cost, trace=trace)  # fmt: skip
         if nudged.steps > 1 and nudged.residual > c["max_residual"] and not nudged.residual < nudged.previous_residual:
             raise DivergenceError(
                 f"ep: the nudged phase does not settle (the states' mean |change| did not shrink from step "
                 f"{nudged.steps - 1} to {nudged.steps}: {nudged.previous_residual:.3g}, {nudged.residual:.3g}); "
                 f"lower beta (now {c['beta']:g}) or eps (now {c['eps']:g})"
             )
-        scale = 1.0 / ((beta2 - beta1) * batch)
+        scale = 1.0 / ((beta2 - beta1) * batch)  # rows of the β₂ phase first, then the β₁ phase's
+        coef = torch.cat([x.new_full((batch,), scale), x.new_full((batch,), -scale)])
         if beta1 == 0.0:
             states = [torch.cat([a, b]) for a, b in zip(nudged.states, free.states, strict=True)]
-            coef = torch.cat([x.new_full((batch,), scale), x.new_full((batch,), -scale)])
             betas_all = torch.cat([betas[:, 0], x.new_zeros(batch)])
         else:
-            states = nudged.states
-            coef = torch.cat([x.new_full((batch,), scale), x.new_full((batch,), -scale)])
-            betas_all = betas[:, 0]
+            states, betas_all = nudged.states, betas[:, 0]
         grads = primitive_grads(net, x, x_drive, states, -coef)  # −: the update is a descent direction
         if self.output == "ce":
             grads += readout_grads(net, states, onehot.repeat(len(coef) // batch, 1), coef * betas_all)
