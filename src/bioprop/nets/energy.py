@@ -234,9 +234,11 @@ class Relaxed(NamedTuple):
 
 
 def step(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor], eps: float, nudge: Nudge | None = None,
-         drives: list[Drive] | None = None, clamp: Tensor | None = None) -> list[Tensor]:  # fmt: skip
+         drives: list[Drive] | None = None, clamp: Tensor | None = None,
+         out: Sequence[Tensor] | None = None) -> list[Tensor]:  # fmt: skip
     """One synchronous step s ← σ((1 − ε) s + ε ∂(Φ − βℓ)/∂s); ``drives`` (f_l(s_l)) when already computed;
-    ``clamp`` holds the last state at a fixed value (the clamped phase of CHL)."""
+    ``clamp`` holds the last state at a fixed value (the clamped phase of CHL); ``out`` (no autograd) receives the
+    new states, so that a relaxation allocates nothing per step."""
     if drives is None:
         drives = [x_drive] + [drive(net, i, s) for i, s in enumerate(states[:-1], start=1)]
     new = []
@@ -246,23 +248,25 @@ def step(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor], eps: float, n
         if i == last and clamp is not None:
             new.append(clamp)
             continue
+        target = out[i] if out is not None and in_place else None
         total, fresh = drives[i].value, i > 0  # f_0(x) is reused by every step: never overwritten
         if i < last:
-            total, fresh = add_feedback(net, i + 1, states[i + 1], drives[i + 1], total), True
+            total, fresh = add_feedback(net, i + 1, states[i + 1], drives[i + 1], total, target), True
         if i == last and nudge is not None:
-            total, fresh = total + nudge(s), True
+            total, fresh = torch.add(total, nudge(s), out=target), True
         if eps != 1.0:
-            total, fresh = torch.lerp(s, total, eps), True
+            total, fresh = torch.lerp(s, total, eps, out=target), True
         new.append(net.act_(total) if in_place and fresh else net.act(total))
     return new
 
 
-def add_feedback(net: EnergyNet, index: int, s_next: Tensor, d: Drive, below: Tensor) -> Tensor:
-    """below + f_lᵀ(s_{l+1}) as a new tensor; dense synapses fuse the sum into the matrix product."""
+def add_feedback(net: EnergyNet, index: int, s_next: Tensor, d: Drive, below: Tensor,
+                 out: Tensor | None = None) -> Tensor:  # fmt: skip
+    """below + f_lᵀ(s_{l+1}) as a new tensor (or into ``out``); dense synapses fuse the sum into the product."""
     synapse = net.synapses[index]
     if isinstance(synapse, nn.Linear) and below.dim() == 2:
-        return torch.addmm(below, s_next, synapse.weight)
-    return below + feedback(net, index, s_next, d, below.shape[1:])
+        return torch.addmm(below, s_next, synapse.weight, out=out)
+    return torch.add(below, feedback(net, index, s_next, d, below.shape[1:]), out=out)
 
 
 def relax(net: EnergyNet, x: Tensor | Drive, states: Sequence[Tensor], steps: int, *, eps: float = 1.0,
@@ -276,16 +280,19 @@ def relax(net: EnergyNet, x: Tensor | Drive, states: Sequence[Tensor], steps: in
     states = list(states)
     energies: list[Tensor] = []
     residuals: list[Tensor] = []
+    # Without autograd the states alternate between two buffers of this call's own (never the caller's tensors),
+    # and a third serves the residual: large tensors allocated at every step cost page faults on the CPU.
+    buffers = None if torch.is_grad_enabled() else [[torch.empty_like(s) for s in states] for _ in range(3)]
     taken = 0
     while taken < steps:
         drives = None
         if trace:
             phi, drives = primitive(net, x_drive, states)
             energies.append(_mean_energy(states, phi, cost))
-        new = step(net, x_drive, states, eps, nudge, drives, clamp)
+        new = step(net, x_drive, states, eps, nudge, drives, clamp, buffers[taken % 2] if buffers else None)
         taken += 1
         if trace or tol > 0 or taken >= steps - 1:
-            residuals.append(mean_change(new, states))
+            residuals.append(mean_change(new, states, buffers[2] if buffers else None))
         states = new
         if tol > 0 and float(residuals[-1]) < tol:
             break
@@ -301,11 +308,12 @@ def relax(net: EnergyNet, x: Tensor | Drive, states: Sequence[Tensor], steps: in
     )
 
 
-def mean_change(new: Sequence[Tensor], old: Sequence[Tensor]) -> Tensor:
+def mean_change(new: Sequence[Tensor], old: Sequence[Tensor], scratch: Sequence[Tensor] | None = None) -> Tensor:
     """Mean |s_new − s_old| over every state unit of the batch: the residual of a relaxation step. A mean, not a
     maximum, so that a few units left oscillating (as CHL's free phase does late in training) do not count as a
-    network that failed to settle."""
-    total = sum((a - b).abs().sum() for a, b in zip(new, old, strict=True))
+    network that failed to settle. ``scratch`` (shaped like the states) holds the differences when given."""
+    outs = scratch if scratch is not None else [None] * len(new)
+    total = sum(torch.sub(a, b, out=o).abs_().sum() for a, b, o in zip(new, old, outs, strict=True))
     return total / sum(a.numel() for a in new)
 
 
