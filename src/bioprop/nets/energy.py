@@ -118,6 +118,7 @@ class EnergyNet(nn.Module):
             shape = (size,)
             self.state_shapes.append(shape)
         self.relaxation = Relaxation()
+        self.chain = list(self.synapses)  # a plain list: indexing an nn.ModuleList costs ~10 µs, per step and layer
 
     @property
     def act(self) -> Callable[[Tensor], Tensor]:
@@ -150,7 +151,7 @@ class EnergyNet(nn.Module):
 
 def drive(net: EnergyNet, index: int, s: Tensor) -> Drive:
     """f_l(s_l) for synapse ``index``: W s + b (dense, the state flattened) or max-pooled W ⋆ s + b (conv)."""
-    synapse = net.synapses[index]
+    synapse = net.chain[index]
     if isinstance(synapse, nn.Linear):
         return Drive(F.linear(s.flatten(1), synapse.weight, synapse.bias))
     value = F.conv2d(s, synapse.weight, synapse.bias)
@@ -171,7 +172,7 @@ def repeat_drive(d: Drive, copies: int) -> Drive:
 
 def feedback(net: EnergyNet, index: int, s_next: Tensor, d: Drive, s_shape: Sequence[int]) -> Tensor:
     """f_lᵀ(s_{l+1}) = ∂(s_{l+1} · f_l(s_l))/∂s_l for synapse ``index``, shaped like s_l (``s_shape``)."""
-    synapse = net.synapses[index]
+    synapse = net.chain[index]
     if isinstance(synapse, nn.Linear):
         return (s_next @ synapse.weight).view(len(s_next), *s_shape)
     if d.indices is not None:
@@ -181,7 +182,7 @@ def feedback(net: EnergyNet, index: int, s_next: Tensor, d: Drive, s_shape: Sequ
 
 def synapse_grads(net: EnergyNet, index: int, pre: Tensor, post: Tensor, d: Drive | None = None) -> list[Tensor]:
     """∂/∂(W_l, b_l) of Σ_batch post · f_l(pre), with the pooling indices of ``d`` (conv): [weight, bias]."""
-    synapse = net.synapses[index]
+    synapse = net.chain[index]
     if isinstance(synapse, nn.Linear):
         return [post.t() @ pre.flatten(1), post.sum(0)]
     if d is not None and d.indices is not None:
@@ -197,7 +198,7 @@ def zero_states(net: EnergyNet, x: Tensor, output: str | None = None) -> list[Te
 
 def readout(net: EnergyNet, states: Sequence[Tensor]) -> Tensor:
     """Logits of the readout outside the dynamics (``output="ce"``)."""
-    synapse = net.synapses[-1]
+    synapse = net.chain[-1]
     return F.linear(states[-1].flatten(1), synapse.weight, synapse.bias)
 
 
@@ -263,7 +264,7 @@ def step(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor], eps: float, n
 def add_feedback(net: EnergyNet, index: int, s_next: Tensor, d: Drive, below: Tensor,
                  out: Tensor | None = None) -> Tensor:  # fmt: skip
     """below + f_lᵀ(s_{l+1}) as a new tensor (or into ``out``); dense synapses fuse the sum into the product."""
-    synapse = net.synapses[index]
+    synapse = net.chain[index]
     if isinstance(synapse, nn.Linear) and below.dim() == 2:
         return torch.addmm(below, s_next, synapse.weight, out=out)
     return torch.add(below, feedback(net, index, s_next, d, below.shape[1:]), out=out)
