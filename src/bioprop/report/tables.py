@@ -17,7 +17,7 @@ from typing import Any
 from bioprop.errors import BioPropError
 from bioprop.report import logs
 
-HEADER = ("rule", "dataset", "arch", "runs", "epochs", "test acc (%)", "best acc (%)", "final angle to backprop (°)",
+HEADER = ("rule", "dataset", "arch", "runs", "epochs", "test acc (%)", "best acc (%)", "final angle to reference (°)",
           "s/epoch")  # fmt: skip
 
 
