@@ -66,7 +66,7 @@ from bioprop.nets.energy import (
     synapse_grads,
     zero_states,
 )
-from bioprop.rules.base import Entry, Option, Rule, Update, make_card, output_loss, register
+from bioprop.rules.base import CardEntry, Entry, Option, Rule, Update, make_card, output_loss, register
 
 NUDGES = ("symmetric", "one-sided", "random-sign")
 
@@ -248,13 +248,16 @@ class Contrastive(Rule):
         return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
 
 
-CONTRASTIVE_CARD = dict(
-    linear=(True, "the update is local and Hebbian; the network's own nonlinear relaxation carries the error"),
-    derivatives=(True, "no derivative of the activation is computed: the relaxation propagates the nudge"),
-    weight_transport=(False, "feedback uses the transposed forward weights: the connections are symmetric"),
-    spikes=(False, "rate units"),
-    targets=(False, "targets are given by the task"),
-)
+def contrastive_card(phases: str) -> dict[str, CardEntry]:
+    """The card of the contrastive rules; ``phases`` names the two phases a global signal switches between."""
+    return make_card(
+        linear=(True, "the update is local and Hebbian; the network's own nonlinear relaxation carries the error"),
+        derivatives=(True, "no derivative of the activation is computed: the relaxation propagates the nudge"),
+        weight_transport=(False, "feedback uses the transposed forward weights: the connections are symmetric"),
+        spikes=(False, "rate units"),
+        clock=(False, f"a global signal switches between the {phases} phases"),
+        targets=(False, "targets are given by the task"),
+    )
 
 
 @register(
@@ -262,9 +265,7 @@ CONTRASTIVE_CARD = dict(
     family="contrastive",
     paper="Scellier & Bengio 2017, Front. Comput. Neurosci. 11:24; Laborieux et al. 2021, Front. Neurosci.",
     summary="equilibrium propagation: free phase, then ±β-nudged phases; Hebbian difference over β",
-    card=make_card(
-        clock=(False, "a global signal switches between the free and the nudged phases"), **CONTRASTIVE_CARD
-    ),  # fmt: skip
+    card=contrastive_card("free and the nudged"),
 )
 class EquilibriumPropagation(Contrastive):
     options = {
@@ -374,9 +375,7 @@ class Clamped(Contrastive):
     family="contrastive",
     paper="Movellan 1991; Xie & Seung 2003, Neural Comput. 15:441; Whittington & Bogacz 2019, Box 2",
     summary="contrastive Hebbian learning: free phase, then output clamped; Hebbian minus anti-Hebbian term",
-    card=make_card(
-        clock=(False, "a global signal switches between the free and the clamped phases"), **CONTRASTIVE_CARD
-    ),  # fmt: skip
+    card=contrastive_card("free and the clamped"),
 )
 class ContrastiveHebbian(Clamped):
     def combine(self, x: Tensor, x_drive: Drive, free: Relaxed, clamped: Relaxed) -> list[Tensor]:
@@ -391,9 +390,7 @@ class ContrastiveHebbian(Clamped):
     family="contrastive",
     paper="O'Reilly 1996, Neural Comput. 8:895",
     summary="GeneRec: sending minus-phase activity times the receiving unit's plus-minus difference",
-    card=make_card(
-        clock=(False, "a global signal switches between the minus and the plus phases"), **CONTRASTIVE_CARD
-    ),  # fmt: skip
+    card=contrastive_card("minus and the plus"),
 )
 class GeneRec(Clamped):
     options = {
