@@ -296,17 +296,35 @@ def test_inference_rules_record_energy_traces_per_epoch_and_resume_them(tmp_path
         energy = [float(r["value"]) for r in rows if int(r["epoch"]) == epoch]
         assert energy[-1] < energy[0], "inference lowers the energy"
     assert (tmp_path / "whole" / "energy.png").read_bytes()[:8] == PNG_MAGIC
-    stopped = tmp_path / "stopped"
+    stopped = train_one_epoch_then_resume(cli, common, tmp_path / "stopped", epochs=3)
+    assert read_rows(stopped / "traces.csv") == rows
+
+
+def train_one_epoch_then_resume(cli, common: list[str], stopped: Path, epochs: int) -> Path:
+    """Train one epoch, turn the run into one of ``epochs`` epochs interrupted after its first, and resume it."""
     code, _, err = cli("train", *common, "--epochs", "1", "--out", stopped)
     assert code == 0, err
     config = stopped / "config.yaml"
-    config.write_text(config.read_text().replace("epochs: 1", "epochs: 3"))
+    config.write_text(config.read_text().replace("epochs: 1", f"epochs: {epochs}"))
     checkpoint = stopped / train.CHECKPOINT
     tensors, meta = train.read_checkpoint(checkpoint)
-    meta["fingerprint"] = RunConfig.from_yaml(config).fingerprint()  # as if the run had been started for 3 epochs
+    meta["fingerprint"] = RunConfig.from_yaml(config).fingerprint()  # as if started for `epochs` epochs
     blob = safetensors.torch.save(tensors, metadata={"bioprop": json.dumps(meta)})
     checkpoint.write_bytes(blob)
     (stopped / "model.safetensors").unlink()
     code, _, err = cli("resume", stopped, "--quiet")
     assert code == 0, err
-    assert read_rows(stopped / "traces.csv") == rows
+    return stopped
+
+
+def test_ep_resume_keeps_the_random_signs_and_the_trace_schedule(tmp_path: Path, cli) -> None:
+    """ep with random-sign nudging draws a sign per batch and records traces every 4th batch: a resumed run has the
+    uninterrupted run's weights and traces only if the checkpoint holds the generator and the batch counter."""
+    common = ["--rule", "ep", "--rule-opt", "nudge=random-sign", "--rule-opt", "trace_every=4", "--data", "digits",
+              "--arch", "ebm:16", "--limit", "300", "--optimizer", "adam", "--lr", "0.01", "--device", "cpu",
+              "--quiet"]  # fmt: skip
+    code, _, err = cli("train", *common, "--epochs", "2", "--out", tmp_path / "whole")
+    assert code == 0, err
+    stopped = train_one_epoch_then_resume(cli, common, tmp_path / "stopped", epochs=2)
+    assert_same_results(tmp_path / "whole", stopped)
+    assert read_rows(stopped / "traces.csv") == read_rows(tmp_path / "whole" / "traces.csv")

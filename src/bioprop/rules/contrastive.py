@@ -234,6 +234,15 @@ class Contrastive(Rule):
             traces[f"{name} residual"] = second.residuals
         return traces
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """The batch counter, so that a resumed run (and the angle probes) keep the trace schedule."""
+        return {"batches": torch.tensor(self.batches)}
+
+    def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        if "batches" in state:
+            self.batches = int(state["batches"])
+        super().load_state_dict({k: v for k, v in state.items() if k != "batches"})
+
     def _named(self, grads: list[Tensor]) -> dict[str, Tensor]:
         return {name: g for (name, _), g in zip(self.net.named_parameters(), grads, strict=True)}
 
@@ -333,7 +342,7 @@ class EquilibriumPropagation(Contrastive):
                       self._traces(free, nudged, "nudged"))  # fmt: skip
 
     def state_dict(self) -> dict[str, Tensor]:
-        return {"generator": self.generator.get_state()}
+        return {**super().state_dict(), "generator": self.generator.get_state()}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if "generator" in state:
