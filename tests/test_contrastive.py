@@ -17,7 +17,7 @@ from torch import nn
 from bioprop import nets, rules
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.nets.energy import EnergyNet, relax, zero_states
-from bioprop.rules.contrastive import primitive_grads, readout_grads
+from bioprop.rules.contrastive import nudging, primitive_grads, readout_grads
 
 # ----------------------------------------------------------------------------------------- reference math
 
@@ -130,8 +130,6 @@ def test_relaxation_step_is_the_clipped_gradient_of_the_primitive(make, eps, out
         expected = [s.detach() for s in reference_step(net, x, y, expected, eps, output=output)]
     for a, b in zip(mine, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-    from bioprop.rules.contrastive import nudging
-
     beta = torch.tensor([[0.3], [-0.2], [0.5], [0.1], [-0.4]], dtype=torch.float64)
     onehot = F.one_hot(y, 4).double()
     target = nudging(net, onehot, beta, rule.output)
@@ -417,3 +415,13 @@ def test_a_nudged_phase_that_oscillates_is_a_divergence_naming_beta():
     with pytest.raises(DivergenceError, match=r"nudged phase does not settle.*lower beta \(now 3\)"):
         rules.create("ep", net, beta=3.0, free_steps=100).grads(x, y)
     rules.create("ep", net, beta=0.5, free_steps=100).grads(x, y)
+    # While the nudge travels down the layers the change may grow from one step to the next without any oscillation:
+    # here from step 1 to 2 of a 3-layer net. The guard waits until the nudge has reached every layer.
+    net = dense_net(scale=0.9)
+    x, y = batch(net, n=16)
+    growing = rules.create("ep", net, beta=1.0, free_steps=200, nudged_steps=2, nudge="one-sided")
+    free = relax(net, x, zero_states(net, x), 200).states
+    target = nudging(net, F.one_hot(y, 4).double(), torch.full((16, 1), 1.0, dtype=torch.float64), "se")
+    early = relax(net, x, free, 2, nudge=target.nudge)
+    assert early.residual > early.previous_residual and early.residual > growing.config["max_residual"]
+    growing.grads(x, y)

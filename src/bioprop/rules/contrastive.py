@@ -38,8 +38,8 @@ time (autograd) over the ``free_steps`` steps of the free dynamics from rest.
 Guards: a free phase whose last step still changes the state units by more than ``max_residual`` on average
 (non-convergence, e.g. an oscillation of the synchronous updates, or non-finite states) raises
 :class:`DivergenceError` naming the settings to change; so does a nudged phase that stops settling (its last
-step's change above ``max_residual`` and no smaller than the step before: too large a β makes the output
-oscillate).
+step's change above ``max_residual`` and no smaller than the step before, once the nudge has had the steps to
+reach every layer: too large a β makes the output oscillate).
 """
 
 from __future__ import annotations
@@ -321,7 +321,8 @@ class EquilibriumPropagation(Contrastive):
         target = nudging(net, onehot.repeat(copies, 1), betas, self.output)
         nudged = relax(net, repeat_drive(x_drive, copies), start, c["nudged_steps"], eps=c["eps"],
                        nudge=target.nudge, cost=target.cost, trace=trace)  # fmt: skip
-        if nudged.steps > 1 and nudged.residual > c["max_residual"] and not nudged.residual < nudged.previous_residual:
+        settled_wave = nudged.steps > net.n_states(self.output) + 1  # the nudge reached every layer: no more growth
+        if settled_wave and nudged.residual > c["max_residual"] and not nudged.residual < nudged.previous_residual:
             raise DivergenceError(
                 f"ep: the nudged phase does not settle (the states' mean |change| did not shrink from step "
                 f"{nudged.steps - 1} to {nudged.steps}: {nudged.previous_residual:.3g}, {nudged.residual:.3g}); "
