@@ -6,7 +6,7 @@
     python benchmarks/accuracy_fmnist.py --suite pc-lenet --seeds 0 1 2
     python benchmarks/accuracy_fmnist.py --suite microcircuit --seeds 0 1 2
     python benchmarks/accuracy_fmnist.py --suite ep-mlp --seeds 0 1 2    # ep, chl; bp = BPTT on the same net
-    python benchmarks/accuracy_fmnist.py --suite ep-conv --seeds 0 1 2   # conv ep: ~4 min/epoch on one core
+    python benchmarks/accuracy_fmnist.py --suite ep-conv --seeds 0 1 2   # conv: 3.5-4.5 min per epoch and run
 
 Each (suite, rule, seed) is an ordinary bioprop run directory under ``--out``; finished runs are reused and
 interrupted ones resumed, so the script can be stopped and restarted without losing work. At the end it
