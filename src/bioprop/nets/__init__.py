@@ -26,7 +26,6 @@ import torch
 from torch import nn
 
 from bioprop.errors import BioPropError
-from bioprop.nets.energy import ACTIVATIONS as ENERGY_ACTIVATIONS
 from bioprop.nets.energy import EnergyNet
 
 
@@ -175,7 +174,6 @@ def layers(net: nn.Module) -> list[nn.Module]:
 __all__ = [
     "ACTIVATIONS",
     "ARCHS",
-    "ENERGY_ACTIVATIONS",
     "HardSigmoid",
     "EnergyNet",
     "activation",

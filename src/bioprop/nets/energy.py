@@ -209,17 +209,16 @@ def prediction(net: EnergyNet, states: Sequence[Tensor], output: str | None = No
     return states[-1].flatten(1)
 
 
+def drives_of(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor]) -> list[Drive]:
+    """f_l(s_l) for every synapse into a state: f_0(x) as given, then each state's drive of the next."""
+    return [x_drive] + [drive(net, i, s) for i, s in enumerate(states[:-1], start=1)]
+
+
 def primitive(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor]) -> tuple[Tensor, list[Drive]]:
     """Per-sample Φ(x, s) (shape (B,)) and the drives f_l(s_l) it was made of (reused by a step)."""
-    drives = [x_drive] + [drive(net, i, s) for i, s in enumerate(states[:-1], start=1)]
+    drives = drives_of(net, x_drive, states)
     phi = sum((s * d.value).flatten(1).sum(1) for s, d in zip(states, drives, strict=True))
     return phi, drives
-
-
-def energy(net: EnergyNet, x: Tensor, states: Sequence[Tensor]) -> Tensor:
-    """Per-sample E = ½ Σ‖s_l‖² − Φ(x, s), shape (B,)."""
-    phi, _ = primitive(net, drive(net, 0, x), states)
-    return 0.5 * sum(s.square().flatten(1).sum(1) for s in states) - phi
 
 
 Nudge = Callable[[Tensor], Tensor]  # the last state ↦ the term −β ∂ℓ/∂s added to ∂Φ/∂s of the last state
@@ -241,7 +240,7 @@ def step(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor], eps: float, n
     ``clamp`` holds the last state at a fixed value (the clamped phase of CHL); ``out`` (no autograd) receives the
     new states, so that a relaxation allocates nothing per step."""
     if drives is None:
-        drives = [x_drive] + [drive(net, i, s) for i, s in enumerate(states[:-1], start=1)]
+        drives = drives_of(net, x_drive, states)
     new = []
     last = len(states) - 1
     in_place = not torch.is_grad_enabled()  # fresh tensors may then be overwritten (autograd keeps its inputs)
@@ -319,5 +318,6 @@ def mean_change(new: Sequence[Tensor], old: Sequence[Tensor], scratch: Sequence[
 
 
 def _mean_energy(states: Sequence[Tensor], phi: Tensor, cost: Callable[[Tensor], Tensor] | None) -> Tensor:
+    """Batch mean of E = ½ Σ‖s_l‖² − Φ (plus the nudging cost β ℓ when given)."""
     e = 0.5 * sum(s.square().flatten(1).sum(1) for s in states) - phi
     return (e if cost is None else e + cost(states[-1])).mean()

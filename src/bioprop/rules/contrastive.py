@@ -66,7 +66,17 @@ from bioprop.nets.energy import (
     synapse_grads,
     zero_states,
 )
-from bioprop.rules.base import CardEntry, Entry, Option, Rule, Update, make_card, output_loss, register
+from bioprop.rules.base import (
+    CardEntry,
+    Entry,
+    Option,
+    Rule,
+    Update,
+    backprop_update,
+    make_card,
+    output_loss,
+    register,
+)
 
 NUDGES = ("symmetric", "one-sided", "random-sign")
 
@@ -202,7 +212,6 @@ class Contrastive(Rule):
     update combines the phases."""
 
     options = COMMON
-    output = "se"
 
     def __init__(self, net: EnergyNet, entry: Entry, options: dict[str, Any]) -> None:
         if not isinstance(net, EnergyNet):
@@ -247,14 +256,9 @@ class Contrastive(Rule):
         return {name: g for (name, _), g in zip(self.net.named_parameters(), grads, strict=True)}
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """Backprop through time of the batch-mean cost over the free phase's ``free_steps`` steps from rest."""
-        named = dict(self.net.named_parameters())
-        with torch.enable_grad():
-            free = relax(self.net, x, zero_states(self.net, x, self.output), self.config["free_steps"],
-                         eps=self.config["eps"])  # fmt: skip
-            loss = output_loss(prediction(self.net, free.states, self.output), y, self.output)
-            grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
-        return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
+        """Backprop through time of the batch-mean cost over the free phase from rest: autograd through ``net(x)``,
+        which relaxes with this rule's settings."""
+        return backprop_update(self.net, x, y, self.output).grads
 
 
 def contrastive_card(phases: str) -> dict[str, CardEntry]:
@@ -360,21 +364,21 @@ class Clamped(Contrastive):
                                 check=_positive_steps, check_says="must be a positive number of steps"),
     }  # fmt: skip
 
-    def phases(self, x: Tensor, y: Tensor) -> tuple[Drive, Relaxed, Relaxed, Tensor]:
+    def phases(self, x: Tensor, y: Tensor) -> tuple[Drive, Relaxed, Relaxed]:
         c, net = self.config, self.net
         trace = self._tracing()
         x_drive, free = free_phase(self, x, trace)
         onehot = F.one_hot(y, net.synapses[-1].out_features).to(x.dtype)
         start = [*free.states[:-1], onehot]
         clamped = relax(net, x_drive, start, c["clamped_steps"], eps=c["eps"], clamp=onehot, trace=trace)
-        return x_drive, free, clamped, onehot
+        return x_drive, free, clamped
 
     def combine(self, x: Tensor, x_drive: Drive, free: Relaxed, clamped: Relaxed) -> list[Tensor]:
         raise NotImplementedError
 
     @torch.no_grad()
     def grads(self, x: Tensor, y: Tensor) -> Update:
-        x_drive, free, clamped, _ = self.phases(x, y)
+        x_drive, free, clamped = self.phases(x, y)
         logits = prediction(self.net, free.states)
         return Update(self._named(self.combine(x, x_drive, free, clamped)), output_loss(logits, y, "se"), logits,
                       self._traces(free, clamped, "clamped"))  # fmt: skip
