@@ -15,8 +15,8 @@ by default. A step is ``zero_grad`` + the update + ``optimizer.step()``. Contend
   act)`` and ``bp_contender(hidden, batch, seed, lr, act)`` return ``step(x, y)`` functions (see benchmarks/README.md).
 
 All contenders live in this process and are sampled round-robin (benchmarks/timing.py); the ratios are paired
-medians. Before timing, ``--sanity-steps`` steps of each contender train on a random linear-teacher task and the
-free-phase/forward loss before and after is printed.
+medians. Before timing, ``--sanity-steps`` steps of each contender train on a random linear-teacher task and its
+accuracy on held-out inputs of the same teacher, before and after, is printed.
 
     python benchmarks/speed_ep.py --laborieux-harness /path/to/ep_harness.py [--budget 60] [--threads 1]
 """
@@ -74,17 +74,12 @@ def load_harness(path: str) -> object:
     return module
 
 
-def teacher_task(n: int) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(7)
-    x = torch.rand(n, IN_FEATURES, generator=gen)
-    teacher = torch.randn(IN_FEATURES, N_CLASSES, generator=gen)
-    return x, (x - 0.5).matmul(teacher).argmax(1)
-
-
 def sanity(args: argparse.Namespace, builders: dict[str, Callable[[], tuple[Callable, Callable]]]) -> dict:
-    """Train each contender for ``--sanity-steps`` steps on a linear-teacher task; accuracy before and after."""
-    x, y = teacher_task(args.batch * 16)
-    test_x, test_y = teacher_task(2048)
+    """Train each contender for ``--sanity-steps`` steps on a linear-teacher task; accuracy on 2048 held-out inputs
+    of the same teacher, before and after."""
+    gen = torch.Generator().manual_seed(7)
+    x, y, teacher = timing.linear_teacher_task(args.batch * 16, (IN_FEATURES,), N_CLASSES, gen)
+    test_x, test_y, _ = timing.linear_teacher_task(2048, (IN_FEATURES,), N_CLASSES, gen, teacher)
     out = {}
     for name, build in builders.items():
         step, predict = build()

@@ -117,13 +117,6 @@ def thread_env(threads: int) -> dict[str, str]:
     return env
 
 
-def teacher_data(n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    """A learnable task of MNIST's shape: uniform pixels, labels from a fixed random linear teacher."""
-    x = torch.rand((n, *IN_SHAPE), generator=gen)
-    teacher = torch.randn(IN_SHAPE[1] * IN_SHAPE[2], N_CLASSES, generator=gen)
-    return x, ((x.flatten(1) - 0.5) @ teacher).argmax(1)
-
-
 def losses(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, float]:
     """Batch-mean ½‖z − onehot‖², cross-entropy and accuracy of the feedforward prediction z (as the harness)."""
     with torch.no_grad():
@@ -139,7 +132,7 @@ def losses(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, 
 def sanity(args: argparse.Namespace, names: list[str], pcx: PCX | None) -> dict:
     """Train fresh networks of every contender for ``--sanity-steps`` steps on the same 1024 samples."""
     gen = torch.Generator().manual_seed(99)
-    x, y = teacher_data(16 * args.batch, gen)
+    x, y, _ = timing.linear_teacher_task(16 * args.batch, IN_SHAPE, N_CLASSES, gen)
     out: dict[str, dict] = {}
     for name in names:
         ours = Ours(name, args, seed=1)

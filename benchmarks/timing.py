@@ -7,9 +7,10 @@ contenders' samples taken in the same repetition, the number to trust on a busy 
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -62,3 +63,14 @@ def quartiles(values: list[float]) -> tuple[float, float, float]:
 def paired(a: list[float], b: list[float]) -> float:
     """Median over repetitions of a[i] / b[i]."""
     return statistics.median(s / t for s, t in zip(a, b, strict=True))
+
+
+def linear_teacher_task(
+    n: int, in_shape: Sequence[int], n_classes: int, gen: torch.Generator, teacher: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The speed benchmarks' sanity task: ``n`` uniform inputs of ``in_shape``, labelled by a fixed random linear
+    teacher (drawn after the inputs unless given, e.g. to draw held-out inputs for the same teacher)."""
+    x = torch.rand((n, *in_shape), generator=gen)
+    if teacher is None:
+        teacher = torch.randn(math.prod(in_shape), n_classes, generator=gen)
+    return x, ((x.flatten(1) - 0.5) @ teacher).argmax(1), teacher
