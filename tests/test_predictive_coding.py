@@ -253,6 +253,29 @@ def test_energy_never_increases_with_a_small_step(act: type[nn.Module]) -> None:
         assert bool((trace[1:] <= trace[:-1] * (1 + 1e-12)).all()), output
 
 
+def test_dropout_draws_one_mask_per_batch_so_a_tiny_step_never_raises_the_energy() -> None:
+    """A dropout mask is part of φ_l for the whole inference: drawn once, as net(x) draws it from the same random
+    state, so the first energy is net(x)'s loss and γ = 1e-6 only descends. (A mask redrawn at every step made the
+    hidden errors jump, the energy rise, and the rule blame γ.)"""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 9), nn.Tanh(), nn.Dropout(0.5), nn.Linear(9, 7), nn.Tanh(),
+                        nn.Linear(7, 4))  # fmt: skip
+    net = reinit(net, seed=0)
+    x, y = data((12,), n=8)
+    with torch.random.fork_rng():
+        torch.manual_seed(3)
+        energy = rules.create("pc", net, gamma=1e-6, steps=5).grads(x, y).traces["energy"]
+        torch.manual_seed(3)
+        loss = F.cross_entropy(net(x), y)
+    assert abs(float(energy[0] - loss.detach())) < 1e-12
+    assert bool((energy[1:] < energy[:-1]).all())
+    # Centred nudging stacks two copies of the batch, which would draw two masks: refused, unless in eval mode.
+    centred = rules.create("pc", net, nudge="centred", gamma=0.05, steps=5)
+    with pytest.raises(BioPropError, match="nudge=centred with a Dropout layer in training mode is not supported"):
+        centred.grads(x, y)
+    net.eval()
+    assert all(bool(torch.isfinite(g).all()) for g in centred.grads(x, y).grads.values())
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Contract, options and bad input
 # ---------------------------------------------------------------------------------------------------------------

@@ -2,19 +2,121 @@
 
 Everything here raises :class:`~bioprop.errors.BioPropError` (or returns what it found) *before* any work is
 done, so that a bad input is never reported as a divergence and no hyperparameter is blamed for it.
+
+A batch is ``x`` of shape (B, ...) in the network's dtype and on its device, and ``y`` of shape (B,), int64 class
+indices in [0, n_classes). :func:`check_batch` checks what needs no network, :func:`fit_input` what needs one (it
+runs the network once on one example, so a rule caches its answer per input shape), :func:`check_labels` and
+:func:`check_finite_input` the values. Each costs a few tensor operations (:func:`all_finite` reads a sum, not an
+elementwise test, unless the sum is not finite).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
+from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from bioprop.errors import BioPropError
 
 
 def first_nonfinite(named: Iterable[tuple[str, Tensor]]) -> str | None:
     """The name of the first tensor in ``named`` with a NaN or infinite entry, else None."""
     for name, tensor in named:
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if isinstance(tensor, Tensor) and tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return name
     return None
+
+
+def all_finite(tensor: Tensor) -> bool:
+    """Whether every entry of a floating-point tensor is finite. Reads the sum (a NaN or ±inf entry makes it NaN or
+    ±inf); only when the sum is not finite (which a huge but finite tensor can also cause) is every entry tested."""
+    return math.isfinite(float(tensor.sum())) or bool(torch.isfinite(tensor).all())
+
+
+def _shape(tensor: Tensor) -> str:
+    return str(tuple(tensor.shape))
+
+
+def check_batch(x: Any, y: Any) -> None:
+    """Refuse a batch whose types, shapes or label dtype are wrong, before any work: ``x`` must be a tensor with a
+    batch dimension, ``y`` a 1-D int64 tensor of the same length on the same device, and the batch not empty."""
+    if not isinstance(x, Tensor):
+        raise BioPropError(f"input x must be a torch.Tensor of shape (B, ...), not {type(x).__name__}")
+    if not isinstance(y, Tensor):
+        raise BioPropError(f"labels y must be a torch.Tensor of class indices, not {type(y).__name__}")
+    if x.dim() < 2:
+        raise BioPropError(f"input x of shape {_shape(x)} has no batch dimension; expected (B, features...)")
+    if y.dim() != 1:
+        raise BioPropError(f"labels y must be 1-D, shape (B,), not {_shape(y)}")
+    if y.dtype != torch.int64:
+        raise BioPropError(f"labels y must be int64 class indices (torch.long), not {y.dtype}")
+    if len(x) != len(y):
+        raise BioPropError(f"input x has {len(x)} examples but labels y has {len(y)}")
+    if len(x) == 0:
+        raise BioPropError("empty batch: x and y have no examples")
+    if y.device != x.device:
+        raise BioPropError(f"labels y are on {y.device} but input x is on {x.device}")
+
+
+def check_labels(y: Tensor, n_classes: int) -> None:
+    """Refuse labels outside [0, n_classes), naming the first bad value."""
+    low, high = (int(v) for v in torch.aminmax(y))
+    if low < 0 or high >= n_classes:
+        bad = low if low < 0 else high
+        raise BioPropError(f"label {bad} in y is out of range: the network has {n_classes} outputs, 0..{n_classes - 1}")
+
+
+def check_finite_input(x: Tensor) -> None:
+    if not all_finite(x):
+        raise BioPropError("input x has non-finite entries (NaN or inf)")
+
+
+def network_dtype(net: nn.Module) -> tuple[torch.dtype, torch.device] | None:
+    """The dtype and device of the network's floating-point parameters (None if it has none); a network that mixes
+    them is a :class:`BioPropError`."""
+    found: tuple[str, Tensor] | None = None
+    for name, param in net.named_parameters():
+        if not param.is_floating_point():
+            continue
+        if found is None:
+            found = (name, param)
+        elif (param.dtype, param.device) != (found[1].dtype, found[1].device):
+            first, other = found
+            raise BioPropError(
+                f"the network mixes parameter types: {first!r} is {other.dtype} on {other.device}, {name!r} is "
+                f"{param.dtype} on {param.device}; convert the whole network (net.to(...))"
+            )
+    return None if found is None else (found[1].dtype, found[1].device)
+
+
+def fit_input(net: nn.Module, x: Tensor) -> int:
+    """Check that ``x`` (B, ...) has the network's dtype and device and a shape the network accepts, by running it
+    on one example (in eval mode, without autograd, on a copy: nothing of the network or of ``x`` changes); returns
+    the number of outputs (classes). A rule calls this once per input shape."""
+    kind = network_dtype(net)
+    if kind is None:
+        raise BioPropError("the network has no floating-point parameters")
+    dtype, device = kind
+    if x.dtype != dtype:
+        raise BioPropError(f"input x is {x.dtype} but the network computes in {dtype}; convert x (x.to({dtype}))")
+    if x.device != device:
+        raise BioPropError(f"input x is on {x.device} but the network is on {device}; move x (x.to({str(device)!r}))")
+    modes = [(module, module.training) for module in net.modules()]
+    try:
+        net.eval()
+        with torch.no_grad():
+            out = net(x[:1].clone())
+    except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
+        said = str(exc).strip().splitlines()
+        reason = said[0] if said else type(exc).__name__
+        raise BioPropError(f"input x of shape {_shape(x)} does not fit the network: {reason}") from None
+    finally:
+        for module, training in modes:
+            module.training = training
+    if not isinstance(out, Tensor) or out.dim() != 2:
+        got = _shape(out) if isinstance(out, Tensor) else type(out).__name__
+        raise BioPropError(f"the network's output for one example is {got}; the rules need logits (B, n_classes)")
+    return out.shape[1]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Iterable
 
@@ -23,14 +24,24 @@ def angle_deg(a: Tensor, b: Tensor) -> float:
 
 def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
     """Per parameter tensor: the mean over ``probes`` (held-out batches) of the angle in degrees between the
-    rule's update ``rule.grads`` and ``rule.reference_grads``. Leaves ``.grad`` untouched."""
+    rule's update ``rule.grads`` and ``rule.reference_grads``. Leaves ``.grad`` untouched. Both start from the same
+    random state, so a stochastic layer (dropout) draws one mask per probe batch that serves both."""
     sums: dict[str, list[float]] = {}
     for x, y in probes:
-        update = rule.grads(x, y).grads
+        with same_draws(x):
+            update = rule.grads(x, y).grads
         reference = rule.reference_grads(x, y)
         for name, exact in reference.items():
             sums.setdefault(name, []).append(angle_deg(update[name], exact))
     return {name: sum(values) / len(values) for name, values in sums.items()}
+
+
+def same_draws(x: object) -> contextlib.AbstractContextManager:
+    """A context whose random draws (global generator of the CPU, and of ``x``'s GPU) are undone at its end, so that
+    the next computation draws the same numbers."""
+    device = getattr(x, "device", None)
+    devices = [device] if device is not None and device.type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
 
 
 @torch.no_grad()

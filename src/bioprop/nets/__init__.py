@@ -13,14 +13,15 @@ Feedforward networks are built from a spec string by :func:`build`:
   resizes 28x28 images to 32x32; here the first convolution pads by 2 instead, which gives the same shapes and
   parameter count.
 
-A user's own ``nn.Sequential`` of Linear / Conv2d / pooling / Flatten / activation modules works too: the
-learning rules walk its layers with :func:`layers`.
+A user's own ``nn.Sequential`` of Linear / Conv2d / pooling / Flatten / Dropout / activation modules works too: the
+learning rules walk its layers with :func:`walk`, which refuses, naming the layer, anything they cannot differentiate.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -148,27 +149,97 @@ def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto")
     raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet, ebm:H1x..., ebm-conv")
 
 
-def layers(net: nn.Module) -> list[nn.Module]:
-    """The layers of ``net`` in forward order, nested ``nn.Sequential`` flattened.
+class Layer(NamedTuple):
+    """A layer of a walked network: its path in ``net.named_modules()`` (e.g. ``"3"`` or ``"1.0"``) and module."""
 
-    Raises :class:`BioPropError` if ``net`` is not a sequential stack of supported layers, naming the first
-    layer that is not supported.
+    path: str
+    module: nn.Module
+
+
+def walk(net: nn.Module, rule: str | None = None) -> list[Layer]:
+    """The layers of ``net`` in forward order, nested ``nn.Sequential`` flattened, with their paths.
+
+    Raises :class:`BioPropError` (prefixed ``rule NAME:`` when ``rule`` is given) if ``net`` is not an
+    ``nn.Sequential`` stack of supported layers, naming the first layer that is not supported (by path and type):
+    an unknown layer, a subclass that overrides ``forward``, a convolution with padding the transposed convolution
+    cannot mirror, a pooling layer that returns indices; and if a parameter of ``net`` lies outside the Linear and
+    Conv2d weights and biases the rules update (they would never train it). A module used at several positions
+    (shared weights) appears at each; its parameters' updates add up over the positions.
     """
+    who = f"rule {rule}: " if rule else ""
     if isinstance(net, EnergyNet):
-        raise BioPropError("energy-based networks (ebm:...) are trained by ep, chl, generec or bp, not by this rule")
-    if not isinstance(net, nn.Sequential):
         raise BioPropError(
-            f"the rules walk an nn.Sequential of layers; got {type(net).__name__}. Wrap your layers in nn.Sequential."
+            f"{who}energy-based networks (ebm:...) are trained by ep, chl, generec or bp, not by this rule"
         )
-    flat: list[nn.Module] = []
+    if not isinstance(net, nn.Sequential) or type(net).forward is not nn.Sequential.forward:
+        raise BioPropError(
+            f"{who}the rules walk an nn.Sequential of layers; got {type(net).__name__}"
+            f"{' (its own forward)' if isinstance(net, nn.Sequential) else ''}. Wrap your layers in nn.Sequential "
+            "(bp trains any module)."
+        )
+    found: list[Layer] = []
+    _walk_into(net, "", found, who)
+    walked = {id(p) for _, m in found if isinstance(m, PARAMETERISED) for p in layer_parameters(m)}
+    outside = next((name for name, p in net.named_parameters() if id(p) not in walked), None)
+    if outside is not None:
+        raise BioPropError(
+            f"{who}parameter {outside!r} is not a weight or bias of a Linear or Conv2d layer the rule walks, so the "
+            "rule would never update it; remove it (or train with bp)"
+        )
+    return found
+
+
+def _walk_into(seq: nn.Sequential, prefix: str, found: list[Layer], who: str) -> None:
+    for key, module in seq._modules.items():
+        path = f"{prefix}{key}"
+        kind = type(module).__name__
+        if isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward:
+            _walk_into(module, f"{path}.", found, who)
+            continue
+        base = next((cls for cls in PARAMETERISED + PARAMETERLESS if isinstance(module, cls)), None)
+        if base is None:
+            raise BioPropError(
+                f"{who}layer {path} ({kind}) is not supported: the layer-wise rules walk Linear, Conv2d, pooling, "
+                "Flatten, Dropout and activations (bp trains any module)"
+            )
+        if type(module).forward is not base.forward:
+            raise BioPropError(f"{who}layer {path} ({kind}) overrides {base.__name__}.forward; the rule cannot walk it")
+        if isinstance(module, nn.Conv2d) and (isinstance(module.padding, str) or module.padding_mode != "zeros"):
+            raise BioPropError(
+                f"{who}layer {path} (Conv2d) with padding={module.padding!r}, padding_mode={module.padding_mode!r} "
+                "is not supported by the layer-wise rules; use integer zero padding"
+            )
+        if isinstance(module, nn.MaxPool2d) and module.return_indices:
+            raise BioPropError(f"{who}layer {path} (MaxPool2d) returns indices; a stacked layer must return a tensor")
+        found.append(Layer(path, module))
+
+
+def layer_parameters(layer: nn.Module) -> list[nn.Parameter]:
+    """A Linear or Conv2d layer's parameters in the order the rules return their updates: [weight] or [weight, bias]."""
+    return [layer.weight] if layer.bias is None else [layer.weight, layer.bias]
+
+
+def layers(net: nn.Module, rule: str | None = None) -> list[nn.Module]:
+    """The modules of :func:`walk` (same checks and errors)."""
+    return [layer.module for layer in walk(net, rule)]
+
+
+def writes_input(net: nn.Module) -> bool:
+    """Whether ``net(x)`` may overwrite ``x``: an ``nn.Sequential`` with an in-place layer (``inplace=True``) before
+    its first Linear or Conv2d (Flatten and Identity pass ``x`` itself on). Other modules are trusted."""
+    if not isinstance(net, nn.Sequential) or type(net).forward is not nn.Sequential.forward:
+        return False
     for module in net:
         if isinstance(module, nn.Sequential):
-            flat += layers(module)
-        elif isinstance(module, PARAMETERISED + PARAMETERLESS):
-            flat.append(module)
-        else:
-            raise BioPropError(f"unsupported layer {type(module).__name__} in the network")
-    return flat
+            if writes_input(module):
+                return True
+            if any(isinstance(m, PARAMETERISED) for m in module.modules()):
+                return False
+        elif getattr(module, "inplace", False):
+            return True
+        elif isinstance(module, PARAMETERISED):
+            return False
+    return False
 
 
 __all__ = [
@@ -176,10 +247,14 @@ __all__ = [
     "ARCHS",
     "HardSigmoid",
     "EnergyNet",
+    "Layer",
     "activation",
     "build",
     "default_activation",
+    "layer_parameters",
     "layers",
     "lenet",
     "mlp",
+    "walk",
+    "writes_input",
 ]

@@ -11,11 +11,13 @@ last layer is a state (se) or a readout (ce).
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
+from bioprop.errors import BioPropError
 from bioprop.nets.energy import EnergyNet
 from bioprop.rules.base import Entry, Option, Rule, Update, backprop_update, make_card, output_loss, register
 
@@ -38,18 +40,25 @@ class Backprop(Rule):
 
     def __init__(self, net: Any, entry: Entry, options: dict[str, Any]) -> None:
         super().__init__(net, entry, options)
+        if not any(True for _ in net.parameters()):
+            raise BioPropError(f"rule {self.name}: the network has no parameters to train")
         if isinstance(net, EnergyNet):
             net.configure(output=self.config["output"])
 
-    def grads(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor) -> Update:
         return backprop_update(self.net, x, y, self.config["output"])
 
-    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        return self.grads(x, y).grads
+    def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        return self.update(x, y).grads
 
     def backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """``loss.backward()`` itself (autograd accumulates into ``.grad``), after the batch checks."""
+        x = self.check_batch(x, y)
         with torch.enable_grad():
             prediction = self.net(x)
             loss = output_loss(prediction, y, self.config["output"])
-            loss.backward()
+            if not math.isfinite(float(loss.detach())):
+                self.blame_nonfinite(x)
+            if loss.requires_grad:  # False when every parameter is frozen
+                loss.backward()
         return loss.detach(), prediction.detach()

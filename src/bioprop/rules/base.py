@@ -1,23 +1,39 @@
 """The learning-rule contract, the registry and the rule card.
 
-A rule is bound to a network with :func:`create`. For one batch ``(x, y)``:
+A rule is bound to a network with :func:`create`. For one batch ``(x, y)`` (``x`` of shape (B, ...) in the
+network's dtype and on its device, ``y`` of shape (B,), int64 class indices):
 
-- ``rule.backward(x, y)`` writes the rule's update into each parameter's ``.grad`` as a descent direction
-  (accumulating, as autograd does), so any ``torch.optim`` optimizer applies it; returns ``(loss, prediction)``.
+- ``rule.backward(x, y)`` writes the rule's update into each trainable parameter's ``.grad`` as a descent
+  direction (accumulating, as autograd does), so any ``torch.optim`` optimizer applies it; returns
+  ``(loss, prediction)``: the batch-mean loss (scalar) and the logits (B, n_classes).
 - ``rule.grads(x, y)`` computes the same update without touching ``.grad``.
-- ``rule.reference_grads(x, y)`` is the exact gradient the rule approximates, keyed like
-  ``net.named_parameters()``.
+- ``rule.reference_grads(x, y)`` is the exact gradient the rule approximates.
+- Updates and references are keyed like ``net.named_parameters()``, trainable parameters only: a parameter with
+  ``requires_grad=False`` (a frozen layer) gets no update, though errors still pass through its layer.
 - ``rule.card`` says, for each of the six implausibilities of backprop (Bengio et al. 2015), whether the rule
   removes it and why.
+
+Every one of the three checks the batch first (:mod:`bioprop.checks`) and raises :class:`BioPropError` naming the
+problem before any work: x or y not tensors, labels not 1-D int64, out of range or of another length than x, an
+empty batch, x of another dtype or device than the network or of a shape it does not accept, a NaN or inf in x.
+A rule's divergence guards, and a non-finite loss, first look for a non-finite parameter (or rule state): if one is
+found the :class:`DivergenceError` names it, not a setting of the rule.
+
+A stochastic layer (``nn.Dropout`` in training mode) draws its mask once per call, in forward order, as ``net(x)``
+would from the same random state; :func:`bioprop.metrics.update_angles` replays that state for the reference.
 
 Rules with an inner dynamics (inference, relaxation, settling) return per-step traces in ``Update.traces``, e.g.
 ``{"energy": tensor of shape (T + 1,)}``; ``backward`` accumulates them and ``rule.epoch_traces()`` hands the
 training loop their mean since the last call. ``rule.prepare()`` runs once before a fresh run's first epoch (a
 phase without targets, e.g. reaching a self-predicting state) and returns its traces.
+
+Subclasses implement :meth:`Rule.update` (and :meth:`Rule.reference` when the reference is not backprop of the
+cross-entropy); :meth:`Rule.train_update` when a training step also changes state of their own.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
@@ -26,7 +42,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bioprop.errors import BioPropError
+from bioprop import checks
+from bioprop import nets as walk_nets
+from bioprop.errors import BioPropError, DivergenceError
 
 #: The six implausibilities of backprop (Bengio et al. 2015, arXiv:1502.04156), keyed as in every rule's card.
 IMPLAUSIBILITIES: dict[str, str] = {
@@ -53,7 +71,9 @@ def make_card(**entries: tuple[bool, str]) -> dict[str, CardEntry]:
 
 @dataclass(frozen=True)
 class Option:
-    """A rule option: its default, type (used to parse ``--rule-opt key=value`` strings) and a one-line help."""
+    """A rule option: its default, type (used to parse ``--rule-opt key=value`` strings) and a one-line help.
+    ``maximum`` bounds a count that sets how much work a step does (inference steps, sweeps); the help says it.
+    Every float option must be finite."""
 
     default: Any
     help: str
@@ -61,19 +81,27 @@ class Option:
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], bool] | None = None  # e.g. lambda v: v > 0
     check_says: str = ""
+    maximum: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.maximum is not None:
+            object.__setattr__(self, "help", f"{self.help} (at most {self.maximum})")
 
     def parse(self, rule: str, key: str, value: Any) -> Any:
         kind = self.type or type(self.default)
-        if isinstance(value, str) and kind is not str:
-            try:
-                value = _parse_bool(value) if kind is bool else kind(value)
-            except (TypeError, ValueError):
-                raise BioPropError(f"rule {rule}: option {key}={value!r} is not a valid {kind.__name__}") from None
+        parsed = _coerce(kind, value)
+        if parsed is _INVALID:
+            raise BioPropError(f"rule {rule}: option {key}={value!r} is not a valid {kind.__name__}")
+        value = parsed
+        if isinstance(value, float) and not math.isfinite(value):
+            raise BioPropError(f"rule {rule}: option {key}={value!r} must be a finite number")
         if self.choices is not None and value not in self.choices:
             choices = ", ".join(map(str, self.choices))
             raise BioPropError(f"rule {rule}: option {key}={value!r}; choose one of {choices}")
         if self.check is not None and not self.check(value):
             raise BioPropError(f"rule {rule}: option {key}={value!r} {self.check_says or 'is out of range'}")
+        if self.maximum is not None and value > self.maximum:
+            raise BioPropError(f"rule {rule}: option {key}={value!r} is above its maximum, {self.maximum}")
         return value
 
 
@@ -84,6 +112,28 @@ def _parse_bool(text: str) -> bool:
     if lowered in ("0", "false", "no", "off"):
         return False
     raise ValueError(text)
+
+
+_INVALID = object()
+
+
+def _coerce(kind: Callable[[str], Any], value: Any) -> Any:
+    """``value`` as an option of type ``kind``: strings parsed, ints accepted for floats, integral floats for ints
+    (YAML's ``steps: 5.0``); anything else of the wrong type is ``_INVALID``."""
+    try:
+        if isinstance(value, str) and kind is not str:
+            return _parse_bool(value) if kind is bool else kind(value)
+    except (TypeError, ValueError):
+        return _INVALID
+    if kind is bool:
+        return value if isinstance(value, bool) else _INVALID
+    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        return _INVALID
+    if kind is int and isinstance(value, float):
+        return int(value) if value.is_integer() else _INVALID
+    if kind is float:
+        return float(value)
+    return value
 
 
 class Update(NamedTuple):
@@ -111,19 +161,20 @@ def output_loss(z: Tensor, y: Tensor, output: str = "ce") -> Tensor:
 
 
 def backprop_update(net: nn.Module, x: Tensor, y: Tensor, output: str = "ce") -> Update:
-    """Autograd's gradient of the batch-mean :func:`output_loss` of ``net(x)`` (cross-entropy by default); leaves
-    ``.grad`` untouched. Backprop's update, and the reference gradient of every rule that approximates it."""
-    named = dict(net.named_parameters())
+    """Autograd's gradient of the batch-mean :func:`output_loss` of ``net(x)`` (cross-entropy by default) for the
+    trainable parameters; leaves ``.grad`` untouched. Backprop's update, and the reference gradient of every rule
+    that approximates it."""
+    named = {n: p for n, p in net.named_parameters() if p.requires_grad}
     with torch.enable_grad():
         prediction = net(x)
         loss = output_loss(prediction, y, output)
-        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True) if named else ()
     update = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
     return Update(update, loss.detach(), prediction.detach())
 
 
 class Rule:
-    """Base class: subclasses declare their ``options`` and implement :meth:`grads`. Build rules with
+    """Base class: subclasses declare their ``options`` and implement :meth:`update`. Build rules with
     :func:`create`, which passes the registry entry (name, family, paper, card) and the options."""
 
     options: ClassVar[dict[str, Option]] = {}
@@ -132,8 +183,16 @@ class Rule:
         self.net = net
         self.name, self.family, self.paper, self.card = entry.name, entry.family, entry.paper, entry.card
         self.config = self.parse_options(entry.name, options)
+        try:
+            checks.network_dtype(net)
+        except BioPropError as exc:
+            raise BioPropError(f"rule {self.name}: {exc}") from None
         self._trace_sums: dict[str, Tensor] = {}
         self._trace_counts: dict[str, int] = {}
+        self._names: dict[int, tuple[Tensor, str]] = {}
+        self._fitted: tuple[tuple, int] | None = None  # (input shape, dtypes, devices) checked, and n_classes
+        self._copy_input = walk_nets.writes_input(net)
+        self._first_param = next(net.parameters(), torch.empty(0))
 
     @classmethod
     def parse_options(cls, rule: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -143,16 +202,105 @@ class Rule:
             raise BioPropError(f"rule {rule}: unknown option {unknown[0]!r}; known: {known}")
         return {key: opt.parse(rule, key, given.get(key, opt.default)) for key, opt in cls.options.items()}
 
+    # --------------------------------------------------------------------------------------------- the contract
+
     def grads(self, x: Tensor, y: Tensor) -> Update:
-        raise NotImplementedError
+        """The rule's update for the batch, without touching ``.grad`` (module docstring)."""
+        x = self.check_batch(x, y)
+        update = self.guarded(self.update, x, y)
+        return update._replace(grads=self.trainable(update.grads))
 
     def backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        return self.apply_update(self.grads(x, y))
+        """Accumulate the rule's update into ``.grad``; returns the loss (scalar) and prediction (B, n_classes)."""
+        x = self.check_batch(x, y)
+        return self.apply_update(self.guarded(self.train_update, x, y))
+
+    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The exact gradient the rule approximates (default: backprop of the batch-mean cross-entropy); leaves
+        ``.grad`` untouched."""
+        x = self.check_batch(x, y)
+        return self.trainable(self.reference(x, y))
+
+    # ------------------------------------------------------------------------------------- what subclasses write
+
+    def update(self, x: Tensor, y: Tensor) -> Update:
+        """The rule's update for a checked batch (``x`` detached), keyed by parameter name."""
+        raise NotImplementedError
+
+    def train_update(self, x: Tensor, y: Tensor) -> Update:
+        """The update :meth:`backward` applies; rules whose training step also changes their own state override it."""
+        return self.update(x, y)
+
+    def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+        """The reference gradient for a checked batch."""
+        return backprop_update(self.net, x, y).grads
+
+    # ---------------------------------------------------------------------------------------------- the checks
+
+    def check_batch(self, x: Tensor, y: Tensor) -> Tensor:
+        """Refuse a malformed batch with a :class:`BioPropError` naming the problem (module docstring); returns
+        ``x`` detached (a copy when the network's first layers would overwrite it). The network is run on one
+        example only when the input's shape, dtype or device (or the network's) differ from the last batch."""
+        checks.check_batch(x, y)
+        param = self._first_param  # the same object after net.double() / net.to(...), which change its dtype
+        key = (x.shape[1:], x.dtype, x.device, param.dtype, param.device)
+        if self._fitted is None or self._fitted[0] != key:
+            self._fitted = (key, checks.fit_input(self.net, x))
+        checks.check_labels(y, self._fitted[1])
+        checks.check_finite_input(x)
+        return x.detach().clone() if self._copy_input else x.detach()
+
+    def guarded(self, compute: Callable[[Tensor, Tensor], Update], x: Tensor, y: Tensor) -> Update:
+        """``compute(x, y)``; when it reports a divergence or returns a non-finite loss, a non-finite parameter or
+        rule state is named first (:meth:`blame_nonfinite`), so that no setting is blamed for it."""
+        try:
+            update = compute(x, y)
+        except DivergenceError:
+            self.blame_nonfinite(x)
+            raise
+        if not math.isfinite(float(update.loss)):
+            self.blame_nonfinite(x)
+        return update
+
+    def blame_nonfinite(self, x: Tensor | None = None) -> None:
+        """Raise :class:`DivergenceError` naming the first parameter or rule-state tensor with a NaN or inf entry
+        (or :class:`BioPropError` for a non-finite input); return if there is none. Only for failure paths."""
+        found = checks.first_nonfinite(self.net.named_parameters())
+        what = f"parameter {found!r}" if found else None
+        if found is None:
+            found = checks.first_nonfinite(self.state_dict().items())
+            what = f"its own state tensor {found!r}" if found else None
+        if what is not None:
+            raise DivergenceError(
+                f"rule {self.name}: {what} has non-finite entries (NaN or inf): the network had diverged before "
+                "this batch or was loaded so; no option of this rule is the cause"
+            )
+        if x is not None:
+            checks.check_finite_input(x)
+
+    # ---------------------------------------------------------------------------------------------- the plumbing
+
+    def param_name(self, param: Tensor) -> str:
+        """The name of ``param`` in ``net.named_parameters()`` (looked up again if the network's parameters were
+        replaced since the last call); a tensor that is no longer in the network is a :class:`BioPropError`."""
+        found = self._names.get(id(param))
+        if found is None or found[0] is not param:
+            self._names = {id(p): (p, n) for n, p in self.net.named_parameters()}
+            found = self._names.get(id(param))
+            if found is None:
+                raise BioPropError(f"rule {self.name}: the network's layers were replaced; create the rule again")
+        return found[1]
+
+    def trainable(self, grads: dict[str, Tensor]) -> dict[str, Tensor]:
+        """``grads`` without the frozen parameters'."""
+        return {name: grads[name] for name, p in self.net.named_parameters() if p.requires_grad}
 
     def apply_update(self, update: Update) -> tuple[Tensor, Tensor]:
-        """What :meth:`backward` does with an update: accumulate it into ``.grad`` and its traces into the epoch's
-        means; returns the loss and prediction. For rules whose ``backward`` also changes state of their own."""
+        """What :meth:`backward` does with an update: accumulate it into the trainable parameters' ``.grad`` and its
+        traces into the epoch's means; returns the loss and prediction."""
         for name, param in self.net.named_parameters():
+            if not param.requires_grad:
+                continue
             grad = update.grads[name]
             if param.grad is None:
                 param.grad = grad.detach()  # rules return fresh tensors, so no copy is needed
@@ -179,10 +327,6 @@ class Rule:
         returns its traces. Nothing by default."""
         return {}
 
-    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """Backprop of the batch-mean cross-entropy (the default reference); leaves ``.grad`` untouched."""
-        return backprop_update(self.net, x, y).grads
-
     def diagnostics(self) -> dict[str, float]:
         """Rule-specific numbers logged per epoch (e.g. W–B angles); none by default."""
         return {}
@@ -194,6 +338,13 @@ class Rule:
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
         if state:
             raise BioPropError(f"rule {self.name}: unexpected state {sorted(state)[0]!r} in checkpoint")
+
+
+def add_grads(grads: dict[str, Tensor], names: list[str], values: list[Tensor]) -> None:
+    """``grads[name] += value`` for each pair, starting absent names at ``value``: a module used at several
+    positions (shared weights) gets the sum of its positions' terms."""
+    for name, value in zip(names, values, strict=True):
+        grads[name] = grads[name] + value if name in grads else value
 
 
 @dataclass(frozen=True)

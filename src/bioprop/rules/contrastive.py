@@ -35,6 +35,8 @@ checkpointed (a resumed run starts them from rest again).
 ``reference_grads`` is the exact gradient of the batch-mean cost at the end of the free phase, by backprop through
 time (autograd) over the ``free_steps`` steps of the free dynamics from rest.
 
+Step budgets (``free_steps``, ``nudged_steps``, ``clamped_steps``) are at most 10 000 each.
+
 Guards: a free phase whose last step still changes the state units by more than ``max_residual`` on average
 (non-convergence, e.g. an oscillation of the synchronous updates, or non-finite states) raises
 :class:`DivergenceError` naming the settings to change; so does a nudged phase that stops settling (its last
@@ -79,6 +81,7 @@ from bioprop.rules.base import (
 )
 
 NUDGES = ("symmetric", "one-sided", "random-sign")
+MAX_STEPS = 10_000  # steps of one phase; more would run for minutes per batch without a word
 
 
 def _positive_steps(value: int) -> bool:
@@ -87,7 +90,7 @@ def _positive_steps(value: int) -> bool:
 
 COMMON: dict[str, Option] = {
     "free_steps": Option(30, "T1: steps of the free phase (from rest)", check=_positive_steps,
-                         check_says="must be a positive number of steps"),
+                         check_says="must be a positive number of steps", maximum=MAX_STEPS),
     "eps": Option(1.0, "step size ε of s ← σ((1 − ε) s + ε ∂Φ/∂s); 1 is the discrete form, < 1 descends E",
                   check=lambda v: 0.0 < v <= 1.0, check_says="must be in (0, 1]"),
     "tol": Option(0.0, "end the free phase once the mean |change| of the states in a step is below tol (0: no)",
@@ -219,6 +222,10 @@ class Contrastive(Rule):
                 f"rule {entry.name} needs an energy-based network: --arch ebm:H1x... (e.g. ebm:500) or ebm-conv"
             )
         super().__init__(net, entry, options)
+        synapses = {id(p) for synapse in net.synapses for p in synapse.parameters()}
+        outside = next((name for name, p in net.named_parameters() if id(p) not in synapses), None)
+        if outside is not None:
+            raise BioPropError(f"rule {self.name}: parameter {outside!r} is not a synapse of the energy-based network")
         self.output = self.config.get("output", "se")
         if self.net.n_states(self.output) < 1:
             raise BioPropError(f"rule {self.name}: output=ce needs at least one hidden layer (e.g. ebm:500)")
@@ -255,7 +262,7 @@ class Contrastive(Rule):
     def _named(self, grads: list[Tensor]) -> dict[str, Tensor]:
         return {name: g for (name, _), g in zip(self.net.named_parameters(), grads, strict=True)}
 
-    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Backprop through time of the batch-mean cost over the free phase from rest: autograd through ``net(x)``,
         which relaxes with this rule's settings."""
         return backprop_update(self.net, x, y, self.output).grads
@@ -284,7 +291,8 @@ class EquilibriumPropagation(Contrastive):
     options = {
         **COMMON,
         "nudged_steps": Option(10, "T2: steps of each nudged phase (from the free fixed point)",
-                               check=_positive_steps, check_says="must be a positive number of steps"),
+                               check=_positive_steps, check_says="must be a positive number of steps",
+                               maximum=MAX_STEPS),
         "beta": Option(0.5, "nudging strength β (the output's pull towards the target)",
                        check=lambda v: v != 0.0 and math.isfinite(v),
                        check_says="must be non-zero (β = 0 gives no learning signal)"),
@@ -309,7 +317,7 @@ class EquilibriumPropagation(Contrastive):
         return 0.0, beta
 
     @torch.no_grad()
-    def grads(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor) -> Update:
         c, net = self.config, self.net
         trace = self._tracing()
         x_drive, free = free_phase(self, x, trace)
@@ -361,7 +369,8 @@ class Clamped(Contrastive):
     options = {
         **COMMON,
         "clamped_steps": Option(10, "steps of the clamped phase (from the free state, output = target)",
-                                check=_positive_steps, check_says="must be a positive number of steps"),
+                                check=_positive_steps, check_says="must be a positive number of steps",
+                                maximum=MAX_STEPS),
     }  # fmt: skip
 
     def phases(self, x: Tensor, y: Tensor) -> tuple[Drive, Relaxed, Relaxed]:
@@ -377,7 +386,7 @@ class Clamped(Contrastive):
         raise NotImplementedError
 
     @torch.no_grad()
-    def grads(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor) -> Update:
         x_drive, free, clamped = self.phases(x, y)
         logits = prediction(self.net, free.states)
         return Update(self._named(self.combine(x, x_drive, free, clamped)), output_loss(logits, y, "se"), logits,

@@ -17,6 +17,12 @@ Euler steps of size dt from the feedforward pass until max|ẋ| < tol; at the st
 the apical compartment, δ_l = φ'(x_l) ⊙ v_{A,l} (= x_l − v_{B,l}), and ∂W_l = −δ_l φ(x_{l−1})^T / (β B),
 ∂b_l = −Σ_batch δ_l / (β B): backprop's gradient as β → 0.
 
+Both take an MLP, Flatten (optional), Linear, φ, ..., Linear, with one activation throughout; a Linear layer without
+a bias is a zero bias that is not updated; an in-place activation is used as its out-of-place copy. ``dendritic``
+sums the terms of a Linear used at several positions (F depends on its weight through each); ``microcircuit``
+refuses shared weights (each layer has interneurons of its own). Step budgets: ``max_steps`` and ``steps`` at most
+100 000, ``sweeps`` 10 000, ``prepare_steps`` 100 000.
+
 ``microcircuit``: Sacramento, Costa, Bengio & Senn 2018, NeurIPS, "Dendritic cortical microcircuits approximate
 the backpropagation algorithm" (Eqs. 1–8). Pyramidal neurons of layer k (basal, apical, somatic compartments),
 one interneuron per pyramidal neuron of layer k+1 in each hidden layer:
@@ -63,6 +69,7 @@ Implementation choices (documented, not the paper's):
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any, NamedTuple
 
@@ -72,34 +79,63 @@ from torch import Tensor, nn
 
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.metrics import angle_deg
-from bioprop.nets import ACTIVATIONS
-from bioprop.nets import layers as walk_layers
-from bioprop.rules.base import Entry, Option, Rule, Update, backprop_update, make_card, register
+from bioprop.nets import ACTIVATIONS, Layer, layer_parameters, walk
+from bioprop.rules.base import Entry, Option, Rule, Update, add_grads, backprop_update, make_card, register
 from bioprop.rules.feedback_alignment import draw_feedback
 from bioprop.rules.layerwise import through_parameterless
 
 Act = nn.Module  # an elementwise activation module
 
+# Bounds of the step budgets (per batch; the self-predicting phase once per run): beyond them a run would work for
+# hours without a word, so a larger value is refused.
+MAX_STEPS = 100_000
+MAX_SWEEPS = 10_000
+MAX_PREPARE = 100_000
+MAX_PREPARE_BATCH = 65_536
 
-def mlp_parts(net: nn.Module, rule: str) -> tuple[list[nn.Linear], Act]:
-    """The Linear layers of an MLP (Flatten, Linear, φ, ..., Linear) and its activation; anything else is a
-    :class:`BioPropError` naming the problem."""
-    found = walk_layers(net)
-    if found and isinstance(found[0], nn.Flatten):
+
+def mlp_parts(net: nn.Module, rule: str) -> tuple[list[Layer], Act]:
+    """The Linear layers of an MLP (Flatten, Linear, φ, ..., Linear) with their paths, and its activation (a copy
+    that does not work in place: the rules keep both a potential and its rate); anything else is a
+    :class:`BioPropError` naming the first layer that does not fit."""
+    found = walk(net, rule)
+    if found and isinstance(found[0].module, nn.Flatten):
         found = found[1:]
-    acts = tuple(cls for cls in ACTIVATIONS.values())
-    linears = found[0::2]
-    between = found[1::2]
-    bad = next((m for m in linears if not isinstance(m, nn.Linear)), None)
-    bad = bad or next((m for m in between if not isinstance(m, acts)), None)
-    if bad is not None or not found:
-        what = type(bad).__name__ if bad is not None else "no layers"
-        raise BioPropError(f"rule {rule} needs an MLP (Flatten, Linear, activation, ..., Linear); found {what}")
+    if not found:
+        raise BioPropError(f"rule {rule} needs an MLP (Flatten, Linear, activation, ..., Linear); found no layers")
+    activations = tuple(ACTIVATIONS.values())
+    for position, (path, module) in enumerate(found):
+        if not isinstance(module, nn.Linear if position % 2 == 0 else activations):
+            raise BioPropError(
+                f"rule {rule}: layer {path} ({type(module).__name__}) is not supported: the rule needs an MLP "
+                "(Flatten, Linear, activation, ..., Linear)"
+            )
     if len(found) % 2 == 0:
         raise BioPropError(f"rule {rule} needs an MLP that ends with a Linear readout, not an activation")
-    if len({type(m) for m in between}) > 1:
-        raise BioPropError(f"rule {rule} needs one activation throughout the MLP")
-    return list(linears), (between[0] if between else nn.Identity())
+    phis = [not_in_place(layer.module) for layer in found[1::2]]
+    for layer, phi in zip(found[3::2], phis[1:], strict=True):
+        if repr(phi) != repr(phis[0]):
+            raise BioPropError(
+                f"rule {rule}: layer {layer.path} ({type(layer.module).__name__}) differs from layer {found[1].path}; "
+                "the rule needs one activation throughout the MLP"
+            )
+    return found[0::2], (phis[0] if phis else nn.Identity())
+
+
+def not_in_place(layer: Act) -> Act:
+    """``layer``, or a copy of it with ``inplace=False``."""
+    if not getattr(layer, "inplace", False):
+        return layer
+    layer = copy.deepcopy(layer)
+    layer.inplace = False
+    return layer
+
+
+def weights_and_biases(linears: list[nn.Linear]) -> tuple[list[Tensor], list[Tensor]]:
+    """The layers' weights and biases, detached; a layer without a bias has zeros there (and gets no bias update)."""
+    weights = [m.weight.detach() for m in linears]
+    biases = [w.new_zeros(len(w)) if m.bias is None else m.bias.detach() for m, w in zip(linears, weights, strict=True)]
+    return weights, biases
 
 
 def onehot(y: Tensor, like: Tensor) -> Tensor:
@@ -218,12 +254,12 @@ def _pos(default: float, help: str) -> Option:
     return Option(default, help, type=float, check=_positive, check_says="must be positive")
 
 
-def _count(default: int, help: str) -> Option:
-    return Option(default, help, type=int, check=lambda v: v >= 1, check_says="must be at least 1")
+def _count(default: int, help: str, maximum: int) -> Option:
+    return Option(default, help, type=int, check=lambda v: v >= 1, check_says="must be at least 1", maximum=maximum)
 
 
-def _nonneg(default: float, help: str, kind: type = float) -> Option:
-    return Option(default, help, type=kind, check=lambda v: v >= 0, check_says="must be non-negative")
+def _nonneg(default: float, help: str, kind: type = float, maximum: int | None = None) -> Option:
+    return Option(default, help, type=kind, check=lambda v: v >= 0, check_says="must be non-negative", maximum=maximum)
 
 
 def _rate(default: float, help: str) -> Option:
@@ -241,19 +277,18 @@ class Dendritic(Rule):
         "beta": _pos(0.1, "output precision β: how far the target nudges the output"),
         "dt": _pos(0.5, "Euler step of the value dynamics"),
         "tol": _pos(1e-5, "steady state when max|ẋ| falls below this"),
-        "max_steps": _count(200, "Euler step budget"),
+        "max_steps": _count(200, "Euler step budget", MAX_STEPS),
     }
 
     def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
         super().__init__(net, entry, options)
-        self.linears, self.phi = mlp_parts(net, self.name)
-        self.names = {id(p): n for n, p in net.named_parameters()}
+        linears, self.phi = mlp_parts(net, self.name)
+        self.linears = [layer.module for layer in linears]
 
     @torch.no_grad()
-    def grads(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor) -> Update:
         x0 = x.reshape(len(x), -1)
-        weights = [m.weight for m in self.linears]
-        biases = [m.bias for m in self.linears]
+        weights, biases = weights_and_biases(self.linears)
         xs, d, trace = settle(weights, biases, x0, y, self.phi, self.config)
         beta, n = self.config["beta"], len(x)
         rates = [x0] + [self.phi(v) for v in xs]
@@ -261,14 +296,15 @@ class Dendritic(Rule):
         # δ_l = φ'(x_l) ⊙ v_A,l, the error read from the apical compartment
         errors = [through_parameterless(self.phi, v, r, a) for v, r, a in zip(xs, rates[1:], d.apical, strict=True)]
         errors.append(-beta * output_loss_grad(mu_top, y, self.config["output"]))  # ε_L
-        grads: dict[str, Tensor] = {}
+        grads: dict[str, Tensor] = {}  # a layer used at several positions: its terms add up
         for layer, delta, r in zip(self.linears, errors, rates, strict=True):
-            grads[self.names[id(layer.weight)]] = -(delta.T @ r) / (beta * n)
-            grads[self.names[id(layer.bias)]] = -delta.sum(0) / (beta * n)
+            params = layer_parameters(layer)
+            values = [-(delta.T @ r) / (beta * n), -delta.sum(0) / (beta * n)][: len(params)]
+            add_grads(grads, [self.param_name(p) for p in params], values)
         prediction = self.net(x)
         return Update(grads, F.cross_entropy(prediction, y), prediction, traces={"residual": trace})
 
-    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         return backprop_update(self.net, x, y, self.config["output"]).grads
 
 
@@ -397,7 +433,8 @@ def euler_step(
     du_i = [-g.g_l * ui + (g.g_l + g.g_d) * v - g.g_d * ui + g.g_som * (above - ui)
             for ui, v, above in zip(p.u_i, inter, p.u[1:], strict=True)]  # fmt: skip
     if noise > 0:
-        du = [d + noise * torch.randn(d.shape, generator=generator, dtype=d.dtype) / math.sqrt(dt) for d in du]
+        du = [d + noise * torch.randn(d.shape, generator=generator, dtype=d.dtype).to(d.device) / math.sqrt(dt)
+              for d in du]  # fmt: skip
     return Potentials([u + dt * d for u, d in zip(p.u, du, strict=True)],
                       [u + dt * d for u, d in zip(p.u_i, du_i, strict=True)])  # fmt: skip
 
@@ -527,10 +564,10 @@ class Microcircuit(Rule):
         "g_a": _pos(0.8, "apical conductance g_A"),
         "g_d": _pos(1.0, "interneuron dendritic conductance g_D"),
         "g_som": _pos(0.1, "somatic nudging conductance g_som (teacher and interneurons)"),
-        "sweeps": _count(50, "steady mode: fixed-point sweep budget"),
+        "sweeps": _count(50, "steady mode: fixed-point sweep budget", MAX_SWEEPS),
         "tol": _pos(1e-4, "steady mode: converged when max|Δu| between sweeps falls below this"),
         "dt": _pos(0.1, "dynamic mode: Euler step"),
-        "steps": _count(300, "dynamic mode: Euler steps per pattern"),
+        "steps": _count(300, "dynamic mode: Euler steps per pattern", MAX_STEPS),
         "noise": _nonneg(0.0, "dynamic mode: somatic noise σ"),
         "baseline": Option(
             "free",
@@ -543,18 +580,27 @@ class Microcircuit(Rule):
         "prepare_lr": _rate(1.0, "self-predicting phase: normalised rate of Ŵ^ip and W^pi"),
         "lr_down": _nonneg(0.01, "feedback=learned: rate of W^down"),
         "decay_down": _nonneg(0.01, "feedback=learned: weight decay of W^down"),
-        "prepare_steps": _nonneg(1000, "self-predicting phase: steps on random inputs (0: none)", int),
-        "prepare_batch": _count(64, "self-predicting phase: random inputs per step"),
+        "prepare_steps": _nonneg(1000, "self-predicting phase: steps on random inputs (0: none)", int, MAX_PREPARE),
+        "prepare_batch": _count(64, "self-predicting phase: random inputs per step", MAX_PREPARE_BATCH),
         "init_scale": _pos(1.0, "factor on the random initial W^down, W^pi and Ŵ^ip"),
         "seed": Option(0, "seed of the rule's generator (initial synapses, random inputs, noise)", type=int),
     }
 
     def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
         super().__init__(net, entry, options)
-        self.linears, self.phi = mlp_parts(net, self.name)
-        if len(self.linears) < 2:
+        linears, self.phi = mlp_parts(net, self.name)
+        if len(linears) < 2:
             raise BioPropError(f"rule {self.name} needs at least one hidden layer (e.g. --arch mlp:500)")
-        self.names = {id(p): n for n, p in net.named_parameters()}
+        owner: dict[int, str] = {}
+        for path, layer in linears:
+            for param in layer_parameters(layer):
+                if id(param) in owner:
+                    raise BioPropError(
+                        f"rule {self.name}: layer {path} (Linear) shares its weights with layer {owner[id(param)]}; "
+                        "the microcircuit needs its own interneurons for each layer: shared weights are not supported"
+                    )
+                owner[id(param)] = path
+        self.linears = [layer.module for layer in linears]
         self.generator = torch.Generator().manual_seed(self.config["seed"])
         like, scale = self.linears[0].weight, self.config["init_scale"]
 
@@ -573,7 +619,12 @@ class Microcircuit(Rule):
         self._last_x: Tensor | None = None
 
     def weights(self) -> tuple[list[Tensor], list[Tensor]]:
-        return [m.weight.detach() for m in self.linears], [m.bias.detach() for m in self.linears]
+        """The net's W̃_k and b̃_k (zeros without a bias); the rule's own synapses follow the net's dtype and device."""
+        weights, biases = weights_and_biases(self.linears)
+        like = weights[0]
+        if self.circuit.w_ip[0].dtype != like.dtype or self.circuit.w_ip[0].device != like.device:
+            self.circuit = Circuit(*[[t.to(like) for t in tensors] for tensors in self.circuit])
+        return weights, biases
 
     def settle(self, x: Tensor, y: Tensor | None) -> Settled:
         """The settled microcircuit for inputs ``x`` (B, ...) and labels ``y`` (B,) or None (no target)."""
@@ -594,12 +645,14 @@ class Microcircuit(Rule):
         change = plasticity(weights, self.circuit, x0, settled, self.phi, cfg, y is not None, free)
         grads: dict[str, Tensor] = {}
         for layer, (dw, db) in zip(self.linears, change.forward, strict=True):
-            grads[self.names[id(layer.weight)]], grads[self.names[id(layer.bias)]] = dw, db
+            grads[self.param_name(layer.weight)] = dw
+            if layer.bias is not None:
+                grads[self.param_name(layer.bias)] = db
         prediction = self.net(x)
         loss = F.cross_entropy(prediction, y) if y is not None else prediction.new_zeros(())
         return Update(grads, loss, prediction), change, settled
 
-    def grads(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor) -> Update:
         return self.learn(x, y)[0]
 
     def apply(self, change: Circuit) -> None:
@@ -607,14 +660,15 @@ class Microcircuit(Rule):
             for tensor, d in zip(mine, delta, strict=True):
                 tensor.add_(d)
 
-    def backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def train_update(self, x: Tensor, y: Tensor) -> Update:
+        """The update, and the interneuron synapses' own plasticity applied (and the apical norms recorded)."""
         update, change, settled = self.learn(x, y)
         self.apply(change.circuit)
         for k, v_a in enumerate(settled.apical):
             self._apical_sums[k] += float(v_a.norm(dim=1).mean())
         self._apical_count += 1
         self._last_x = x
-        return self.apply_update(update)
+        return update
 
     @torch.no_grad()
     def prepare(self) -> dict[str, list[float]]:
@@ -625,7 +679,11 @@ class Microcircuit(Rule):
         norms = []
         for _ in range(steps):
             x = torch.randn((batch, self.linears[0].in_features), generator=self.generator, dtype=torch.float64)
-            _, change, settled = self.learn(x.to(like), None, {"lr_ip": rate, "lr_pi": rate})
+            try:
+                _, change, settled = self.learn(x.to(like), None, {"lr_ip": rate, "lr_pi": rate})
+            except DivergenceError:
+                self.blame_nonfinite()  # a non-finite weight, not the settings, if there is one
+                raise
             norms.append(sum(float(a.norm(dim=1).mean()) for a in settled.apical) / len(settled.apical))
             self.apply(change.circuit)
         return {"apical_norm": norms} if norms else {}
@@ -656,7 +714,7 @@ class Microcircuit(Rule):
         self._apical_sums, self._apical_count = [0.0] * len(self._apical_sums), 0
         return out
 
-    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         return backprop_update(self.net, x, y, self.config["output"]).grads
 
     def state_dict(self) -> dict[str, Tensor]:

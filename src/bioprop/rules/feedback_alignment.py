@@ -14,8 +14,12 @@ derivative, each hidden layer receives (the output layer always gets its exact g
 
 Weight updates are ∂W_l = δ_l h_{l-1}ᵀ, ∂b_l = Σ δ_l (descent directions of the batch-mean cross-entropy). For
 convolutions B has the kernel's shape and is applied with the transposed convolution. Between parameterised
-layers, activations and pooling are differentiated exactly (see :mod:`bioprop.rules.layerwise`); in ``dfa`` the
-signal B_l e enters at the input of the next parameterised layer.
+layers, activations, pooling and dropout (its forward mask) are differentiated exactly (see
+:mod:`bioprop.rules.layerwise`); in ``dfa`` the signal B_l e enters at the input of the next parameterised layer.
+
+B belongs to a position in the stack: a module used at two positions (shared weights) has a B at each, and its
+update is the sum of its positions' δ hᵀ. A frozen layer (``requires_grad=False``) still carries errors through its
+B and gets no update. B follows the network when it changes dtype or device after :func:`~bioprop.rules.create`.
 """
 
 from __future__ import annotations
@@ -28,8 +32,9 @@ from torch import Tensor, nn
 
 from bioprop.errors import BioPropError
 from bioprop.metrics import angle_deg
+from bioprop.nets import layer_parameters
 from bioprop.nets import layers as walk_layers
-from bioprop.rules.base import Entry, Option, Rule, Update, cross_entropy_grad, make_card, register
+from bioprop.rules.base import Entry, Option, Rule, Update, add_grads, cross_entropy_grad, make_card, register
 from bioprop.rules.layerwise import (
     forward_cached,
     layer_backward,
@@ -49,6 +54,10 @@ def init_std(shape: torch.Size, init: str) -> float:
     if init == "kaiming":
         return math.sqrt(2.0 / fan_in)
     return 1.0 / math.sqrt(3.0 * fan_in)  # torch's default layer init, U(±1/√fan_in)
+
+
+def same_kind(a: Tensor, b: Tensor) -> bool:
+    return a.dtype == b.dtype and a.device == b.device
 
 
 def draw_feedback(shape: torch.Size, init: str, generator: torch.Generator) -> Tensor:
@@ -112,14 +121,14 @@ class FeedbackAlignment(Rule):
 
     def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
         super().__init__(net, entry, options)
-        self.layers = walk_layers(net)
+        self.layers = walk_layers(net, self.name)
         self.param_layers = parameterised_indices(self.layers)
         if not self.param_layers:
             raise BioPropError(f"rule {self.name}: the network has no Linear or Conv2d layer")
         self.generator = torch.Generator().manual_seed(self.config["seed"])
-        self.names = {id(p): n for n, p in net.named_parameters()}
         # Feedback tensors of layers after the first parameterised one (the first needs none: nothing lies
-        # below it). "direct" feedback is shaped (n_classes, input size) and drawn at the first batch.
+        # below it), one per position: a module used twice has a feedback tensor for each use. "direct" feedback
+        # is shaped (n_classes, input size) and drawn at the first batch.
         self.feedback: dict[int, Tensor] = {}
         self.last_feedback: dict[int, Tensor] = {}
         self.sign_sigma: dict[int, float] = {}
@@ -135,12 +144,14 @@ class FeedbackAlignment(Rule):
     def feedback_for(self, index: int, like: Tensor) -> Tensor:
         """The tensor standing in for W at layer ``index`` (weight-shaped; for ``direct``, (K, input size))."""
         kind, scale, weight = self.config["feedback"], self.config["scale"], self.layers[index].weight
+        if kind in ("random", "direct", "frsf") and not same_kind(self.feedback[index], like):
+            self.feedback[index] = self.feedback[index].to(like)  # the network changed dtype or device: follow it
         if kind in ("random", "direct"):
-            feedback = self.feedback[index].to(like)
+            feedback = self.feedback[index]
         elif kind == "usf":
             feedback = torch.sign(weight).mul_(self.sign_sigma[index])
         elif kind == "frsf":
-            feedback = torch.sign(weight).mul_(self.feedback[index].to(like).abs())
+            feedback = torch.sign(weight).mul_(self.feedback[index].abs())
         else:  # brsf: magnitudes redrawn every step
             fresh = draw_feedback(weight.shape, self.config["init"], self.generator).to(like)
             feedback = fresh.abs_().mul_(torch.sign(weight))
@@ -156,8 +167,8 @@ class FeedbackAlignment(Rule):
                 self.feedback[index] = drawn.to(acts[index])
 
     @torch.no_grad()
-    def grads(self, x: Tensor, y: Tensor) -> Update:
-        acts, pool_indices = forward_cached(self.layers, x)
+    def update(self, x: Tensor, y: Tensor) -> Update:
+        acts, saved = forward_cached(self.layers, x)
         logits = acts[-1]
         loss, error = cross_entropy_grad(logits, y)  # error: (B, K)
         direct = self.config["feedback"] == "direct"
@@ -169,12 +180,11 @@ class FeedbackAlignment(Rule):
         for index in range(len(self.layers) - 1, first - 1, -1):
             layer, h_in, h_out = self.layers[index], acts[index], acts[index + 1]
             if index not in self.param_layers:
-                grad = through_parameterless(layer, h_in, h_out, grad, pool_indices.get(index))
+                grad = through_parameterless(layer, h_in, h_out, grad, saved.get(index))
                 continue
             chained = not direct and index != first
             params, below = layer_backward(layer, h_in, grad, self.feedback_for(index, grad) if chained else None)
-            for param, value in zip(layer.parameters(), params, strict=True):
-                grads[self.names[id(param)]] = value
+            add_grads(grads, [self.param_name(p) for p in layer_parameters(layer)], params)
             if index == first:
                 break
             if direct:
@@ -185,11 +195,13 @@ class FeedbackAlignment(Rule):
 
     def diagnostics(self) -> dict[str, float]:
         """Per weight after the first: angle (degrees) between W and the feedback used in its place (Bᵀ in the
-        paper's orientation), and the norm ratio ‖B‖/‖W‖. ``dfa``'s B has another shape: norm ratio only."""
+        paper's orientation), and the norm ratio ‖B‖/‖W‖. ``dfa``'s B has another shape: norm ratio only. A module
+        used at several positions reports each, the later ones as ``name@position``."""
         out: dict[str, float] = {}
         for index, feedback in self.last_feedback.items():
             weight = self.layers[index].weight.detach()
-            name = self.names[id(self.layers[index].weight)]
+            name = self.param_name(self.layers[index].weight)
+            name = name if f"{name}/b_w_norm_ratio" not in out else f"{name}@{index}"
             if feedback.shape == weight.shape:
                 out[f"{name}/w_b_angle_deg"] = angle_deg(weight, feedback)
             out[f"{name}/b_w_norm_ratio"] = float(feedback.norm() / weight.norm())

@@ -18,33 +18,44 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bioprop.errors import BioPropError
 
+def forward_cached(
+    layers: Sequence[nn.Module], x: Tensor, masks: dict[int, Tensor] | None = None
+) -> tuple[list[Tensor], dict[int, Tensor]]:
+    """``acts[0] = x`` and ``acts[i+1] = layers[i](acts[i])``, computed without an autograd graph, and what the
+    backward pass needs of some layers (keyed by layer index): a max-pooling layer's argmax indices, so that it need
+    not pool again, and a training-mode dropout layer's scaled mask m (its output is ``m * input``).
 
-def forward_cached(layers: Sequence[nn.Module], x: Tensor) -> tuple[list[Tensor], dict[int, Tensor]]:
-    """``acts[0] = x`` and ``acts[i+1] = layers[i](acts[i])``, computed without an autograd graph, and the argmax
-    indices of every max-pooling layer (keyed by layer index), so its backward pass need not pool again."""
-    acts, pool_indices = [x], {}
+    A dropout mask is drawn by the layer itself (``layer(ones)``), so it takes the same random numbers as the layer
+    in ``net(x)``; ``masks`` (from an earlier call on the same batch) gives masks to reuse instead, so that one draw
+    serves every pass of an inner loop. ``x`` is never written (in-place layers get a copy)."""
+    acts, saved = [x], {}
     with torch.no_grad():
         for index, layer in enumerate(layers):
-            if isinstance(layer, nn.MaxPool2d) and not layer.return_indices:
-                out, pool_indices[index] = F.max_pool2d(
-                    acts[-1], layer.kernel_size, layer.stride, layer.padding, layer.dilation,
+            h = acts[-1]
+            if isinstance(layer, nn.MaxPool2d):
+                out, saved[index] = F.max_pool2d(
+                    h, layer.kernel_size, layer.stride, layer.padding, layer.dilation,
                     ceil_mode=layer.ceil_mode, return_indices=True,
                 )  # fmt: skip
                 acts.append(out)
                 continue
+            if isinstance(layer, nn.Dropout) and layer.training:
+                mask = masks[index] if masks is not None and index in masks else layer(torch.ones_like(h))
+                saved[index] = mask
+                acts.append(h * mask)
+                continue
             # An in-place layer would overwrite the cached input its derivative needs.
-            inputs = acts[-1].clone() if getattr(layer, "inplace", False) else acts[-1]
-            acts.append(layer(inputs))
-    return acts, pool_indices
+            acts.append(layer(h.clone() if getattr(layer, "inplace", False) else h))
+    return acts, saved
 
 
 def through_parameterless(
-    layer: nn.Module, h_in: Tensor, h_out: Tensor, grad_out: Tensor, pool_indices: Tensor | None = None
+    layer: nn.Module, h_in: Tensor, h_out: Tensor, grad_out: Tensor, saved: Tensor | None = None
 ) -> Tensor:
     """The exact vector-Jacobian product of a parameterless layer: grad_out (shape of h_out) → shape of h_in.
-    ``pool_indices`` are a max-pooling layer's argmax indices from :func:`forward_cached`."""
+    ``saved`` is what :func:`forward_cached` kept for the layer: a max-pooling layer's argmax indices, a
+    training-mode dropout layer's mask."""
     # The fused kernels autograd itself uses: one pass, no boolean mask or temporaries.
     if isinstance(layer, nn.ReLU):
         return torch.ops.aten.threshold_backward(grad_out, h_out, 0)  # grad_out where h_out > 0, else 0
@@ -64,19 +75,19 @@ def through_parameterless(
         return torch.ops.aten.hardtanh_backward(grad_out, h_in, layer.min_val, layer.max_val)
     if isinstance(layer, nn.LeakyReLU):
         return torch.ops.aten.leaky_relu_backward(grad_out, h_in, layer.negative_slope, False)
-    if isinstance(layer, nn.MaxPool2d) and pool_indices is not None:
+    if isinstance(layer, nn.MaxPool2d) and saved is not None:
         return torch.ops.aten.max_pool2d_with_indices_backward(
             grad_out, h_in, layer.kernel_size, layer.stride or layer.kernel_size, layer.padding, layer.dilation,
-            layer.ceil_mode, pool_indices,
+            layer.ceil_mode, saved,
         )  # fmt: skip
     if isinstance(layer, nn.Flatten):
         return grad_out.reshape(h_in.shape)
     if isinstance(layer, nn.Identity) or (isinstance(layer, nn.Dropout) and not layer.training):
         return grad_out
     if isinstance(layer, nn.Dropout):
-        # The forward pass's mask, read off its output: redrawing it here would send error to dropped units.
-        # (An input that was exactly 0 counts as dropped; it carries no weight gradient either way.)
-        return grad_out * (h_out != 0) / (1 - layer.p)
+        if saved is None:
+            raise ValueError("a training-mode dropout layer needs the mask forward_cached drew")
+        return grad_out * saved  # the forward pass's mask: redrawing it would send error to dropped units
     # Other activations and pooling: their local derivative, by autograd over this one layer only.
     with torch.enable_grad():
         leaf = h_in.detach().requires_grad_(True)
@@ -87,7 +98,8 @@ def through_parameterless(
 def layer_backward(
     layer: nn.Module, h_in: Tensor, delta: Tensor, feedback: Tensor | None
 ) -> tuple[list[Tensor], Tensor | None]:
-    """For a Linear or Conv2d layer with output error δ: its parameter gradients [∂W, ∂b] (∂b only with a bias)
+    """For a Linear or Conv2d layer with output error δ: its parameter gradients [∂W, ∂b] (∂b only with a bias; the
+    order of :func:`bioprop.nets.layer_parameters`)
     and, when ``feedback`` is given, δ carried to the layer's input through ``feedback``, a tensor of the weight's
     shape standing where the weight stands in backprop (backprop itself is ``feedback = W``)."""
     if isinstance(layer, nn.Linear):
@@ -109,11 +121,7 @@ def layer_backward(
 
 
 def conv_geometry(layer: nn.Conv2d) -> tuple:
-    if isinstance(layer.padding, str) or layer.padding_mode != "zeros":
-        raise BioPropError(
-            f"Conv2d with padding={layer.padding!r}, padding_mode={layer.padding_mode!r} is not supported by the "
-            "layer-wise rules; use integer zero padding"
-        )
+    """stride, padding, dilation, groups (integer zero padding: :func:`bioprop.nets.walk` refuses the rest)."""
     return layer.stride, layer.padding, layer.dilation, layer.groups
 
 

@@ -38,7 +38,14 @@ Options and variants (Whittington & Bogacz 2019 list the conditions under which 
   update at step L − l, when the error wave passes it; the update then equals backprop's.
 
 Stability: on a linear network F is quadratic in the values and inference descends it iff γ < 2/λ_max(∇²_x F);
-a rise of the energy over the inference (or a non-finite value) raises :class:`DivergenceError` naming γ.
+a rise of the energy over the inference (or a non-finite value) raises :class:`DivergenceError` naming γ, unless a
+parameter is itself non-finite, which is named instead. ``steps`` is at most 10 000.
+
+Networks: a module used at several positions (shared weights) has value nodes at each, and since F depends on its
+weight through every position, its update is the sum of their terms (``pc-fpa`` stays exactly backprop). A dropout
+layer draws its mask once, in the feedforward pass, as ``net(x)`` would from the same random state; the mask is a
+fixed part of φ_l for every inference step (a redrawn mask would make the energy jump). ``ipc`` leaves frozen
+parameters where they are during inference, as the optimizer will.
 """
 
 from __future__ import annotations
@@ -51,12 +58,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioprop.errors import BioPropError, DivergenceError
+from bioprop.nets import layer_parameters
 from bioprop.nets import layers as walk_layers
 from bioprop.rules.base import (
     Entry,
     Option,
     Rule,
     Update,
+    add_grads,
     backprop_update,
     cross_entropy_grad,
     make_card,
@@ -66,6 +75,7 @@ from bioprop.rules.layerwise import conv_geometry, forward_cached, layer_backwar
 
 OUTPUTS = ("ce", "se")
 NUDGES = ("positive", "negative", "centred")
+MAX_STEPS = 10_000  # inference steps per batch; more would run for minutes per batch without a word
 
 
 @dataclass
@@ -77,26 +87,25 @@ class Block:
     names: list[str]
 
 
-def split_blocks(net: nn.Module) -> tuple[list[nn.Module], list[Block]]:
+def split_blocks(net: nn.Module, rule: str) -> tuple[list[nn.Module], list[Block]]:
     """The parameterless layers before the first parameterised one, then one :class:`Block` per parameterised
-    layer. The network must end with a parameterised layer (its output is the prediction μ_L)."""
+    layer. The network must end with a parameterised layer (its output is the prediction μ_L). A module used at
+    several positions is a block at each (its parameters' updates add up)."""
     names = {id(p): n for n, p in net.named_parameters()}
     before: list[nn.Module] = []
     blocks: list[Block] = []
-    for layer in walk_layers(net):
+    for layer in walk_layers(net, rule):
         if isinstance(layer, (nn.Linear, nn.Conv2d)):
-            if isinstance(layer, nn.Conv2d):
-                conv_geometry(layer)  # rejects padding modes the value dynamics cannot transpose
-            blocks.append(Block(layer, [], [names[id(p)] for p in layer.parameters()]))
+            blocks.append(Block(layer, [], [names[id(p)] for p in layer_parameters(layer)]))
         elif blocks:
             blocks[-1].after.append(layer)
         else:
             before.append(layer)
     if not blocks:
-        raise BioPropError("predictive coding needs a network with at least one Linear or Conv2d layer")
+        raise BioPropError(f"rule {rule}: predictive coding needs a network with at least one Linear or Conv2d layer")
     if blocks[-1].after:
         kind = type(blocks[-1].after[0]).__name__
-        raise BioPropError(f"predictive coding needs the network to end with its output layer, not {kind}")
+        raise BioPropError(f"rule {rule}: predictive coding needs the network to end with its output layer, not {kind}")
     return before, blocks
 
 
@@ -159,19 +168,25 @@ class Settings:
 
 
 def infer(
-    before: list[nn.Module], blocks: list[Block], x: Tensor, y: Tensor, beta: float | Tensor, s: Settings
+    before: list[nn.Module],
+    blocks: list[Block],
+    x: Tensor,
+    y: Tensor,
+    beta: float | Tensor,
+    s: Settings,
+    frozen: frozenset[str] = frozenset(),
 ) -> tuple[dict[str, Tensor], Tensor, Tensor]:
     """Run inference on one batch; return the weight updates (∂F/∂θ ÷ β, batch mean) keyed by parameter name,
     the batch-mean energy at each of the T + 1 evaluations, and the feedforward prediction. ``beta`` is a float
-    or a (N, 1) column of each sample's signed precision (centred nudging stacks the +β and −β copies)."""
+    or a (N, 1) column of each sample's signed precision (centred nudging stacks the +β and −β copies).
+    Dropout masks are drawn once, in the feedforward pass, and kept for every step; incremental weight steps
+    leave the ``frozen`` parameters (by name) where they are."""
     n, last = len(x), len(blocks) - 1
-    params = [[p.detach() for p in b.layer.parameters()] for b in blocks]
+    params = [[p.detach() for p in layer_parameters(b.layer)] for b in blocks]
     weights = [p[0] for p in params]
     biases = [p[1] if len(p) > 1 else None for p in params]
     target = F.one_hot(y, blocks[-1].layer.weight.shape[0]).to(x.dtype) * beta  # β · onehot(y)
-    h0 = x
-    for layer in before:
-        h0 = layer(h0)
+    h0 = forward_cached(before, x)[0][-1] if before else x
 
     # Feedforward pass: x_l = μ_l, so every hidden error starts at 0.
     ff_mu: list[Tensor] = []
@@ -186,14 +201,17 @@ def infer(
     values = [mu.clone() for mu in ff_mu[:-1]]  # hidden value nodes, moved in place
 
     updates: dict[str, Tensor] = {}
-    summed = [[torch.zeros_like(p) for p in ps] for ps in params] if s.incremental else None
+    summed = None  # incremental: Σ_{s≤t} ∂F/∂θ(s) by parameter name (a shared weight's positions add up)
+    if s.incremental:
+        summed = {name: torch.zeros_like(p) for b, ps in zip(blocks, params, strict=True)
+                  for name, p in zip(b.names, ps, strict=True)}  # fmt: skip
     hidden_energy: list[Tensor] = []  # ‖δ_l‖² per step and hidden layer, combined once at the end
     output_energy: list[Tensor] = []
     scale = -1.0 / (beta * n)  # turns ε into the batch-mean descent direction ∂F/∂W ÷ β
 
     for step in range(s.steps + 1):
-        if step and not s.fixed_predictions:
-            caches = [forward_cached(blocks[i].after, values[i]) for i in range(last)]
+        if step and not s.fixed_predictions:  # the feedforward pass's dropout masks serve every step
+            caches = [forward_cached(blocks[i].after, values[i], ff_caches[i][1]) for i in range(last)]
         inputs = [h0] + [cache[0][-1] for cache in caches]
         errors: list[Tensor] = []
         for index, block in enumerate(blocks):
@@ -212,14 +230,14 @@ def infer(
         if s.zil and step <= last:
             index = last - step  # the error wave reaches layer L − t at step t
             grads, _ = layer_backward(blocks[index].layer, inputs[index], errors[index] * scale, None)
-            updates.update(zip(blocks[index].names, grads, strict=True))
+            add_grads(updates, blocks[index].names, grads)
         if step == s.steps:
             break
         if summed is not None:
             for index, block in enumerate(blocks):
                 grads, _ = layer_backward(block.layer, inputs[index], errors[index] * scale, None)
-                for total, grad in zip(summed[index], grads, strict=True):
-                    total.add_(grad)
+                for name, grad in zip(block.names, grads, strict=True):
+                    summed[name].add_(grad)
 
         # Value updates; each layer reads only this step's errors (computed above, in separate tensors).
         for index in range(last - 1, -1, -1):
@@ -229,18 +247,20 @@ def infer(
             grad = through_chain(blocks[index].after, acts, pool, grad)
             values[index].add_(grad.sub_(errors[index]), alpha=s.gamma)
 
-        if summed is not None:  # incremental: W_{t+1} = W_0 − η Σ_{s≤t} ∂F/∂W(s)
-            weights = [p[0] - s.weight_lr * g[0] for p, g in zip(params, summed, strict=True)]
-            biases = [p[1] - s.weight_lr * g[1] if len(p) > 1 else None for p, g in zip(params, summed, strict=True)]
+        if summed is not None:  # incremental: θ_{t+1} = θ_0 − η Σ_{s≤t} ∂F/∂θ(s)
+            moved = [[p if name in frozen else p - s.weight_lr * summed[name]
+                      for p, name in zip(ps, b.names, strict=True)]
+                     for ps, b in zip(params, blocks, strict=True)]  # fmt: skip
+            weights = [m[0] for m in moved]
+            biases = [m[1] if len(m) > 1 else None for m in moved]
 
     if summed is not None:
-        for block, totals in zip(blocks, summed, strict=True):
-            updates.update(zip(block.names, totals, strict=True))
+        updates = summed
     elif not s.zil:
         inputs = [h0] + [cache[0][-1] for cache in (ff_caches if s.fixed_predictions else caches)]
         for index, block in enumerate(blocks):
             grads, _ = layer_backward(block.layer, inputs[index], errors[index] * scale, None)
-            updates.update(zip(block.names, grads, strict=True))
+            add_grads(updates, block.names, grads)
     energy = torch.stack(output_energy) * out_factor
     if last:
         energy = energy + torch.stack(hidden_energy).view(len(output_energy), last).sum(1) * 0.5
@@ -280,7 +300,8 @@ class PredictiveCoding(Rule):
     """Predictive coding and its variants; the equations are in the module docstring."""
 
     options = {
-        "steps": Option(20, "inference steps T", check=lambda v: v >= 0, check_says="must be 0 or more"),
+        "steps": Option(20, "inference steps T", check=lambda v: v >= 0, check_says="must be 0 or more",
+                        maximum=MAX_STEPS),
         "gamma": Option(0.1, "inference step size γ", type=float, check=lambda v: v > 0, check_says="must be positive"),
         "output": Option("ce", "output energy: cross-entropy (ce) or squared error (se)", choices=OUTPUTS),
         "beta": Option(
@@ -308,8 +329,14 @@ class PredictiveCoding(Rule):
 
     def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
         super().__init__(net, entry, options)
-        self.before, self.blocks = split_blocks(net)
+        self.before, self.blocks = split_blocks(net, self.name)
         c, depth = self.config, len(self.blocks)
+        self.dropouts = [m for m in walk_layers(net) if isinstance(m, nn.Dropout)]
+        if c["compile"] and self.dropouts:
+            raise BioPropError(
+                f"rule {self.name}: compile=true with a Dropout layer is not supported (the compiled inference would "
+                "draw other masks than net(x)); leave compile off"
+            )
         fixed = c["predictions"] == "fixed"
         if c["incremental"] and (fixed or c["update_at"] == "zil"):
             raise BioPropError(f"rule {self.name}: incremental updates need predictions=free and update_at=end")
@@ -323,16 +350,26 @@ class PredictiveCoding(Rule):
         self.infer = torch.compile(infer, dynamic=False) if c["compile"] else infer
 
     @torch.no_grad()
-    def grads(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor) -> Update:
         c, n = self.config, len(x)
         beta: float | Tensor = c["beta"]
         if c["nudge"] == "negative":
             beta = -c["beta"]
         elif c["nudge"] == "centred":
+            if any(m.training for m in self.dropouts):  # the two stacked copies would draw two other masks
+                raise BioPropError(
+                    f"rule {self.name}: nudge=centred with a Dropout layer in training mode is not supported; use "
+                    "nudge=positive or negative, or net.eval()"
+                )
             beta = torch.full((2 * n, 1), c["beta"], dtype=x.dtype, device=x.device)
             beta[n:] = -c["beta"]
             x, y = torch.cat([x, x]), torch.cat([y, y])
-        updates, energy, prediction = self.infer(self.before, self.blocks, x, y, beta, self.settings)
+        for block in self.blocks:  # the names again: a layer replaced since create is an error, not a stale update
+            block.names = [self.param_name(p) for p in layer_parameters(block.layer)]
+        frozen = frozenset()
+        if self.settings.incremental:
+            frozen = frozenset(name for name, p in self.net.named_parameters() if not p.requires_grad)
+        updates, energy, prediction = self.infer(self.before, self.blocks, x, y, beta, self.settings, frozen)
         prediction = prediction[:n]
         self.check_energy(energy)
         loss, _ = cross_entropy_grad(prediction, y[:n])
@@ -350,6 +387,6 @@ class PredictiveCoding(Rule):
                 f"so gamma={self.settings.gamma:g} is above the stability bound for this network; lower gamma"
             )
 
-    def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
+    def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Backprop of the batch-mean output loss ℓ (cross-entropy or squared error, as the option says)."""
         return backprop_update(self.net, x, y, self.config["output"]).grads
