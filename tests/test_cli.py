@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -238,8 +239,9 @@ def test_datasets_check(cli, tmp_path: Path, monkeypatch) -> None:
     assert_one_line_error(code, err, says="unknown dataset")
 
 
-def test_compare_prints_a_table(cli, finished_run: Path) -> None:
-    code, out, _ = cli("compare", finished_run, finished_run)
+def test_compare_prints_a_table(cli, finished_run: Path, tmp_path: Path) -> None:
+    twins = [shutil.copytree(finished_run, tmp_path / name) for name in ("a", "b")]  # one run may count only once
+    code, out, _ = cli("compare", *twins)
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 3 and lines[0].startswith("| rule") and "| fa " in lines[2]
     assert "± 0.00" in lines[2]  # the same run twice: zero spread
@@ -247,7 +249,7 @@ def test_compare_prints_a_table(cli, finished_run: Path) -> None:
 
 def test_compare_of_a_non_run(cli, tmp_path: Path) -> None:
     code, _, err = cli("compare", tmp_path)
-    assert_one_line_error(code, err, says="no summary.json")
+    assert_one_line_error(code, err, says=f"no run directories in {str(tmp_path)!r}")  # tables.compare's wording
 
 
 def test_help_texts(cli) -> None:

@@ -6,25 +6,52 @@
     bioprop datasets --check fashion-mnist
     bioprop compare runs/*
 
-User errors end with one line on stderr, ``bioprop: error: <message>``, and exit code 2 (3 when training
-diverged); an interrupted run exits with 130 and keeps its last checkpoint.
+Every error ends with ONE line on stderr, ``bioprop: error: <message>``, that quotes the offending token, and an
+exit code: 2 for bad input (a value, a file, an unknown option or command, a missing or extra argument), 3 when
+training diverged, 74 when a file cannot be read or written (disk full, I/O error); an interrupted command exits
+with 130 (a run keeps its last checkpoint). ``--help`` prints help; ``bioprop`` alone prints the same as
+``bioprop --help``. Numbers in flags are read as in a config file (see :mod:`bioprop.config`): ``--lr 1e-3`` is
+accepted, ``--lr nan`` and ``--epochs 1e3`` are not.
+
+Threads: torch's CPU thread pool is sized by the CLI, not left at torch's default (one thread per core), because
+OpenMP threads spin-wait on each other and a small network on a busy machine then runs many times slower. The
+count is ``--threads N``, else ``$BIOPROP_THREADS``, else ``$OMP_NUM_THREADS``, else half the CPUs this process
+may use (at least 1): a count fixed per machine, never guessed from the current load, so that runs repeat. It is
+recorded in the run's ``config.yaml`` and ``resume`` reuses it (the summation order, and so the last bits of the
+result, can depend on it) unless ``--threads`` is given.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
+import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
 
+import bioprop
 from bioprop import data, rules
-from bioprop.config import RunConfig, parse_rule_opts
+from bioprop.config import MAX_THREADS, RunConfig, parse_number, parse_rule_opts
 from bioprop.errors import BioPropError
+from bioprop.report import logs
+
+try:
+    from typer._click import exceptions as click_errors  # recent typer carries its own copy of click
+except ImportError:  # pragma: no cover - older typer, on the click package
+    from click import exceptions as click_errors
+
+THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, after --threads
+EXIT_IO_ERROR = 74  # EX_IOERR of sysexits.h, as bioprop.report.logs.WriteError
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
 app = typer.Typer(
     name="bioprop",
@@ -36,7 +63,7 @@ app = typer.Typer(
 
 
 class Interrupted(Exception):
-    """Ctrl-C during training; carries the run directory so the message can say how to resume."""
+    """Ctrl-C (or SIGTERM) during training; carries the run directory so the message can say how to resume."""
 
     def __init__(self, run_dir: Path) -> None:
         super().__init__(str(run_dir))
@@ -47,7 +74,87 @@ def _opt(help: str, *flags: str, **kwargs: Any) -> Any:
     return typer.Option(*flags, help=help, show_default=False, **kwargs)
 
 
-@app.command()
+def _int_opt(help: str, *flags: str) -> Any:
+    """An integer flag, taken as text and parsed by :mod:`bioprop.config` (one rule for flags and YAML)."""
+    return _opt(help, *flags, metavar="<int>")
+
+
+def _float_opt(help: str, *flags: str) -> Any:
+    """A number flag, taken as text and parsed by :mod:`bioprop.config` (``1e-3`` yes, ``nan`` and ``inf`` no)."""
+    return _opt(help, *flags, metavar="<float>")
+
+
+def _path(text: str | None, name: str) -> Path | None:
+    """``text`` as a path; an empty one is bad input (``Path("")`` would silently mean the current directory)."""
+    if text is None:
+        return None
+    if not text:
+        raise BioPropError(f"{name} needs a path, not {text!r}")
+    return Path(text)
+
+
+# ----------------------------------------------------------------------------------------------------- threads
+
+
+def default_threads() -> int:
+    """Threads for torch when ``--threads`` is not given: ``$BIOPROP_THREADS``, else ``$OMP_NUM_THREADS`` (its
+    first entry; OpenMP allows one count per nesting level, ``4,2``), else half the CPUs this process may use, at
+    least 1. A malformed or out-of-range variable is a BioPropError naming it."""
+    for name in THREADS_ENV:
+        text = os.environ.get(name, "").split(",")[0]
+        if text.strip():
+            count = parse_number(name, text, int)
+            if not 1 <= count <= MAX_THREADS:
+                raise BioPropError(f"{name} must be between 1 and {MAX_THREADS}, not {text!r}")
+            return int(count)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, cpus // 2)
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """Torch's intra-op thread pool at ``count`` threads inside the block, as it was after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+THREADS_HELP = (
+    f"Torch CPU threads (default ${THREADS_ENV[0]}, else ${THREADS_ENV[1]}, else half the CPUs); recorded in "
+    "config.yaml and reused by `bioprop resume`."
+)
+
+# ------------------------------------------------------------------------------------------------------ commands
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"bioprop {bioprop.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool, _opt("Print the version and exit.", "--version", callback=_version, is_eager=True)
+    ] = False,
+) -> None:
+    """Train networks with biologically plausible learning rules and compare them with backprop."""
+
+
+TRAIN_HELP = "\n\n".join([
+    "Train a network with a learning rule and measure its updates against backprop.",
+    f"Files a run can write into its directory (see bioprop.report.logs): {', '.join(sorted(logs.RUN_FILES))}; "
+    f"each is written to <name>{logs.TMP} first, then renamed.",
+    "Ctrl-C keeps the last epoch's checkpoint: continue with `bioprop resume DIR`. Exit codes: 2 for bad input, "
+    "3 when training diverges, 74 when a file cannot be written, 130 when interrupted.",
+])  # fmt: skip
+
+
+@app.command(help=TRAIN_HELP)
 def train(
     rule: Annotated[str | None, _opt("Learning rule (default bp); see `bioprop rules`.")] = None,
     data_name: Annotated[str | None, _opt("Dataset (default digits); see `bioprop datasets`.", "--data")] = None,
@@ -65,89 +172,105 @@ def train(
             "(default relu; hard_sigmoid for ebm)."
         ),
     ] = None,
-    epochs: Annotated[int | None, _opt("Number of passes over the training set (default 10).")] = None,
-    batch_size: Annotated[int | None, _opt("Examples per step (default 64).")] = None,
+    epochs: Annotated[str | None, _int_opt("Number of passes over the training set (default 10).")] = None,
+    batch_size: Annotated[str | None, _int_opt("Examples per step (default 64).")] = None,
     optimizer: Annotated[str | None, _opt("sgd, adam or adamw, applied to the rule's update (default sgd).")] = None,
-    lr: Annotated[float | None, _opt("Base learning rate (default 0.01).")] = None,
-    momentum: Annotated[float | None, _opt("SGD momentum (default 0.9).")] = None,
-    weight_decay: Annotated[float | None, _opt("Weight decay (default 0).")] = None,
+    lr: Annotated[str | None, _float_opt("Base learning rate, e.g. 0.01 or 1e-3 (default 0.01).")] = None,
+    momentum: Annotated[str | None, _float_opt("SGD momentum (default 0.9).")] = None,
+    weight_decay: Annotated[str | None, _float_opt("Weight decay (default 0).")] = None,
     schedule: Annotated[
         str | None, _opt("Learning-rate schedule: none, cosine, or step (x0.1 every --step-size epochs).")
     ] = None,
-    step_size: Annotated[int | None, _opt("Epochs per x0.1 decay with --schedule step (default epochs // 3).")] = None,
-    seed: Annotated[int | None, _opt("Seed of the initialisation, the shuffling and the rule (default 0).")] = None,
+    step_size: Annotated[
+        str | None, _int_opt("Epochs per x0.1 decay with --schedule step (default epochs // 3).")
+    ] = None,
+    seed: Annotated[str | None, _int_opt("Seed of the initialisation, the shuffling and the rule (default 0).")] = None,
     device: Annotated[str | None, _opt("auto (cuda if available), cpu or cuda (default auto).")] = None,
     dtype: Annotated[str | None, _opt("float32 or float64 (default float32).")] = None,
+    threads: Annotated[str | None, _int_opt(THREADS_HELP)] = None,
     out: Annotated[
-        Path | None, _opt("Run directory (default runs/<rule>-<data>-<arch>-s<seed>).", "--out", "-o")
+        str | None, _opt("Run directory (default runs/<rule>-<data>-<arch>-s<seed>).", "--out", "-o", metavar="DIR")
     ] = None,
     rule_opt: Annotated[
         list[str] | None,
         _opt("A rule option, repeatable; see `bioprop rules NAME`.", "--rule-opt", metavar="KEY=VALUE"),
     ] = None,
     config: Annotated[
-        Path | None, _opt("YAML file of settings (keys as the long flags, with _); flags given here override it.")
+        str | None,
+        _opt("YAML file of settings (keys as the long flags, with _); flags given here override it.", metavar="FILE"),
     ] = None,
-    data_dir: Annotated[Path | None, _opt("Directory searched first for dataset files.")] = None,
+    data_dir: Annotated[str | None, _opt("Directory searched first for dataset files.", metavar="DIR")] = None,
     download: Annotated[
         bool | None, _opt("Download missing dataset files from their source.", "--download/--no-download")
     ] = None,
     probe_every: Annotated[
-        int | None, _opt("Also measure the update angles every N steps into alignment.csv (default 0: epoch ends).")
+        str | None,
+        _int_opt("Also measure the update angles every N steps into alignment.csv (default 0: epoch ends)."),
     ] = None,
-    limit: Annotated[int | None, _opt("Keep only the first N training and test examples.")] = None,
+    limit: Annotated[str | None, _int_opt("Keep only the first N training and test examples.")] = None,
     overwrite: Annotated[
         bool, _opt("Clear the run directory first if it holds an earlier run.", "--overwrite")
     ] = False,
     quiet: Annotated[bool, _opt("No progress bar, per-epoch lines or result line.", "--quiet", "-q")] = False,
 ) -> None:
-    """Train a network with a learning rule and measure its updates against backprop.
-
-    Writes config.yaml, metrics.csv, summary.json, checkpoint.safetensors (every epoch), model.safetensors,
-    alignment.png and curves.png into the run directory. Ctrl-C keeps the last epoch's checkpoint: continue
-    with `bioprop resume DIR`. Exit codes: 2 for bad input, 3 when training diverges, 130 when interrupted.
-    """
     from bioprop import train as training  # torch-heavy; imported only when training
 
     given = {
         "rule": rule, "data": data_name, "arch": arch, "activation": activation, "epochs": epochs,
         "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "momentum": momentum,
         "weight_decay": weight_decay, "schedule": schedule, "step_size": step_size, "seed": seed, "device": device,
-        "dtype": dtype, "data_dir": str(data_dir) if data_dir is not None else None, "download": download,
-        "probe_every": probe_every, "limit": limit,
+        "dtype": dtype, "threads": threads, "download": download, "probe_every": probe_every, "limit": limit,
+        "data_dir": str(_path(data_dir, "--data-dir")) if data_dir is not None else None,
     }  # fmt: skip
     overrides: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     if rule_opt:
         overrides["rule_opts"] = parse_rule_opts(rule_opt)
-    run_config = RunConfig.from_sources(config, overrides).check()
-    run_dir = out if out is not None else Path(run_config.default_out())
-    try:
-        summary = training.run(run_config, run_dir, overwrite=overwrite, quiet=quiet)
-    except KeyboardInterrupt:
-        raise Interrupted(run_dir) from None
+    run_config = RunConfig.from_sources(_path(config, "--config"), overrides)
+    if run_config.threads is None:
+        run_config.threads = default_threads()
+    run_config.check()
+    run_dir = _path(out, "--out") or Path(run_config.default_out())
+    with torch_threads(run_config.threads):
+        try:
+            summary = training.run(run_config, run_dir, overwrite=overwrite, quiet=quiet)
+        except KeyboardInterrupt:
+            raise Interrupted(run_dir) from None
     _report(summary, run_dir, quiet)
 
 
 @app.command()
 def resume(
-    run_dir: Annotated[Path, typer.Argument(help="A run directory written by `bioprop train`.", show_default=False)],
+    run_dir: Annotated[
+        str, typer.Argument(help="A run directory written by `bioprop train`.", show_default=False, metavar="DIR")
+    ],
+    threads: Annotated[
+        str | None, _int_opt("Torch CPU threads (default: the count the run recorded in its config.yaml).")
+    ] = None,
     quiet: Annotated[bool, _opt("No progress bar or per-epoch lines.", "--quiet", "-q")] = False,
 ) -> None:
     """Continue an interrupted run from its last checkpoint.
 
-    Uses the run's config.yaml; on the same CPU the result is bit-identical to an uninterrupted run. A finished
-    run is only reported.
+    Uses the run's config.yaml, and the thread count recorded there unless --threads is given; on the same CPU
+    the result is then bit-identical to an uninterrupted run. A finished run is only reported.
     """
     from bioprop import train as training
 
-    try:
-        summary = training.resume(run_dir, quiet=quiet)
-    except KeyboardInterrupt:
-        raise Interrupted(run_dir) from None
+    folder = _path(run_dir, "DIR")
+    recorded = folder / logs.CONFIG  # absent or unreadable: training.resume says so, as it would without threads
+    settings = RunConfig.from_sources(recorded if recorded.is_file() else None,
+                                      {"threads": threads} if threads is not None else {})  # fmt: skip
+    if settings.threads is None:  # a run from before threads were recorded
+        settings.threads = default_threads()
+    settings.check()
+    with torch_threads(settings.threads):
+        try:
+            summary = training.resume(folder, quiet=quiet)
+        except KeyboardInterrupt:
+            raise Interrupted(folder) from None
     if summary["resumed_from"] >= summary["epochs"]:
-        typer.echo(f"{run_dir} already finished ({summary['epochs']}/{summary['epochs']} epochs); nothing to do")
+        typer.echo(f"{folder} already finished ({summary['epochs']}/{summary['epochs']} epochs); nothing to do")
         return
-    _report(summary, run_dir, quiet)
+    _report(summary, folder, quiet)
 
 
 def _report(summary: dict[str, Any], run_dir: Path, quiet: bool) -> None:
@@ -191,7 +314,7 @@ def list_rules(
 
 @app.command("datasets")
 def list_datasets(
-    data_dir: Annotated[Path | None, _opt("Directory searched first for dataset files.")] = None,
+    data_dir: Annotated[str | None, _opt("Directory searched first for dataset files.", metavar="DIR")] = None,
     download: Annotated[str | None, _opt("Download this dataset's files, checked by SHA-256.", "--download")] = None,
     check: Annotated[str | None, _opt("Exit 0 if this dataset's files are found, else 1.", "--check")] = None,
 ) -> None:
@@ -200,16 +323,17 @@ def list_datasets(
     Files are looked for in --data-dir, $BIOPROP_DATA, ~/.cache/bioprop/<name> and /usr/share/datasets/<name>,
     in that order.
     """
+    folder = _path(data_dir, "--data-dir")
     if download is not None:
         key = data.canonical_name(download)
-        dest = Path(data_dir) / key if data_dir is not None else None
+        dest = folder / key if folder is not None else None
         path = data.download(key, dest=dest, progress=True)
         typer.echo(f"{key}: files in {path}")
         return
     if check is not None:
-        found = data.find(check, data_dir)  # unknown names raise BioPropError
+        found = data.find(check, folder)  # unknown names raise BioPropError
         if found is None:
-            how = next((e["how"] for e in data.catalog(data_dir) if e["name"] == check), "see `bioprop datasets`")
+            how = next((e["how"] for e in data.catalog(folder) if e["name"] == check), "see `bioprop datasets`")
             typer.echo(f"bioprop: {check} not found; {how}", err=True)
             raise typer.Exit(1)
         typer.echo(f"{check}: found in {found}")
@@ -218,7 +342,7 @@ def list_datasets(
     table.add_column("dataset", no_wrap=True)
     table.add_column("found in", overflow="fold")
     table.add_column("how to get it", overflow="fold", ratio=1)
-    for item in data.catalog(data_dir):
+    for item in data.catalog(folder):
         found = f"[green]{escape(str(item['found']))}[/]" if item["found"] is not None else "[red]not found[/]"
         table.add_row(item["name"], found, escape(item["how"]))
     Console().print(table)
@@ -226,7 +350,9 @@ def list_datasets(
 
 @app.command()
 def compare(
-    run_dirs: Annotated[list[Path], typer.Argument(help="Run directories (e.g. runs/*).", show_default=False)],
+    run_dirs: Annotated[
+        list[str], typer.Argument(help="Run directories (e.g. runs/*).", show_default=False, metavar="DIR...")
+    ],
 ) -> None:
     """Print a Markdown table comparing runs.
 
@@ -235,24 +361,50 @@ def compare(
     """
     from bioprop.report import tables
 
-    typer.echo(tables.compare(run_dirs))
+    typer.echo(tables.compare([_path(text, "DIR") for text in run_dirs]))
+
+
+# ------------------------------------------------------------------------------------------------- entry point
+
+
+def usage_message(err: click_errors.ClickException) -> str:
+    """One line for a click usage error (unknown option or command, missing or extra argument, option without its
+    value), the offending token quoted and click's suggestion kept."""
+    if isinstance(err, click_errors.NoSuchOption):
+        guesses = " or ".join(repr(p) for p in err.possibilities or ())
+        return f"no such option {err.option_name!r}" + (f"; did you mean {guesses}?" if guesses else "")
+    extra = re.search(r"unexpected extra arguments?(?:\(s\))? \((.*)\)", err.message)
+    if extra is not None:
+        return f"unexpected extra argument {extra.group(1)!r}"
+    sentences = " ".join(err.format_message().split()).rstrip(".").split(". ")
+    return "; ".join(s[:1].lower() + s[1:] for s in sentences)
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"bioprop: {message}", err=True)
+    sys.exit(code)
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: runs the app, turning user errors into one line on stderr and their exit code."""
+    """Entry point: runs the app, turning every error into one line on stderr and its exit code."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        app(args=argv, prog_name="bioprop")
+        code = app(args=args or ["--help"], prog_name="bioprop", standalone_mode=False)
     except Interrupted as stop:
-        typer.echo(
-            f"bioprop: interrupted; the last checkpoint in {stop.run_dir} is kept; "
-            f"continue with `bioprop resume {stop.run_dir}`",
-            err=True,
-        )
-        sys.exit(130)
+        _fail(f"interrupted; the last checkpoint in {stop.run_dir} is kept; "
+              f"continue with `bioprop resume {stop.run_dir}`", EXIT_INTERRUPTED)  # fmt: skip
     except BioPropError as err:
-        message = " ".join(str(err).split()) or type(err).__name__
-        typer.echo(f"bioprop: error: {message}", err=True)
-        sys.exit(err.exit_code)
+        _fail(f"error: {' '.join(str(err).split()) or type(err).__name__}", err.exit_code)
+    except click_errors.ClickException as err:
+        _fail(f"error: {usage_message(err)}", err.exit_code)
+    except KeyboardInterrupt:  # outside a command: while parsing, or after it
+        _fail("interrupted", EXIT_INTERRUPTED)
+    except OSError as err:
+        where = f" {str(err.filename)!r}" if err.filename is not None else ""
+        _fail(f"error: cannot read or write{where}: {err.strerror or err}", EXIT_IO_ERROR)
+    if code == EXIT_INTERRUPTED:  # typer turns Ctrl-C inside a command other than train/resume into this code
+        _fail("interrupted", EXIT_INTERRUPTED)
+    sys.exit(code or 0)
 
 
 if __name__ == "__main__":

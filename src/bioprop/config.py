@@ -7,6 +7,17 @@
 Every field can be given in a YAML file (``bioprop train --config run.yaml``) or as a flag; flags given on the
 command line override the file. :meth:`RunConfig.fingerprint` identifies what a run computes, so a checkpoint
 can refuse to be resumed under another configuration.
+
+Values are parsed by one set of rules whether they come from YAML or from a flag (flags arrive as strings):
+
+- a float field takes a finite number, also written as a string (YAML 1.1 reads ``1e-3``, ``1E-3`` as strings);
+  ``nan`` and ``inf`` (``.nan``, ``.inf`` in YAML) are refused;
+- an int field takes an integer: a YAML integer, a YAML float that is a whole number (``5.0``, as the rules'
+  options do), or a string of digits; ``1e3`` as a string is refused (write ``1000``), and so is anything outside
+  the 64-bit range (``-2**63 .. 2**63 - 1``);
+- every error is a :class:`~bioprop.errors.BioPropError` of one line naming the key (``--lr`` for a flag,
+  ``config 'run.yaml': lr`` for a file) and quoting the value; a file that is missing, binary, empty, not YAML
+  or not a mapping is named the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +27,7 @@ import json
 import math
 import re
 import types
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -30,8 +41,12 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
-# Fields that say where inputs live, not what the run computes: left out of the fingerprint.
-WHERE_FIELDS = ("data_dir", "download")
+# Fields that say where inputs live or how many threads compute, not what the run computes: left out of the
+# fingerprint, so a run can be resumed with another --data-dir or --threads.
+NOT_FINGERPRINTED = ("data_dir", "download", "threads")
+INT_RANGE = (-(2**63), 2**63 - 1)  # what torch, safetensors' JSON and numpy all hold
+MAX_THREADS = 1024
+MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
 
 
 @dataclass
@@ -54,6 +69,7 @@ class RunConfig:
     # reproducibility and hardware
     seed: int = 0  # seeds the network's init, the shuffling order and (by default) the rule
     device: str = "auto"  # auto = cuda when available, else cpu
+    threads: int | None = None  # torch's intra-op CPU threads; None: as torch has it. The CLI records its choice
     dtype: str = "float32"  # float32 | float64
     # data
     data_dir: str | None = None  # where dataset files are looked for first
@@ -68,31 +84,24 @@ class RunConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> RunConfig:
-        """A config from a plain mapping; unknown keys and values of the wrong type are a BioPropError."""
-        hints = get_type_hints(cls)
-        known = {f.name for f in fields(cls)}
-        for key in values:
-            if key not in known:
-                raise BioPropError(f"{source}: unknown key {key!r}; known: {', '.join(sorted(known))}")
-        return cls(**{key: _coerce(key, value, hints[key], source) for key, value in values.items()})
+        """A config from a plain mapping (``source`` names it in errors); unknown keys and values of the wrong type
+        are a BioPropError (see the module docstring for how numbers are read)."""
+        return cls(**_checked_values(values, source))
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
         """A config from a YAML file of ``key: value`` lines (any subset of the fields)."""
-        return cls.from_dict(read_yaml(path), source=str(path))
+        return cls.from_dict(read_yaml(path), source=_file_source(path))
 
     @classmethod
     def from_sources(cls, path: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
-        """The YAML file at ``path`` (if any) with ``overrides`` (flags given on the command line) on top;
-        ``rule_opts`` are merged key by key, the override winning."""
-        values = read_yaml(path) if path is not None else {}
-        merged = {**values, **{k: v for k, v in overrides.items() if k != "rule_opts"}}
-        if "rule_opts" in overrides:
-            base = values.get("rule_opts") or {}
-            if not isinstance(base, dict):
-                raise BioPropError(f"{path}: rule_opts must be a mapping of option: value")
-            merged["rule_opts"] = {**base, **overrides["rule_opts"]}
-        return cls.from_dict(merged, source=str(path) if path is not None else "config")
+        """The YAML file at ``path`` (if any) with ``overrides`` (flags given on the command line, named in errors
+        as ``--key``) on top; ``rule_opts`` are merged key by key, the override winning."""
+        values = _checked_values(read_yaml(path), _file_source(path)) if path is not None else {}
+        flags = _checked_values(overrides, source=None)
+        if "rule_opts" in flags:
+            flags["rule_opts"] = {**values.get("rule_opts", {}), **flags["rule_opts"]}
+        return cls(**{**values, **flags})
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -102,7 +111,7 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """SHA-256 of everything that determines what the run computes (not where its data files live)."""
-        what = {k: v for k, v in self.to_dict().items() if k not in WHERE_FIELDS}
+        what = {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
     # -------------------------------------------------------------------------------------------- validation
@@ -113,7 +122,10 @@ class RunConfig:
         for name in ("epochs", "batch_size", "probe_batches", "probe_batch_size"):
             if getattr(self, name) < 1:
                 raise BioPropError(f"{name} must be a positive integer, not {getattr(self, name)}")
-        if not self.lr > 0:  # also catches NaN
+        for name in ("lr", "momentum", "weight_decay"):  # a RunConfig built in Python skips _coerce
+            if not math.isfinite(getattr(self, name)):
+                raise BioPropError(f"{name} must be a finite number, not {getattr(self, name)}")
+        if not self.lr > 0:
             raise BioPropError(f"lr must be positive, not {self.lr}")
         for name in ("momentum", "weight_decay"):
             if not getattr(self, name) >= 0:
@@ -123,6 +135,8 @@ class RunConfig:
                 raise BioPropError(f"{name} must be 0 or a positive integer, not {getattr(self, name)}")
         if self.limit is not None and self.limit < 1:
             raise BioPropError(f"limit must be a positive number of examples, not {self.limit}")
+        if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
+            raise BioPropError(f"threads must be between 1 and {MAX_THREADS}, not {self.threads}")
         for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES),
                               ("dtype", tuple(DTYPES))):  # fmt: skip
             if getattr(self, name) not in choices:
@@ -172,38 +186,112 @@ def parse_rule_opts(items: list[str]) -> dict[str, str]:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """The mapping in a YAML file; a missing file, a parse error or a non-mapping is a one-line BioPropError."""
+    """The mapping in a YAML file. A missing or unreadable file, one over MAX_CONFIG_BYTES, a binary file, a parse
+    error, an empty file or a non-mapping is a one-line BioPropError naming the file."""
     try:
-        text = Path(path).read_text()
+        with open(path, "rb") as handle:
+            blob = handle.read(MAX_CONFIG_BYTES + 1)
     except OSError as exc:
-        raise BioPropError(f"cannot read config {path}: {exc.strerror or exc}") from None
+        raise BioPropError(f"cannot read {_file_source(path)}: {exc.strerror or exc}") from None
+    if len(blob) > MAX_CONFIG_BYTES:
+        raise BioPropError(f"{_file_source(path)} is larger than {MAX_CONFIG_BYTES} bytes; is it a config file?")
+    try:
+        text = blob.decode("utf-8")
+    except UnicodeDecodeError:
+        text = "\0"
+    if "\0" in text:
+        raise BioPropError(f"{_file_source(path)} is not a text YAML file (it is binary or not UTF-8)")
     try:
         values = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
-        raise BioPropError(f"cannot parse config {path}: {problem}{where}") from None
+        raise BioPropError(f"cannot parse {_file_source(path)}: {problem}{where}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits, nesting too deep
+        raise BioPropError(f"cannot parse {_file_source(path)}: {' '.join(str(exc).split()[:12])}") from None
     if values is None:
-        return {}
+        raise BioPropError(f"{_file_source(path)} is empty; expected key: value lines such as `rule: fa`")
     if not isinstance(values, dict):
-        raise BioPropError(f"config {path} must be a mapping of key: value, not a {type(values).__name__}")
+        raise BioPropError(f"{_file_source(path)} must be a mapping of key: value, not a {type(values).__name__}")
     return {str(k): v for k, v in values.items()}
 
 
-def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """``value`` checked against the field's type ``hint`` (ints are accepted for floats)."""
+def _file_source(path: str | Path) -> str:
+    return f"config {str(path)!r}"
+
+
+def parse_number(label: str, text: str, kind: type[int] | type[float]) -> int | float:
+    """``text`` (a flag's or environment variable's value, or a YAML string such as ``1e-3``) as a finite float
+    or a 64-bit integer; anything else is a BioPropError naming ``label`` and quoting ``text``."""
+    token = text.strip()
+    if kind is int:
+        digits = token.lstrip("+-")
+        if digits.isdigit() and len(digits) > 19:  # past 64 bits, and maybe past Python's 4300-digit limit
+            raise BioPropError(f"{label} must be an integer from {INT_RANGE[0]} to {INT_RANGE[1]}, not {text!r}")
+        try:
+            return _in_range(label, int(token))
+        except ValueError:
+            hint = _whole_number_hint(token)
+            raise BioPropError(f"{label} must be an integer, not {text!r}{hint}") from None
+    try:
+        number = float(token)
+    except ValueError:
+        raise BioPropError(f"{label} must be a number, not {text!r}") from None
+    if not math.isfinite(number):
+        raise BioPropError(f"{label} must be a finite number, not {text!r}")
+    return number
+
+
+def _in_range(label: str, number: int) -> int:
+    if not INT_RANGE[0] <= number <= INT_RANGE[1]:
+        raise BioPropError(f"{label} must be an integer from {INT_RANGE[0]} to {INT_RANGE[1]}, not {number}")
+    return number
+
+
+def _whole_number_hint(token: str) -> str:
+    """`` (write 1000)`` when ``token`` is a whole number in another notation, such as ``1e3``."""
+    try:
+        number = float(token)
+    except ValueError:
+        return ""
+    return f" (write {int(number)})" if number.is_integer() and abs(number) < 2**63 else ""
+
+
+def _checked_values(values: dict[str, Any], source: str | None) -> dict[str, Any]:
+    """``values`` with unknown keys refused and each value coerced to its field's type. ``source`` is the file (or
+    other origin) named in errors; None means flags, named ``--key``."""
+    hints = get_type_hints(RunConfig)
+    out = {}
+    for key, value in values.items():
+        if key not in hints:
+            origin = source if source is not None else "flags"
+            raise BioPropError(f"{origin}: unknown key {key!r}; known: {', '.join(sorted(hints))}")
+        label = f"--{key.replace('_', '-')}" if source is None else f"{source}: {key}"
+        out[key] = _coerce(label, value, hints[key])
+    return out
+
+
+def _coerce(label: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the field's type ``hint``; numbers as the module docstring says."""
     optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
     if value is None and optional:
         return None
     kind = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
     kind = get_origin(kind) or kind
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind in (int, float) and isinstance(value, str):
+        return parse_number(label, value, kind)
+    if kind is float and is_number:
+        if not math.isfinite(value):
+            raise BioPropError(f"{label} must be a finite number, not {value!r}")
         return float(value)
-    if kind is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+    if kind is int and is_number and (isinstance(value, int) or value.is_integer()):
+        return _in_range(label, int(value))
+    if kind is str and is_number:
         return str(value)  # e.g. a data_dir or arch that YAML read as a number
-    if kind is int and isinstance(value, bool) or not isinstance(value, kind):
-        raise BioPropError(f"{source}: {key} must be {_kind_name(kind)}, not {value!r}")
+    if kind in (int, float) or not isinstance(value, kind):
+        raise BioPropError(f"{label} must be {_kind_name(kind)}, not {value!r}")
     return dict(value) if kind is dict else value
 
 
