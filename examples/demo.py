@@ -6,6 +6,9 @@ batch 128, a few epochs) and measures its update angle to backprop every 50 step
 hidden-layer angles: feedback alignment starts near 90° and falls well below it (Lillicrap et al. 2016, Fig. 1).
 
     python examples/demo.py --out runs/demo [--epochs 3] [--data-dir DIR]
+
+Runs go to ``<out>/<rule>``; ``bioprop compare <out>`` (or ``bioprop compare runs/*``) finds them there. Bad input
+ends with one line, ``demo: error: ...``, and the exit code of ``bioprop`` (2; 3 when a run diverges).
 """
 
 from __future__ import annotations
@@ -30,20 +33,24 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--rules", nargs="+", default=RULES)
     args = parser.parse_args()
-    run_dirs = []
     started = time.perf_counter()
     try:
-        for rule in args.rules:
-            config = RunConfig(rule=rule, data="fashion-mnist", data_dir=args.data_dir, arch="mlp:256x256",
-                               activation="tanh", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine",
-                               batch_size=128, epochs=args.epochs, probe_every=50)  # fmt: skip
-            print(f"training {rule} ...", file=sys.stderr, flush=True)
-            train.run(config, args.out / rule, overwrite=True, quiet=not sys.stderr.isatty())
-            run_dirs.append(args.out / rule)
+        repeated = next((rule for i, rule in enumerate(args.rules) if rule in args.rules[:i]), None)
+        if repeated is not None:  # both would train into <out>/<rule>, and compare would count one run twice
+            raise BioPropError(f"rule {repeated!r} is given twice in --rules")
+        configs = [RunConfig(rule=rule, data="fashion-mnist", data_dir=args.data_dir, arch="mlp:256x256",
+                             activation="tanh", optimizer="adamw", lr=1e-3, weight_decay=1e-4, schedule="cosine",
+                             batch_size=128, epochs=args.epochs, probe_every=50).check()
+                   for rule in args.rules]  # fmt: skip
+        for config in configs:
+            print(f"training {config.rule} ...", file=sys.stderr, flush=True)
+            train.run(config, args.out / config.rule, overwrite=True, quiet=not sys.stderr.isatty())
+        run_dirs = [args.out / config.rule for config in configs]
+        figure = plots.alignment_comparison(run_dirs, args.out / "alignment.png")
+        print(tables.compare(run_dirs))
     except BioPropError as err:
-        sys.exit(f"demo: error: {err}")
-    figure = plots.alignment_comparison(run_dirs, args.out / "alignment.png")
-    print(tables.compare(run_dirs))
+        print(f"demo: error: {' '.join(str(err).split())}", file=sys.stderr)
+        sys.exit(err.exit_code)
     print(f"\nalignment plot: {figure}   run directories: {args.out}/<rule>   "
           f"total {time.perf_counter() - started:.0f} s")  # fmt: skip
 

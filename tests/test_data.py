@@ -109,9 +109,18 @@ def data_make_cifar(folder: Path, per_file: int = 3, seed: int = 0) -> dict[str,
     return {k: np.concatenate(v) for k, v in out.items()}
 
 
-def data_snapshot(folder: Path) -> dict[str, bytes]:
-    """Every file under ``folder`` with its bytes (to check that nothing was modified)."""
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+def data_checksums(folder: Path) -> dict[str, str]:
+    """Every file under ``folder`` with its SHA-256."""
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.rglob("*"))}
+
+
+def data_snapshot(folder: Path) -> dict[str, tuple[str, int]]:
+    """Every file under ``folder`` with its SHA-256 and mtime (to check that nothing was modified or rewritten)."""
+    return {
+        str(p.relative_to(folder)): (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mtime_ns)
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def data_expected(raw_train: np.ndarray, raw: np.ndarray) -> np.ndarray:
@@ -191,6 +200,7 @@ def test_search_order(tmp_path: Path, data_isolated: Path, monkeypatch: pytest.M
     for i, folder in enumerate(locations.values()):
         data_make_idx(folder, n_train=10 + i, n_test=5)
     monkeypatch.setenv("BIOPROP_DATA", str(tmp_path / "env"))
+    # A data_dir given wins over $BIOPROP_DATA, which wins over the default search path.
     assert find("mnist", data_dir=tmp_path / "arg") == locations["data_dir"]
     assert load("mnist", data_dir=tmp_path / "arg").train_x.shape[0] == 10
     assert find("mnist") == locations["env"]
@@ -202,8 +212,6 @@ def test_search_order(tmp_path: Path, data_isolated: Path, monkeypatch: pytest.M
         path.unlink()
     assert find("mnist") == locations["system"]
     assert load("mnist").train_x.shape[0] == 13
-    # A data_dir without the dataset falls through to the next place.
-    assert find("mnist", data_dir=tmp_path / "nothing-here") == locations["system"]
     entries = {entry["name"]: entry for entry in catalog()}
     assert entries["mnist"]["found"] == locations["system"] and entries["kmnist"]["found"] is None
 
@@ -220,11 +228,94 @@ def test_directories_directly_holding_the_files(tmp_path: Path, monkeypatch: pyt
 def test_not_found_says_where_it_looked_and_how_to_get_it(tmp_path: Path) -> None:
     assert find("fashion-mnist") is None
     with pytest.raises(BioPropError) as err:
-        load("fashion-mnist", data_dir=tmp_path / "nowhere")
+        load("fashion-mnist")
     message = str(err.value)
     assert "\n" not in message
-    assert "fashion-mnist not found" in message and str(tmp_path / "nowhere") in message
+    assert "fashion-mnist not found" in message and str(tmp_path / "system" / "fashion-mnist") in message
     assert "~/.cache/bioprop/fashion-mnist" in message and "apt-get install dataset-fashion-mnist" in message
+
+
+# ----------------------------------------------------------------------------------------------------
+# What the user names is used, or the load stops naming it (never a silent fall-through to another copy)
+
+
+@pytest.fixture
+def data_everywhere(tmp_path: Path, data_isolated: Path) -> dict[str, Path]:
+    """A complete mnist in the cache and in the system directory: what a bad named place must NOT fall back to."""
+    places = {"cache": data_isolated / ".cache" / "bioprop" / "mnist", "system": tmp_path / "system" / "mnist"}
+    for folder in places.values():
+        data_make_idx(folder)
+    return places
+
+
+def _refused(call, *fragments: str) -> str:
+    with pytest.raises(BioPropError) as err:
+        call()
+    message = str(err.value)
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, (fragment, message)
+    return message
+
+
+def test_named_data_dir_is_the_only_place_searched(tmp_path: Path, data_everywhere: dict[str, Path]) -> None:
+    typo = tmp_path / "some" / "typo"
+    for call in (lambda: load("mnist", data_dir=typo), lambda: find("mnist", data_dir=typo),
+                 lambda: catalog(data_dir=typo)):  # fmt: skip
+        _refused(call, f"data_dir '{typo}' does not exist", "nothing else is searched")
+    a_file = tmp_path / "a-file"
+    a_file.write_text("not a directory")
+    _refused(lambda: load("mnist", data_dir=a_file), f"data_dir '{a_file}' is not a directory")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    message = _refused(lambda: load("mnist", data_dir=empty), f"data_dir '{empty}' holds none of mnist's files")
+    assert "train-images-idx3-ubyte" in message and str(empty / "mnist") in message  # what it expected, and where
+    assert find("mnist", data_dir=empty) is None  # found nowhere it was told to look
+    _refused(lambda: load("mnist", data_dir=""), "data_dir is empty")
+    assert not typo.exists() and not (tmp_path / "some").exists()  # nothing was created
+    assert load("mnist").source == str(data_everywhere["cache"])  # the copies that must not have been used are fine
+
+
+def test_bioprop_data_set_is_a_named_place(
+    tmp_path: Path, data_everywhere: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("BIOPROP_DATA", str(tmp_path / "typo"))
+    for call in (lambda: load("mnist"), lambda: find("mnist"), lambda: download("mnist", progress=False)):
+        _refused(call, f"$BIOPROP_DATA '{tmp_path / 'typo'}' does not exist", "unset it")
+    assert not (tmp_path / "typo").exists()
+    (tmp_path / "typo").mkdir()
+    _refused(lambda: load("mnist"), f"$BIOPROP_DATA '{tmp_path / 'typo'}' holds none of mnist's files")
+    assert find("mnist") is None
+    # A data_dir given in the call is named more directly than the environment: it alone is searched.
+    data_make_idx(tmp_path / "mine" / "mnist", n_train=7)
+    assert load("mnist", data_dir=tmp_path / "mine").train_x.shape[0] == 7
+    monkeypatch.setenv("BIOPROP_DATA", "")  # set but empty is unset: the default search path
+    assert find("mnist") == data_everywhere["cache"]
+
+
+def test_digits_reads_no_files_but_a_named_data_dir_must_exist(tmp_path: Path) -> None:
+    assert load("digits", data_dir=tmp_path, limit=5).source == "scikit-learn"
+    assert find("digits", data_dir=tmp_path) is not None
+    typo = tmp_path / "typo"
+    for call in (lambda: load("digits", data_dir=typo), lambda: find("digits", data_dir=typo)):
+        _refused(call, f"data_dir '{typo}' does not exist")
+
+
+def test_cli_refuses_a_data_dir_that_is_not_there(cli, tmp_path: Path, data_everywhere: dict[str, Path]) -> None:
+    typo = tmp_path / "typo"
+    before = {name: data_snapshot(folder) for name, folder in data_everywhere.items()}
+    commands = [
+        ("train", "--data", "mnist", "--data-dir", typo, "--out", tmp_path / "run", "--epochs", "1", "--quiet"),
+        ("datasets", "--check", "mnist", "--data-dir", typo),
+        ("datasets", "--data-dir", typo),
+        ("datasets", "--download", "mnist", "--data-dir", typo),
+    ]
+    for args in commands:
+        code, out, err = cli(*args)
+        assert code == 2 and out == "", args
+        assert err.count("\n") == 1 and err.startswith("bioprop: error: ") and f"'{typo}'" in err, (args, err)
+    assert not typo.exists() and not (tmp_path / "run").exists()
+    assert {name: data_snapshot(folder) for name, folder in data_everywhere.items()} == before
 
 
 def test_catalog_lists_every_dataset() -> None:
@@ -333,11 +424,111 @@ def test_train_and_test_image_sizes_must_agree(tmp_path: Path) -> None:
     _expect_error(tmp_path, "mnist", "28x28", "14x14")
 
 
-def test_unreadable_path_is_reported(tmp_path: Path) -> None:
+def _replace(folder: Path, key: str, payload: bytes) -> None:
+    """Put ``payload`` where the raw IDX file ``key`` of ``folder`` is."""
+    (folder / IDX_NAMES[key]).write_bytes(payload)
+
+
+def _with_label(labels: np.ndarray, index: int, value: int) -> np.ndarray:
+    labels = labels.copy()
+    labels[index] = value
+    return labels
+
+
+def _gz_garbage(folder: Path) -> None:
+    (folder / IDX_NAMES["train_x"]).unlink()
+    (folder / f"{IDX_NAMES['train_x']}.gz").write_bytes(b"plain text, not gzip")
+
+
+def _directory_for_file(folder: Path) -> None:
+    (folder / IDX_NAMES["test_y"]).unlink()
+    (folder / IDX_NAMES["test_y"]).mkdir()
+
+
+def _broken_link(folder: Path) -> None:
+    (folder / IDX_NAMES["test_x"]).unlink()
+    (folder / IDX_NAMES["test_x"]).symlink_to(folder / "nowhere")
+
+
+EMPTY_IMAGES, EMPTY_LABELS = np.zeros((0, 28, 28), dtype=np.uint8), np.zeros(0, dtype=np.uint8)
+# Each fault of a raw (not gzipped) mnist folder: how to make it, and what the one-line error must say.
+DATA_CORPUS = {
+    "truncated data": (lambda f, a: _replace(f, "train_x", data_idx_bytes(a["train_x"])[:-1]),
+                       ["truncated IDX file", IDX_NAMES["train_x"]]),
+    "truncated header": (lambda f, a: _replace(f, "test_y", b"\x00\x00\x08\x01\x00"),
+                         ["truncated IDX file", IDX_NAMES["test_y"]]),
+    "trailing bytes": (lambda f, a: _replace(f, "train_y", data_idx_bytes(a["train_y"]) + b"\x00"),
+                       ["1 bytes after", IDX_NAMES["train_y"]]),
+    "labels as images": (lambda f, a: _replace(f, "train_x", data_idx_bytes(a["train_y"])),
+                         ["wrong magic number 0x00000801", IDX_NAMES["train_x"]]),
+    "label out of range": (lambda f, a: _replace(f, "test_y", data_idx_bytes(_with_label(a["test_y"], 4, 10))),
+                           ["label 10 out of range", "example 4", IDX_NAMES["test_y"]]),
+    "count mismatch": (lambda f, a: _replace(f, "test_y", data_idx_bytes(a["test_y"][:-2])),
+                       ["20 images", "18 labels", IDX_NAMES["test_x"], IDX_NAMES["test_y"]]),
+    "empty test split": (lambda f, a: (_replace(f, "test_x", data_idx_bytes(EMPTY_IMAGES)),
+                                       _replace(f, "test_y", data_idx_bytes(EMPTY_LABELS))),
+                         ["holds no images", IDX_NAMES["test_x"]]),
+    "empty train split": (lambda f, a: (_replace(f, "train_x", data_idx_bytes(EMPTY_IMAGES)),
+                                        _replace(f, "train_y", data_idx_bytes(EMPTY_LABELS))),
+                          ["holds no images", IDX_NAMES["train_x"]]),
+    "zero-pixel images": (lambda f, a: _replace(f, "test_x", data_idx_bytes(np.zeros((20, 28, 0), np.uint8))),
+                          ["images of 28x0 pixels", IDX_NAMES["test_x"]]),
+    "train/test sizes differ": (lambda f, a: _replace(f, "test_x", data_idx_bytes(np.zeros((20, 14, 14), np.uint8))),
+                                ["28x28", "14x14"]),
+    ".gz that is not gzip": (lambda f, a: _gz_garbage(f), ["corrupt gzip file", f"{IDX_NAMES['train_x']}.gz"]),
+    "directory for a file": (lambda f, a: _directory_for_file(f), [f"{IDX_NAMES['test_y']} is a directory"]),
+    "broken link": (lambda f, a: _broken_link(f), [f"{IDX_NAMES['test_x']} is a broken symbolic link"]),
+    "missing file": (lambda f, a: (f / IDX_NAMES["train_y"]).unlink(), ["missing file", IDX_NAMES["train_y"]]),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("fault", list(DATA_CORPUS))
+def test_bad_dataset_corpus_through_the_cli(cli, tmp_path: Path, fault: str) -> None:
+    """Each fault stops `bioprop train` with one line naming the file, exit 2, before anything is written."""
+    folder = tmp_path / "data" / "mnist"
+    damage, says = DATA_CORPUS[fault]
+    damage(folder, data_make_idx(folder, gz=False))
+    before = data_snapshot(tmp_path / "data")
+    code, out, err = cli("train", "--data", "mnist", "--data-dir", tmp_path / "data", "--out", tmp_path / "run",
+                         "--epochs", "1", "--device", "cpu", "--quiet")  # fmt: skip
+    assert code == 2 and out == "" and err.count("\n") == 1 and err.startswith("bioprop: error: "), err
+    for fragment in says:
+        assert fragment in err, (fragment, err)
+    assert not (tmp_path / "run").exists()
+    assert data_snapshot(tmp_path / "data") == before
+
+
+def test_a_directory_or_broken_link_where_a_file_should_be(tmp_path: Path) -> None:
     data_make_idx(tmp_path / "mnist", gz=False)
     (tmp_path / "mnist" / "train-labels-idx1-ubyte").unlink()
-    (tmp_path / "mnist" / "train-labels-idx1-ubyte.gz").mkdir()  # a directory where a file should be
-    _expect_error(tmp_path, "mnist", "missing file", "train-labels-idx1-ubyte")
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte.gz").mkdir()
+    _expect_error(tmp_path, "mnist", f"{tmp_path / 'mnist' / 'train-labels-idx1-ubyte.gz'} is a directory")
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte.gz").rmdir()
+    (tmp_path / "mnist" / "train-labels-idx1-ubyte").symlink_to(tmp_path / "gone")
+    _expect_error(tmp_path, "mnist", "train-labels-idx1-ubyte is a broken symbolic link", str(tmp_path / "gone"))
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_empty_split_is_refused_at_load(tmp_path: Path, split: str) -> None:
+    data_make_idx(tmp_path / "mnist", gz=True)
+    stem = IDX_NAMES[f"{split}_x"]
+    data_write(tmp_path / "mnist" / stem, data_idx_bytes(np.zeros((0, 28, 28), dtype=np.uint8)), True)
+    data_write(tmp_path / "mnist" / IDX_NAMES[f"{split}_y"], data_idx_bytes(np.zeros(0, dtype=np.uint8)), True)
+    _expect_error(tmp_path, "mnist", f"IDX image file {tmp_path / 'mnist' / stem}.gz holds no images")
+    _expect_error(tmp_path, "mnist", "holds no images", limit=1)
+
+
+def test_images_of_zero_pixels_are_refused(tmp_path: Path) -> None:
+    data_make_idx(tmp_path / "mnist", gz=False)
+    data_write(tmp_path / "mnist" / IDX_NAMES["train_x"], data_idx_bytes(np.zeros((50, 0, 28), dtype=np.uint8)), False)
+    _expect_error(tmp_path, "mnist", "declares images of 0x28 pixels", IDX_NAMES["train_x"])
+
+
+def test_cifar_directory_where_a_batch_should_be(tmp_path: Path) -> None:
+    data_make_cifar(tmp_path / "cifar10")
+    (tmp_path / "cifar10" / "data_batch_2.bin").unlink()
+    (tmp_path / "cifar10" / "data_batch_2.bin").mkdir()
+    _expect_error(tmp_path, "cifar10", f"{tmp_path / 'cifar10' / 'data_batch_2.bin'} is a directory")
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -498,7 +689,7 @@ def test_download_success_without_progress(
     _serve_idx(served, monkeypatch)
     dest = tmp_path / "dest"
     assert download("mnist", dest=dest, base_url=base, progress=False) == dest
-    assert data_snapshot(dest) == data_snapshot(served)
+    assert data_checksums(dest) == data_checksums(served)
     assert _parts(dest) == []
     assert capsys.readouterr().err == ""
     assert load("mnist", data_dir=dest).train_x.shape == (50, 1, 28, 28)
@@ -515,14 +706,30 @@ def test_download_default_destination_with_progress(
     assert path == data_isolated / ".cache" / "bioprop" / "kmnist"
     assert len(list(path.glob("*.gz"))) == 4 and _parts(path) == []
     monkeypatch.setenv("BIOPROP_DATA", str(tmp_path / "envdata"))
+    with pytest.raises(BioPropError, match="does not exist"):  # a named root is never created
+        download("kmnist", base_url=base, progress=False)
+    (tmp_path / "envdata").mkdir()
     assert download("kmnist", base_url=base, progress=False) == tmp_path / "envdata" / "kmnist"
 
 
 def test_load_with_download(tmp_path: Path, data_server: tuple[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
     base, served = data_server
     _serve_idx(served, monkeypatch, base_url=base)
+    with pytest.raises(BioPropError, match=f"data_dir '{tmp_path / 'data'}' does not exist"):
+        load("mnist", data_dir=tmp_path / "data", download=True)
+    assert not (tmp_path / "data").exists()
+    (tmp_path / "data").mkdir()
     data = load("mnist", data_dir=tmp_path / "data", download=True)
     assert data.source == str(tmp_path / "data" / "mnist") and data.test_x.shape[0] == 20
+
+
+def test_download_into_a_missing_parent_is_refused(tmp_path: Path, data_server: tuple[str, Path], monkeypatch) -> None:
+    base, served = data_server
+    _serve_idx(served, monkeypatch)
+    with pytest.raises(BioPropError) as err:
+        download("mnist", dest=tmp_path / "typo" / "mnist", base_url=base, progress=False)
+    assert f"'{tmp_path / 'typo'}' is not an existing directory" in str(err.value)
+    assert not (tmp_path / "typo").exists()
 
 
 def test_download_sha256_mismatch_keeps_existing_file(
@@ -623,6 +830,7 @@ def test_download_cifar_archive_and_extract_safely(
         DATASETS, "cifar10", dataclasses.replace(spec, files=(RemoteFile("cifar-10-binary.tar.gz", digest),))
     )
     dest = tmp_path / "root" / "cifar10"
+    dest.parent.mkdir()
     assert download("cifar10", dest=dest, base_url=base, progress=False) == dest
     extracted = sorted(p.name for p in (dest / "cifar-10-batches-bin").iterdir())
     assert extracted == sorted(CIFAR_TRAIN + CIFAR_TEST + ["batches.meta.txt"])

@@ -6,10 +6,14 @@
         ...
 
 Known names: ``digits`` (bundled with scikit-learn, always available), ``mnist``, ``fashion-mnist``,
-``kmnist`` (IDX files, raw or gzipped) and ``cifar10`` (the binary version). Files are looked for in
-``data_dir``, ``$BIOPROP_DATA``, ``~/.cache/bioprop/<name>`` and ``/usr/share/datasets/<name>``, in that
-order; they are downloaded only when asked (``load(..., download=True)`` or :func:`download`), and every
-download is checked against the SHA-256 recorded in :data:`DATASETS`.
+``kmnist`` (IDX files, raw or gzipped) and ``cifar10`` (the binary version). A directory the user names is the
+only place searched: ``data_dir`` when given, else ``$BIOPROP_DATA`` when set; one that does not exist, is not a
+directory or holds none of the dataset's files is an error naming it. Only when nothing is named are
+``~/.cache/bioprop/<name>`` and ``/usr/share/datasets/<name>`` searched (see :mod:`bioprop.data._locate`). Files
+are downloaded only when asked (``load(..., download=True)`` or :func:`download`), and every download is checked
+against the SHA-256 recorded in :data:`DATASETS`. Every malformed file (truncated, corrupt, mismatched, an empty
+split, a label out of range, a directory where a file should be) is a one-line :class:`~bioprop.errors.BioPropError`
+naming it, raised before any tensor is made; dataset files are never changed.
 """
 
 from bioprop.data._core import Dataset, batches, catalog, find, load

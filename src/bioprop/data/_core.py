@@ -61,14 +61,19 @@ class Dataset:
 
 
 def find(name: str, data_dir: str | Path | None = None) -> Path | None:
-    """The directory where dataset ``name``'s files were found, following the search order, else None.
+    """The directory where dataset ``name``'s files were found, else None.
 
-    The search order is ``data_dir`` (``data_dir/<name>``, then ``data_dir`` itself), ``$BIOPROP_DATA``
-    (likewise), ``~/.cache/bioprop/<name>``, ``/usr/share/datasets/<name>``; the first directory holding
-    any of the dataset's files wins. ``digits`` is always found (scikit-learn's data directory).
+    Searched: ``data_dir`` (``data_dir/<name>``, then ``data_dir`` itself) when given, else ``$BIOPROP_DATA``
+    likewise when set, else ``~/.cache/bioprop/<name>`` and ``/usr/share/datasets/<name>``; the first directory
+    holding any of the dataset's files wins. A named directory (``data_dir`` or ``$BIOPROP_DATA``) is the only
+    place searched, and one that does not exist or is not a directory raises :class:`BioPropError`. ``digits``
+    is always found (scikit-learn's data directory): it has no files to look for, but a ``data_dir`` given with it
+    must still be an existing directory.
     """
     spec = spec_for(name)
     if spec.kind == "sklearn":
+        if data_dir is not None:
+            _locate.named_dir(data_dir)
         return _fetch.sklearn_data_dir()
     location = _locate.locate(spec, data_dir)
     return None if location is None else location.folder
@@ -83,7 +88,15 @@ def catalog(data_dir: str | Path | None = None) -> list[dict]:
 
 
 def _not_found(spec: DatasetSpec, data_dir: str | Path | None) -> BioPropError:
-    looked = ", ".join(_locate.tilde(d) for d in _locate.search_dirs(spec.name, data_dir))
+    named = _locate.named_dir(data_dir)
+    if named is not None:
+        return BioPropError(
+            f"{named.what} {str(named.path)!r} holds none of {spec.name}'s files (expected "
+            f"{_locate.expected_files(spec)} in {named.path / spec.name} or {named.path}; nothing else is searched "
+            f"when a directory is named); "
+            f"{_locate.how_to_get(spec, folder=named.path / spec.name)}"
+        )
+    looked = ", ".join(_locate.tilde(d) for d in _locate.search_dirs(spec.name))
     return BioPropError(f"{spec.name} not found (looked in {looked}); {_locate.how_to_get(spec)}")
 
 
@@ -172,19 +185,26 @@ def load(
 ) -> Dataset:
     """Load dataset ``name`` whole, as standardised tensors on ``device`` with floating ``dtype``.
 
-    The files are looked for in the search order of :func:`find`. With ``download=True`` missing files
-    are fetched (into ``data_dir/<name>`` when ``data_dir`` is given, else the default directory of
-    :func:`download`); otherwise nothing is downloaded. ``limit`` keeps only the first ``limit`` train
-    and test examples (the statistics are then those of the kept training examples).
-    Raises :class:`BioPropError` with a one-line message on unknown names, missing or malformed files.
+    The files are looked for as :func:`find` says: in ``data_dir`` only when it is given, else in
+    ``$BIOPROP_DATA`` only when it is set, else in the default search path. With ``download=True`` missing
+    files are fetched (into ``<data_dir>/<name>`` when ``data_dir`` is given, else as :func:`download` does);
+    otherwise nothing is downloaded. ``digits`` is bundled with scikit-learn and reads no files, but a
+    ``data_dir`` given with it must still be an existing directory. ``limit`` keeps only the first ``limit``
+    train and test examples (the statistics are then those of the kept training examples).
+
+    Everything is checked before any tensor is made: an unknown name, a named directory that does not exist,
+    is not a directory or holds none of the dataset's files, a missing, truncated, corrupt or mismatched file,
+    an empty split or a label outside ``0 .. n_classes - 1`` raise :class:`BioPropError` with one line naming
+    the file or directory. Dataset files are only read, never changed.
     """
     spec = spec_for(name)
     if not dtype.is_floating_point:
         raise BioPropError(f"dtype must be a floating-point type, not {dtype}")
-    if limit is not None and limit < 1:
-        raise BioPropError(f"limit must be a positive number of examples, not {limit}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise BioPropError(f"limit must be a positive number of examples, not {limit!r}")
     device = torch.device(device)
     if spec.kind == "sklearn":
+        find(spec.name, data_dir)  # checks a data_dir given, which digits does not read
         train_x, train_y, test_x, test_y = _read_digits()
         scale, source = 16.0, "scikit-learn"
     else:
@@ -204,7 +224,7 @@ def load(
             )
         train_x, train_y, test_x, test_y = _read_files(spec, location)
         scale, source = 255.0, str(location.archive or location.folder)
-    if limit is not None:
+    if limit is not None:  # limit >= 1 of non-empty splits (checked by the readers) leaves them non-empty
         train_x, train_y, test_x, test_y = train_x[:limit], train_y[:limit], test_x[:limit], test_y[:limit]
     mean, std = channel_stats(train_x, scale)
     return Dataset(

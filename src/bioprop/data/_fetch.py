@@ -204,7 +204,9 @@ def download(name: str, dest: Path | None = None, base_url: str | None = None, p
     """Download dataset ``name``'s files into ``dest`` and return that directory.
 
     ``dest`` defaults to ``$BIOPROP_DATA/<name>`` when ``$BIOPROP_DATA`` is set, else
-    ``~/.cache/bioprop/<name>``. ``base_url`` replaces the canonical source (each file name is appended
+    ``~/.cache/bioprop/<name>``. ``dest`` itself is created if needed, but the directory it is in must exist
+    (``$BIOPROP_DATA`` too): a mistyped path is refused, not created; only ``~/.cache/bioprop`` is made on
+    demand. ``base_url`` replaces the canonical source (each file name is appended
     to it). Files already present with the right checksum are not fetched again. Every file is checked
     against the registry's SHA-256 (or, where no SHA-256 is recorded, its MD5) before it gets its final
     name. CIFAR-10's archive is then unpacked safely into ``dest/cifar-10-batches-bin/``.
@@ -213,9 +215,18 @@ def download(name: str, dest: Path | None = None, base_url: str | None = None, p
     spec = spec_for(name)
     if spec.kind == "sklearn":
         return sklearn_data_dir()
-    target_dir = Path(dest).expanduser() if dest is not None else _locate.default_dir(spec.name)
+    if dest is not None:
+        target_dir = Path(dest).expanduser()
+        if not target_dir.parent.is_dir():
+            raise BioPropError(
+                f"cannot download {spec.name} into {str(target_dir)!r}: {str(target_dir.parent)!r} is not an existing "
+                f"directory (only {target_dir.name}/ itself would be created)"
+            )
+    else:
+        named = _locate.named_dir(None)  # $BIOPROP_DATA, checked
+        target_dir = (named.path if named is not None else _locate.cache_dir()) / spec.name
     try:
-        target_dir.mkdir(parents=True, exist_ok=True)
+        target_dir.mkdir(parents=dest is None, exist_ok=True)
     except OSError as exc:
         raise BioPropError(f"cannot create {target_dir} to download {spec.name} into ({exc.strerror})") from None
     if spec.kind == "cifar10-bin" and _cifar_extracted(target_dir):

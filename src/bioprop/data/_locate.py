@@ -1,11 +1,17 @@
 """Where a named dataset's files are looked for, and what to tell the user when they are not there.
 
-Search order for a dataset called ``<name>`` (the first directory holding any of its files wins):
+What the user names is used, or the load stops naming it; the default search path applies only when nothing is
+named. For a dataset called ``<name>``:
 
-1. the ``data_dir`` argument: ``data_dir/<name>``, then ``data_dir`` itself;
-2. ``$BIOPROP_DATA``: ``$BIOPROP_DATA/<name>``, then ``$BIOPROP_DATA`` itself;
-3. ``~/.cache/bioprop/<name>``;
-4. ``/usr/share/datasets/<name>`` (where Debian's ``dataset-fashion-mnist`` package puts its files).
+1. a ``data_dir`` argument (``--data-dir``) is the only place searched: ``data_dir/<name>``, then ``data_dir``
+   itself; it must be an existing directory holding the dataset's files;
+2. else ``$BIOPROP_DATA``, when set (non-empty), is the only place searched, likewise (a variable the user set is
+   as much a named place as an argument: a typo in it must not silently pick another copy);
+3. else the default search path: ``~/.cache/bioprop/<name>``, then ``/usr/share/datasets/<name>`` (where Debian's
+   ``dataset-fashion-mnist`` package puts its files); the first holding any of the dataset's files wins.
+
+Downloads go into the named directory's ``<name>/`` (which is created; the named directory itself never is), else
+into ``~/.cache/bioprop/<name>``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from bioprop.data._registry import (
     IDX_FILES,
     DatasetSpec,
 )
+from bioprop.errors import BioPropError
 
 ENV_VAR = "BIOPROP_DATA"
 # The system-wide location, a module attribute so that tests can point it elsewhere.
@@ -36,42 +43,75 @@ class Location:
     archive: Path | None = None
 
 
-def cache_root() -> Path:
-    """``$BIOPROP_DATA`` when set, else ``~/.cache/bioprop``: the root of default download directories."""
-    env = os.environ.get(ENV_VAR)
-    if env:
-        return Path(env).expanduser()
+@dataclass(frozen=True)
+class NamedDir:
+    """A directory the user named for datasets: ``path``, and ``what`` named it (for messages)."""
+
+    path: Path
+    what: str
+
+
+def named_dir(data_dir: str | Path | None) -> NamedDir | None:
+    """The directory the user named: ``data_dir`` when given, else ``$BIOPROP_DATA`` when set (non-empty), else
+    None. Raises :class:`BioPropError` when the named path is empty, does not exist or is not a directory."""
+    if data_dir is not None:
+        if not str(data_dir).strip():
+            raise BioPropError("data_dir is empty; name a directory or leave it out")
+        named = NamedDir(Path(data_dir).expanduser(), "data_dir")
+    elif os.environ.get(ENV_VAR):
+        named = NamedDir(Path(os.environ[ENV_VAR]).expanduser(), f"${ENV_VAR}")
+    else:
+        return None
+    problem = None if named.path.is_dir() else "is not a directory" if named.path.exists() else "does not exist"
+    if problem:
+        hint = f"unset it to use {default_search_text()}" if named.what.startswith("$") else "nothing else is searched"
+        raise BioPropError(f"{named.what} {str(named.path)!r} {problem} ({hint})")
+    return named
+
+
+def default_search_text() -> str:
+    """The default search path in words, for messages."""
+    return f"~/.cache/bioprop/<name> and {SYSTEM_DATA_DIR}/<name>"
+
+
+def cache_dir() -> Path:
+    """``~/.cache/bioprop``: bioprop's own download root, created on demand."""
     return Path.home() / ".cache" / "bioprop"
 
 
 def default_dir(name: str) -> Path:
-    """The directory a dataset is downloaded to by default: ``<cache_root()>/<name>``."""
-    return cache_root() / name
+    """Where dataset ``name`` is downloaded when no destination is given: ``$BIOPROP_DATA/<name>`` when set,
+    else ``~/.cache/bioprop/<name>`` (not checked here; :func:`named_dir` checks ``$BIOPROP_DATA``)."""
+    env = os.environ.get(ENV_VAR)
+    return (Path(env).expanduser() if env else cache_dir()) / name
 
 
 def search_dirs(name: str, data_dir: str | Path | None = None) -> list[Path]:
-    """The directories searched for dataset ``name``, in order (duplicates removed)."""
-    dirs: list[Path] = []
-    if data_dir is not None:
-        base = Path(data_dir).expanduser()
-        dirs += [base / name, base]
-    env = os.environ.get(ENV_VAR)
-    if env:
-        base = Path(env).expanduser()
-        dirs += [base / name, base]
-    dirs.append(Path.home() / ".cache" / "bioprop" / name)
-    dirs.append(SYSTEM_DATA_DIR / name)
-    unique: list[Path] = []
-    for d in dirs:
-        if d not in unique:
-            unique.append(d)
-    return unique
+    """The directories searched for dataset ``name``, in order: the named directory's ``<name>/`` and itself, or
+    the default search path when nothing is named. Raises :class:`BioPropError` on a bad named directory."""
+    named = named_dir(data_dir)
+    if named is not None:
+        return [named.path / name, named.path]
+    return [cache_dir() / name, SYSTEM_DATA_DIR / name]
+
+
+def is_present(path: Path) -> bool:
+    """Whether the file ``path`` is there: True for a regular file, False when nothing is there; anything else
+    (a directory, a broken link, a device) where a dataset file should be is a :class:`BioPropError`."""
+    if path.is_file():
+        return True
+    if path.is_symlink() and not path.exists():
+        raise BioPropError(f"{path} is a broken symbolic link (to {os.readlink(path)}); a dataset file should be there")
+    if path.exists():
+        kind = "a directory" if path.is_dir() else "not a regular file"
+        raise BioPropError(f"{path} is {kind}; a dataset file should be there")
+    return False
 
 
 def idx_file(folder: Path, stem: str) -> Path | None:
     """The IDX file ``stem`` in ``folder``: the raw file if present, else the gzipped one, else None."""
     for candidate in (folder / stem, folder / f"{stem}.gz"):
-        if candidate.is_file():
+        if is_present(candidate):
             return candidate
     return None
 
@@ -90,9 +130,9 @@ def locate_in(spec: DatasetSpec, folder: Path) -> Location | None:
         return None
     if spec.kind == "cifar10-bin":
         for candidate in (folder, folder / CIFAR10_FOLDER):
-            if any((candidate / n).is_file() for n in _cifar_names()):
+            if candidate.is_dir() and any(is_present(candidate / n) for n in _cifar_names()):
                 return Location(candidate)
-        if (folder / CIFAR10_ARCHIVE).is_file():
+        if is_present(folder / CIFAR10_ARCHIVE):
             return Location(folder, folder / CIFAR10_ARCHIVE)
         return None
     return None
@@ -114,8 +154,15 @@ def missing_files(spec: DatasetSpec, location: Location) -> list[str]:
     if spec.kind == "idx":
         return [stem for stem in IDX_FILES if idx_file(location.folder, stem) is None]
     if spec.kind == "cifar10-bin":
-        return [n for n in _cifar_names() if not (location.folder / n).is_file()]
+        return [n for n in _cifar_names() if not is_present(location.folder / n)]
     return []
+
+
+def expected_files(spec: DatasetSpec) -> str:
+    """The files ``spec`` is read from, in words, for messages."""
+    if spec.kind == "idx":
+        return f"the IDX files {', '.join(IDX_FILES)} (each raw or .gz)"
+    return f"{CIFAR10_FOLDER}/ with {', '.join(_cifar_names())}, or {CIFAR10_ARCHIVE}"
 
 
 def tilde(path: Path) -> str:

@@ -73,14 +73,20 @@ def parse_idx(data: bytes, path: Path | str, magic: int) -> np.ndarray:
 
 
 def read_idx_images(path: Path) -> np.ndarray:
-    """Images of an IDX image file as a ``(N, 1, H, W)`` ``uint8`` array."""
+    """Images of an IDX image file as a ``(N, 1, H, W)`` ``uint8`` array; N, H and W must be positive."""
     images = parse_idx(read_file_bytes(path), path, IDX_IMAGES_MAGIC)
+    if images.shape[0] == 0:
+        raise BioPropError(f"IDX image file {path} holds no images (its header declares 0); a split cannot be empty")
+    if 0 in images.shape[1:]:
+        raise BioPropError(f"IDX image file {path} declares images of {images.shape[1]}x{images.shape[2]} pixels")
     return images[:, None, :, :]
 
 
 def read_idx_labels(path: Path, n_classes: int) -> np.ndarray:
-    """Labels of an IDX label file as a ``(N,)`` ``uint8`` array, each checked to be below ``n_classes``."""
+    """Labels of an IDX label file as a ``(N,)`` ``uint8`` array, N positive and each label below ``n_classes``."""
     labels = parse_idx(read_file_bytes(path), path, IDX_LABELS_MAGIC)
+    if labels.shape[0] == 0:
+        raise BioPropError(f"IDX label file {path} holds no labels (its header declares 0); a split cannot be empty")
     check_labels(labels, n_classes, path)
     return labels
 

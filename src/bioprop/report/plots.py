@@ -1,33 +1,166 @@
 """Figures of a run directory, drawn with matplotlib's Agg canvas (no pyplot, no global backend switch).
 
-- :func:`alignment_plot`: the angle between the rule's update and backprop's, one line per weight tensor, against
+Each figure has a function that builds it and returns the :class:`~matplotlib.figure.Figure` without saving
+(``*_figure``, for inspection and tests) and one that saves it into the run directory as a PNG, written atomically
+(``*_plot``):
+
+- :func:`alignment_figure`: the angle between the rule's update and backprop's, one line per weight tensor, against
   the epoch (the value before training at epoch 0), or against the step when ``alignment.csv`` exists; a dashed
   line marks 90°, where an update is orthogonal to the gradient (no better than chance). Lillicrap et al. 2016,
   Fig. 1 draws this curve for feedback alignment.
-- :func:`curves_plot`: train and test accuracy and loss per epoch.
-- :func:`traces_plot`: per-step traces of a rule's inner dynamics (e.g. the energy at each inference step), one
+- :func:`curves_figure`: train and test accuracy and loss per epoch (the train values are the running mean over
+  the epoch's steps, taken while the weights change; the test values are measured after the epoch).
+- :func:`traces_figure`: per-step traces of a rule's inner dynamics (e.g. the energy at each inference step), one
   panel per trace and one line per epoch, coloured from early (dark) to late (light); a rule's preparation phase
   (epoch 0, e.g. the microcircuit's self-predicting phase) gets its own panel.
-- :func:`alignment_comparison`: several runs (e.g. one per rule) in one figure, a panel per hidden weight tensor.
+- :func:`apical_figure`: the microcircuit's apical potential, in its self-predicting phase and per epoch.
+- :func:`alignment_comparison_figure`: several runs (e.g. one per rule) in one figure, a panel per weight tensor.
+
+Every title names the rule, dataset and architecture; weight tensors are named by their layer and shape
+(:func:`layer_labels`: ``hidden 1, 784→256``, ``output, 256→10``, ``conv 1, 1→6 (5×5)``); step and epoch axes have
+integer ticks.
 """
 
 from __future__ import annotations
 
+import io
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
+import torch
+import yaml
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
+from bioprop import nets
 from bioprop.errors import BioPropError
 from bioprop.report import logs
 
+TRAIN_LABEL = "train (running mean over the epoch)"
+TEST_LABEL = "test (after the epoch)"
+SAFETENSORS_HEADER_MAX = 1 << 26  # bytes; a larger header is not a weights file of ours
 
-def _title(run_dir: Path) -> str:
+
+# ------------------------------------------------------------------------------------- what a run is called
+
+
+def _read_json(path: Path) -> dict[str, Any]:
     try:
-        s = json.loads((run_dir / logs.SUMMARY).read_text())
-        return f"{s['rule']} · {s['dataset']} · {s['arch']} · seed {s['seed']}"
-    except (OSError, ValueError, KeyError):
+        value = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def _read_config(run_dir: Path) -> dict[str, Any]:
+    try:
+        value = yaml.safe_load((run_dir / logs.CONFIG).read_text())
+    except (OSError, yaml.YAMLError):
+        return {}
+    return value if isinstance(value, dict) else {}
+
+
+def run_title(run_dir: str | Path) -> str:
+    """``"<rule> · <dataset> · <arch> · seed <seed>"`` from ``summary.json`` (else ``config.yaml``), else the
+    directory's name."""
+    run_dir = Path(run_dir)
+    about = {**_read_config(run_dir), **_read_json(run_dir / logs.SUMMARY)}
+    if "dataset" not in about and "data" in about:
+        about["dataset"] = about["data"]
+    if not {"rule", "dataset", "arch"} <= set(about):
         return run_dir.name
+    seed = f" · seed {about['seed']}" if "seed" in about else ""
+    return f"{about['rule']} · {about['dataset']} · {about['arch']}{seed}"
+
+
+def _order(name: str) -> tuple[tuple[int, Any], ...]:
+    """Sort key putting ``2.weight`` before ``10.weight``: the modules' order in the network."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in name.split("."))
+
+
+def _header_shapes(path: Path, prefix: str) -> list[tuple[str, tuple[int, ...]]]:
+    """``(name, shape)`` of the tensors named ``prefix<name>`` in a safetensors file, read from its JSON header
+    alone (no tensor is loaded); empty when the file is missing or not safetensors."""
+    try:
+        with open(path, "rb") as handle:
+            size = int.from_bytes(handle.read(8), "little")
+            if not 0 < size <= SAFETENSORS_HEADER_MAX:
+                return []
+            header = json.loads(handle.read(size))
+    except (OSError, ValueError):
+        return []
+    shapes = [(key[len(prefix):], tuple(entry["shape"])) for key, entry in header.items()
+              if key.startswith(prefix) and isinstance(entry, dict) and "shape" in entry]  # fmt: skip
+    return sorted(shapes, key=lambda item: _order(item[0]))
+
+
+def parameter_shapes(run_dir: str | Path) -> list[tuple[str, tuple[int, ...]]]:
+    """The network's ``(parameter name, shape)`` in forward order: rebuilt on the ``meta`` device (nothing is
+    allocated) from ``config.yaml`` and the ``in_shape`` and ``n_classes`` in ``summary.json``, else read from the
+    header of ``model.safetensors`` or ``checkpoint.safetensors``; empty when none of these is there."""
+    run_dir = Path(run_dir)
+    config, summary = _read_config(run_dir), _read_json(run_dir / logs.SUMMARY)
+    if "arch" in config and summary.get("in_shape") and summary.get("n_classes"):
+        try:
+            with torch.device("meta"):
+                net = nets.build(config["arch"], summary["in_shape"], summary["n_classes"],
+                                 config.get("activation", "auto"))  # fmt: skip
+            return [(name, tuple(p.shape)) for name, p in net.named_parameters()]
+        except (BioPropError, TypeError, ValueError, RuntimeError):
+            pass  # a config this version cannot build: the weights files say the same
+    for file, prefix in ((logs.MODEL, ""), (logs.CHECKPOINT, "model.")):
+        shapes = _header_shapes(run_dir / file, prefix)
+        if shapes:
+            return shapes
+    return []
+
+
+def describe_layers(shapes: Sequence[tuple[str, Sequence[int]]]) -> dict[str, str]:
+    """Readable names of the weight tensors (and their biases) of a network given its ``(name, shape)`` in forward
+    order: a convolution's ``(out, in, kh, kw)`` weight is ``conv k, in→out (kh×kw)``; a linear ``(out, in)``
+    weight is ``output, in→out`` when it is the last layer, else ``hidden k, in→out`` (``fc k`` after
+    convolutions); a bias is its layer's name with `` (bias)``."""
+    weights = [(name, tuple(shape)) for name, shape in shapes if name.endswith("weight") and len(shape) in (2, 4)]
+    has_conv = any(len(shape) == 4 for _, shape in weights)
+    labels: dict[str, str] = {}
+    counts = {"conv": 0, "linear": 0}
+    for index, (name, shape) in enumerate(weights):
+        if len(shape) == 4:
+            counts["conv"] += 1
+            text = f"conv {counts['conv']}, {shape[1]}→{shape[0]} ({shape[2]}×{shape[3]})"
+        elif index == len(weights) - 1:
+            text = f"output, {shape[1]}→{shape[0]}"
+        else:
+            counts["linear"] += 1
+            text = f"{'fc' if has_conv else 'hidden'} {counts['linear']}, {shape[1]}→{shape[0]}"
+        labels[name] = text
+        labels[name.removesuffix("weight") + "bias"] = f"{text} (bias)"
+    return labels
+
+
+def layer_labels(run_dir: str | Path) -> dict[str, str]:
+    """Readable layer names of a run's parameters (see :func:`describe_layers`); a parameter the run's files do not
+    describe keeps its name."""
+    return describe_layers(parameter_shapes(run_dir))
+
+
+# ---------------------------------------------------------------------------------------------- drawing
+
+
+def _integer_x(ax: Axes) -> None:
+    """Epochs and steps are counts: ticks only at integers."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def save(fig: Figure, path: str | Path) -> Path:
+    """Write ``fig`` as a PNG to ``path`` atomically (see :func:`~bioprop.report.logs.write_atomic`)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    logs.write_atomic(Path(path), buffer.getvalue())
+    return Path(path)
 
 
 def _rows(run_dir: Path) -> list[dict]:
@@ -44,63 +177,71 @@ def _alignment_series(run_dir: Path) -> tuple[dict[str, tuple[list[float], list[
         for row in logs.read_csv(run_dir / logs.ALIGNMENT):
             xs, ys = series.setdefault(row["parameter"], ([], []))
             xs.append(row["step"])
-            ys.append(row["angle_deg"])
-        xlabel = "step"
-    else:
-        rows = _rows(run_dir)
-        try:
-            init = json.loads((run_dir / logs.SUMMARY).read_text()).get("alignment_init_deg") or {}
-        except (OSError, ValueError):
-            init = {}
-        for key in rows[0]:
-            if key.startswith("angle/"):
-                name = key[6:]
-                first = ([0], [init[name]]) if init.get(name) is not None else ([], [])
-                series[name] = (first[0] + [r["epoch"] for r in rows], first[1] + [r[key] for r in rows])
-        xlabel = "epoch"
-    return series, xlabel
+            ys.append(float("nan") if row["angle_deg"] is None else row["angle_deg"])
+        return series, "step"
+    rows = _rows(run_dir)
+    init = _read_json(run_dir / logs.SUMMARY).get("alignment_init_deg") or {}
+    for key in rows[0]:
+        if key.startswith("angle/"):
+            name = key[6:]
+            first = ([0], [init[name]]) if init.get(name) is not None else ([], [])
+            ys = [float("nan") if r[key] is None else r[key] for r in rows]
+            series[name] = (first[0] + [r["epoch"] for r in rows], first[1] + ys)
+    return series, "epoch"
+
+
+def _weights_only(series: dict[str, Any]) -> dict[str, Any]:
+    return {name: xy for name, xy in series.items() if not name.endswith(".bias")} or series
+
+
+def alignment_figure(run_dir: str | Path) -> Figure:
+    """The update angle to the reference gradient per weight tensor (see the module docstring)."""
+    run_dir = Path(run_dir)
+    series, xlabel = _alignment_series(run_dir)
+    labels = layer_labels(run_dir)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.add_subplot()
+    for name, (xs, ys) in _weights_only(series).items():
+        ax.plot(xs, ys, marker="o" if len(xs) < 30 else None, markersize=3, label=labels.get(name, name))
+    ax.axhline(90.0, color="grey", linestyle="--", linewidth=1, label="90° (orthogonal)")
+    ax.set(xlabel=xlabel, ylabel="angle to the reference gradient (degrees)", ylim=(-3, 100),
+           title=run_title(run_dir))  # fmt: skip
+    _integer_x(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    return fig
 
 
 def alignment_plot(run_dir: str | Path) -> Path:
-    """Draw ``alignment.png`` in ``run_dir`` and return its path."""
-    run_dir = Path(run_dir)
-    series, xlabel = _alignment_series(run_dir)
-    weights = {name: xy for name, xy in series.items() if not name.endswith(".bias")} or series
-    fig = Figure(figsize=(7, 4.5), layout="constrained")
-    ax = fig.add_subplot()
-    for name, (xs, ys) in weights.items():
-        ax.plot(xs, [float("nan") if y is None else y for y in ys], marker="o" if len(xs) < 30 else None,
-                markersize=3, label=name)  # fmt: skip
-    ax.axhline(90.0, color="grey", linestyle="--", linewidth=1, label="90° (orthogonal)")
-    ax.set(xlabel=xlabel, ylabel="angle to the reference gradient (degrees)", ylim=(-3, 100), title=_title(run_dir))
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
-    path = run_dir / "alignment.png"
-    fig.savefig(path, dpi=110)
-    return path
+    """Draw ``alignment.png`` (:func:`alignment_figure`) in ``run_dir`` and return its path."""
+    return save(alignment_figure(run_dir), Path(run_dir) / "alignment.png")
 
 
-def curves_plot(run_dir: str | Path) -> Path:
-    """Draw ``curves.png`` (accuracy and loss, train and test, per epoch) in ``run_dir`` and return its path."""
+def curves_figure(run_dir: str | Path) -> Figure:
+    """Accuracy and loss per epoch, train (a running mean over the epoch) and test (after the epoch)."""
     run_dir = Path(run_dir)
     rows = _rows(run_dir)
     epochs = [row["epoch"] for row in rows]
     fig = Figure(figsize=(10, 4), layout="constrained")
     for ax, what in zip(fig.subplots(1, 2), ("accuracy", "loss"), strict=True):
-        for split in ("train", "test"):
+        for split, label in (("train", TRAIN_LABEL), ("test", TEST_LABEL)):
             ax.plot(epochs, [row[f"{split}_{what}"] for row in rows], marker="o" if len(rows) < 30 else None,
-                    markersize=3, label=split)  # fmt: skip
-        ax.set(xlabel="epoch", ylabel=what)
+                    markersize=3, label=label)  # fmt: skip
+        ax.set(xlabel="epoch", ylabel=what, title=what)
+        _integer_x(ax)
         ax.grid(alpha=0.3)
-        ax.legend()
-    fig.suptitle(_title(run_dir))
-    path = run_dir / "curves.png"
-    fig.savefig(path, dpi=110)
-    return path
+        ax.legend(fontsize="small")
+    fig.suptitle(run_title(run_dir))
+    return fig
 
 
-def traces_plot(run_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Draw ``energy.png`` (or ``path``) from ``traces.csv`` in ``run_dir`` and return its path."""
+def curves_plot(run_dir: str | Path) -> Path:
+    """Draw ``curves.png`` (:func:`curves_figure`) in ``run_dir`` and return its path."""
+    return save(curves_figure(run_dir), Path(run_dir) / "curves.png")
+
+
+def traces_figure(run_dir: str | Path) -> Figure:
+    """The per-step traces of ``traces.csv`` (see the module docstring)."""
     import matplotlib as mpl
 
     run_dir = Path(run_dir)
@@ -130,23 +271,42 @@ def traces_plot(run_dir: str | Path, path: str | Path | None = None) -> Path:
         positive = all(y > 0 for _, ys in by_epoch.values() for y in ys if y == y)
         ax.set(xlabel="step" if "preparation" in name else "inference step", ylabel=name,
                yscale="log" if positive else "linear", title=name)  # fmt: skip
+        _integer_x(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle(_title(run_dir))
-    out = Path(path) if path is not None else run_dir / "energy.png"
-    fig.savefig(out, dpi=110)
-    return out
+    fig.suptitle(run_title(run_dir))
+    return fig
 
 
-def alignment_comparison(run_dirs: list[str | Path], path: str | Path, output_layer: bool = False) -> Path:
-    """Draw, for several runs, the angle of each weight tensor's update to the rule's reference gradient, one panel
-    per tensor and one line per run; returns ``path``. The last tensor is left out unless ``output_layer`` (the
-    output layer gets the exact gradient in the feedforward rules, not in the contrastive ones)."""
-    curves = {}
-    for run_dir in map(Path, run_dirs):
+def traces_plot(run_dir: str | Path, path: str | Path | None = None) -> Path:
+    """Draw ``energy.png`` (or ``path``), :func:`traces_figure`, and return its path."""
+    return save(traces_figure(run_dir), Path(path) if path is not None else Path(run_dir) / "energy.png")
+
+
+def _joined(values: Sequence[Any]) -> str:
+    """Distinct values in order of first appearance, comma-separated."""
+    return ", ".join(dict.fromkeys(str(v) for v in values))
+
+
+def alignment_comparison_figure(run_dirs: Sequence[str | Path], output_layer: bool = False) -> Figure:
+    """Several runs' update angle to their reference gradient, one panel per weight tensor (named after the first
+    run's layers) and one line per run. The last tensor is left out unless ``output_layer`` (the output layer
+    gets the exact gradient in the feedforward rules, not in the contrastive ones). The runs must all be measured
+    per step or all per epoch."""
+    run_dirs = [Path(d) for d in run_dirs]
+    if not run_dirs:
+        raise BioPropError("alignment comparison needs at least one run directory")
+    curves, xlabels, about = {}, set(), []
+    for run_dir in run_dirs:
         series, xlabel = _alignment_series(run_dir)
-        label = json.loads((run_dir / logs.SUMMARY).read_text())["rule"]
-        curves[label] = {name: xy for name, xy in series.items() if not name.endswith(".bias")}
+        xlabels.add(xlabel)
+        summary = _read_json(run_dir / logs.SUMMARY)
+        about.append(summary)
+        label = str(summary.get("rule", run_dir.name))
+        curves[label if label not in curves else f"{label} ({run_dir.name})"] = _weights_only(series)
+    if len(xlabels) > 1:
+        raise BioPropError("cannot draw runs measured per step (probe_every) and per epoch in one figure")
+    xlabel, labels = xlabels.pop(), layer_labels(run_dirs[0])
     names = list(next(iter(curves.values())))
     names = names if output_layer else names[:-1] or names
     fig = Figure(figsize=(4.2 * len(names), 4), layout="constrained")
@@ -155,17 +315,24 @@ def alignment_comparison(run_dirs: list[str | Path], path: str | Path, output_la
             if name in series:
                 ax.plot(*series[name], label=label)
         ax.axhline(90.0, color="grey", linestyle="--", linewidth=1)
-        ax.set(xlabel=xlabel, ylabel="angle to the reference gradient (degrees)", ylim=(-3, 100), title=name)
+        ax.set(xlabel=xlabel, ylabel="angle to the reference gradient (degrees)", ylim=(-3, 100),
+               title=labels.get(name, name))  # fmt: skip
+        _integer_x(ax)
         ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
-    fig.savefig(path, dpi=110)
-    return Path(path)
+    fig.suptitle(" · ".join(_joined([s.get(key, "?") for s in about]) for key in ("rule", "dataset", "arch")))
+    return fig
 
 
-def apical_plot(run_dir: str | Path) -> Path:
-    """Draw ``apical.png``: left, the mean apical potential ‖v_A‖ during the microcircuit's self-predicting phase
-    (``traces.csv`` rows of epoch 0, trace ``apical_norm``); right, the per-epoch ``diag/apical_norm_*`` columns of
-    ``metrics.csv`` (with and without the target, one line per hidden layer). Returns its path."""
+def alignment_comparison(run_dirs: Sequence[str | Path], path: str | Path, output_layer: bool = False) -> Path:
+    """Draw :func:`alignment_comparison_figure` into ``path``; returns ``path``."""
+    return save(alignment_comparison_figure(run_dirs, output_layer), path)
+
+
+def apical_figure(run_dir: str | Path) -> Figure:
+    """Left, the mean apical potential ‖v_A‖ during the microcircuit's self-predicting phase (``traces.csv`` rows of
+    epoch 0, trace ``apical_norm``); right, the per-epoch ``diag/apical_norm_*`` columns of ``metrics.csv`` (with
+    and without the target, one line per hidden layer)."""
     run_dir = Path(run_dir)
     traces = logs.read_csv(run_dir / logs.TRACES) if (run_dir / logs.TRACES).is_file() else []
     phase = [(r["step"], r["value"]) for r in traces if r["epoch"] == 0 and r["trace"] == "apical_norm"]
@@ -184,10 +351,14 @@ def apical_plot(run_dir: str | Path) -> Path:
                    markersize=3, label=key[5:])  # fmt: skip
     right.set(xlabel="epoch", ylabel="mean ‖v_A‖", title="during training")
     for ax in (left, right):
+        _integer_x(ax)
         ax.grid(alpha=0.3)
     if columns:
         right.legend(fontsize="small")
-    fig.suptitle(_title(run_dir))
-    path = run_dir / "apical.png"
-    fig.savefig(path, dpi=110)
-    return path
+    fig.suptitle(run_title(run_dir))
+    return fig
+
+
+def apical_plot(run_dir: str | Path) -> Path:
+    """Draw ``apical.png`` (:func:`apical_figure`) in ``run_dir`` and return its path."""
+    return save(apical_figure(run_dir), Path(run_dir) / "apical.png")

@@ -1,0 +1,208 @@
+"""`bioprop compare`: which runs form a row (only seeds differ), what the rows show, and which inputs are refused.
+
+Run directories are written by hand here (a config.yaml from `tiny_config`, a summary.json with numbers chosen by
+the test), except where the layout of real runs matters; every expected mean ± std is computed in the test with the
+statistics module from the numbers the test wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from bioprop import train
+from bioprop.errors import BioPropError
+from bioprop.report import compare
+from bioprop.report.tables import table
+from conftest import tiny_config
+
+
+def write_run(path: Path, seed: int = 0, acc: float = 0.8, status: str = "finished", angle: float = 40.0,
+              rule_options: dict[str, Any] | None = None, **config: Any) -> Path:  # fmt: skip
+    """A run directory as `bioprop train` leaves it, as far as compare reads it."""
+    cfg = tiny_config(seed=seed, **{"rule": "fa", **config}).to_dict()
+    if rule_options is None:
+        rule_options = {"init": "xavier", "scale": 1.0, "seed": seed} if cfg["rule"] == "fa" else {}
+    summary = {
+        "rule": cfg["rule"], "dataset": cfg["data"], "arch": cfg["arch"], "seed": seed, "status": status,
+        "epochs": cfg["epochs"], "epochs_done": cfg["epochs"] if status == "finished" else 1,
+        "test_accuracy": acc, "best_test_accuracy": acc + 0.01, "epoch_seconds": [1.0 + seed, 2.0 + seed],
+        "alignment_deg": {"1.weight": [60.0, angle], "1.bias": [10.0, 5.0], "3.weight": [0.0, 0.0]},
+        "rule_options": rule_options,
+    }  # fmt: skip
+    path.mkdir(parents=True)
+    (path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    (path / "summary.json").write_text(json.dumps(summary))
+    return path
+
+
+def rows_of(paths: list[Path]) -> list[dict[str, str]]:
+    header, body = table(paths)
+    return [dict(zip(header, row, strict=True)) for row in body]
+
+
+def mean_std(values: list[float]) -> str:
+    return f"{100 * statistics.fmean(values):.2f} ± {100 * statistics.stdev(values):.2f}"
+
+
+# ------------------------------------------------------------------------------------------------- grouping
+
+
+def test_seeds_form_one_row_with_mean_and_std(tmp_path: Path) -> None:
+    accs, angles = [0.81, 0.84, 0.90], [40.0, 44.0, 51.0]
+    runs = [write_run(tmp_path / f"s{s}", seed=s, acc=accs[s], angle=angles[s]) for s in range(3)]
+    [row] = rows_of(runs)
+    assert (row["rule"], row["dataset"], row["arch"], row["runs"], row["epochs"]) == ("fa", "digits", "mlp:32", "3",
+                                                                                      "2/2")  # fmt: skip
+    assert row["test acc (%)"] == mean_std(accs)
+    assert row["best acc (%)"] == mean_std([a + 0.01 for a in accs])
+    assert row["final angle to reference (°)"] == f"1.weight {statistics.fmean(angles):.1f}, 3.weight 0.0"
+    assert row["s/epoch"] == f"{statistics.fmean([1, 2, 2, 3, 3, 4]):.2f}"
+    assert "settings" not in row  # nothing but the seed differs
+
+
+def test_runs_that_differ_in_a_setting_get_rows_of_their_own(tmp_path: Path) -> None:
+    """The fault seen: two learning rates merged into one '54.72 ± 37.71' row as if they were seeds."""
+    low = [write_run(tmp_path / f"low{s}", seed=s, lr=0.01, acc=a) for s, a in ((0, 0.90), (1, 0.92))]
+    high = [write_run(tmp_path / f"high{s}", seed=s, lr=0.1, acc=a) for s, a in ((0, 0.15), (1, 0.12))]
+    rows = rows_of([low[0], high[0], low[1], high[1]])
+    assert [(r["settings"], r["runs"], r["test acc (%)"]) for r in rows] == [
+        ("lr=0.01", "2", mean_std([0.90, 0.92])),
+        ("lr=0.1", "2", mean_std([0.15, 0.12])),
+    ]
+    assert mean_std([0.90, 0.15, 0.92, 0.12]) not in compare([*low, *high])
+
+
+def test_epochs_and_rule_options_tell_rows_apart(tmp_path: Path) -> None:
+    write_run(tmp_path / "fa-2", seed=0)
+    write_run(tmp_path / "fa-3", seed=0, epochs=3)
+    rows = rows_of([tmp_path / "fa-2", tmp_path / "fa-3"])
+    assert [r["epochs"] for r in rows] == ["2/2", "3/3"] and "settings" not in rows[0]  # the epochs column says it
+    write_run(tmp_path / "half", rule_options={"init": "xavier", "scale": 0.5, "seed": 0})
+    write_run(tmp_path / "bp", rule="bp")
+    rows = rows_of([tmp_path / "fa-2", tmp_path / "half", tmp_path / "bp"])
+    # fa's options differ between its two rows; bp is told apart by its rule, not by fa's options.
+    assert [(r["rule"], r["settings"]) for r in rows] == [("fa", "scale=1.0"), ("fa", "scale=0.5"), ("bp", "–")]
+
+
+def test_what_does_not_change_the_computation_does_not_split_a_row(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", seed=0, data_dir=str(tmp_path / "here"), download=False, activation="auto")
+    write_run(tmp_path / "b", seed=1, data_dir=None, download=True, activation="relu")  # auto is relu on an mlp
+    # The rule seed follows the run seed (given or not); a rule option given as text or as a number is one value.
+    write_run(tmp_path / "c", seed=2, rule_opts={"seed": "2", "scale": "1.0"})
+    write_run(tmp_path / "d", seed=3, data="DIGITS", rule_opts={"scale": 1})  # the dataset by another spelling
+    [row] = rows_of([tmp_path / n for n in "abcd"])
+    assert row["runs"] == "4"
+
+
+def test_a_rule_seed_fixed_apart_from_the_run_seed_is_a_setting(tmp_path: Path) -> None:
+    for name, seed, rule_seed in (("a", 0, 5), ("b", 1, 5), ("c", 0, 6)):
+        write_run(tmp_path / name, seed=seed, rule_opts={"seed": rule_seed},
+                  rule_options={"init": "xavier", "scale": 1.0, "seed": rule_seed})  # fmt: skip
+    rows = rows_of([tmp_path / n for n in "abc"])
+    assert [(r["settings"], r["runs"]) for r in rows] == [("seed=5", "2"), ("seed=6", "1")]
+
+
+def test_unfinished_runs_are_counted_apart_and_left_out_of_the_numbers(tmp_path: Path) -> None:
+    write_run(tmp_path / "s0", seed=0, acc=0.80)
+    write_run(tmp_path / "s1", seed=1, acc=0.86)
+    write_run(tmp_path / "s2", seed=2, acc=0.10, status="diverged", angle=89.0)
+    write_run(tmp_path / "s3", seed=3, acc=0.50, status="interrupted")
+    [row] = rows_of([tmp_path / f"s{s}" for s in range(4)])
+    assert row["runs"] == "4 (1 diverged, 1 interrupted)"
+    assert row["test acc (%)"] == mean_std([0.80, 0.86])
+    assert row["final angle to reference (°)"] == "1.weight 40.0, 3.weight 0.0"
+    assert row["s/epoch"] == f"{statistics.fmean([1, 2, 2, 3]):.2f}"
+    assert row["epochs"] == "1/2, 2/2"
+    write_run(tmp_path / "alone", lr=0.5, status="running")
+    [row] = rows_of([tmp_path / "alone"])
+    assert row["runs"] == "1 (1 running)" and row["test acc (%)"] == row["s/epoch"] == "–"
+
+
+# ----------------------------------------------------------------------------------------- which runs are read
+
+
+def test_directories_of_runs_are_searched_at_any_depth(tmp_path: Path) -> None:
+    write_run(tmp_path / "runs" / "demo" / "bp", rule="bp")
+    write_run(tmp_path / "runs" / "demo" / "fa")
+    (tmp_path / "runs" / "demo" / "alignment.png").write_bytes(b"not a run")
+    write_run(tmp_path / "runs" / "sweep" / "lr-0.1" / "s0", lr=0.1)
+    write_run(tmp_path / "runs" / ".hidden" / "x", rule="dfa")  # hidden directories are not searched
+    (tmp_path / "runs" / "latest").symlink_to(tmp_path / "runs" / "demo" / "fa")  # a run reached twice: once
+    (tmp_path / "runs" / "demo" / "loop").symlink_to(tmp_path / "runs")  # a cycle ends
+    rows = rows_of([tmp_path / "runs"])
+    assert [(r["rule"], r["runs"], r["settings"]) for r in rows] == [("bp", "1", "lr=0.05"), ("fa", "1", "lr=0.05"),
+                                                                     ("fa", "1", "lr=0.1")]  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["same path", "spelled differently", "symlink", "inside a directory given"])
+def test_a_run_given_twice_is_refused(tmp_path: Path, how: str) -> None:
+    run = write_run(tmp_path / "runs" / "fa")
+    other = {"same path": run, "spelled differently": tmp_path / "runs" / ".." / "runs" / "fa",
+             "symlink": tmp_path / "link", "inside a directory given": tmp_path / "runs"}[how]  # fmt: skip
+    if how == "symlink":
+        other.symlink_to(run)
+    with pytest.raises(BioPropError) as err:
+        compare([run, other])
+    message = str(err.value)
+    assert "\n" not in message and "given twice" in message and f"'{run}'" in message
+
+
+def test_paths_without_runs_are_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty" / "deeper").mkdir(parents=True)
+    (tmp_path / "half").mkdir()
+    (tmp_path / "half" / "summary.json").write_text("{}")  # no config.yaml: not a run directory
+    (tmp_path / "notes.txt").write_text("hello")
+    cases = {
+        tmp_path / "empty": f"no run directories in '{tmp_path / 'empty'}'",
+        tmp_path / "half": f"no run directories in '{tmp_path / 'half'}'",
+        tmp_path / "notes.txt": f"'{tmp_path / 'notes.txt'}' is not a run directory",
+        tmp_path / "typo": f"run directory '{tmp_path / 'typo'}' does not exist",
+    }
+    for path, says in cases.items():
+        with pytest.raises(BioPropError) as err:
+            compare([path])
+        assert str(err.value).startswith(says) and "\n" not in str(err.value)
+    with pytest.raises(BioPropError, match="at least one"):
+        compare([])
+
+
+def test_a_damaged_run_directory_is_named(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "fa")
+    (run / "summary.json").write_text("{not json")
+    with pytest.raises(BioPropError, match="cannot read .*summary.json"):
+        compare([run])
+    (run / "summary.json").write_text("[1, 2]")
+    with pytest.raises(BioPropError, match="summary.json is not a JSON object"):
+        compare([run])
+    (run / "summary.json").write_text(json.dumps({"rule": "fa"}))
+    with pytest.raises(BioPropError, match="summary.json has no dataset"):
+        compare([run])
+
+
+# --------------------------------------------------------------------------- real runs, laid out as `make demo`
+
+
+def test_cli_compare_of_a_demo_layout(cli, tmp_path: Path, finished_run: Path) -> None:
+    """`make demo` nests its runs (runs/demo/<rule>) next to a figure; `bioprop compare runs/*` reads them."""
+    demo = tmp_path / "runs" / "demo"
+    shutil.copytree(finished_run, demo / "fa")
+    train.run(tiny_config(rule="bp", epochs=1, limit=100), demo / "bp", quiet=True)
+    (demo / "alignment.png").write_bytes(b"\x89PNG")
+    code, out, err = cli("compare", *sorted((tmp_path / "runs").iterdir()))
+    lines = out.strip().splitlines()
+    assert code == 0 and err == "" and len(lines) == 4 and "| bp " in lines[2] and "| fa " in lines[3]
+    assert "settings" in lines[0] and "epochs=" not in out and "limit=100" in lines[2] and "limit=300" in lines[3]
+    fa = json.loads((demo / "fa" / "summary.json").read_text())
+    assert f"| {100 * fa['test_accuracy']:.2f} " in lines[3]
+    code, out, err = cli("compare", demo / "fa", demo)
+    assert code == 2 and out == "" and err.count("\n") == 1
+    assert err.startswith(f"bioprop: error: run directory '{demo / 'fa'}' is given twice")
+    code, out, err = cli("compare", tmp_path / "runs" / "demo" / "alignment.png")
+    assert code == 2 and err.startswith("bioprop: error: ") and "alignment.png' is not a run directory" in err
