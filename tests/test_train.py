@@ -1,24 +1,26 @@
-"""Training runs: what a run directory holds, determinism, resuming after a hard kill, the divergence guard."""
+"""Training runs: what a run directory holds, determinism, resuming after a hard kill or SIGTERM, the divergence
+guard and what it blames, verified checkpoints, the memory estimate."""
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
 import math
-import random
+import os
 import signal
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
 import yaml
+from safetensors import safe_open
 
-from bioprop import train
+from bioprop import data, rules, train
 from bioprop.config import RunConfig
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.report import compare
@@ -44,6 +46,15 @@ def model_tensors(run_dir: Path) -> dict[str, torch.Tensor]:
 
 def checkpoint_epoch(run_dir: Path) -> int:
     return train.read_checkpoint(run_dir / train.CHECKPOINT)[1]["epoch"]
+
+
+def snapshot(root: Path) -> dict[str, object]:
+    """Every path under ``root`` with its contents (files), link target (links) or None (folders)."""
+
+    def content(path: Path) -> object:
+        return ("link", os.readlink(path)) if path.is_symlink() else path.read_bytes() if path.is_file() else None
+
+    return {str(path.relative_to(root)): content(path) for path in sorted(root.rglob("*"))}
 
 
 # ------------------------------------------------------------------------------------------ the run directory
@@ -122,11 +133,15 @@ def test_lr_schedules_follow_their_formulas() -> None:
 
 
 def test_overwrite_clears_an_earlier_run_but_never_a_foreign_directory(tmp_path: Path, finished_run: Path) -> None:
+    """An earlier run's own files go, including one the new run does not write (alignment.csv, written only with
+    probes) and the temporary file of a write a killed process left; a folder bioprop did not write stays whole."""
     out = tmp_path / "run"
-    train.run(tiny_config(epochs=1), out, quiet=True)
-    (out / "stale.txt").write_text("from before")
+    train.run(tiny_config(epochs=1, probe_every=2), out, quiet=True)
+    (out / "checkpoint.safetensors.tmp").write_bytes(b"half a checkpoint")
+    assert (out / "alignment.csv").is_file()
     train.run(tiny_config(epochs=1), out, overwrite=True, quiet=True)
-    assert not (out / "stale.txt").exists() and (out / "model.safetensors").is_file()
+    assert not (out / "alignment.csv").exists() and (out / "model.safetensors").is_file()
+    assert not (out / "checkpoint.safetensors.tmp").exists()
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
@@ -174,25 +189,203 @@ def test_non_finite_update_is_divergence_too(tmp_path: Path, monkeypatch) -> Non
         train.run(tiny_config(), tmp_path / "run", quiet=True)
 
 
+def test_a_parameter_made_non_finite_by_a_step_is_named_not_the_learning_rate(tmp_path: Path, monkeypatch) -> None:
+    """An optimizer step that leaves a NaN weight makes the next loss non-finite; the error must name that
+    parameter and the step it came from, not suggest a smaller learning rate."""
+    honest, steps = torch.optim.SGD.step, {"n": 0}
+
+    def step(self, *args, **kwargs):
+        result = honest(self, *args, **kwargs)
+        steps["n"] += 1
+        if steps["n"] == 3:
+            self.param_groups[0]["params"][0].data[0, 0] = math.nan  # the first parameter: '1.weight'
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    with pytest.raises(DivergenceError) as caught:
+        train.run(tiny_config(rule="bp"), tmp_path / "run", quiet=True)
+    message = str(caught.value)
+    assert "'1.weight'" in message and "last step (step 3)" in message and "step 4/5" in message
+    assert "--lr" not in message
+
+
+def test_a_non_finite_feedback_matrix_is_named_as_the_rules_state(tmp_path: Path, monkeypatch) -> None:
+    """FA's loss stays finite when its feedback matrix B holds a NaN (B acts after the forward pass); the update
+    does not, and the error must name B, not the learning rate."""
+    made, honest_create = [], rules.create
+
+    def create(*args, **kwargs):
+        made.append(honest_create(*args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(rules, "create", create)
+    honest, steps = torch.optim.SGD.step, {"n": 0}
+
+    def step(self, *args, **kwargs):
+        result = honest(self, *args, **kwargs)
+        steps["n"] += 1
+        if steps["n"] == 2:
+            state = made[0].state_dict()
+            state["feedback.3"] = state["feedback.3"].clone()
+            state["feedback.3"][4, 5] = math.nan
+            made[0].load_state_dict(state)
+        return result
+
+    monkeypatch.setattr(torch.optim.SGD, "step", step)
+    with pytest.raises(DivergenceError) as caught:
+        train.run(tiny_config(rule="fa"), tmp_path / "run", quiet=True)
+    message = str(caught.value)
+    assert "state tensor 'feedback.3'" in message and "step 3/5" in message and "--lr" not in message
+
+
+def test_non_finite_data_is_refused_before_anything_is_written(tmp_path: Path, monkeypatch) -> None:
+    honest = data.load
+
+    def load(*args, **kwargs):
+        dataset = honest(*args, **kwargs)
+        dataset.train_x[5, 0, 2, 3] = math.nan
+        return dataset
+
+    monkeypatch.setattr(data, "load", load)
+    with pytest.raises(BioPropError, match=r"non-finite values in train_x: they come from the data") as caught:
+        train.run(tiny_config(), tmp_path / "run", quiet=True)
+    assert not isinstance(caught.value, DivergenceError) and not (tmp_path / "run").exists()
+
+
+def test_a_network_too_large_for_memory_is_refused_with_the_estimate(tmp_path: Path, monkeypatch, cli) -> None:
+    """mlp:100000x100000 on 8x8 digits: 64*1e5 + 1e5 + 1e5*1e5 + 1e5 + 1e5*10 + 10 parameters; with SGD and
+    momentum, weights + gradients + momentum + the probes' two gradient copies = 5 float32 copies."""
+    n_params = 64 * 10**5 + 10**5 + 10**10 + 10**5 + 10**6 + 10
+    need = n_params * 4 * 5
+    monkeypatch.setattr(train, "available_memory", lambda device: 2**30)
+    with pytest.raises(BioPropError) as caught:
+        train.run(tiny_config(arch="mlp:100000x100000"), tmp_path / "big", quiet=True)
+    assert f"{n_params:,} parameters" in str(caught.value) and f"{need / 2**30:.1f} GiB" in str(caught.value)
+    assert "1.0 GiB of memory is available" in str(caught.value) and not (tmp_path / "big").exists()
+    # the boundary, on a tiny net: 64*32 + 32 + 32*10 + 10 parameters, 5 float32 copies
+    tiny_need = (64 * 32 + 32 + 32 * 10 + 10) * 4 * 5
+    monkeypatch.setattr(train, "available_memory", lambda device: tiny_need - 1)
+    with pytest.raises(BioPropError, match="too large"):
+        train.build(tiny_config(), tmp_path / "unused")
+    monkeypatch.setattr(train, "available_memory", lambda device: tiny_need)
+    train.build(tiny_config(), tmp_path / "unused")
+    monkeypatch.undo()  # the real memory of this machine: 4e12 weights are far beyond any of it
+    code, _, err = cli("train", "--arch", "mlp:1000000x1000000", "--data", "digits", "--device", "cpu", "--quiet",
+                       "--out", tmp_path / "huge")  # fmt: skip
+    assert code == 2 and err.startswith("bioprop: error: network 'mlp:1000000x1000000' is too large")
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "huge").exists()
+
+
+# ------------------------------------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_records_the_sha256_of_its_tensors(finished_run: Path) -> None:
+    """The checksum is SHA-256 over the tensors' bytes in sorted-name order, recomputed here with numpy."""
+    checkpoint = finished_run / train.CHECKPOINT
+    tensors = safetensors.torch.load_file(checkpoint)
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(tensors[name].numpy().tobytes())
+    with safe_open(checkpoint, framework="pt") as handle:
+        assert json.loads(handle.metadata()["bioprop"])["sha256"] == digest.hexdigest()
+
+
+def test_a_flipped_byte_in_a_checkpoint_is_corruption(run_copy: Path, cli) -> None:
+    checkpoint = run_copy / train.CHECKPOINT
+    (run_copy / "model.safetensors").unlink()  # as if killed before the end, so resume has work to do
+    blob = bytearray(checkpoint.read_bytes())
+    data_start = 8 + int.from_bytes(blob[:8], "little")  # safetensors: 8-byte header length, header, tensor data
+    blob[(data_start + len(blob)) // 2] ^= 0x01
+    checkpoint.write_bytes(bytes(blob))
+    before = snapshot(run_copy)
+    with pytest.raises(BioPropError, match="corrupt checkpoint .*SHA-256"):
+        train.resume(run_copy, quiet=True)
+    code, _, err = cli("resume", run_copy)
+    assert code == 2 and "corrupt checkpoint" in err and len(err.strip().splitlines()) == 1
+    assert snapshot(run_copy) == before, "a refused resume writes nothing"
+
+
+def test_non_finite_weights_in_a_checkpoint_are_named_not_blamed_on_the_learning_rate(run_copy: Path) -> None:
+    """A checkpoint whose weights were overwritten with NaN (and its checksum made to match, so only the values
+    are wrong) is refused when read, naming the tensor, instead of resuming into a 'divergence'."""
+    checkpoint = run_copy / train.CHECKPOINT
+    (run_copy / "model.safetensors").unlink()
+    tensors = safetensors.torch.load_file(checkpoint)
+    with safe_open(checkpoint, framework="pt") as handle:
+        meta = json.loads(handle.metadata()["bioprop"])
+    tensors["model.3.weight"] = torch.full_like(tensors["model.3.weight"], math.nan)
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(tensors[name].numpy().tobytes())
+    meta["sha256"] = digest.hexdigest()
+    checkpoint.write_bytes(safetensors.torch.save(tensors, metadata={"bioprop": json.dumps(meta)}))
+    with pytest.raises(BioPropError) as caught:
+        train.resume(run_copy, quiet=True)
+    message = str(caught.value)
+    assert "'model.3.weight'" in message and "non-finite" in message and "from the checkpoint" in message
+    assert not isinstance(caught.value, DivergenceError) and "--lr" not in message
+
+
 # ---------------------------------------------------------------------------------------------- resuming
 
 
-def kill_after_first_checkpoint(cmd: list[str], run_dir: Path) -> float:
-    """Start ``cmd``, wait until the first checkpoint exists, SIGKILL it a random moment later; returns the delay.
-    Retries (at most 3 times) if the run finished before the kill landed."""
-    for _ in range(3):
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        while not (run_dir / train.CHECKPOINT).exists() and proc.poll() is None:
-            time.sleep(0.002)
-        delay = random.uniform(0.0, 0.3)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        _, err = proc.communicate(timeout=60)
-        if proc.returncode == -signal.SIGKILL and checkpoint_epoch(run_dir) < 3:
-            return delay
-        assert proc.returncode in (0, -signal.SIGKILL), err.decode()
-        cmd = [*cmd, "--overwrite"] if "--overwrite" not in cmd else cmd
-    pytest.fail("the run always finished before it could be killed")
+# Runs the bioprop CLI in a fresh process and, at a point the test chooses, sends that process a signal or pauses
+# it: no timing, so the outcome never depends on how fast the machine is.
+INTERRUPTER = """\
+import os, signal, sys
+import torch
+from bioprop.cli import main
+
+# python interrupter.py WHEN ACTION ARGS...: run `bioprop ARGS...`; at WHEN (step:N, just before the N-th optimizer
+# step; checkpoint:N, just before the N-th checkpoint is renamed over the last one) do ACTION: send this process
+# the signal of that name (SIGKILL, SIGTERM), or `pause` (print "paused", then wait for a line on stdin).
+when, action, args = sys.argv[1], sys.argv[2], sys.argv[3:]
+kind, at = when.split(":")
+count = 0
+
+def counted(honest, counts):
+    def wrapper(*a, **kw):
+        global count
+        if counts(*a):
+            count += 1
+            if count == int(at):
+                if action == "pause":
+                    print("paused", flush=True)
+                    sys.stdin.readline()
+                else:
+                    os.kill(os.getpid(), signal.Signals[action])
+        return honest(*a, **kw)
+    return wrapper
+
+if kind == "step":
+    torch.optim.SGD.step = counted(torch.optim.SGD.step, lambda *a: True)
+else:
+    os.replace = counted(os.replace, lambda src, dst: str(dst).endswith("checkpoint.safetensors"))
+main(args)
+"""
+
+
+def interrupter(tmp_path: Path, when: str, action: str, *args: object) -> list[str]:
+    """The command that runs ``bioprop ARGS`` and does ``action`` at ``when`` (see INTERRUPTER)."""
+    script = tmp_path / "interrupter.py"
+    script.write_text(INTERRUPTER)
+    return [sys.executable, str(script), when, action, *map(str, args)]
+
+
+# 100 steps of 4 examples per epoch; brsf draws fresh feedback from its own generator at every step, so a generator
+# state not restored would show at once; step-level probes exercise alignment.csv's history.
+BRSF = ["--rule", "brsf", "--probe-every", "90", "--data", "digits", "--limit", "400", "--arch", "mlp:32",
+        "--epochs", "3", "--batch-size", "4", "--device", "cpu", "--quiet"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def brsf_whole(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The uninterrupted run of BRSF's flags that interrupted ones are compared with (read only)."""
+    out = tmp_path_factory.mktemp("brsf") / "whole"
+    config = RunConfig(rule="brsf", probe_every=90, data="digits", limit=400, arch="mlp:32", epochs=3, batch_size=4,
+                       device="cpu")  # fmt: skip
+    train.run(config, out, quiet=True)
+    return out
 
 
 def assert_same_results(whole: Path, resumed: Path) -> None:
@@ -206,32 +399,53 @@ def assert_same_results(whole: Path, resumed: Path) -> None:
         assert a[key] == b[key], key
 
 
-def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, cli) -> None:
+@pytest.mark.parametrize("when", ["step:150", "checkpoint:2"])
+def test_resume_after_sigkill_is_bit_identical(tmp_path: Path, cli, brsf_whole: Path, when: str) -> None:
     """Killing a run at any moment and resuming it must give exactly the uninterrupted run's weights and metrics:
-    the checkpoint holds every piece of state. brsf draws fresh feedback from its own generator at every step, so
-    a generator state not restored would show at once; step-level probes exercise alignment.csv's history."""
-    common = ["--rule", "brsf", "--probe-every", "90", "--data", "digits", "--arch", "mlp:32", "--epochs", "3",
-              "--batch-size", "4", "--device", "cpu", "--quiet"]  # fmt: skip
-    code, _, err = cli("train", *common, "--out", tmp_path / "whole")
-    assert code == 0, err
+    the checkpoint holds every piece of state. Killed in the middle of epoch 2 (step 150), or in the middle of
+    writing epoch 2's checkpoint (the new one written, not yet renamed over epoch 1's): either way epoch 1's
+    checkpoint is the one on disk."""
     killed = tmp_path / "killed"
-    delay = kill_after_first_checkpoint([sys.executable, "-m", "bioprop.cli", "train", *common, "--out", str(killed)],
-                                        killed)  # fmt: skip
-    assert not (killed / "model.safetensors").exists()
+    proc = subprocess.run(interrupter(tmp_path, when, "SIGKILL", "train", *BRSF, "--out", killed), capture_output=True)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()
+    assert checkpoint_epoch(killed) == 1 and not (killed / "model.safetensors").exists()
+    if when.startswith("checkpoint"):
+        assert (killed / "checkpoint.safetensors.tmp").is_file(), "the kill landed between write and rename"
+    assert (killed / ".bioprop-lock").is_file(), "a killed process cannot remove its lock file"
     code, _, err = cli("resume", killed, "--quiet")
-    assert code == 0, f"killed {delay:.3f} s after the first checkpoint: {err}"
-    assert_same_results(tmp_path / "whole", killed)
+    assert code == 0, err
+    assert_same_results(brsf_whole, killed)
+    assert not list(killed.glob("*.tmp")) and not (killed / ".bioprop-lock").exists()
+
+
+def test_sigterm_is_handled_as_ctrl_c_and_resumes_bit_identically(tmp_path: Path, cli, brsf_whole: Path) -> None:
+    """SIGTERM (what schedulers and `docker stop` send) at step 250 (epoch 3): a one-line message, status
+    'interrupted', epoch 2's checkpoint kept, the lock released, and a resume equal to the uninterrupted run."""
+    stopped = tmp_path / "stopped"
+    proc = subprocess.run(interrupter(tmp_path, "step:250", "SIGTERM", "train", *BRSF, "--out", stopped),
+                          capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 130, proc.stderr  # as Ctrl-C
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and f"bioprop resume {stopped}" in lines[0], proc.stderr
+    summary = json.loads((stopped / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and "SIGTERM" in summary["message"] and summary["epochs_done"] == 2
+    assert checkpoint_epoch(stopped) == 2 and not (stopped / ".bioprop-lock").exists()
+    assert not list(stopped.glob("*.tmp"))
+    code, _, err = cli("resume", stopped, "--quiet")
+    assert code == 0, err
+    assert_same_results(brsf_whole, stopped)
 
 
 def test_resume_after_ctrl_c_is_bit_identical(tmp_path: Path, cli, monkeypatch) -> None:
     """The same with Adam (moments and step counts in the checkpoint) and a cosine schedule, interrupted by
-    Ctrl-C at a random step after the first epoch: exit 130, a message saying how to resume, identical results."""
+    Ctrl-C at step 77 (epoch 2 of 50-step epochs): exit 130, a message saying how to resume, identical results;
+    the resumed run says where it continues and that the train metrics are running means."""
     common = ["--rule", "bp", "--optimizer", "adam", "--lr", "0.003", "--schedule", "cosine", "--data", "digits",
               "--arch", "mlp:32", "--epochs", "3", "--batch-size", "16", "--limit", "800",
               "--device", "cpu"]  # fmt: skip
     code, _, err = cli("train", *common, "--quiet", "--out", tmp_path / "whole")
     assert code == 0, err
-    stop_at = random.randint(51, 149)  # 50 steps per epoch: somewhere in epoch 2 or 3
+    stop_at = 77
     steps = {"n": 0}
     honest = torch.optim.Adam.step
 
@@ -249,6 +463,8 @@ def test_resume_after_ctrl_c_is_bit_identical(tmp_path: Path, cli, monkeypatch) 
     code, out, err = cli("resume", tmp_path / "stopped")
     assert code == 0, f"stopped at step {stop_at}: {err}"
     assert "test accuracy" in out
+    assert f"resuming {tmp_path / 'stopped'} from epoch 2/3" in err
+    assert "epoch 2/3  train (running mean) loss" in err and "epoch 1/3" not in err
     assert_same_results(tmp_path / "whole", tmp_path / "stopped")
 
 
@@ -264,7 +480,7 @@ def test_resume_of_a_finished_run_only_reports(run_copy: Path) -> None:
 
 def test_compare_groups_seeds_into_mean_and_std(tmp_path: Path, finished_run: Path) -> None:
     for seed in (1, 2):
-        train.run(tiny_config(rule="fa", seed=seed, epochs=1), tmp_path / f"s{seed}", quiet=True)
+        train.run(tiny_config(rule="fa", seed=seed), tmp_path / f"s{seed}", quiet=True)  # as finished_run but the seed
     accuracies = [json.loads((tmp_path / f"s{s}" / "summary.json").read_text())["test_accuracy"] for s in (1, 2)]
     table = compare([tmp_path / "s1", tmp_path / "s2"])
     lines = table.splitlines()
@@ -272,8 +488,9 @@ def test_compare_groups_seeds_into_mean_and_std(tmp_path: Path, finished_run: Pa
     expected = f"{100 * statistics.fmean(accuracies):.2f} ± {100 * statistics.stdev(accuracies):.2f}"
     assert expected in lines[2] and "| 2 " in lines[2]
     assert len(compare([tmp_path / "s1", finished_run]).splitlines()) == 3  # same rule+arch: one group of two
-    with pytest.raises(BioPropError, match="no summary.json"):
-        compare([tmp_path])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BioPropError, match=r"summary\.json"):  # a path without a run: says what a run holds
+        compare([tmp_path / "empty"])
 
 
 def test_config_yaml_of_a_run_round_trips(finished_run: Path) -> None:

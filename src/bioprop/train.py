@@ -12,34 +12,52 @@ Determinism: the network is initialised after ``torch.manual_seed(seed)``; shuff
 generator; angle probes restore the rule's state and the global RNG afterwards, so measuring never changes the
 trajectory. The checkpoint is ONE safetensors file (weights, optimizer, rule state, RNG states as tensors; the
 epoch, optimizer settings, metric history and config fingerprint as JSON metadata) replaced atomically, so a run
-killed at any moment resumes bit-identically on the same CPU.
+killed at any moment resumes bit-identically on the same CPU. Its metadata holds the SHA-256 of its tensors
+(:func:`payload_sha256`), checked with their finiteness when it is read, so a damaged checkpoint is refused as such.
+
+Nothing is lost: every input (config, data, network size against the memory available, run directory) is
+checked before anything is written; a run directory is held by one process at a time and cleared only of what
+bioprop wrote (see :mod:`bioprop.report.logs`); a run that stops early (Ctrl-C, SIGTERM, a divergence, a file
+that cannot be written) records why in ``summary.json``, keeps its last checkpoint and can be resumed.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
+import signal
+import sys
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import safetensors.torch
 import torch
+from safetensors import safe_open
 from torch import Tensor, nn
 
 import bioprop
-from bioprop import data, metrics, nets, rules
+from bioprop import checks, data, metrics, nets, rules
 from bioprop.config import RunConfig
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.report import logs
 from bioprop.report.progress import Progress
 
-CHECKPOINT = "checkpoint.safetensors"
-MODEL = "model.safetensors"
+CHECKPOINT = logs.CHECKPOINT
+MODEL = logs.MODEL
 CONFIG = logs.CONFIG
-FORMAT = 1  # checkpoint layout version
+FORMAT = 2  # checkpoint layout version; 2 added the tensors' SHA-256 (1 is still read, unverified)
+GIB = 2**30
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler, ``kill``, ``docker stop``) during training; handled exactly as Ctrl-C is."""
 
 
 @dataclass
@@ -63,9 +81,15 @@ class Session:
 
 
 def build(config: RunConfig, run_dir: Path) -> Session:
-    """Load the data, build the network, rule and optimizer; touches no file, raises BioPropError on bad input."""
+    """Load the data, build the network, rule and optimizer; touches no file, raises BioPropError on bad input
+    (including non-finite data and a network too large for the memory available, see :func:`check_memory`)."""
     device, dtype = config.resolved_device(), config.torch_dtype()
     dataset = data.load(config.data, config.data_dir, device, dtype, config.download, config.limit)
+    bad = checks.first_nonfinite([("train_x", dataset.train_x), ("test_x", dataset.test_x)])
+    if bad is not None:
+        raise BioPropError(f"dataset {config.data} ({dataset.source}) has non-finite values in {bad}: they come "
+                           f"from the data, before any training")  # fmt: skip
+    check_memory(config, dataset.in_shape, dataset.n_classes)
     torch.manual_seed(config.seed)
     net = nets.build(config.arch, dataset.in_shape, dataset.n_classes, config.activation).to(device, dtype)
     entry, opts = rules.entry(config.rule), dict(config.rule_opts)
@@ -85,6 +109,54 @@ def build(config: RunConfig, run_dir: Path) -> Session:
     return Session(config, run_dir, dataset, net, rule, optimizer, shuffle, probes)
 
 
+def weight_copies(config: RunConfig) -> int:
+    """How many tensors the size of the weights a run holds at least: the weights, their ``.grad``, the
+    optimizer's state (SGD with momentum: 1 buffer; Adam and AdamW: 2 moments) and, while the update angles are
+    probed, the rule's update and backprop's gradient side by side. Rule state (FA's feedback matrices, the
+    inference states of PC and EP) and activations come on top, so the estimate is a lower bound."""
+    optimizer_slots = {"sgd": 1 if config.momentum > 0 else 0, "adam": 2, "adamw": 2}[config.optimizer]
+    return 2 + optimizer_slots + 2
+
+
+def available_memory(device: torch.device) -> int | None:
+    """Bytes that can still be allocated on ``device``: the free GPU memory, or on the CPU ``MemAvailable`` of
+    ``/proc/meminfo`` capped by a cgroup (container) limit; None where it cannot be told."""
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        available = next(int(line.split()[1]) * 1024 for line in meminfo.splitlines()
+                         if line.startswith("MemAvailable:"))  # fmt: skip
+    except (OSError, StopIteration, ValueError, IndexError):
+        return None
+    try:
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, max(0, int(limit) - used))
+    except (OSError, ValueError):
+        pass  # no cgroup v2 limit readable
+    return available
+
+
+def check_memory(config: RunConfig, in_shape: tuple[int, ...], n_classes: int) -> None:
+    """Refuse a network whose weights, counted on the ``meta`` device (nothing is allocated), need more memory
+    than is available: at least :func:`weight_copies` times the weights' bytes. The dataset is already in memory
+    when this runs, so the memory available excludes it."""
+    with torch.device("meta"):
+        n_params = sum(p.numel() for p in nets.build(config.arch, in_shape, n_classes, config.activation).parameters())
+    weights = n_params * config.torch_dtype().itemsize
+    copies = weight_copies(config)
+    available = available_memory(config.resolved_device())
+    if available is not None and weights * copies > available:
+        raise BioPropError(
+            f"network {config.arch!r} is too large: {n_params:,} parameters need at least "
+            f"{weights * copies / GIB:.1f} GiB ({copies} x {weights / GIB:.1f} GiB of {config.dtype} weights: weights, "
+            f"gradients, optimizer state, the update probes) but {available / GIB:.1f} GiB of memory is available "
+            f"on {config.resolved_device()}"
+        )
+
+
 # ------------------------------------------------------------------------------------------------ measuring
 
 
@@ -98,22 +170,43 @@ def probe_angles(s: Session) -> dict[str, float]:
     return angles
 
 
-def check_finite(s: Session, loss: Tensor, epoch: int, batch: int, n_batches: int) -> None:
-    """Raise DivergenceError on a non-finite loss or update; the checkpoint on disk stays the last good one."""
-    what = None
+def kept(s: Session) -> str:
+    """What the run keeps on disk: the checkpoint of the last finished epoch, if any."""
+    return f"the checkpoint of epoch {s.epoch} is kept" if s.epoch else "no checkpoint was written yet"
+
+
+def check_finite(s: Session, xb: Tensor, loss: Tensor, epoch: int, batch: int, n_batches: int) -> None:
+    """After ``rule.backward``: raise :func:`diverged`'s error on a non-finite loss or update; the checkpoint on
+    disk stays the last good one."""
     if not math.isfinite(float(loss)):
-        what = f"loss is {float(loss)}"
-    else:
-        grads = [p.grad for p in s.net.parameters() if p.grad is not None]
-        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            what = "the update has non-finite entries"
-    if what is not None:
-        kept = f"the checkpoint of epoch {s.epoch} is kept" if s.epoch else "no checkpoint was written yet"
-        lr = s.optimizer.param_groups[0]["lr"]
-        raise DivergenceError(
-            f"training diverged at epoch {epoch + 1}, step {batch + 1}/{n_batches} ({what}); {kept}; "
-            f"try a smaller --lr (now {lr:g})"
-        )
+        raise diverged(s, xb, epoch, batch, n_batches, f"loss is {float(loss)}")
+    grads = [p.grad for p in s.net.parameters() if p.grad is not None]
+    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+        raise diverged(s, xb, epoch, batch, n_batches, "the update has non-finite entries")
+
+
+def diverged(s: Session, xb: Tensor, epoch: int, batch: int, n_batches: int, reason: str,
+             by_rule: bool = False) -> BioPropError:  # fmt: skip
+    """The error for a step that failed for ``reason``: non-finite inputs (BioPropError: from the data), then
+    parameters (DivergenceError: from the last step), then the rule's own state are named before anything else;
+    then a reason the rule gave (``by_rule``) stands as it is; only when nothing else explains it is the learning
+    rate suspected."""
+    where = f"at epoch {epoch + 1}, step {batch + 1}/{n_batches}"
+    if checks.first_nonfinite([("inputs", xb)]) is not None:
+        return BioPropError(f"training stopped {where}: the batch's inputs have non-finite values, from the data; "
+                            f"{kept(s)}")  # fmt: skip
+    parameter = checks.first_nonfinite(s.net.named_parameters())
+    if parameter is not None:
+        return DivergenceError(f"training diverged {where}: parameter {parameter!r} became non-finite in the last "
+                               f"step (step {s.step}); {kept(s)}")  # fmt: skip
+    state = checks.first_nonfinite(s.rule.state_dict().items())
+    if state is not None:  # e.g. FA's feedback matrix B: the loss stays finite, the update does not
+        return DivergenceError(f"training diverged {where}: the rule's own state tensor {state!r} became "
+                               f"non-finite by step {s.step}; {kept(s)}")  # fmt: skip
+    if by_rule:
+        return DivergenceError(f"training diverged {where}: {reason}; {kept(s)}")
+    lr = s.optimizer.param_groups[0]["lr"]
+    return DivergenceError(f"training diverged {where} ({reason}); {kept(s)}; try a smaller --lr (now {lr:g})")
 
 
 def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
@@ -125,8 +218,11 @@ def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
     start = time.perf_counter()
     for batch, (xb, yb) in enumerate(data.batches(x, y, c.batch_size, generator=s.shuffle)):
         s.optimizer.zero_grad(set_to_none=True)
-        loss, logits = s.rule.backward(xb, yb)
-        check_finite(s, loss, epoch, batch, n_batches)
+        try:
+            loss, logits = s.rule.backward(xb, yb)
+        except DivergenceError as exc:  # the rule's own guard: say where, and whether the data or a step caused it
+            raise diverged(s, xb, epoch, batch, n_batches, str(exc), by_rule=True) from None
+        check_finite(s, xb, loss, epoch, batch, n_batches)
         s.optimizer.step()
         s.step += 1
         loss_sum += float(loss) * len(yb)
@@ -189,6 +285,14 @@ def summary(s: Session, status: str, message: str | None = None) -> dict[str, An
 # --------------------------------------------------------------------------------------------- checkpoints
 
 
+def payload_sha256(tensors: dict[str, Tensor]) -> str:
+    """SHA-256 of the tensors' raw bytes (C order, as stored), concatenated in the order of their sorted names."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        digest.update(tensors[name].detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
 def save_checkpoint(s: Session) -> None:
     """Write the whole training state to ``checkpoint.safetensors`` atomically (see the module docstring)."""
     tensors = {f"model.{key}": value for key, value in s.net.state_dict().items()}
@@ -202,28 +306,34 @@ def save_checkpoint(s: Session) -> None:
                 plain_state.setdefault(str(index), {})[key] = value
     tensors.update({f"rule.{key}": value for key, value in s.rule.state_dict().items()})
     tensors["rng.torch"], tensors["rng.shuffle"] = torch.get_rng_state(), s.shuffle.get_state()
+    tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
     meta = {"format": FORMAT, "epoch": s.epoch, "step": s.step, "fingerprint": s.config.fingerprint(),
             "config": s.config.to_dict(), "optimizer_groups": optim["param_groups"],
-            "optimizer_state": plain_state, "history": s.history}  # fmt: skip
-    tensors = {key: value.detach().cpu().contiguous() for key, value in tensors.items()}
+            "optimizer_state": plain_state, "history": s.history, "sha256": payload_sha256(tensors)}  # fmt: skip
     blob = safetensors.torch.save(tensors, metadata={"bioprop": json.dumps(meta)})
     logs.write_atomic(s.run_dir / CHECKPOINT, blob)
 
 
 def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
-    """The tensors and metadata of a checkpoint; a missing, truncated or corrupt file is a BioPropError."""
+    """The tensors and metadata of a checkpoint, verified: a missing, truncated or unreadable file, tensors that
+    do not match the SHA-256 written at save time, or non-finite tensors are a one-line BioPropError."""
     if not path.is_file():
         raise BioPropError(f"no checkpoint in {path.parent} (looked for {path.name})")
     try:
-        blob = path.read_bytes()
-        tensors = safetensors.torch.load(blob)
-        header = json.loads(blob[8 : 8 + int.from_bytes(blob[:8], "little")])
-        meta = json.loads(header["__metadata__"]["bioprop"])
-        if meta.get("format") != FORMAT or not {"epoch", "step", "fingerprint", "history"} <= set(meta):
+        with safe_open(path, framework="pt") as checkpoint:
+            meta = json.loads(checkpoint.metadata()["bioprop"])
+            tensors = {key: checkpoint.get_tensor(key) for key in checkpoint.keys()}
+        if meta.get("format") not in (1, FORMAT) or not {"epoch", "step", "fingerprint", "history"} <= set(meta):
             raise ValueError("unknown layout")
     except Exception as exc:  # safetensors, JSON and key errors alike mean the file is unusable
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise BioPropError(f"corrupt or truncated checkpoint {path} ({reason})") from None
+    if meta["format"] >= 2 and payload_sha256(tensors) != meta.get("sha256"):
+        raise BioPropError(f"corrupt checkpoint {path}: its tensors do not match the SHA-256 written when it was saved")
+    bad = checks.first_nonfinite(tensors.items())
+    if bad is not None:
+        raise BioPropError(f"corrupt checkpoint {path}: tensor {bad!r} has non-finite values, from the checkpoint "
+                           f"(training never saves them)")  # fmt: skip
     return tensors, meta
 
 
@@ -252,77 +362,166 @@ def restore(s: Session, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Non
 
 
 def run(config: RunConfig, out_dir: str | Path, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
-    """Train from scratch into ``out_dir`` and return the summary; see the module docstring."""
+    """Train from scratch into ``out_dir`` and return the summary; see the module docstring. With ``overwrite``
+    an earlier run there is cleared, never anything bioprop did not write (:func:`bioprop.report.logs.open_run`).
+    Raises BioPropError on bad input before anything is written, DivergenceError, WriteError
+    (:class:`bioprop.report.logs.WriteError`), KeyboardInterrupt (Ctrl-C; :class:`Terminated` on SIGTERM)."""
     config.check()
     out = Path(out_dir)
     logs.check_out_dir(out, overwrite)
     s = build(config, out)  # every input error surfaces here, before anything is written
-    logs.make_out_dir(out, overwrite)
-    logs.write_atomic(out / CONFIG, config.to_yaml().encode())
-    try:
+    with logs.open_run(out, overwrite) as lock, sigterm_interrupts(), recorded(s):
+        note_takeover(lock, quiet)
+        logs.write_atomic(out / CONFIG, config.to_yaml().encode())
         record_traces(s, 0, s.rule.prepare())
-        s.history["init"] = probe_angles(s)
-    except DivergenceError as exc:  # e.g. an unstable inference step size shows on the first probe batch
-        logs.write_summary(out, summary(s, "diverged", str(exc)))
-        raise
-    if config.probe_every:
-        s.history["alignment"] += [[0, 0, name, angle] for name, angle in s.history["init"].items()]
-    logs.write_summary(out, summary(s, "running"))
-    return loop(s, quiet)
+        s.history["init"] = probe_angles(s)  # e.g. an unstable inference step size shows on the first probe
+        if config.probe_every:
+            s.history["alignment"] += [[0, 0, name, angle] for name, angle in s.history["init"].items()]
+        logs.write_summary(out, summary(s, "running"))
+        return loop(s, quiet)
 
 
 def resume(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint. Returns the summary with ``resumed_from``, the epoch
-    the checkpoint held: equal to ``epochs`` when the run had already finished, which is then only reported."""
+    the checkpoint held: equal to ``epochs`` when the run had already finished, which is then only reported.
+    Nothing is written unless ``run_dir`` holds a config and a valid checkpoint of it; raises as :func:`run`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise BioPropError(f"no run directory {run_dir}")
     if not (run_dir / CONFIG).is_file():
         raise BioPropError(f"no {CONFIG} in {run_dir}; is it a bioprop run directory?")
+    logs.check_not_in_use(run_dir)
     config = RunConfig.from_yaml(run_dir / CONFIG).check()
-    tensors, meta = read_checkpoint(run_dir / CHECKPOINT)
+    checkpoint = run_dir / CHECKPOINT
+    read = checkpoint.stat() if checkpoint.is_file() else None
+    tensors, meta = read_checkpoint(checkpoint)
     if meta["fingerprint"] != config.fingerprint():
         raise BioPropError(f"checkpoint is from another config: {run_dir / CONFIG} was changed after the run started")
-    if meta["epoch"] >= config.epochs and (run_dir / MODEL).is_file():
+    if finished(run_dir, meta["epoch"], config.epochs):
         return {**logs.read_summary(run_dir), "resumed_from": meta["epoch"]}
     s = build(config, run_dir)
     restore(s, tensors, meta)
-    resumed_from = s.epoch
-    return {**loop(s, quiet), "resumed_from": resumed_from}
+    with logs.claim_run(run_dir) as lock, sigterm_interrupts(), recorded(s):
+        now = checkpoint.stat()
+        if read is None or (now.st_ino, now.st_mtime_ns, now.st_size) != (read.st_ino, read.st_mtime_ns, read.st_size):
+            raise BioPropError(f"{checkpoint} changed while it was being resumed; run `bioprop resume` again")
+        note_takeover(lock, quiet)
+        return {**loop(s, quiet, resumed=True), "resumed_from": meta["epoch"]}
 
 
-def loop(s: Session, quiet: bool) -> dict[str, Any]:
-    """Train the remaining epochs, writing logs and a checkpoint after each; then the final model and plots."""
-    c = s.config
+def finished(run_dir: Path, epochs_done: int, epochs: int) -> bool:
+    """Whether a run whose checkpoint holds ``epochs_done`` has written everything: its model, and a summary that
+    says so (else resuming it writes the plots, model and summary again)."""
+    if epochs_done < epochs or not (run_dir / MODEL).is_file():
+        return False
     try:
-        with Progress(c.epochs, math.ceil(len(s.dataset.train_x) / c.batch_size), s.epoch, quiet) as bar:
-            for epoch in range(s.epoch, c.epochs):
-                lr = c.lr_at(epoch)
-                for group in s.optimizer.param_groups:
-                    group["lr"] = lr
-                row = end_of_epoch(s, epoch, lr, train_epoch(s, epoch, bar))
-                s.history["rows"].append(row)
-                s.epoch = epoch + 1
+        return logs.read_summary(run_dir).get("status") == "finished"
+    except BioPropError:
+        return False
+
+
+def loop(s: Session, quiet: bool, resumed: bool = False) -> dict[str, Any]:
+    """Train the remaining epochs, writing a checkpoint, then the logs after each; then the plots, the model and
+    the final summary, in that order: a run is finished once its summary says so (see :func:`finished`)."""
+    c = s.config
+    batches = math.ceil(len(s.dataset.train_x) / c.batch_size)
+    with Progress(c.epochs, batches, s.epoch, quiet, s.run_dir if resumed else None) as bar:
+        for epoch in range(s.epoch, c.epochs):
+            lr = c.lr_at(epoch)
+            for group in s.optimizer.param_groups:
+                group["lr"] = lr
+            row = end_of_epoch(s, epoch, lr, train_epoch(s, epoch, bar))
+            s.history["rows"].append(row)
+            s.epoch = epoch + 1
+            try:
                 save_checkpoint(s)  # first: the logs never get ahead of it (resuming rewrites them from it)
-                write_logs(s)
-                logs.write_summary(s.run_dir, summary(s, "finished" if s.epoch == c.epochs else "running"))
-                bar.epoch_done(row)
-    except BaseException as exc:
-        interrupted = isinstance(exc, KeyboardInterrupt)
-        status = "diverged" if isinstance(exc, DivergenceError) else "interrupted" if interrupted else "failed"
-        message = f"interrupted; resume with `bioprop resume {s.run_dir}`" if interrupted else str(exc)
-        write_logs(s)
-        logs.write_summary(s.run_dir, summary(s, status, message))
-        if s.history["rows"] and status == "diverged":
-            write_plots(s.run_dir)
-        raise
+            except BaseException:
+                s.history["rows"].pop()  # the run is as far as its checkpoint on disk
+                s.epoch = epoch
+                raise
+            write_logs(s)
+            logs.write_summary(s.run_dir, summary(s, "running"))
+            bar.epoch_done(row)
+    write_plots(s.run_dir)
     model = {key: value.detach().cpu().contiguous() for key, value in s.net.state_dict().items()}
     about = {"bioprop_version": bioprop.__version__, "config_fingerprint": c.fingerprint(), "rule": c.rule,
              "arch": c.arch, "activation": c.activation, "dataset": c.data}  # fmt: skip
     blob = safetensors.torch.save(model, metadata={"bioprop": json.dumps(about)})  # one key: Rust orders a map anyhow
     logs.write_atomic(s.run_dir / MODEL, blob)
-    write_plots(s.run_dir)
-    return summary(s, "finished")
+    final = summary(s, "finished")
+    logs.write_summary(s.run_dir, final)  # last: a run is finished once its summary says so
+    return final
+
+
+# ----------------------------------------------------------------------------------------- ending early
+
+
+@contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """While in the block, SIGTERM raises :class:`Terminated` (a KeyboardInterrupt) in the main thread, once; the
+    previous handler is restored after. Outside the main thread signals cannot be handled, and nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired = False
+
+    def handler(signum: int, frame: object) -> None:
+        nonlocal fired
+        if not fired:  # a second SIGTERM must not break the recording of the first
+            fired = True
+            raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+@contextmanager
+def recorded(s: Session) -> Iterator[None]:
+    """Record how a run that stops early ended: ``summary.json`` with its status and message, the metrics, and
+    the plots of a diverged run. What cannot be written (a full disk) is added to the error's message."""
+    try:
+        yield
+    except BaseException as exc:
+        status, message = ending(s, exc)
+        writes = [lambda: logs.write_summary(s.run_dir, summary(s, status, message)), lambda: write_logs(s)]
+        if status == "diverged" and s.history["rows"]:
+            writes.append(lambda: write_plots(s.run_dir))
+        failures = []
+        for write in writes:  # each on its own: a summary that cannot be written must not stop the metrics
+            try:
+                write()
+            except BioPropError as failed:
+                failures.append(str(failed))
+        if failures:
+            message = f"{message}; recording this failed too: {'; '.join(failures)}"
+        if isinstance(exc, BioPropError) and message != str(exc):
+            raise type(exc)(message) from None
+        raise
+
+
+def ending(s: Session, exc: BaseException) -> tuple[str, str]:
+    """The status and message that ``summary.json`` records for a run stopped by ``exc``."""
+    how = f"resume with `bioprop resume {s.run_dir}`"
+    if isinstance(exc, Terminated):
+        return "interrupted", f"terminated by SIGTERM; {kept(s)}; {how}"
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted", f"interrupted; {how}"
+    if isinstance(exc, DivergenceError):
+        return "diverged", str(exc)
+    if isinstance(exc, logs.WriteError):
+        after = f"once it can be written, {how}" if s.epoch else "once it can be written, start the run again"
+        return "failed", f"{exc}; {kept(s)}; {after}"
+    return "failed", str(exc) if isinstance(exc, BioPropError) else f"{type(exc).__name__}: {exc}"
+
+
+def note_takeover(lock: logs.RunLock, quiet: bool) -> None:
+    """Say on stderr (unless ``quiet``) that the run directory's lock was left by a process that died."""
+    if lock.taken_over is not None and not quiet:
+        print(f"bioprop: taking over {lock.path.parent} from {logs.describe_holder(lock.taken_over)}, which "
+              f"ended without releasing it", file=sys.stderr)  # fmt: skip
 
 
 def write_logs(s: Session) -> None:
@@ -334,11 +533,16 @@ def write_logs(s: Session) -> None:
 
 
 def write_plots(run_dir: Path) -> None:
+    """Draw the run's plots; a file that cannot be written is a :class:`~bioprop.report.logs.WriteError`."""
     from bioprop.report import plots  # matplotlib is imported only when plots are drawn
 
-    plots.alignment_plot(run_dir)
-    plots.curves_plot(run_dir)
-    if (run_dir / logs.TRACES).is_file() and any(row["epoch"] for row in logs.read_csv(run_dir / logs.TRACES)):
-        plots.traces_plot(run_dir)  # traces of the preparation phase alone are apical.png's business
-    if any(key.startswith("diag/apical_norm") for key in (logs.read_metrics(run_dir) or [{}])[0]):
-        plots.apical_plot(run_dir)
+    try:
+        plots.alignment_plot(run_dir)
+        plots.curves_plot(run_dir)
+        if (run_dir / logs.TRACES).is_file() and any(row["epoch"] for row in logs.read_csv(run_dir / logs.TRACES)):
+            plots.traces_plot(run_dir)  # traces of the preparation phase alone are apical.png's business
+        if any(key.startswith("diag/apical_norm") for key in (logs.read_metrics(run_dir) or [{}])[0]):
+            plots.apical_plot(run_dir)
+    except OSError as exc:
+        raise logs.WriteError(f"cannot write {exc.filename or 'the plots'} in {run_dir}: {exc.strerror or exc}"
+                              ) from None  # fmt: skip

@@ -1,8 +1,10 @@
-"""The progress display of a training run: a rich bar on stderr (epoch, batch, loss, accuracy, ETA) and one line
-per finished epoch. With ``quiet`` nothing at all is written."""
+"""The progress display of a training run on stderr: a line saying where a resumed run continues, a rich bar
+(epoch, batch, the epoch's running-mean loss and accuracy, ETA) and one line per finished epoch. With ``quiet``
+nothing at all is written."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -12,10 +14,12 @@ from rich.progress import Progress as RichProgress
 
 class Progress:
     """``with Progress(epochs, batches_per_epoch, start_epoch, quiet) as bar:`` then ``bar.advance(...)`` after
-    every step and ``bar.epoch_done(row)`` after every epoch. The ETA covers the remaining epochs."""
+    every step and ``bar.epoch_done(row)`` after every epoch. The ETA covers the remaining epochs. With
+    ``resumed`` (the run directory), entering first prints ``resuming DIR from epoch E/N``."""
 
-    def __init__(self, epochs: int, batches: int, start_epoch: int, quiet: bool) -> None:
+    def __init__(self, epochs: int, batches: int, start_epoch: int, quiet: bool, resumed: Path | None = None) -> None:
         self.epochs, self.batches, self.quiet = epochs, batches, quiet
+        self.start_epoch, self.resumed = start_epoch, resumed
         self.bar: RichProgress | None = None
         if quiet or start_epoch >= epochs:
             return
@@ -37,6 +41,9 @@ class Progress:
 
     def __enter__(self) -> Progress:
         if self.bar is not None:
+            if self.resumed is not None:
+                self.console.print(f"resuming {self.resumed} from epoch {self.start_epoch + 1}/{self.epochs}",
+                                   markup=False, highlight=False, soft_wrap=True)  # fmt: skip
             self.bar.start()
         return self
 
@@ -54,6 +61,10 @@ class Progress:
         if self.bar is None:
             return
         self.console.print(
-            f"epoch {row['epoch']}/{self.epochs}  train loss {row['train_loss']:.4f} acc {row['train_accuracy']:.4f}"
-            f"  test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}  {row['seconds']:.1f} s"
+            f"epoch {row['epoch']}/{self.epochs}  train (running mean) loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}  "
+            f"{row['seconds']:.1f} s",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
         )
