@@ -181,7 +181,7 @@ def check_finite(s: Session, xb: Tensor, loss: Tensor, epoch: int, batch: int, n
     if not math.isfinite(float(loss)):
         raise diverged(s, xb, epoch, batch, n_batches, f"loss is {float(loss)}")
     grads = [p.grad for p in s.net.parameters() if p.grad is not None]
-    if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+    if not all(checks.all_finite(g) for g in grads):  # a sum per tensor: ~30 µs, where isfinite().all() is ~1 ms
         raise diverged(s, xb, epoch, batch, n_batches, "the update has non-finite entries")
 
 
@@ -277,6 +277,7 @@ def summary(s: Session, status: str, message: str | None = None) -> dict[str, An
         "diagnostics": {k[5:]: [row.get(k) for row in rows] for k in columns if k.startswith("diag/")},
         "rule_options": s.rule.config, "parameters": sum(p.numel() for p in s.net.parameters()),
         "n_train": len(s.dataset.train_y), "n_test": len(s.dataset.test_y), "data_source": s.dataset.source,
+        "in_shape": list(s.dataset.in_shape), "n_classes": s.dataset.n_classes,
         "bioprop_version": bioprop.__version__, "torch_version": torch.__version__,
         "device": str(c.resolved_device()), "dtype": c.dtype,
     }  # fmt: skip

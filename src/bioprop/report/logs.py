@@ -58,7 +58,7 @@ TRACES = "traces.csv"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
-PLOTS = ("alignment.png", "curves.png", "energy.png", "apical.png")
+ALIGNMENT_PNG, CURVES_PNG, ENERGY_PNG, APICAL_PNG = PLOTS = ("alignment.png", "curves.png", "energy.png", "apical.png")
 RUN_FILES = frozenset({MARKER, LOCK, CONFIG, METRICS, ALIGNMENT, TRACES, SUMMARY, CHECKPOINT, MODEL, *PLOTS})
 TMP = ".tmp"
 BASE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr")

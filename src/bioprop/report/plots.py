@@ -214,7 +214,7 @@ def alignment_figure(run_dir: str | Path) -> Figure:
 
 def alignment_plot(run_dir: str | Path) -> Path:
     """Draw ``alignment.png`` (:func:`alignment_figure`) in ``run_dir`` and return its path."""
-    return save(alignment_figure(run_dir), Path(run_dir) / "alignment.png")
+    return save(alignment_figure(run_dir), Path(run_dir) / logs.ALIGNMENT_PNG)
 
 
 def curves_figure(run_dir: str | Path) -> Figure:
@@ -237,7 +237,7 @@ def curves_figure(run_dir: str | Path) -> Figure:
 
 def curves_plot(run_dir: str | Path) -> Path:
     """Draw ``curves.png`` (:func:`curves_figure`) in ``run_dir`` and return its path."""
-    return save(curves_figure(run_dir), Path(run_dir) / "curves.png")
+    return save(curves_figure(run_dir), Path(run_dir) / logs.CURVES_PNG)
 
 
 def traces_figure(run_dir: str | Path) -> Figure:
@@ -280,7 +280,7 @@ def traces_figure(run_dir: str | Path) -> Figure:
 
 def traces_plot(run_dir: str | Path, path: str | Path | None = None) -> Path:
     """Draw ``energy.png`` (or ``path``), :func:`traces_figure`, and return its path."""
-    return save(traces_figure(run_dir), Path(path) if path is not None else Path(run_dir) / "energy.png")
+    return save(traces_figure(run_dir), Path(path) if path is not None else Path(run_dir) / logs.ENERGY_PNG)
 
 
 def _joined(values: Sequence[Any]) -> str:
@@ -361,4 +361,4 @@ def apical_figure(run_dir: str | Path) -> Figure:
 
 def apical_plot(run_dir: str | Path) -> Path:
     """Draw ``apical.png`` (:func:`apical_figure`) in ``run_dir`` and return its path."""
-    return save(apical_figure(run_dir), Path(run_dir) / "apical.png")
+    return save(apical_figure(run_dir), Path(run_dir) / logs.APICAL_PNG)
