@@ -53,6 +53,11 @@ THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, 
 EXIT_IO_ERROR = 74  # EX_IOERR of sysexits.h, as bioprop.report.logs.WriteError
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
+DATA_DIR_HELP = (
+    "The only directory searched for dataset files (its <name>/, then itself); it must exist. Without it: "
+    "$BIOPROP_DATA, else ~/.cache/bioprop/<name> and /usr/share/datasets/<name>."
+)
+
 app = typer.Typer(
     name="bioprop",
     help="Train networks with biologically plausible learning rules and compare them with backprop.",
@@ -199,7 +204,7 @@ def train(
         str | None,
         _opt("YAML file of settings (keys as the long flags, with _); flags given here override it.", metavar="FILE"),
     ] = None,
-    data_dir: Annotated[str | None, _opt("Directory searched first for dataset files.", metavar="DIR")] = None,
+    data_dir: Annotated[str | None, _opt(DATA_DIR_HELP, metavar="DIR")] = None,
     download: Annotated[
         bool | None, _opt("Download missing dataset files from their source.", "--download/--no-download")
     ] = None,
@@ -314,14 +319,14 @@ def list_rules(
 
 @app.command("datasets")
 def list_datasets(
-    data_dir: Annotated[str | None, _opt("Directory searched first for dataset files.", metavar="DIR")] = None,
+    data_dir: Annotated[str | None, _opt(DATA_DIR_HELP, metavar="DIR")] = None,
     download: Annotated[str | None, _opt("Download this dataset's files, checked by SHA-256.", "--download")] = None,
     check: Annotated[str | None, _opt("Exit 0 if this dataset's files are found, else 1.", "--check")] = None,
 ) -> None:
     """List the datasets and where their files were found, or how to get them.
 
-    Files are looked for in --data-dir, $BIOPROP_DATA, ~/.cache/bioprop/<name> and /usr/share/datasets/<name>,
-    in that order.
+    A directory you name (--data-dir, else $BIOPROP_DATA) is the only one searched, its <name>/ and then itself;
+    only when none is named are ~/.cache/bioprop/<name> and /usr/share/datasets/<name> searched, in that order.
     """
     folder = _path(data_dir, "--data-dir")
     if download is not None:
@@ -351,13 +356,18 @@ def list_datasets(
 @app.command()
 def compare(
     run_dirs: Annotated[
-        list[str], typer.Argument(help="Run directories (e.g. runs/*).", show_default=False, metavar="DIR...")
+        list[str],
+        typer.Argument(
+            help="Run directories, or directories holding runs (e.g. runs/*).", show_default=False, metavar="DIR..."
+        ),
     ],
 ) -> None:
     """Print a Markdown table comparing runs.
 
-    Test and best accuracy (mean ± std over runs sharing rule, dataset and arch, e.g. seeds), final update angle
-    to backprop per weight tensor, seconds per epoch.
+    Test and best accuracy (mean ± std over runs that differ only in their seed; runs with other differences get
+    their own rows and a settings column naming them), final update angle to the reference gradient per weight
+    tensor, seconds per epoch. Diverged, interrupted or running runs are counted apart and left out of the means.
+    A directory that is not a run is searched for run directories; the same run given twice is refused.
     """
     from bioprop.report import tables
 
