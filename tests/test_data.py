@@ -476,8 +476,8 @@ DATA_CORPUS = {
     "train/test sizes differ": (lambda f, a: _replace(f, "test_x", data_idx_bytes(np.zeros((20, 14, 14), np.uint8))),
                                 ["28x28", "14x14"]),
     ".gz that is not gzip": (lambda f, a: _gz_garbage(f), ["corrupt gzip file", f"{IDX_NAMES['train_x']}.gz"]),
-    "directory for a file": (lambda f, a: _directory_for_file(f), [f"{IDX_NAMES['test_y']} is a directory"]),
-    "broken link": (lambda f, a: _broken_link(f), [f"{IDX_NAMES['test_x']} is a broken symbolic link"]),
+    "directory for a file": (lambda f, a: _directory_for_file(f), [f"{IDX_NAMES['test_y']}' is a directory"]),
+    "broken link": (lambda f, a: _broken_link(f), [f"{IDX_NAMES['test_x']}' is a broken symbolic link"]),
     "missing file": (lambda f, a: (f / IDX_NAMES["train_y"]).unlink(), ["missing file", IDX_NAMES["train_y"]]),
 }  # fmt: skip
 
@@ -502,10 +502,10 @@ def test_a_directory_or_broken_link_where_a_file_should_be(tmp_path: Path) -> No
     data_make_idx(tmp_path / "mnist", gz=False)
     (tmp_path / "mnist" / "train-labels-idx1-ubyte").unlink()
     (tmp_path / "mnist" / "train-labels-idx1-ubyte.gz").mkdir()
-    _expect_error(tmp_path, "mnist", f"{tmp_path / 'mnist' / 'train-labels-idx1-ubyte.gz'} is a directory")
+    _expect_error(tmp_path, "mnist", f"'{tmp_path / 'mnist' / 'train-labels-idx1-ubyte.gz'}' is a directory")
     (tmp_path / "mnist" / "train-labels-idx1-ubyte.gz").rmdir()
     (tmp_path / "mnist" / "train-labels-idx1-ubyte").symlink_to(tmp_path / "gone")
-    _expect_error(tmp_path, "mnist", "train-labels-idx1-ubyte is a broken symbolic link", str(tmp_path / "gone"))
+    _expect_error(tmp_path, "mnist", "train-labels-idx1-ubyte' is a broken symbolic link", str(tmp_path / "gone"))
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -514,7 +514,7 @@ def test_empty_split_is_refused_at_load(tmp_path: Path, split: str) -> None:
     stem = IDX_NAMES[f"{split}_x"]
     data_write(tmp_path / "mnist" / stem, data_idx_bytes(np.zeros((0, 28, 28), dtype=np.uint8)), True)
     data_write(tmp_path / "mnist" / IDX_NAMES[f"{split}_y"], data_idx_bytes(np.zeros(0, dtype=np.uint8)), True)
-    _expect_error(tmp_path, "mnist", f"IDX image file {tmp_path / 'mnist' / stem}.gz holds no images")
+    _expect_error(tmp_path, "mnist", f"IDX image file '{tmp_path / 'mnist' / stem}.gz' holds no images")
     _expect_error(tmp_path, "mnist", "holds no images", limit=1)
 
 
@@ -528,7 +528,7 @@ def test_cifar_directory_where_a_batch_should_be(tmp_path: Path) -> None:
     data_make_cifar(tmp_path / "cifar10")
     (tmp_path / "cifar10" / "data_batch_2.bin").unlink()
     (tmp_path / "cifar10" / "data_batch_2.bin").mkdir()
-    _expect_error(tmp_path, "cifar10", f"{tmp_path / 'cifar10' / 'data_batch_2.bin'} is a directory")
+    _expect_error(tmp_path, "cifar10", f"'{tmp_path / 'cifar10' / 'data_batch_2.bin'}' is a directory")
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -62,7 +62,7 @@ def test_overwrite_refuses_a_folder_with_a_config_yaml_among_other_work(tmp_path
     before = snapshot(folder)
     code, _, err = cli("train", *FLAGS, "--epochs", "1", "--quiet", "--overwrite", "--out", folder)
     line = one_line(err)
-    assert code == 2 and line.startswith(f"bioprop: error: refusing to clear {folder}: it is not a bioprop run")
+    assert code == 2 and line.startswith(f"bioprop: error: refusing to clear '{folder}': it is not a bioprop run")
     assert "holds 'results.csv', 'src', which bioprop did not write" in line
     assert snapshot(folder) == before
 
@@ -95,7 +95,7 @@ def test_overwrite_refuses_a_marked_run_holding_anything_else(run_copy: Path, tm
     before = snapshot(run_copy)
     code, _, err = cli("train", *FLAGS, "--epochs", "1", "--quiet", "--overwrite", "--out", run_copy)
     assert code == 2
-    assert one_line(err) == (f"bioprop: error: refusing to clear {run_copy}: it holds 'curves.png', 'figures', "
+    assert one_line(err) == (f"bioprop: error: refusing to clear '{run_copy}': it holds 'curves.png', 'figures', "
                              f"'notes.txt', which bioprop did not write")  # fmt: skip
     assert snapshot(run_copy) == before and outside.read_bytes() == b"not bioprop's"
 
@@ -154,7 +154,7 @@ def test_a_live_run_holds_its_directory_against_a_second_writer(tmp_path: Path, 
         for args in (["train", *FLAGS, "--quiet", "--out", out], ["train", *FLAGS, "--quiet", "--overwrite", "--out",
                      out], ["resume", out, "--quiet"]):  # fmt: skip
             code, _, err = cli(*args)
-            assert code == 2 and f"{out} is in use by pid {proc.pid} on " in one_line(err), args
+            assert code == 2 and f"'{out}' is in use by pid {proc.pid} on " in one_line(err), args
         assert snapshot(out) == before
     finally:
         _, err = proc.communicate("\n", timeout=300)  # let it go on
@@ -222,16 +222,16 @@ def test_a_full_disk_loses_nothing_and_resume_finishes_the_run(tmp_path: Path, m
     failed = next(name for name, written in log if not written).removesuffix(".tmp")
     kept = sum(1 for name, written in log if written and name == "checkpoint.safetensors.tmp")
     assert code == 74, err
-    assert line.startswith(f"bioprop: error: cannot write {out / failed}: No space left on device")
+    assert line.startswith(f"bioprop: error: cannot write '{out / failed}': No space left on device")
     assert f"the checkpoint of epoch {kept} is kept" in line and f"bioprop resume {out}" in line
     assert checkpoint_epoch(out) == kept, "the last good checkpoint stays"
     assert not list(out.glob("*.tmp")) and not (out / ".bioprop-lock").exists()
     summary = json.loads((out / "summary.json").read_text())
     if full:
-        assert f"recording this failed too: cannot write {out / 'summary.json'}" in line
+        assert f"recording this failed too: cannot write '{out / 'summary.json'}'" in line
         assert summary["status"] == "running"  # the last summary that could be written
     else:
-        assert summary["status"] == "failed" and f"cannot write {out / failed}" in summary["message"]
+        assert summary["status"] == "failed" and f"cannot write '{out / failed}'" in summary["message"]
     monkeypatch.undo()  # space freed
     code, _, err = cli("resume", out, "--quiet")
     assert code == 0, err

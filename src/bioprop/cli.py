@@ -40,7 +40,7 @@ from rich.table import Table
 
 import bioprop
 from bioprop import data, rules
-from bioprop.config import MAX_THREADS, RunConfig, parse_number, parse_rule_opts
+from bioprop.config import MAX_THREADS, RunConfig, parse_number, parse_rule_opts, source_labels
 from bioprop.errors import BioPropError
 from bioprop.report import logs
 
@@ -230,10 +230,11 @@ def train(
     overrides: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
     if rule_opt:
         overrides["rule_opts"] = parse_rule_opts(rule_opt)
-    run_config = RunConfig.from_sources(_path(config, "--config"), overrides)
+    config_path = _path(config, "--config")
+    run_config = RunConfig.from_sources(config_path, overrides)
     if run_config.threads is None:
         run_config.threads = default_threads()
-    run_config.check()
+    run_config.check(source_labels(config_path, overrides))
     run_dir = _path(out, "--out") or Path(run_config.default_out())
     with torch_threads(run_config.threads):
         try:
@@ -262,11 +263,11 @@ def resume(
 
     folder = _path(run_dir, "DIR")
     recorded = folder / logs.CONFIG  # absent or unreadable: training.resume says so, as it would without threads
-    settings = RunConfig.from_sources(recorded if recorded.is_file() else None,
-                                      {"threads": threads} if threads is not None else {})  # fmt: skip
+    given = {"threads": threads} if threads is not None else {}
+    settings = RunConfig.from_sources(recorded if recorded.is_file() else None, given)
     if settings.threads is None:  # a run from before threads were recorded
         settings.threads = default_threads()
-    settings.check()
+    settings.check(source_labels(recorded if recorded.is_file() else None, given))
     with torch_threads(settings.threads):
         try:
             summary = training.resume(folder, quiet=quiet)

@@ -27,7 +27,7 @@ import json
 import math
 import re
 import types
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -116,31 +116,39 @@ class RunConfig:
 
     # -------------------------------------------------------------------------------------------- validation
 
-    def check(self) -> RunConfig:
-        """Raise BioPropError naming the first invalid value; returns self. The rule's options are checked
-        when the rule is created (see :func:`bioprop.train.run`)."""
+    def check(self, labels: dict[str, str] | None = None) -> RunConfig:
+        """Raise BioPropError naming the first invalid value, quoted; returns self. ``labels`` say how each key was
+        given (``--lr``, ``config 'run.yaml': lr``; see :func:`source_labels`), the key itself by default. The
+        rule's options are checked when the rule is created (see :func:`bioprop.train.run`)."""
+        labels = labels or {}
+
+        def bad(name: str, rule: str) -> BioPropError:
+            return BioPropError(f"{labels.get(name, name)} must be {rule}, not '{getattr(self, name)}'")
+
         for name in ("epochs", "batch_size", "probe_batches", "probe_batch_size"):
             if getattr(self, name) < 1:
-                raise BioPropError(f"{name} must be a positive integer, not {getattr(self, name)}")
+                raise bad(name, "a positive integer")
         for name in ("lr", "momentum", "weight_decay"):  # a RunConfig built in Python skips _coerce
             if not math.isfinite(getattr(self, name)):
-                raise BioPropError(f"{name} must be a finite number, not {getattr(self, name)}")
+                raise bad(name, "a finite number")
         if not self.lr > 0:
-            raise BioPropError(f"lr must be positive, not {self.lr}")
+            raise bad("lr", "positive")
         for name in ("momentum", "weight_decay"):
             if not getattr(self, name) >= 0:
-                raise BioPropError(f"{name} must be non-negative, not {getattr(self, name)}")
+                raise bad(name, "non-negative")
         for name in ("step_size", "probe_every"):
             if getattr(self, name) < 0:
-                raise BioPropError(f"{name} must be 0 or a positive integer, not {getattr(self, name)}")
+                raise bad(name, "0 or a positive integer")
         if self.limit is not None and self.limit < 1:
-            raise BioPropError(f"limit must be a positive number of examples, not {self.limit}")
+            raise bad("limit", "a positive number of examples")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
-            raise BioPropError(f"threads must be between 1 and {MAX_THREADS}, not {self.threads}")
+            raise bad("threads", f"between 1 and {MAX_THREADS}")
         for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES),
                               ("dtype", tuple(DTYPES))):  # fmt: skip
             if getattr(self, name) not in choices:
-                raise BioPropError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(choices)}")
+                raise BioPropError(
+                    f"unknown {labels.get(name, name)} {getattr(self, name)!r}; choose one of {', '.join(choices)}"
+                )
         rules.entry(self.rule)  # unknown rule: BioPropError listing the known ones
         with torch.device("meta"):  # checks the spec without allocating weights; shapes are checked at build
             nets.build(self.arch, (1, 28, 28), 10, self.activation)
@@ -172,6 +180,13 @@ class RunConfig:
         """``runs/<rule>-<data>-<arch>-s<seed>`` with characters unsafe in file names (such as ':') replaced."""
         name = f"{self.rule}-{self.data}-{self.arch}-s{self.seed}"
         return str(Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "-", name))
+
+
+def source_labels(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str]:
+    """How each key reached :meth:`RunConfig.from_sources`, for :meth:`RunConfig.check`'s messages: ``--key`` for a
+    flag, ``config 'run.yaml': key`` for a key read from the file."""
+    labels = {f.name: f"{_file_source(path)}: {f.name}" for f in fields(RunConfig)} if path is not None else {}
+    return {**labels, **{key: f"--{key.replace('_', '-')}" for key in overrides}}
 
 
 def parse_rule_opts(items: list[str]) -> dict[str, str]:

@@ -328,12 +328,14 @@ def read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
             raise ValueError("unknown layout")
     except Exception as exc:  # safetensors, JSON and key errors alike mean the file is unusable
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BioPropError(f"corrupt or truncated checkpoint {path} ({reason})") from None
+        raise BioPropError(f"corrupt or truncated checkpoint '{path}' ({reason})") from None
     if meta["format"] >= 2 and payload_sha256(tensors) != meta.get("sha256"):
-        raise BioPropError(f"corrupt checkpoint {path}: its tensors do not match the SHA-256 written when it was saved")
+        raise BioPropError(
+            f"corrupt checkpoint '{path}': its tensors do not match the SHA-256 written when it was saved"
+        )
     bad = checks.first_nonfinite(tensors.items())
     if bad is not None:
-        raise BioPropError(f"corrupt checkpoint {path}: tensor {bad!r} has non-finite values, from the checkpoint "
+        raise BioPropError(f"corrupt checkpoint '{path}': tensor {bad!r} has non-finite values, from the checkpoint "
                            f"(training never saves them)")  # fmt: skip
     return tensors, meta
 
@@ -355,7 +357,7 @@ def restore(s: Session, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Non
         s.shuffle.set_state(tensors["rng.shuffle"])
     except (KeyError, ValueError, RuntimeError) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise BioPropError(f"checkpoint in {s.run_dir} does not fit its config.yaml ({reason})") from None
+        raise BioPropError(f"checkpoint in '{s.run_dir}' does not fit its config.yaml ({reason})") from None
     s.epoch, s.step, s.history = meta["epoch"], meta["step"], meta["history"]
 
 
@@ -388,9 +390,9 @@ def resume(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
     Nothing is written unless ``run_dir`` holds a config and a valid checkpoint of it; raises as :func:`run`."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise BioPropError(f"no run directory {run_dir}")
+        raise BioPropError(f"no run directory '{run_dir}'")
     if not (run_dir / CONFIG).is_file():
-        raise BioPropError(f"no {CONFIG} in {run_dir}; is it a bioprop run directory?")
+        raise BioPropError(f"no {CONFIG} in '{run_dir}'; is it a bioprop run directory?")
     logs.check_not_in_use(run_dir)
     config = RunConfig.from_yaml(run_dir / CONFIG).check()
     checkpoint = run_dir / CHECKPOINT
@@ -545,5 +547,5 @@ def write_plots(run_dir: Path) -> None:
         if any(key.startswith("diag/apical_norm") for key in (logs.read_metrics(run_dir) or [{}])[0]):
             plots.apical_plot(run_dir)
     except OSError as exc:
-        raise logs.WriteError(f"cannot write {exc.filename or 'the plots'} in {run_dir}: {exc.strerror or exc}"
+        raise logs.WriteError(f"cannot write {exc.filename or 'the plots'} in '{run_dir}': {exc.strerror or exc}"
                               ) from None  # fmt: skip

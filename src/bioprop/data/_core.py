@@ -122,7 +122,7 @@ def _read_files(spec: DatasetSpec, location: _locate.Location) -> tuple[np.ndarr
     if train_x.shape[1:] != test_x.shape[1:]:
         raise BioPropError(
             f"{spec.name} train images are {train_x.shape[2]}x{train_x.shape[3]} but test images are "
-            f"{test_x.shape[2]}x{test_x.shape[3]} (in {location.folder})"
+            f"{test_x.shape[2]}x{test_x.shape[3]} (in '{location.folder}')"
         )
     return tuple(arrays)
 

@@ -193,10 +193,10 @@ def extract_cifar(archive: Path, dest: Path) -> Path:
                         os.unlink(tmp_name)
     except (tarfile.TarError, EOFError, zlib.error, OSError) as exc:
         reason = str(exc) or type(exc).__name__
-        raise BioPropError(f"could not unpack CIFAR-10 archive {archive} ({reason})") from None
+        raise BioPropError(f"could not unpack CIFAR-10 archive '{archive}' ({reason})") from None
     missing = [n for n in CIFAR10_TRAIN_FILES + CIFAR10_TEST_FILES if not (folder / n).is_file()]
     if missing:
-        raise BioPropError(f"CIFAR-10 archive {archive} lacks {CIFAR10_FOLDER}/{missing[0]}")
+        raise BioPropError(f"CIFAR-10 archive '{archive}' lacks {CIFAR10_FOLDER}/{missing[0]}")
     return folder
 
 

@@ -101,10 +101,12 @@ def is_present(path: Path) -> bool:
     if path.is_file():
         return True
     if path.is_symlink() and not path.exists():
-        raise BioPropError(f"{path} is a broken symbolic link (to {os.readlink(path)}); a dataset file should be there")
+        raise BioPropError(
+            f"'{path}' is a broken symbolic link (to {os.readlink(path)}); a dataset file should be there"
+        )
     if path.exists():
         kind = "a directory" if path.is_dir() else "not a regular file"
-        raise BioPropError(f"{path} is {kind}; a dataset file should be there")
+        raise BioPropError(f"'{path}' is {kind}; a dataset file should be there")
     return False
 
 

@@ -32,13 +32,13 @@ def read_file_bytes(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise BioPropError(f"cannot read {path} ({exc.strerror or exc})") from None
+        raise BioPropError(f"cannot read '{path}' ({exc.strerror or exc})") from None
     if path.suffix == ".gz" or data[:2] == _GZIP_MAGIC:
         try:
             data = gzip.decompress(data)
         except (OSError, EOFError, zlib.error) as exc:
             reason = str(exc) or type(exc).__name__
-            raise BioPropError(f"corrupt gzip file {path} ({reason})") from None
+            raise BioPropError(f"corrupt gzip file '{path}' ({reason})") from None
     return data
 
 
@@ -49,14 +49,16 @@ def parse_idx(data: bytes, path: Path | str, magic: int) -> np.ndarray:
     """
     kind = "image" if magic == IDX_IMAGES_MAGIC else "label"
     if len(data) < 4:
-        raise BioPropError(f"truncated IDX file {path}: {len(data)} bytes, too short for the header")
+        raise BioPropError(f"truncated IDX file '{path}': {len(data)} bytes, too short for the header")
     found = int.from_bytes(data[:4], "big")
     if found != magic:
-        raise BioPropError(f"wrong magic number 0x{found:08x} in {path} (an IDX {kind} file starts with 0x{magic:08x})")
+        raise BioPropError(
+            f"wrong magic number 0x{found:08x} in '{path}' (an IDX {kind} file starts with 0x{magic:08x})"
+        )
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
     if len(data) < header:
-        raise BioPropError(f"truncated IDX file {path}: {len(data)} bytes, too short for the header")
+        raise BioPropError(f"truncated IDX file '{path}': {len(data)} bytes, too short for the header")
     dims = tuple(int(d) for d in np.frombuffer(data, dtype=">u4", count=ndim, offset=4))
     count = 1
     for d in dims:
@@ -64,10 +66,12 @@ def parse_idx(data: bytes, path: Path | str, magic: int) -> np.ndarray:
     expected = header + count
     shape = "x".join(str(d) for d in dims)
     if len(data) < expected:
-        raise BioPropError(f"truncated IDX file {path}: {len(data)} bytes, but its header ({shape}) implies {expected}")
+        raise BioPropError(
+            f"truncated IDX file '{path}': {len(data)} bytes, but its header ({shape}) implies {expected}"
+        )
     if len(data) > expected:
         raise BioPropError(
-            f"IDX file {path} has {len(data) - expected} bytes after the {shape} data its header declares"
+            f"IDX file '{path}' has {len(data) - expected} bytes after the {shape} data its header declares"
         )
     return np.frombuffer(data, dtype=np.uint8, count=count, offset=header).reshape(dims)
 
@@ -76,9 +80,9 @@ def read_idx_images(path: Path) -> np.ndarray:
     """Images of an IDX image file as a ``(N, 1, H, W)`` ``uint8`` array; N, H and W must be positive."""
     images = parse_idx(read_file_bytes(path), path, IDX_IMAGES_MAGIC)
     if images.shape[0] == 0:
-        raise BioPropError(f"IDX image file {path} holds no images (its header declares 0); a split cannot be empty")
+        raise BioPropError(f"IDX image file '{path}' holds no images (its header declares 0); a split cannot be empty")
     if 0 in images.shape[1:]:
-        raise BioPropError(f"IDX image file {path} declares images of {images.shape[1]}x{images.shape[2]} pixels")
+        raise BioPropError(f"IDX image file '{path}' declares images of {images.shape[1]}x{images.shape[2]} pixels")
     return images[:, None, :, :]
 
 
@@ -86,7 +90,7 @@ def read_idx_labels(path: Path, n_classes: int) -> np.ndarray:
     """Labels of an IDX label file as a ``(N,)`` ``uint8`` array, N positive and each label below ``n_classes``."""
     labels = parse_idx(read_file_bytes(path), path, IDX_LABELS_MAGIC)
     if labels.shape[0] == 0:
-        raise BioPropError(f"IDX label file {path} holds no labels (its header declares 0); a split cannot be empty")
+        raise BioPropError(f"IDX label file '{path}' holds no labels (its header declares 0); a split cannot be empty")
     check_labels(labels, n_classes, path)
     return labels
 
@@ -96,7 +100,8 @@ def check_labels(labels: np.ndarray, n_classes: int, path: Path | str) -> None:
     if labels.size and int(labels.max()) >= n_classes:
         index = int(np.argmax(labels >= n_classes))
         raise BioPropError(
-            f"label {int(labels[index])} out of range (must be below {n_classes} classes) at example {index} of {path}"
+            f"label {int(labels[index])} out of range (must be below {n_classes} classes) "
+            f"at example {index} of '{path}'"
         )
 
 
@@ -104,8 +109,8 @@ def check_counts(images: np.ndarray, labels: np.ndarray, images_path: Path, labe
     """Raise when an image file and its label file hold different numbers of examples."""
     if images.shape[0] != labels.shape[0]:
         raise BioPropError(
-            f"image/label count mismatch: {images_path} has {images.shape[0]} images "
-            f"but {labels_path} has {labels.shape[0]} labels"
+            f"image/label count mismatch: '{images_path}' has {images.shape[0]} images "
+            f"but '{labels_path}' has {labels.shape[0]} labels"
         )
 
 
@@ -116,7 +121,7 @@ def parse_cifar_records(data: bytes, path: Path | str, n_classes: int) -> tuple[
     """
     if len(data) == 0 or len(data) % CIFAR10_RECORD_BYTES:
         raise BioPropError(
-            f"CIFAR-10 record file {path} has {len(data)} bytes, not a positive multiple of "
+            f"CIFAR-10 record file '{path}' has {len(data)} bytes, not a positive multiple of "
             f"{CIFAR10_RECORD_BYTES} (1 label byte + 3072 pixel bytes per record); is it the binary version?"
         )
     records = np.frombuffer(data, dtype=np.uint8).reshape(-1, CIFAR10_RECORD_BYTES)
@@ -152,10 +157,10 @@ def read_cifar_archive(archive: Path, n_classes: int) -> tuple[np.ndarray, np.nd
                         contents[wanted[name]] = stream.read()
     except (tarfile.TarError, OSError, EOFError, zlib.error) as exc:
         reason = str(exc) or type(exc).__name__
-        raise BioPropError(f"corrupt CIFAR-10 archive {archive} ({reason})") from None
+        raise BioPropError(f"corrupt CIFAR-10 archive '{archive}' ({reason})") from None
     missing = [n for n in wanted.values() if n not in contents]
     if missing:
-        raise BioPropError(f"CIFAR-10 archive {archive} lacks {CIFAR10_FOLDER}/{missing[0]}")
+        raise BioPropError(f"CIFAR-10 archive '{archive}' lacks {CIFAR10_FOLDER}/{missing[0]}")
 
     def read_all(names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray]:
         parts = [parse_cifar_records(contents[n], f"{archive}:{n}", n_classes) for n in names]

@@ -96,7 +96,7 @@ def write_atomic(path: Path, data: bytes) -> None:
             except OSError:
                 pass  # the original error says what went wrong
         if isinstance(exc, OSError):
-            raise WriteError(f"cannot write {path}: {exc.strerror or exc}") from None
+            raise WriteError(f"cannot write '{path}': {exc.strerror or exc}") from None
         raise
 
 
@@ -140,7 +140,7 @@ def read_csv(path: Path) -> list[dict[str, Any]]:
         with open(path, newline="") as handle:
             rows = list(csv.DictReader(handle))
     except OSError as exc:
-        raise BioPropError(f"cannot read {path}: {exc.strerror or exc}") from None
+        raise BioPropError(f"cannot read '{path}': {exc.strerror or exc}") from None
     return [{key: _parse(key, value) for key, value in row.items()} for row in rows]
 
 
@@ -175,11 +175,11 @@ def write_summary(run_dir: Path, summary: dict[str, Any]) -> None:
 def read_summary(run_dir: Path) -> dict[str, Any]:
     path = Path(run_dir) / SUMMARY
     if not path.is_file():
-        raise BioPropError(f"no {SUMMARY} in {run_dir}; is it a bioprop run directory?")
+        raise BioPropError(f"no {SUMMARY} in '{run_dir}'; is it a bioprop run directory?")
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as exc:
-        raise BioPropError(f"cannot read {path}: {exc}") from None
+        raise BioPropError(f"cannot read '{path}': {exc}") from None
 
 
 # ------------------------------------------------------------------------------- owning a run directory
@@ -210,22 +210,22 @@ def _check_clearable(out: Path) -> None:
     foreign = sorted(path.name for path in out.iterdir() if not is_run_file(path))
     if read_marker(out) is None:
         if foreign:
-            raise BioPropError(f"refusing to clear {out}: it is not a bioprop run directory (no {MARKER} marker) and "
+            raise BioPropError(f"refusing to clear '{out}': it is not a bioprop run directory (no {MARKER} marker) and "
                                f"holds {_names(foreign)}, which bioprop did not write")  # fmt: skip
         raise BioPropError(
-            f"refusing to clear {out}: it has no {MARKER} marker, so bioprop cannot prove it wrote the files there "
+            f"refusing to clear '{out}': it has no {MARKER} marker, so bioprop cannot prove it wrote the files there "
             f"(run directories of bioprop versions before the marker have none); delete it yourself or choose "
             f"another --out"
         )
     if foreign:
-        raise BioPropError(f"refusing to clear {out}: it holds {_names(foreign)}, which bioprop did not write")
+        raise BioPropError(f"refusing to clear '{out}': it holds {_names(foreign)}, which bioprop did not write")
 
 
 def _check_contents(out: Path, overwrite: bool) -> None:
     """Refuse a non-empty ``out`` without ``overwrite``, and one bioprop may not clear with it."""
     if any(path.name != LOCK for path in out.iterdir()):  # a lock file alone is what a killed start leaves
         if not overwrite:
-            raise BioPropError(f"output directory {out} is not empty; pass --overwrite or choose another --out")
+            raise BioPropError(f"output directory '{out}' is not empty; pass --overwrite or choose another --out")
         _check_clearable(out)
 
 
@@ -233,7 +233,7 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
     """Refuse an ``out`` that is not a directory, is in use by another process, is not empty (without
     ``overwrite``), holds anything bioprop did not write (with it), or cannot be written. Touches nothing."""
     if out.exists() and not out.is_dir():
-        raise BioPropError(f"output {out} exists and is not a directory")
+        raise BioPropError(f"output '{out}' exists and is not a directory")
     if out.is_dir():
         check_not_in_use(out)
         _check_contents(out, overwrite)
@@ -241,9 +241,9 @@ def check_out_dir(out: Path, overwrite: bool) -> None:
     while not existing.exists() and existing != existing.parent:
         existing = existing.parent
     if not existing.is_dir():
-        raise BioPropError(f"cannot write to {out}: {existing} is not a directory")
+        raise BioPropError(f"cannot write to '{out}': '{existing}' is not a directory")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise BioPropError(f"cannot write to {out}: permission denied on {existing}")
+        raise BioPropError(f"cannot write to '{out}': permission denied on '{existing}'")
 
 
 def open_run(out: Path, overwrite: bool) -> RunLock:
@@ -253,7 +253,7 @@ def open_run(out: Path, overwrite: bool) -> RunLock:
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise WriteError(f"cannot create {out}: {exc.strerror or exc}") from None
+        raise WriteError(f"cannot create '{out}': {exc.strerror or exc}") from None
     lock = RunLock.acquire(out)
     try:
         _check_contents(out, overwrite)
@@ -312,7 +312,7 @@ def describe_holder(holder: dict[str, Any]) -> str:
 
 def _in_use(run_dir: Path, holder: dict[str, Any] | None) -> BioPropError:
     who = describe_holder(holder) if holder else "another process"
-    return BioPropError(f"{run_dir} is in use by {who}; wait for it to end or stop it")
+    return BioPropError(f"'{run_dir}' is in use by {who}; wait for it to end or stop it")
 
 
 def _stale(holder: dict[str, Any]) -> bool:
@@ -353,7 +353,7 @@ class RunLock:
             try:
                 fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # never a file a link points to
             except OSError as exc:
-                raise WriteError(f"cannot create the lock {path}: {exc.strerror or exc}") from None
+                raise WriteError(f"cannot create the lock '{path}': {exc.strerror or exc}") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -378,10 +378,12 @@ class RunLock:
                 os.write(fd, (json.dumps(me) + "\n").encode())
             except OSError as exc:
                 lock.release()
-                raise WriteError(f"cannot write the lock {path}: {exc.strerror or exc}") from None
+                raise WriteError(f"cannot write the lock '{path}': {exc.strerror or exc}") from None
             return lock
         last = f" (it last named {describe_holder(holder)}, no longer running)" if holder else ""
-        raise BioPropError(f"{run_dir} is in use: its lock {path} is held by a process that does not name itself{last}")
+        raise BioPropError(
+            f"'{run_dir}' is in use: its lock '{path}' is held by a process that does not name itself{last}"
+        )
 
     def release(self) -> None:
         """Remove the lock file (while still holding it, so no one else holds that file) and unlock."""
