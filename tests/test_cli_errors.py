@@ -60,6 +60,12 @@ BAD_INPUTS = [
     (["train", "--rule-opt"], "--rule-opt", "requires an argument"),
     (["train", "--config"], "--config", "requires an argument"),
     (["train", "--rule-opt", "scale"], "scale", "expected key=value"),
+    (["train", "--rule-opt", "seed=1", "--rule-opt", "seed=2"], "seed", "given twice ('1' and '2')"),
+    # settings that would be silently ignored
+    (["train", "--optimizer", "adam", "--momentum", "0.5"], "0.5", "--momentum '0.5' has no effect without"),
+    (["train", "--step-size", "2"], "2", "--step-size '2' has no effect without --schedule step"),
+    (["train", "--lr", "-1"], "-1.0", "--lr must be positive"),  # the value as read
+    (["train", "--epochs", "0"], "0", "--epochs must be a positive integer"),
     # arguments: extra, missing, empty paths
     (["train", "--download", "maybe"], "maybe", "unexpected extra argument"),  # a bool flag takes no value
     (["train", "foo"], "foo", "unexpected extra argument"),
@@ -229,6 +235,9 @@ def test_flag_numbers_reach_the_run_and_threads_are_recorded(cli, tmp_path) -> N
         ("# only a comment\n", None, "is empty"),
         ("rule: fa\nepochs: [1\n", None, "cannot parse config"),
         ("[" * 5000 + "\n", None, "cannot parse config"),  # nesting deeper than the parser's recursion
+        ("lr: 0.1\nepochs: 2\nlr: 1e-3\n", "lr", "given twice (line 3)"),  # YAML's last-one-wins is refused
+        ("rule_opts:\n  scale: 1\n  scale: 2\n", "scale", "given twice (line 3)"),
+        ("lr: -0.5\n", "-0.5", "': lr must be positive"),  # a range error names the file and the key
     ],
 )
 def test_config_file_errors_are_one_line(cli, tmp_path, text, token, says) -> None:
@@ -358,3 +367,21 @@ def test_resume_reuses_the_recorded_threads(cli, no_thread_env, run_copy, record
     code, _, err = cli("resume", run_copy, *(["--threads", flag] if flag else []))
     assert code == 0, err
     assert seen == [(expected, run_copy)]
+
+
+def test_a_dataset_alias_is_recorded_by_its_canonical_name(cli, tmp_path) -> None:
+    """`--data DIGITS` and `--data digits` are one dataset: the run records the registry's name, so compare
+    groups them together."""
+    code, _, err = cli("train", "--data", "DIGITS", "--arch", "mlp:8", "--epochs", "1", "--limit", "50",
+                       "--quiet", "--out", tmp_path / "run")  # fmt: skip
+    assert code == 0, err
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["data"] == "digits"
+
+
+def test_resume_names_the_setting_that_differs_from_the_checkpoint(cli, run_copy) -> None:
+    """A checkpoint whose config differs from config.yaml: the one line names the differing key."""
+    config = run_copy / "config.yaml"
+    config.write_text(config.read_text().replace("lr: 0.05", "lr: 0.07"))
+    code, _, err = cli("resume", run_copy)
+    line = assert_one_line_error(code, err, str(run_copy / "config.yaml"))
+    assert "(lr differs)" in line

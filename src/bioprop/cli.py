@@ -234,7 +234,13 @@ def train(
     run_config = RunConfig.from_sources(config_path, overrides)
     if run_config.threads is None:
         run_config.threads = default_threads()
-    run_config.check(source_labels(config_path, overrides))
+    labels = source_labels(config_path, overrides)
+    run_config.check(labels)
+    run_config.data = data.canonical_name(run_config.data)  # `fashion_mnist` is recorded as `fashion-mnist`
+    for key, applies in (("momentum", run_config.optimizer == "sgd"), ("step_size", run_config.schedule == "step")):
+        if key in overrides and not applies:
+            needs = "--optimizer sgd" if key == "momentum" else "--schedule step"
+            raise BioPropError(f"{labels[key]} {overrides[key]!r} has no effect without {needs}")
     run_dir = _path(out, "--out") or Path(run_config.default_out())
     with torch_threads(run_config.threads):
         try:
@@ -283,7 +289,8 @@ def _report(summary: dict[str, Any], run_dir: Path, quiet: bool) -> None:
     if not quiet:
         typer.echo(
             f"{summary['rule']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
-            f"(best {summary['best_test_accuracy']:.4f}) after {summary['epochs_done']} epochs -> {run_dir}"
+            f"(best {summary['best_test_accuracy']:.4f}) after {summary['epochs_done']} "
+            f"epoch{'' if summary['epochs_done'] == 1 else 's'} -> {run_dir}"
         )
 
 

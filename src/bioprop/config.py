@@ -196,6 +196,8 @@ def parse_rule_opts(items: list[str]) -> dict[str, str]:
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
             raise BioPropError(f"malformed --rule-opt {item!r}; expected key=value, e.g. --rule-opt scale=0.5")
+        if key.strip() in out:
+            raise BioPropError(f"--rule-opt {key.strip()!r} given twice ({out[key.strip()]!r} and {value.strip()!r})")
         out[key.strip()] = value.strip()
     return out
 
@@ -217,7 +219,9 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if "\0" in text:
         raise BioPropError(f"{_file_source(path)} is not a text YAML file (it is binary or not UTF-8)")
     try:
-        values = yaml.safe_load(text)
+        values = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise BioPropError(f"{_file_source(path)}: key {exc.key!r} given twice (line {exc.line})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
@@ -230,6 +234,26 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise BioPropError(f"{_file_source(path)} must be a mapping of key: value, not a {type(values).__name__}")
     return {str(k): v for k, v in values.items()}
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int) -> None:
+        super().__init__(key)
+        self.key, self.line = key, line
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error instead of the last one
+    silently winning."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise _DuplicateKey(key, key_node.start_mark.line + 1)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def _file_source(path: str | Path) -> str:

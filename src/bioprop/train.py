@@ -44,7 +44,7 @@ from torch import Tensor, nn
 
 import bioprop
 from bioprop import checks, data, metrics, nets, rules
-from bioprop.config import RunConfig
+from bioprop.config import NOT_FINGERPRINTED, RunConfig
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.report import logs
 from bioprop.report.progress import Progress
@@ -399,7 +399,13 @@ def resume(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
     read = checkpoint.stat() if checkpoint.is_file() else None
     tensors, meta = read_checkpoint(checkpoint)
     if meta["fingerprint"] != config.fingerprint():
-        raise BioPropError(f"checkpoint is from another config: {run_dir / CONFIG} was changed after the run started")
+        differ = [key for key, value in config.to_dict().items()
+                  if key not in NOT_FINGERPRINTED and meta.get("config", {}).get(key, value) != value]  # fmt: skip
+        which = f" ({', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'})" if differ else ""
+        raise BioPropError(
+            f"checkpoint is from another config than '{run_dir / CONFIG}'{which}: that file was edited, or the "
+            f"checkpoint copied from another run; to train longer or otherwise, start a new run with `bioprop train`"
+        )
     if finished(run_dir, meta["epoch"], config.epochs):
         return {**logs.read_summary(run_dir), "resumed_from": meta["epoch"]}
     s = build(config, run_dir)
