@@ -240,11 +240,21 @@ def test_datasets_check(cli, tmp_path: Path, monkeypatch) -> None:
 
 
 def test_compare_prints_a_table(cli, finished_run: Path, tmp_path: Path) -> None:
-    twins = [shutil.copytree(finished_run, tmp_path / name) for name in ("a", "b")]  # one run may count only once
-    code, out, _ = cli("compare", *twins)
+    code, out, _ = cli("compare", finished_run)
     lines = out.strip().splitlines()
     assert code == 0 and len(lines) == 3 and lines[0].startswith("| rule") and "| fa " in lines[2]
-    assert "± 0.00" in lines[2]  # the same run twice: zero spread
+    # the same run under another seed (its files relabelled): one row of two runs, zero spread
+    other = Path(shutil.copytree(finished_run, tmp_path / "seed1"))
+    for name in ("config.yaml", "summary.json"):
+        path = other / name
+        path.write_text(path.read_text().replace("seed: 0", "seed: 1").replace('"seed": 0', '"seed": 1'))
+    code, out, err = cli("compare", finished_run, other)
+    lines = out.strip().splitlines()
+    assert code == 0 and len(lines) == 3 and "± 0.00" in lines[2], err
+    # two copies of one run are not two seeds
+    twins = [shutil.copytree(finished_run, tmp_path / name) for name in ("a", "b")]
+    code, _, err = cli("compare", *twins)
+    assert_one_line_error(code, err, says="same configuration and seed")
 
 
 def test_compare_of_a_non_run(cli, tmp_path: Path) -> None:

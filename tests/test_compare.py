@@ -2,7 +2,10 @@
 
 Run directories are written by hand here (a config.yaml from `tiny_config`, a summary.json with numbers chosen by
 the test), except where the layout of real runs matters; every expected mean ± std is computed in the test with the
-statistics module from the numbers the test wrote.
+statistics module from the numbers the test wrote. The malformed summaries are refused by the rule of the module
+docstring (text, whole numbers, finite numbers or null, accuracies in [0, 1], angles in [0, 180], seconds ≥ 0): each
+case writes one bad field and expects a one-line error naming the file and the field and quoting the value as it is
+written in the JSON file.
 """
 
 from __future__ import annotations
@@ -179,11 +182,111 @@ def test_a_damaged_run_directory_is_named(tmp_path: Path) -> None:
     with pytest.raises(BioPropError, match="cannot read .*summary.json"):
         compare([run])
     (run / "summary.json").write_text("[1, 2]")
-    with pytest.raises(BioPropError, match="summary.json is not a JSON object"):
+    with pytest.raises(BioPropError, match="summary.json' is not a JSON object"):
         compare([run])
     (run / "summary.json").write_text(json.dumps({"rule": "fa"}))
-    with pytest.raises(BioPropError, match="summary.json has no dataset"):
+    with pytest.raises(BioPropError, match="summary.json' has no dataset"):
         compare([run])
+
+
+# (file, field as written, its value, the field as the error names it, the value as the error quotes it)
+MALFORMED = [
+    ("summary.json", "epoch_seconds", "x", "epoch_seconds", "'\"x\"'"),
+    ("summary.json", "epoch_seconds", [1.0, -2.0], "epoch_seconds[1]", "'-2.0'"),  # seconds are ≥ 0
+    ("summary.json", "epoch_seconds", [1.0, "x"], "epoch_seconds[1]", "'\"x\"'"),
+    ("summary.json", "test_accuracy", "high", "test_accuracy", "'\"high\"'"),
+    ("summary.json", "test_accuracy", "0.9", "test_accuracy", "'\"0.9\"'"),  # a number as text is text
+    ("summary.json", "test_accuracy", 85.48, "test_accuracy", "'85.48'"),  # a percentage, not a fraction
+    ("summary.json", "test_accuracy", float("nan"), "test_accuracy", "'NaN'"),
+    ("summary.json", "test_accuracy", float("inf"), "test_accuracy", "'Infinity'"),
+    ("summary.json", "test_accuracy", True, "test_accuracy", "'true'"),
+    ("summary.json", "best_test_accuracy", -0.1, "best_test_accuracy", "'-0.1'"),
+    ("summary.json", "alignment_deg", [1, 2], "alignment_deg", "'[1, 2]'"),
+    ("summary.json", "alignment_deg", {"a": "x"}, "alignment_deg['a']", "'\"x\"'"),
+    ("summary.json", "alignment_deg", {"1.weight": [60.0, "x"]}, "alignment_deg['1.weight'][1]", "'\"x\"'"),
+    ("summary.json", "alignment_deg", {"1.weight": [60.0, 200.0]}, "alignment_deg['1.weight'][1]", "'200.0'"),
+    ("summary.json", "epochs", "2", "epochs", "'\"2\"'"),
+    ("summary.json", "epochs", 2.5, "epochs", "'2.5'"),
+    ("summary.json", "epochs_done", -1, "epochs_done", "'-1'"),
+    ("summary.json", "seed", "0", "seed", "'\"0\"'"),
+    ("summary.json", "status", 3, "status", "'3'"),
+    ("summary.json", "rule_options", [1], "rule_options", "'[1]'"),
+    ("summary.json", "rule", 5, "rule", "'5'"),
+    ("summary.json", "dataset", ["digits"], "dataset", "'[\"digits\"]'"),
+    ("config.yaml", "seed", "abc", "seed", "'\"abc\"'"),
+    ("config.yaml", "rule_opts", [1, 2], "rule_opts", "'[1, 2]'"),
+]
+
+
+@pytest.mark.parametrize("file, field, value, named, quoted", MALFORMED, ids=[f"{c[1]}={c[2]!r}" for c in MALFORMED])
+def test_a_malformed_field_is_one_line_naming_file_field_and_value(
+    cli, tmp_path: Path, file: str, field: str, value: Any, named: str, quoted: str
+) -> None:
+    good = write_run(tmp_path / "runs" / "s0", seed=0)
+    bad = write_run(tmp_path / "runs" / "s1", seed=1)
+    path = bad / file
+    if file == "summary.json":
+        path.write_text(json.dumps({**json.loads(path.read_text()), field: value}))
+    else:
+        path.write_text(yaml.safe_dump({**yaml.safe_load(path.read_text()), field: value}))
+    for given in ([good, bad], [tmp_path / "runs"]):  # named or found by searching
+        code, out, err = cli("compare", *given)
+        assert (code, out, err.count("\n")) == (2, "", 1), err
+        assert err.startswith(f"bioprop: error: '{path}'") and f" {named} " in err and f"not {quoted}" in err, err
+    with pytest.raises(BioPropError):
+        compare([good, bad])
+
+
+def test_null_and_boundary_values_are_read(tmp_path: Path) -> None:
+    """Null is allowed wherever a number is (bioprop writes null for a non-finite value); 0 and 1 are accuracies,
+    0 and 180 angles, 0 seconds a duration."""
+    low = write_run(tmp_path / "s0", seed=0, acc=0.0, angle=0.0)
+    high = write_run(tmp_path / "s1", seed=1, acc=0.99, angle=180.0)
+    summary = json.loads((high / "summary.json").read_text())
+    summary |= {"best_test_accuracy": 1.0, "epoch_seconds": [None, 0.0]}
+    summary["alignment_deg"]["3.weight"] = [None, None]
+    (high / "summary.json").write_text(json.dumps(summary))
+    [row] = rows_of([low, high])
+    assert row["runs"] == "2" and row["test acc (%)"] == mean_std([0.0, 0.99])
+    assert row["best acc (%)"] == mean_std([0.01, 1.0])
+    assert row["final angle to reference (°)"] == f"1.weight {statistics.fmean([0.0, 180.0]):.1f}, 3.weight 0.0"
+    assert row["s/epoch"] == f"{statistics.fmean([1.0, 2.0, 0.0]):.2f}"  # s0 wrote 1 and 2 s; s1 null and 0 s
+    for field in ("rule_options", "status", "test_accuracy", "epoch_seconds", "alignment_deg", "epochs"):
+        summary[field] = None
+    (high / "summary.json").write_text(json.dumps(summary))
+    [row] = rows_of([high])
+    assert (row["runs"], row["epochs"], row["test acc (%)"]) == ("1 (1 unknown)", "2/?", "–")
+
+
+# ------------------------------------------------------------------------------- the same run counted twice
+
+
+@pytest.mark.parametrize("how", ["copied", "repeated"])
+def test_runs_with_the_same_configuration_and_seed_are_refused(cli, tmp_path: Path, how: str) -> None:
+    """A row holds runs that differ only in their seed: a run copied (or run again with the same seed) is not a
+    second seed, and counting it would show '2 runs, ± 0.00'."""
+    first = write_run(tmp_path / "runs" / "s0", seed=0, acc=0.85)
+    write_run(tmp_path / "runs" / "s1", seed=1, acc=0.87)
+    if how == "copied":
+        second = Path(shutil.copytree(first, tmp_path / "runs" / "s0-copy"))
+    else:
+        second = write_run(tmp_path / "runs" / "s0-again", seed=0, acc=0.86)
+    with pytest.raises(BioPropError) as caught:
+        compare([first, tmp_path / "runs" / "s1", second])
+    message = str(caught.value)
+    assert "\n" not in message and "same configuration and seed" in message
+    assert f"'{first}'" in message and f"'{second}'" in message
+    code, out, err = cli("compare", tmp_path / "runs")
+    assert (code, out, err.count("\n")) == (2, "", 1) and err.startswith("bioprop: error: runs ")
+    assert "same configuration and seed" in err and f"'{first}'" in err and f"'{second}'" in err
+
+
+def test_the_same_seed_with_other_settings_is_not_a_duplicate(tmp_path: Path) -> None:
+    write_run(tmp_path / "a", seed=0, lr=0.01)
+    write_run(tmp_path / "b", seed=0, lr=0.1)
+    write_run(tmp_path / "c", seed=0, rule_opts={"seed": 7}, rule_options={"init": "xavier", "scale": 1.0, "seed": 7})
+    rows = rows_of([tmp_path / n for n in "abc"])
+    assert [r["runs"] for r in rows] == ["1", "1", "1"]
 
 
 # --------------------------------------------------------------------------- real runs, laid out as `make demo`

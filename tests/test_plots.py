@@ -2,13 +2,16 @@
 epoch and step axes have integer ticks; the train accuracy says it is a running mean.
 
 Expected layer shapes are worked out here by hand (e.g. 28·28 = 784 inputs; LeNet's convolutions 1→6→16→120 with
-5×5 kernels; a 28×28 image after two 5×5 valid convolutions each pooled 2×2 is 4×4).
+5×5 kernels; a 28×28 image after two 5×5 valid convolutions each pooled 2×2 is 4×4). Tick labels are read after
+drawing, from the ticks inside the axis's view limits (matplotlib draws no others): an epoch axis of epochs a..b
+must show only integers from a to b; a value axis whose values span under a decade, only plain decimals.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -33,6 +36,25 @@ def legend_texts(ax) -> list[str]:
 def integer_ticks(ax) -> bool:
     ticks = ax.get_xticks()
     return len(ticks) > 0 and all(float(t).is_integer() for t in ticks)
+
+
+def shown_tick_labels(axis) -> list[str]:
+    """The non-empty labels, major and minor, of the ticks an axis draws: those inside its view limits."""
+    axis.figure.draw_without_rendering()
+    low, high = sorted(axis.get_view_interval())
+    shown = []
+    for minor in (False, True):
+        for loc, label in zip(axis.get_ticklocs(minor=minor), axis.get_ticklabels(minor=minor), strict=True):
+            if low <= loc <= high and label.get_text():
+                shown.append(label.get_text())
+    return shown
+
+
+def number(label: str) -> float:
+    return float(label.replace("\N{MINUS SIGN}", "-"))
+
+
+PLAIN_DECIMAL = re.compile(r"[\N{MINUS SIGN}-]?\d+(\.\d+)?")  # 0.926, 12, −3.5; not 9.26×10⁻¹, 1e-3 or mathtext
 
 
 def titled(fig: Figure, *words: str) -> bool:
@@ -149,6 +171,98 @@ def test_traces_and_apical_figures(tmp_path: Path) -> None:
     assert all(integer_ticks(ax) for ax in fig.axes)
     fig = plots.apical_figure(run)
     assert titled(fig, "microcircuit", "fashion-mnist", "mlp:20") and all(integer_ticks(ax) for ax in fig.axes)
+
+
+def epochs_run(path: Path, n: int) -> Path:
+    """A microcircuit run directory with ``n`` epochs of metrics (two hidden layers' apical diagnostics) and an
+    angle before training, as a run of ``--epochs n`` leaves them."""
+    run = hand_run(path, "mlp:20x20", in_shape=[1, 28, 28], rule="microcircuit")
+    summary = json.loads((run / "summary.json").read_text())
+    (run / "summary.json").write_text(json.dumps({**summary, "alignment_init_deg": {"1.weight": 88.0}}))
+    write_csv(run / "metrics.csv", [
+        {"epoch": e, "train_loss": 2.0 / e, "train_accuracy": 0.5 + e / 100, "test_loss": 2.1 / e,
+         "test_accuracy": 0.49 + e / 100, "angle/1.weight": 80.0 - e, "angle/5.weight": 1.0,
+         "diag/apical_norm_l1": 0.9 + e / 100, "diag/apical_norm_l2": 0.8, "diag/apical_norm_free_l1": 0.3,
+         "diag/apical_norm_free_l2": 0.2, "diag/w_pi_down_angle_deg_l1": 70.0}
+        for e in range(1, n + 1)
+    ])  # fmt: skip
+    write_csv(run / "traces.csv", [{"epoch": 0, "trace": "apical_norm", "step": s, "value": 1.5 - s / 10}
+                                   for s in range(5)])  # fmt: skip
+    return run
+
+
+@pytest.mark.parametrize("n", [1, 2, 7])
+def test_epoch_axes_show_only_the_integer_epochs_of_the_run(tmp_path: Path, n: int) -> None:
+    """The fault seen: with --epochs 1, curves.png and apical.png had ticks 0.945 … 1.050."""
+    run = epochs_run(tmp_path / "run", n)
+    figures = [plots.curves_figure(run), plots.alignment_figure(run), plots.apical_figure(run)]
+    epoch_axes = [ax for fig in figures for ax in fig.axes if ax.get_xlabel() == "epoch"]
+    assert len(epoch_axes) == 4  # accuracy, loss, alignment, apical during training
+    for ax in epoch_axes:
+        first = 0 if ax.figure is figures[1] else 1  # the alignment figure starts before training, at epoch 0
+        labels = shown_tick_labels(ax.xaxis)
+        assert labels and all(re.fullmatch(r"\d+", label) for label in labels), labels
+        assert {int(label) for label in labels} <= set(range(first, n + 1)), labels
+        if n <= 2:
+            assert sorted(int(label) for label in labels) == list(range(first, n + 1))  # few epochs: each one
+
+
+def test_a_real_one_epoch_run_has_integer_epoch_ticks_and_readable_apical_labels(tmp_path: Path) -> None:
+    run = tmp_path / "mc"
+    train.run(tiny_config(rule="microcircuit", epochs=1, limit=100, rule_opts={"prepare_steps": 10}), run,
+              quiet=True)  # fmt: skip
+    for fig in (plots.curves_figure(run), plots.apical_figure(run)):
+        for ax in fig.axes:
+            if ax.get_xlabel() == "epoch":
+                assert shown_tick_labels(ax.xaxis) == ["1"]
+    legend = legend_texts(plots.apical_figure(run).axes[1])
+    assert legend == ["hidden layer 1, with target (mean over the epoch)",
+                      "hidden layer 1, without target (free, last batch)"]  # fmt: skip
+
+
+def test_legends_name_no_raw_columns(tmp_path: Path) -> None:
+    """Per the microcircuit's diagnostics: apical_norm_l<k> is hidden layer k's mean ‖v_A‖ with the target over the
+    epoch's steps; apical_norm_free_l<k> the same without the target, on the epoch's last batch."""
+    run = epochs_run(tmp_path / "run", 3)
+    figures = [plots.curves_figure(run), plots.alignment_figure(run), plots.apical_figure(run)]
+    legends = [text for fig in figures for ax in fig.axes if ax.get_legend() for text in legend_texts(ax)]
+    assert legends and not [text for text in legends if "diag/" in text or "apical_norm" in text or "/" in text]
+    assert legend_texts(figures[2].axes[1]) == [
+        "hidden layer 1, with target (mean over the epoch)", "hidden layer 2, with target (mean over the epoch)",
+        "hidden layer 1, without target (free, last batch)", "hidden layer 2, without target (free, last batch)",
+    ]  # fmt: skip
+    assert plots.apical_label("diag/other") == "diag/other"
+
+
+def energy_run(path: Path, values: list[float]) -> Path:
+    """A predictive-coding run whose energy per inference step is ``values`` in each of two epochs."""
+    run = hand_run(path, "mlp:20", rule="pc")
+    write_csv(run / "traces.csv", [{"epoch": e, "trace": "energy", "step": s, "value": v * (1 - e / 1000)}
+                                   for e in (1, 2) for s, v in enumerate(values)])  # fmt: skip
+    return run
+
+
+@pytest.mark.parametrize("values", [
+    [0.9275, 0.9270, 0.9266, 0.9262, 0.9260],  # the fault seen: ticks 9.26×10⁻¹
+    [2.3288, 2.30, 2.28, 2.2533],
+    [9.9, 5.0, 2.0, 1.0],  # just under a decade
+    [1e-4, 3e-5, 2e-5],
+])  # fmt: skip
+def test_energy_within_a_decade_has_plain_decimal_labels(tmp_path: Path, values: list[float]) -> None:
+    fig = plots.traces_figure(energy_run(tmp_path / "pc", values))
+    assert {ax.get_title() for ax in fig.axes} == {"energy", "energy / energy at step 0"}
+    for ax in fig.axes:
+        labels = shown_tick_labels(ax.yaxis)
+        assert ax.get_yscale() == "linear" and ax.yaxis.get_offset_text().get_text() == ""
+        assert len(labels) >= 2 and all(PLAIN_DECIMAL.fullmatch(label) for label in labels), labels
+        low, high = ax.get_ylim()
+        assert all(low <= number(label) <= high for label in labels)
+        assert all(PLAIN_DECIMAL.fullmatch(label) for label in shown_tick_labels(ax.xaxis))
+
+
+def test_energy_over_a_decade_or_more_is_on_a_log_axis(tmp_path: Path) -> None:
+    fig = plots.traces_figure(energy_run(tmp_path / "pc", [10.0, 3.0, 1.0]))  # max = 10 × min
+    assert [ax.get_yscale() for ax in fig.axes] == ["log", "log"]
 
 
 def test_saving_writes_a_png_atomically(run_copy: Path) -> None:

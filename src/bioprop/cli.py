@@ -375,7 +375,9 @@ def compare(
     Test and best accuracy (mean ± std over runs that differ only in their seed; runs with other differences get
     their own rows and a settings column naming them), final update angle to the reference gradient per weight
     tensor, seconds per epoch. Diverged, interrupted or running runs are counted apart and left out of the means.
-    A directory that is not a run is searched for run directories; the same run given twice is refused.
+    A directory that is not a run is searched for run directories. The same run given twice, or two runs with the
+    same configuration and seed (e.g. a copied run directory), are refused: they are not independent seeds. A
+    summary.json or config.yaml field of the wrong type or range is refused, naming the file and the field.
     """
     from bioprop.report import tables
 

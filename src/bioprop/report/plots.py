@@ -13,18 +13,23 @@ Each figure has a function that builds it and returns the :class:`~matplotlib.fi
 - :func:`traces_figure`: per-step traces of a rule's inner dynamics (e.g. the energy at each inference step), one
   panel per trace and one line per epoch, coloured from early (dark) to late (light); a rule's preparation phase
   (epoch 0, e.g. the microcircuit's self-predicting phase) gets its own panel.
-- :func:`apical_figure`: the microcircuit's apical potential, in its self-predicting phase and per epoch.
+- :func:`apical_figure`: the microcircuit's apical potential, in its self-predicting phase and per epoch, with and
+  without the target, one line per hidden layer.
 - :func:`alignment_comparison_figure`: several runs (e.g. one per rule) in one figure, a panel per weight tensor.
 
 Every title names the rule, dataset and architecture; weight tensors are named by their layer and shape
 (:func:`layer_labels`: ``hidden 1, 784→256``, ``output, 256→10``, ``conv 1, 1→6 (5×5)``); step and epoch axes have
-integer ticks.
+ticks at integers only, however few the epochs (an epoch axis spans first − ½ to last + ½). A value axis (energy,
+‖v_A‖) is logarithmic only when its positive values span at least a decade; otherwise it is linear, with plain
+decimal tick labels (no ``×10⁻¹``, no offset).
 """
 
 from __future__ import annotations
 
 import io
 import json
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +38,7 @@ import torch
 import yaml
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, ScalarFormatter
 
 from bioprop import nets
 from bioprop.errors import BioPropError
@@ -41,6 +46,7 @@ from bioprop.report import logs
 
 TRAIN_LABEL = "train (running mean over the epoch)"
 TEST_LABEL = "test (after the epoch)"
+APICAL_COLUMN = re.compile(r"diag/apical_norm_(free_)?l(\d+)")  # the microcircuit's diagnostics, per hidden layer
 SAFETENSORS_HEADER_MAX = 1 << 26  # bytes; a larger header is not a weights file of ours
 
 
@@ -151,8 +157,49 @@ def layer_labels(run_dir: str | Path) -> dict[str, str]:
 
 
 def _integer_x(ax: Axes) -> None:
-    """Epochs and steps are counts: ticks only at integers."""
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    """Epochs and steps are counts: ticks only at integers, even when the axis holds a single one (matplotlib's
+    default asks for two integers in view before it keeps to integers)."""
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+
+
+def _epoch_x(ax: Axes, epochs: Sequence[int]) -> None:
+    """An epoch axis: from the first epoch − ½ to the last + ½, ticks at integers only."""
+    if epochs:
+        ax.set_xlim(min(epochs) - 0.5, max(epochs) + 0.5)
+    _integer_x(ax)
+
+
+def _count_x(ax: Axes, xlabel: str, xs: Sequence[int]) -> None:
+    """An ``epoch`` axis (:func:`_epoch_x`) or a ``step`` axis (integer ticks)."""
+    if xlabel == "epoch":
+        _epoch_x(ax, xs)
+    else:
+        _integer_x(ax)
+
+
+def _value_y(ax: Axes, values: Sequence[float | None]) -> None:
+    """A logarithmic y axis when the finite values are all positive and span at least a decade (max ≥ 10 min);
+    else a linear one with plain decimal tick labels, without scientific notation or an offset."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) >= 10 * min(finite):
+        ax.set_yscale("log")
+        return
+    formatter = ScalarFormatter(useOffset=False)
+    formatter.set_scientific(False)
+    ax.yaxis.set_major_formatter(formatter)
+
+
+def apical_label(column: str) -> str:
+    """The legend text of a ``metrics.csv`` column written by the microcircuit's diagnostics:
+    ``diag/apical_norm_l<k>`` is the mean ‖v_A‖ of hidden layer k with the target, averaged over the epoch's training
+    steps; ``diag/apical_norm_free_l<k>`` the same without the target, on the epoch's last batch (see
+    :meth:`bioprop.rules.dendritic.Microcircuit.diagnostics`). Other names are returned as they are."""
+    match = APICAL_COLUMN.fullmatch(column)
+    if match is None:
+        return column
+    free, layer = match.groups()
+    return (f"hidden layer {layer}, without target (free, last batch)" if free
+            else f"hidden layer {layer}, with target (mean over the epoch)")  # fmt: skip
 
 
 def save(fig: Figure, path: str | Path) -> Path:
@@ -206,7 +253,7 @@ def alignment_figure(run_dir: str | Path) -> Figure:
     ax.axhline(90.0, color="grey", linestyle="--", linewidth=1, label="90° (orthogonal)")
     ax.set(xlabel=xlabel, ylabel="angle to the reference gradient (degrees)", ylim=(-3, 100),
            title=run_title(run_dir))  # fmt: skip
-    _integer_x(ax)
+    _count_x(ax, xlabel, [x for xs, _ in series.values() for x in xs])
     ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     return fig
@@ -228,7 +275,7 @@ def curves_figure(run_dir: str | Path) -> Figure:
             ax.plot(epochs, [row[f"{split}_{what}"] for row in rows], marker="o" if len(rows) < 30 else None,
                     markersize=3, label=label)  # fmt: skip
         ax.set(xlabel="epoch", ylabel=what, title=what)
-        _integer_x(ax)
+        _epoch_x(ax, epochs)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
     fig.suptitle(run_title(run_dir))
@@ -268,9 +315,8 @@ def traces_figure(run_dir: str | Path) -> Figure:
             show = epoch in (min(by_epoch), last) or len(by_epoch) <= 6
             ax.plot(xs, ys, color=colours(0.0 if last <= 1 else (epoch - 1) / (last - 1) * 0.9),
                     label=label if show else None)  # fmt: skip
-        positive = all(y > 0 for _, ys in by_epoch.values() for y in ys if y == y)
-        ax.set(xlabel="step" if "preparation" in name else "inference step", ylabel=name,
-               yscale="log" if positive else "linear", title=name)  # fmt: skip
+        ax.set(xlabel="step" if "preparation" in name else "inference step", ylabel=name, title=name)
+        _value_y(ax, [y for _, ys in by_epoch.values() for y in ys])
         _integer_x(ax)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
@@ -317,7 +363,7 @@ def alignment_comparison_figure(run_dirs: Sequence[str | Path], output_layer: bo
         ax.axhline(90.0, color="grey", linestyle="--", linewidth=1)
         ax.set(xlabel=xlabel, ylabel="angle to the reference gradient (degrees)", ylim=(-3, 100),
                title=labels.get(name, name))  # fmt: skip
-        _integer_x(ax)
+        _count_x(ax, xlabel, [x for series in curves.values() if name in series for x in series[name][0]])
         ax.grid(alpha=0.3)
     ax.legend(fontsize="small")
     fig.suptitle(" · ".join(_joined([s.get(key, "?") for s in about]) for key in ("rule", "dataset", "arch")))
@@ -330,28 +376,32 @@ def alignment_comparison(run_dirs: Sequence[str | Path], path: str | Path, outpu
 
 
 def apical_figure(run_dir: str | Path) -> Figure:
-    """Left, the mean apical potential ‖v_A‖ during the microcircuit's self-predicting phase (``traces.csv`` rows of
-    epoch 0, trace ``apical_norm``); right, the per-epoch ``diag/apical_norm_*`` columns of ``metrics.csv`` (with
-    and without the target, one line per hidden layer)."""
+    """Left, the mean apical potential ‖v_A‖ (over examples and hidden layers) during the microcircuit's
+    self-predicting phase (``traces.csv`` rows of epoch 0, trace ``apical_norm``); right, per epoch, each hidden
+    layer's mean ‖v_A‖ with the target over the epoch's steps and without it on the last batch (the
+    ``diag/apical_norm_*`` columns of ``metrics.csv``, labelled by :func:`apical_label`).
+
+    Raises :class:`BioPropError` when the run directory records neither."""
     run_dir = Path(run_dir)
     traces = logs.read_csv(run_dir / logs.TRACES) if (run_dir / logs.TRACES).is_file() else []
     phase = [(r["step"], r["value"]) for r in traces if r["epoch"] == 0 and r["trace"] == "apical_norm"]
     rows = logs.read_metrics(run_dir)
-    columns = [key for key in (rows[0] if rows else {}) if key.startswith("diag/apical_norm")]
+    columns = [key for key in (rows[0] if rows else {}) if APICAL_COLUMN.fullmatch(key)]
     if not phase and not columns:
         raise BioPropError(f"no apical norms recorded in {run_dir}")
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     left, right = fig.subplots(1, 2)
     if phase:
         left.plot([s for s, _ in phase], [float("nan") if v is None else v for _, v in phase])
-        left.set(yscale="log" if all(v and v > 0 for _, v in phase) else "linear")
+        _value_y(left, [v for _, v in phase])
     left.set(xlabel="step", ylabel="mean ‖v_A‖ without target", title="self-predicting phase")
+    _integer_x(left)
     for key in columns:
         right.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker="o" if len(rows) < 30 else None,
-                   markersize=3, label=key[5:])  # fmt: skip
+                   markersize=3, label=apical_label(key))  # fmt: skip
     right.set(xlabel="epoch", ylabel="mean ‖v_A‖", title="during training")
+    _epoch_x(right, [r["epoch"] for r in rows] if columns else [])
     for ax in (left, right):
-        _integer_x(ax)
         ax.grid(alpha=0.3)
     if columns:
         right.legend(fontsize="small")

@@ -20,6 +20,17 @@ Test and best accuracy (mean ± sample standard deviation, in %), the final angl
 per weight tensor and the seconds per epoch are over a row's *finished* runs. Runs that diverged, failed, were
 interrupted or are still running are counted in the ``runs`` column (``3 (1 diverged)``) and left out of those
 numbers; a row with no finished run shows ``–`` there.
+
+Two runs with the same settings *and* the same seed (a run directory copied, or a run repeated) are refused, naming
+both: they are not independent seeds, and counting both would shrink the standard deviation and inflate the count.
+
+What compare reads is checked before any row is built (:func:`check_summary`): in ``summary.json``, ``rule``,
+``dataset`` and ``arch`` are text; ``status`` is text; ``seed`` an integer; ``epochs`` and ``epochs_done`` whole
+numbers ≥ 0; ``test_accuracy`` and ``best_test_accuracy`` fractions from 0 to 1; ``epoch_seconds`` a list of
+seconds ≥ 0; ``alignment_deg`` an object of lists (one per weight tensor) of angles from 0 to 180; ``rule_options``
+an object; in ``config.yaml``, ``rule`` is text, ``seed`` an integer and ``rule_opts`` a mapping. Every number is
+finite, and every field but rule, dataset and arch may be null or absent (a list's entries may be null). Anything
+else is a one-line :class:`~bioprop.errors.BioPropError` naming the file and the field and quoting the value.
 """
 
 from __future__ import annotations
@@ -28,7 +39,7 @@ import json
 import math
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,16 +53,19 @@ FINISHED = "finished"
 IDENTITY = ("rule", "data", "arch")  # shown in columns of their own
 NOT_SETTINGS = (*IDENTITY, "epochs")  # the epochs column shows these
 RULE_OPTION = "rule_opts."  # prefix of rule options among a run's settings
+REQUIRED = ("rule", "dataset", "arch")  # a summary without these is not a run's
 
 
 @dataclass
 class Run:
-    """One run directory: where it is, its ``summary.json``, and the settings it is grouped by (see the module
-    docstring): ``{config key: value}``, rule options as ``"rule_opts.<option>"``."""
+    """One run directory: where it is, its ``summary.json``, the settings it is grouped by (see the module
+    docstring: ``{config key: value}``, rule options as ``"rule_opts.<option>"``) and its seed (None when neither
+    file records one)."""
 
     path: Path
     summary: dict[str, Any]
     settings: dict[str, Any]
+    seed: int | None = None
 
     @property
     def finished(self) -> bool:
@@ -118,6 +132,105 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
     return runs
 
 
+# ------------------------------------------------------------------------------------ what a run directory holds
+
+
+def _number_from(low: float, high: float) -> Callable[[Any], bool]:
+    """A check passing null and finite numbers (not booleans) from ``low`` to ``high``."""
+
+    def ok(value: Any) -> bool:
+        if value is None:
+            return True
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and low <= value <= high
+
+    return ok  # NaN fails both comparisons and ±inf fails one, so only finite numbers pass
+
+
+def _integer(value: Any) -> bool:
+    return value is None or (isinstance(value, int) and not isinstance(value, bool))
+
+
+def _count(value: Any) -> bool:
+    return _integer(value) and (value is None or value >= 0)
+
+
+def _text(value: Any) -> bool:
+    return value is None or isinstance(value, str)
+
+
+def _mapping(value: Any) -> bool:
+    return value is None or isinstance(value, dict)
+
+
+# field: (form, check of each value, what each value must be). "one": the field is the value; "list": a list of
+# values; "per tensor": an object {weight tensor: list of values}. A list or object field may also be null.
+Field = tuple[str, Callable[[Any], bool], str]
+SUMMARY_FIELDS: dict[str, Field] = {
+    "rule": ("one", _text, "text"),
+    "dataset": ("one", _text, "text"),
+    "arch": ("one", _text, "text"),
+    "status": ("one", _text, "text or null"),
+    "seed": ("one", _integer, "an integer or null"),
+    "epochs": ("one", _count, "a whole number ≥ 0 or null"),
+    "epochs_done": ("one", _count, "a whole number ≥ 0 or null"),
+    "test_accuracy": ("one", _number_from(0, 1), "a finite number from 0 to 1 (a fraction, not %) or null"),
+    "best_test_accuracy": ("one", _number_from(0, 1), "a finite number from 0 to 1 (a fraction, not %) or null"),
+    "epoch_seconds": ("list", _number_from(0, math.inf), "a finite number of seconds ≥ 0 or null"),
+    "alignment_deg": ("per tensor", _number_from(0, 180), "a finite angle from 0 to 180 degrees or null"),
+    "rule_options": ("one", _mapping, "an object or null"),
+}
+CONFIG_FIELDS: dict[str, Field] = {
+    "rule": ("one", _text, "text"),
+    "seed": ("one", _integer, "an integer or null"),
+    "rule_opts": ("one", _mapping, "a mapping or null"),
+}
+QUOTE_MAX = 60  # characters of a bad value quoted in an error
+
+
+def _quote(value: Any) -> str:
+    """The value as it is written in the JSON file, quoted: ``'"x"'`` (text), ``'85.48'``, ``'[1, 2]'``, ``'NaN'``."""
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return repr(text if len(text) <= QUOTE_MAX else text[: QUOTE_MAX - 1] + "…")
+
+
+def check_fields(path: Path, values: dict[str, Any], fields: dict[str, Field], required: Sequence[str] = ()) -> None:
+    """Check the ``fields`` of ``values`` (read from the file ``path``) that are there; see the module docstring.
+
+    Raises :class:`BioPropError` naming the file and the field (``epoch_seconds[1]``,
+    ``alignment_deg['1.weight'][0]``) and quoting the value when one is not what ``fields`` says, or when a field
+    in ``required`` is missing or null."""
+    for name, (form, ok, what) in fields.items():
+        value = values.get(name)
+        if value is None and name in required:
+            raise BioPropError(f"{str(path)!r} has no {name}; is it a bioprop run directory?")
+        cells = [(name, value)] if form == "one" else []
+        if form == "list" and value is not None:
+            if not isinstance(value, list):
+                raise BioPropError(f"{str(path)!r}: {name} must be a list, each {what}; not {_quote(value)}")
+            cells = [(f"{name}[{i}]", item) for i, item in enumerate(value)]
+        if form == "per tensor" and value is not None:
+            if not isinstance(value, dict):
+                raise BioPropError(f"{str(path)!r}: {name} must be an object of lists (one per weight tensor), "
+                                   f"not {_quote(value)}")  # fmt: skip
+            for tensor, series in value.items():
+                if not isinstance(series, list):
+                    raise BioPropError(f"{str(path)!r}: {name}[{tensor!r}] must be a list, each {what}; "
+                                       f"not {_quote(series)}")  # fmt: skip
+                cells += [(f"{name}[{tensor!r}][{i}]", item) for i, item in enumerate(series)]
+        for field, item in cells:
+            if not ok(item):
+                raise BioPropError(f"{str(path)!r}: {field} must be {what}, not {_quote(item)}")
+
+
+def check_summary(path: Path, summary: Any) -> dict[str, Any]:
+    """``summary`` (read from the file ``path``) when it is a JSON object holding what compare reads (see the module
+    docstring); otherwise a one-line :class:`BioPropError` naming the file and the field and quoting the value."""
+    if not isinstance(summary, dict):
+        raise BioPropError(f"{str(path)!r} is not a JSON object; is it a bioprop run directory?")
+    check_fields(path, summary, SUMMARY_FIELDS, REQUIRED)
+    return summary
+
+
 # ----------------------------------------------------------------------------------------- reading and grouping
 
 
@@ -131,7 +244,7 @@ def _canonical_dataset(name: Any) -> Any:
 def settings_of(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """What a run computes, but for its seed (see the module docstring): its config without ``seed``, the
     fields left out of its fingerprint and a rule seed that follows the run's seed."""
-    seed = config.get("seed", summary.get("seed"))
+    seed = seed_of(config, summary)
     settings = {key: value for key, value in config.items() if key not in ("seed", "rule_opts", *NOT_FINGERPRINTED)}
     settings["data"] = _canonical_dataset(settings.get("data"))
     settings["arch"] = str(settings.get("arch", "")).strip().lower()
@@ -146,17 +259,18 @@ def settings_of(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
     return settings
 
 
+def seed_of(config: dict[str, Any], summary: dict[str, Any]) -> int | None:
+    """The run's seed: ``config.yaml``'s, else ``summary.json``'s, else None."""
+    return config["seed"] if config.get("seed") is not None else summary.get("seed")
+
+
 def read_run(path: Path) -> Run:
-    """The run in ``path``; a summary or config that cannot be read, or lacks rule/dataset/arch, is an error."""
-    summary = logs.read_summary(path)
-    if not isinstance(summary, dict):
-        raise BioPropError(f"{path / logs.SUMMARY} is not a JSON object; is it a bioprop run directory?")
+    """The run in ``path``. A summary or config that cannot be read, lacks rule/dataset/arch, or has a field compare
+    reads of the wrong type or range (see the module docstring) is a :class:`BioPropError` naming file and field."""
+    summary = check_summary(path / logs.SUMMARY, logs.read_summary(path))
     config = read_yaml(path / logs.CONFIG)
-    for key, where in (("rule", summary), ("dataset", summary), ("arch", summary), ("rule", config)):
-        if not isinstance(where.get(key), str):
-            source = logs.SUMMARY if where is summary else logs.CONFIG
-            raise BioPropError(f"{path / source} has no {key}; is it a bioprop run directory?")
-    return Run(path, summary, settings_of(config, summary))
+    check_fields(path / logs.CONFIG, config, CONFIG_FIELDS, required=("rule",))
+    return Run(path, summary, settings_of(config, summary), seed_of(config, summary))
 
 
 def _key(settings: dict[str, Any]) -> str:
@@ -164,10 +278,21 @@ def _key(settings: dict[str, Any]) -> str:
 
 
 def group(runs: Sequence[Run]) -> list[list[Run]]:
-    """Runs with equal settings (differing at most in their seed) together, groups in order of first appearance."""
+    """Runs with equal settings (differing only in their seed) together, groups in order of first appearance.
+
+    Raises :class:`BioPropError` naming both runs when two have the same settings and the same seed: they are not
+    independent seeds (one is likely a copy of the other)."""
     groups: dict[str, list[Run]] = {}
     for run in runs:
-        groups.setdefault(_key(run.settings), []).append(run)
+        mates = groups.setdefault(_key(run.settings), [])
+        twin = next((mate for mate in mates if mate.seed == run.seed), None)
+        if twin is not None:
+            seed = "no seed recorded" if run.seed is None else f"seed {run.seed}"
+            raise BioPropError(
+                f"runs {str(twin.path)!r} and {str(run.path)!r} have the same configuration and seed ({seed}): "
+                "they are not independent seeds (is one a copy of the other?); give only one of them"
+            )
+        mates.append(run)
     return list(groups.values())
 
 
@@ -184,11 +309,11 @@ def distinguishing(groups: Sequence[list[Run]]) -> list[list[str]]:
         same_rule = [s for s in settings if s.get("rule") == mine.get("rule")]
         keys = [key for key in mine if key not in NOT_SETTINGS
                 and varies(key, same_rule if key.startswith(RULE_OPTION) else settings)]  # fmt: skip
-        shown.append([f"{key.removeprefix(RULE_OPTION)}={_text(mine[key])}" for key in keys])
+        shown.append([f"{key.removeprefix(RULE_OPTION)}={_shown(mine[key])}" for key in keys])
     return shown
 
 
-def _text(value: Any) -> str:
+def _shown(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
@@ -210,13 +335,17 @@ def _final_angles(summaries: Sequence[dict[str, Any]]) -> str:
     finals: dict[str, list[float]] = {}
     for summary in summaries:
         for name, values in (summary.get("alignment_deg") or {}).items():
-            if values and values[-1] is not None and math.isfinite(values[-1]):
+            if values and values[-1] is not None:  # finite: checked on reading
                 finals.setdefault(name, []).append(values[-1])
     shown = {name: vs for name, vs in finals.items() if not name.endswith(".bias")} or finals
     return ", ".join(f"{name} {statistics.fmean(vs):.1f}" for name, vs in shown.items()) or "–"
 
 
-def _count(runs: Sequence[Run]) -> str:
+def _or_unknown(value: Any) -> str:
+    return "?" if value is None else str(value)
+
+
+def _runs(runs: Sequence[Run]) -> str:
     """``"3"``, or ``"3 (1 diverged, 1 running)"`` when not every run finished."""
     others = Counter(str(r.summary.get("status") or "unknown") for r in runs if not r.finished)
     detail = ", ".join(f"{n} {status}" for status, n in others.items())
@@ -236,10 +365,11 @@ def table(paths: Sequence[str | Path]) -> tuple[tuple[str, ...], list[tuple[str,
         first = runs[0].summary
         done = [r.summary for r in runs if r.finished]
         seconds = [s for summary in done for s in summary.get("epoch_seconds") or [] if s is not None]
-        epochs = sorted({f"{r.summary.get('epochs_done', '?')}/{r.summary.get('epochs', '?')}" for r in runs})
+        epochs = sorted({f"{_or_unknown(r.summary.get('epochs_done'))}/{_or_unknown(r.summary.get('epochs'))}"
+                         for r in runs})  # fmt: skip
         body.append((
             first["rule"], first["dataset"], first["arch"], *((", ".join(shown) or "–",) if with_settings else ()),
-            _count(runs), ", ".join(epochs),
+            _runs(runs), ", ".join(epochs),
             _mean_std([s.get("test_accuracy") for s in done]),
             _mean_std([s.get("best_test_accuracy") for s in done]),
             _final_angles(done),
