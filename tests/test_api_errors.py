@@ -228,3 +228,42 @@ def test_option_values_of_the_wrong_type_are_refused(key: str, value, says: str)
     config = rules.create("pc", network("pc"), steps=5.0, gamma=1).config
     assert config["steps"] == 5 and type(config["steps"]) is int
     assert config["gamma"] == 1.0 and type(config["gamma"]) is float
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Diagnoses name what the user set, and never claim an option is not the cause
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def test_given_options_are_what_create_was_passed_parsed_without_presets_or_defaults() -> None:
+    """``pc-fpa`` fixes gamma=1 and predictions=fixed by its name (presets): they are not the user's; strings are
+    parsed as they are for ``--rule-opt``."""
+    rule = rules.create("pc-fpa", network("pc-fpa"), steps="3", output="se")
+    assert rule.given_options() == {"steps": 3, "output": "se"}
+    assert rules.create("fa", network("fa")).given_options() == {}
+    given = rules.create("fa", network("fa"), scale=1e30, init="xavier")
+    assert given.given_options() == {"scale": 1e30, "init": "xavier"}
+    given.given_options()["scale"] = 1.0  # a copy: the rule's record does not change
+    assert given.given_options()["scale"] == 1e30
+    assert given.describe_given() == "scale=1e+30 (default 1)"  # init=xavier is the default: no suspect
+
+
+@pytest.mark.parametrize("name", ["fa", "pc", "microcircuit", "ep"])
+def test_a_nan_weight_with_options_given_lists_them_and_claims_nothing_about_them(name: str) -> None:
+    """The rule (issue 9): non-finite parameters are named first, and a message never makes a false claim: an
+    option the user set may well be why the weight became NaN in an earlier step, so it is listed as a suspect,
+    never cleared ("no option ... is the cause")."""
+    option = {"fa": ("scale", 1e30), "pc": ("beta", 7.0), "microcircuit": ("init_scale", 5.0), "ep": ("eps", 0.5)}
+    key, value = option[name]
+    net = network(name)
+    rule = rules.create(name, net, **{key: value})
+    target = "synapses.1.weight" if name in ENERGY_RULES else "3.weight"
+    with torch.no_grad():
+        dict(net.named_parameters())[target][1, 2] = math.nan
+    with pytest.raises(DivergenceError) as info:
+        rule.backward(*good_batch())
+    message = str(info.value)
+    assert f"parameter {target!r} has non-finite entries" in message and "\n" not in message
+    default = rules.entry(name).cls.options[key].default
+    assert f"suspects, first the options you set: {key}={value:g} (default {default:g})" in message, message
+    assert "cause" not in message, message

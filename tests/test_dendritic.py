@@ -332,6 +332,47 @@ def test_microcircuit_without_steady_state_names_the_setting() -> None:
         rule.grads(x, y)
 
 
+def test_conductances_too_far_from_their_defaults_to_divide_by_are_refused_at_create() -> None:
+    """The plasticity divides by m = g_som/(g_l+g_d+g_som) (the interneurons' normalised rate) and, with normalize,
+    by s_1 = λ (a(1−m))^(N−1). Below the dtype's smallest normal number every update overflows, so such
+    conductances are refused when the rule is bound, naming them (not a NaN interneuron synapse later, blamed on no
+    option). Thresholds from the formulas: g_l=1e308 gives m ≈ 1e-309 < float64's 2.2e-308; g_l=1e306 gives
+    m ≈ 1e-307 (fine in float64, not in float32, 1.2e-38); g_a=1e-200 gives s_1 ≈ 0.083·(0.8e-200/0.88)² ≈ 7e-402,
+    which only normalize divides by."""
+    net = tanh_mlp(SIZES)
+    with pytest.raises(BioPropError) as info:
+        rules.create("microcircuit", net, g_l=1e308)
+    message = str(info.value)
+    assert message.startswith("rule microcircuit: the conductances g_l=1e+308, g_b=1, g_a=0.8, g_d=1, g_som=0.1 give "
+                              "m = g_som/(g_l+g_d+g_som) = 1e-309, too small to divide by in torch.float64")
+    assert "\n" not in message
+    rules.create("microcircuit", net, g_l=1e306, normalize=False)
+    with pytest.raises(BioPropError, match=r"m = g_som/\(g_l\+g_d\+g_som\) = 1e-307, too small .* torch.float32"):
+        rules.create("microcircuit", tanh_mlp(SIZES).float(), g_l=1e306, normalize=False)
+    with pytest.raises(BioPropError, match=r"g_a=1e-200, .* give the attenuation s_1 = .* = 0, too small"):
+        rules.create("microcircuit", net, g_a=1e-200)
+    rules.create("microcircuit", net, g_a=1e-200, normalize=False)
+
+
+def test_an_option_set_far_from_its_default_is_named_before_the_usual_suspects() -> None:
+    """init_scale=1e20 in float32: the output layer's rate times W^down (~1e20 each) overflows in the first sweep.
+    The guard cannot tell which setting caused that, so it names the option the user set first, then g_a; in the
+    first step of the self-predicting phase no plasticity has acted yet, so prepare_lr is not advised, and the
+    training step advises the learning rate last."""
+    net = tanh_mlp(SIZES).float()
+    x, y = data(10, 4)
+    with pytest.raises(DivergenceError) as info:
+        rules.create("microcircuit", net, init_scale=1e20, prepare_steps=3).prepare()
+    message = str(info.value)
+    assert message.startswith("microcircuit: the state became non-finite at sweep 0, in step 1 of the self-predicting "
+                              "phase; suspects, first the options you set: init_scale=1e+20 (default 1)")
+    assert message.endswith("; then lower g_a (now 0.8)") and "prepare_lr" not in message
+    with pytest.raises(DivergenceError) as info:
+        rules.create("microcircuit", net, init_scale=1e20).backward(x.float(), y)
+    message = str(info.value)
+    assert message.index("init_scale=1e+20") < message.index("g_a") < message.index("the learning rate"), message
+
+
 def test_cards_are_complete() -> None:
     for name in ("dendritic", "microcircuit"):
         card = rules.entry(name).card

@@ -4,13 +4,13 @@ its reference (bp: 0; FA at init: far from 0), and the loss and accuracy of :fun
 from __future__ import annotations
 
 import math
-from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
 from bioprop import metrics, rules
+from bioprop.rules import Update
 
 # angle_deg works through acos, whose resolution near cos = 1 is √(2·ulp) rad ≈ 1e-6°: the tolerance for "zero"
 # (see test_angle_of_a_vector_with_itself_is_zero for the stricter expectation).
@@ -113,16 +113,17 @@ def test_angle_of_a_vector_with_itself_is_zero():
 
 
 def test_update_angles_averages_over_probes():
-    """The logged angle is the mean over held-out batches; checked with a stand-in rule of known angles (90°, 45°)."""
-    rule = SimpleNamespace(
-        grads=lambda x, y: SimpleNamespace(grads={"w": x}),
-        reference_grads=lambda x, y: {"w": y},
-    )
-    pairs = [
-        (torch.tensor([1.0, 0.0]), torch.tensor([0.0, 3.0])),
-        (torch.tensor([1.0, 1.0]), torch.tensor([2.0, 0.0])),
-    ]
-    assert metrics.update_angles(rule, pairs)["w"] == pytest.approx((90 + 45) / 2, abs=1e-5)
+    """The logged angle is the mean over held-out batches; checked with a rule whose update and reference are
+    replaced by stand-ins of known angles: 90° on the first probe batch, 45° on the second."""
+    rule = rules.create("bp", nn.Sequential(nn.Flatten(), nn.Linear(2, 2, bias=False)))
+    known = {  # probe batch (its inputs' value) → (update, reference) of "1.weight"
+        0: (torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 3.0], [0.0, 0.0]])),
+        1: (torch.tensor([[1.0, 1.0], [0.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 0.0]])),
+    }
+    rule.update = lambda x, y: Update({"1.weight": known[int(x[0, 0])][0]}, torch.zeros(()), torch.zeros(len(x), 2))
+    rule.reference = lambda x, y: {"1.weight": known[int(x[0, 0])][1]}
+    probes = [(torch.full((3, 2), float(batch)), torch.zeros(3, dtype=torch.int64)) for batch in known]
+    assert metrics.update_angles(rule, probes)["1.weight"] == pytest.approx((90 + 45) / 2, abs=1e-5)
 
 
 def test_bp_update_angle_is_zero():

@@ -243,6 +243,49 @@ def test_energy_never_increases_below_the_bound_and_divergence_is_reported_above
         rules.create("pc", net, output="se", gamma=1.1 * bound, steps=400).grads(x, y)
 
 
+def test_ipc_blames_gamma_only_when_the_inference_rises_with_the_weights_held_fixed() -> None:
+    """On a linear network F is quadratic in the values: descent with γ below 2/λ_max(∇²_x F) (autograd's Hessian)
+    never rises, above it it does (as pc shows here). ipc also moves the weights: with γ at half the bound a huge
+    weight step makes the energy rise, and the guard must name weight_lr, not claim γ is above the bound; with γ
+    above the bound and a negligible weight step (1e-30: the weights stay put, as in pc) it names γ. Options the
+    user set are listed as suspects, except the one the message names with its value."""
+    net = mlp(nn.Identity, gain=2.0)
+    x, y = data((1, 3, 4))
+    bound = linear_net_bound(net, x, y)
+    rules.create("pc", net, output="se", gamma=0.5 * bound, steps=60).grads(x, y)  # below the bound: no rise
+    with pytest.raises(DivergenceError) as info:
+        rules.create("ipc", net, output="se", gamma=0.5 * bound, steps=60, weight_lr=1e10).grads(x, y)
+    message = str(info.value)
+    assert "but not with the weights held fixed, so the inner weight step weight_lr=1e+10 is too large" in message
+    assert message.endswith(f"; suspects, first the options you set: output=se (default ce), gamma={0.5 * bound:g} "
+                            "(default 0.1), steps=60 (default 20); then lower weight_lr")
+    assert "stability bound" not in message and "lower gamma" not in message, message
+
+    gamma = 1.1 * bound
+    with pytest.raises(DivergenceError, match=f"gamma={gamma:g} is above the stability bound"):
+        rules.create("pc", net, output="se", gamma=gamma, steps=400).grads(x, y)
+    with pytest.raises(DivergenceError) as info:
+        rules.create("ipc", net, output="se", gamma=gamma, steps=400, weight_lr=1e-30).grads(x, y)
+    message = str(info.value)
+    assert f"with the weights held fixed too, so gamma={gamma:g} is above the stability bound" in message
+    assert "weight_lr=1e-30 (default 0.01)" in message and message.endswith("; then lower gamma"), message
+
+
+def test_an_energy_already_infinite_at_the_feedforward_pass_blames_no_gamma() -> None:
+    """Finite float32 weights of 1e30 make the squared-error output energy overflow before any inference step:
+    no step of size γ has been taken, so γ cannot be the cause (the rule stated: no false claim)."""
+    net = mlp().float()
+    with torch.no_grad():
+        net[5].weight.fill_(1e30)
+    x, y = data((1, 3, 4))
+    with pytest.raises(DivergenceError) as info:
+        rules.create("pc", net, output="se").grads(x.float(), y)
+    message = str(info.value)
+    assert message.startswith("pc: the energy is inf at the feedforward pass, before any inference step, so gamma is "
+                              "not the cause: the network's values or its output energy overflow torch.float32")
+    assert "stability bound" not in message and "lower gamma" not in message
+
+
 @pytest.mark.parametrize("act", [nn.Tanh, nn.GELU, nn.Softplus])
 def test_energy_never_increases_with_a_small_step(act: type[nn.Module]) -> None:
     """Smooth activations: descent on an L-smooth F with γ < 2/L (ReLU's kinks can make single steps rise)."""

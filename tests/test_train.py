@@ -545,3 +545,14 @@ def test_ep_resume_keeps_the_random_signs_and_the_trace_schedule(tmp_path: Path,
     stopped = train_one_epoch_then_resume(cli, common, tmp_path / "stopped", epochs=2)
     assert_same_results(tmp_path / "whole", stopped)
     assert read_rows(stopped / "traces.csv") == read_rows(tmp_path / "whole" / "traces.csv")
+
+
+def test_a_divergence_names_the_options_the_user_set_before_the_learning_rate(tmp_path: Path) -> None:
+    """fa with feedback weights 1e30 times their usual size: the loss goes non-finite with finite parameters. The
+    option set far from its default is named as the first suspect, before the learning rate; the seed the trainer
+    passes to the rule by itself is not."""
+    with pytest.raises(DivergenceError) as caught:
+        train.run(tiny_config(rule="fa", rule_opts={"scale": 1e30}), tmp_path / "run", quiet=True)
+    message = str(caught.value)
+    assert "suspects, first the options you set: scale=1e+30 (default 1); then try a smaller --lr" in message
+    assert "seed=" not in message

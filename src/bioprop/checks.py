@@ -33,6 +33,7 @@ def first_nonfinite(named: Iterable[tuple[str, Tensor]]) -> str | None:
 def all_finite(tensor: Tensor) -> bool:
     """Whether every entry of a floating-point tensor is finite. Reads the sum (a NaN or ±inf entry makes it NaN or
     ±inf); only when the sum is not finite (which a huge but finite tensor can also cause) is every entry tested."""
+    tensor = tensor.detach()  # a float() of a tensor that requires grad would warn
     return math.isfinite(float(tensor.sum())) or bool(torch.isfinite(tensor).all())
 
 
@@ -74,11 +75,23 @@ def check_finite_input(x: Tensor) -> None:
         raise BioPropError("input x has non-finite entries (NaN or inf)")
 
 
+#: The dtypes the rules compute in (half precision would lose the small differences several rules rely on).
+DTYPES = (torch.float32, torch.float64)
+
+
 def network_dtype(net: nn.Module) -> tuple[torch.dtype, torch.device] | None:
-    """The dtype and device of the network's floating-point parameters (None if it has none); a network that mixes
-    them is a :class:`BioPropError`."""
+    """The dtype and device of the network's floating-point parameters (None if it has none). A
+    :class:`BioPropError` names a layer whose parameters are not initialised yet (a lazy module), a network that
+    mixes dtypes or devices, and a dtype other than float32 and float64."""
     found: tuple[str, Tensor] | None = None
     for name, param in net.named_parameters():
+        if nn.parameter.is_lazy(param):
+            path = name.rpartition(".")[0]
+            kind = type(net.get_submodule(path)).__name__
+            raise BioPropError(
+                f"layer {path or '(the network itself)'} ({kind}) has uninitialised parameters (a lazy module); run "
+                "the network once, net(x), to initialise it"
+            )
         if not param.is_floating_point():
             continue
         if found is None:
@@ -89,6 +102,11 @@ def network_dtype(net: nn.Module) -> tuple[torch.dtype, torch.device] | None:
                 f"the network mixes parameter types: {first!r} is {other.dtype} on {other.device}, {name!r} is "
                 f"{param.dtype} on {param.device}; convert the whole network (net.to(...))"
             )
+    if found is not None and found[1].dtype not in DTYPES:
+        raise BioPropError(
+            f"the network computes in {found[1].dtype}; the rules support torch.float32 and torch.float64: convert "
+            "it (net.float() or net.double())"
+        )
     return None if found is None else (found[1].dtype, found[1].device)
 
 

@@ -1,4 +1,8 @@
-"""Metrics: the angle between a rule's update and the exact gradient, accuracy and loss."""
+"""Metrics: the angle between a rule's update and the exact gradient, accuracy and loss.
+
+:func:`update_angles` and :func:`evaluate` check their arguments first and raise
+:class:`~bioprop.errors.BioPropError` naming the problem before any work (:mod:`bioprop.checks`).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from bioprop import checks
+from bioprop.errors import BioPropError
 
 
 def angle_deg(a: Tensor, b: Tensor) -> float:
@@ -23,9 +30,21 @@ def angle_deg(a: Tensor, b: Tensor) -> float:
 
 
 def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
-    """Per parameter tensor: the mean over ``probes`` (held-out batches) of the angle in degrees between the
-    rule's update ``rule.grads`` and ``rule.reference_grads``. Leaves ``.grad`` untouched. Both start from the same
-    random state, so a stochastic layer (dropout) draws one mask per probe batch that serves both."""
+    """Per parameter tensor: the mean over ``probes`` (held-out batches, an iterable of ``(x, y)`` pairs with x of
+    shape (B, ...) and y (B,) int64) of the angle in degrees between the rule's update ``rule.grads`` and
+    ``rule.reference_grads``. Leaves ``.grad`` untouched. Both start from the same random state, so a stochastic
+    layer (dropout) draws one mask per probe batch that serves both.
+
+    Raises :class:`BioPropError` before any work if ``rule`` is not a rule (from ``bioprop.rules.create``), if
+    ``probes`` is not an iterable of ``(x, y)`` pairs (a single pair must be wrapped, ``[(x, y)]``) or is empty,
+    or if a batch is malformed (see :meth:`bioprop.rules.Rule.check_batch`)."""
+    from bioprop.rules.base import Rule  # here: the rules import this module
+
+    if not isinstance(rule, Rule):
+        raise BioPropError(f"update_angles needs a rule from bioprop.rules.create(...), not {type(rule).__name__}")
+    probes = probe_batches(probes)
+    for x, y in probes:
+        rule.check_batch(x, y)
     sums: dict[str, list[float]] = {}
     for x, y in probes:
         with same_draws(x):
@@ -34,6 +53,22 @@ def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, fl
         for name, exact in reference.items():
             sums.setdefault(name, []).append(angle_deg(update[name], exact))
     return {name: sum(values) / len(values) for name, values in sums.items()}
+
+
+def probe_batches(probes: object) -> list[tuple[Tensor, Tensor]]:
+    """``probes`` as a list of ``(x, y)`` pairs; anything else is a :class:`BioPropError` saying what it is."""
+    if isinstance(probes, Tensor) or not isinstance(probes, Iterable):
+        raise BioPropError(f"probes must be a list of (x, y) batches, not {type(probes).__name__}")
+    if isinstance(probes, tuple) and len(probes) == 2 and all(isinstance(part, Tensor) for part in probes):
+        raise BioPropError("probes must be a list of (x, y) batches, not a single (x, y) pair: wrap it, [(x, y)]")
+    found = list(probes)
+    if not found:
+        raise BioPropError("no probe batches: give at least one (x, y) batch")
+    for index, pair in enumerate(found):
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+            length = f" of length {len(pair)}" if isinstance(pair, (tuple, list)) else ""
+            raise BioPropError(f"probe batch {index} is a {type(pair).__name__}{length}, not an (x, y) pair")
+    return [tuple(pair) for pair in found]
 
 
 def same_draws(x: object) -> contextlib.AbstractContextManager:
@@ -46,7 +81,19 @@ def same_draws(x: object) -> contextlib.AbstractContextManager:
 
 @torch.no_grad()
 def evaluate(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """Batch-mean cross-entropy and accuracy (a fraction) of ``net`` on ``(x, y)``, in chunks of ``batch_size``."""
+    """Mean cross-entropy (nats per example) and accuracy (a fraction) of ``net`` on ``x`` (N, ...) with labels
+    ``y`` (N,) int64, in chunks of ``batch_size`` examples.
+
+    Raises :class:`BioPropError` before any work for a ``net`` that is not an ``nn.Module``, a ``batch_size`` that
+    is not a positive integer, and a malformed ``(x, y)`` (:func:`bioprop.checks.check_batch`: not tensors, labels
+    not 1-D int64, lengths that differ, no examples; x of a dtype, device or shape the network does not accept;
+    labels outside the network's outputs)."""
+    if not isinstance(net, nn.Module):
+        raise BioPropError(f"evaluate needs a torch.nn.Module, not {type(net).__name__}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise BioPropError(f"batch_size must be a positive integer, not {batch_size!r}")
+    checks.check_batch(x, y)
+    checks.check_labels(y, checks.fit_input(net, x))
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
         logits = net(x[start : start + batch_size])

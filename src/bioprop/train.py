@@ -206,7 +206,11 @@ def diverged(s: Session, xb: Tensor, epoch: int, batch: int, n_batches: int, rea
     if by_rule:
         return DivergenceError(f"training diverged {where}: {reason}; {kept(s)}")
     lr = s.optimizer.param_groups[0]["lr"]
-    return DivergenceError(f"training diverged {where} ({reason}); {kept(s)}; try a smaller --lr (now {lr:g})")
+    # the trainer passes the run's seed to the rule itself: only a seed the user set is a suspect
+    given = s.rule.describe_given(skip=() if "seed" in s.config.rule_opts else ("seed",))
+    suspects = f"suspects, first the options you set: {given}; then " if given else ""
+    return DivergenceError(f"training diverged {where} ({reason}); {kept(s)}; {suspects}try a smaller --lr "
+                           f"(now {lr:g})")  # fmt: skip
 
 
 def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:

@@ -20,6 +20,7 @@ learning rules walk its layers with :func:`walk`, which refuses, naming the laye
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -124,7 +125,12 @@ def _sizes(body: str, spec: str, example: str, what: str = "hidden sizes") -> li
 
 def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto") -> nn.Module:
     """Build the network named by ``spec`` (see the module docstring) for inputs of shape ``in_shape`` (C, H, W)
-    or (features,) and ``n_classes`` outputs; ``act="auto"`` picks :func:`default_activation`."""
+    or (features,), positive integers, and ``n_classes`` outputs, at least 2 (a classifier of one class has nothing
+    to learn: its cross-entropy is 0 for any input); ``act="auto"`` picks :func:`default_activation`.
+    Raises :class:`BioPropError` for an unknown spec or activation and for an invalid ``in_shape`` or
+    ``n_classes``, before anything is built."""
+    check_build_args(spec, in_shape, n_classes, act)
+    in_shape, n_classes = tuple(int(size) for size in in_shape), int(n_classes)
     spec = spec.strip().lower()
     act = default_activation(spec) if act == "auto" else act
     if spec == "lenet":
@@ -147,6 +153,24 @@ def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto")
         hidden = _sizes(parts[1], spec, "ebm-conv:32x64:256") if len(parts) > 1 else []
         return EnergyNet(in_shape, hidden, n_classes, act, channels=channels)
     raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet, ebm:H1x..., ebm-conv")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def check_build_args(spec: object, in_shape: object, n_classes: object, act: object) -> None:
+    """:func:`build`'s argument checks: a :class:`BioPropError` naming the first bad one."""
+    for name, value in (("spec", spec), ("act", act)):
+        if not isinstance(value, str):
+            raise BioPropError(f"{name} must be a string, not {type(value).__name__}")
+    if isinstance(in_shape, (str, bytes)) or not isinstance(in_shape, Sequence) or not in_shape:
+        raise BioPropError(f"in_shape must be a non-empty sequence of positive integers, e.g. (1, 28, 28), "
+                           f"not {in_shape!r}")  # fmt: skip
+    if not all(_is_int(size) and size > 0 for size in in_shape):
+        raise BioPropError(f"in_shape {tuple(in_shape)!r} must hold positive integers")
+    if not _is_int(n_classes) or n_classes < 2:
+        raise BioPropError(f"n_classes must be an integer of at least 2, not {n_classes!r}")
 
 
 class Layer(NamedTuple):

@@ -17,7 +17,10 @@ Every one of the three checks the batch first (:mod:`bioprop.checks`) and raises
 problem before any work: x or y not tensors, labels not 1-D int64, out of range or of another length than x, an
 empty batch, x of another dtype or device than the network or of a shape it does not accept, a NaN or inf in x.
 A rule's divergence guards, and a non-finite loss, first look for a non-finite parameter (or rule state): if one is
-found the :class:`DivergenceError` names it, not a setting of the rule.
+found the :class:`DivergenceError` names it, not a setting of the rule. Otherwise a guard's message says what it
+measured; the options the user set away from their defaults (:meth:`Rule.given_options`) come next, as the first
+suspects, and only then the settings that usually cause such a failure. A cause is stated as a fact only where the
+guard measured it (e.g. ``ipc`` re-runs a rising inference with the weights held fixed before it blames γ).
 
 A stochastic layer (``nn.Dropout`` in training mode) draws its mask once per call, in forward order, as ``net(x)``
 would from the same random state; :func:`bioprop.metrics.update_angles` replays that state for the reference.
@@ -117,6 +120,13 @@ def _parse_bool(text: str) -> bool:
 _INVALID = object()
 
 
+def say(value: Any) -> str:
+    """An option value as ``--rule-opt`` would take it: floats in ``%g`` form, booleans lowercase."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _coerce(kind: Callable[[str], Any], value: Any) -> Any:
     """``value`` as an option of type ``kind``: strings parsed, ints accepted for floats, integral floats for ints
     (YAML's ``steps: 5.0``); anything else of the wrong type is ``_INVALID``."""
@@ -134,6 +144,17 @@ def _coerce(kind: Callable[[str], Any], value: Any) -> Any:
     if kind is float:
         return float(value)
     return value
+
+
+class Unstable(DivergenceError):
+    """A guard of a rule's inner dynamics tripped: ``what`` it measured and ``advice``, the settings that usually
+    cause it (``named``: the options the advice already names with their values). :meth:`Rule.guarded` names a
+    non-finite parameter, state or input first, then re-raises it as :meth:`Rule.diverged` (with the options the
+    user set)."""
+
+    def __init__(self, rule: str, what: str, advice: str = "", named: tuple[str, ...] = ()) -> None:
+        super().__init__(f"{rule}: {what}" + (f"; {advice}" if advice else ""))
+        self.what, self.advice, self.named = what, advice, named
 
 
 class Update(NamedTuple):
@@ -183,6 +204,7 @@ class Rule:
         self.net = net
         self.name, self.family, self.paper, self.card = entry.name, entry.family, entry.paper, entry.card
         self.config = self.parse_options(entry.name, options)
+        self._given = {key: self.config[key] for key in options if key not in entry.presets}
         try:
             checks.network_dtype(net)
         except BioPropError as exc:
@@ -255,26 +277,54 @@ class Rule:
         rule state is named first (:meth:`blame_nonfinite`), so that no setting is blamed for it."""
         try:
             update = compute(x, y)
-        except DivergenceError:
-            self.blame_nonfinite(x)
-            raise
+        except DivergenceError as exc:
+            raise self.explain(exc, x) from None
         if not math.isfinite(float(update.loss)):
             self.blame_nonfinite(x)
         return update
+
+    def explain(self, exc: DivergenceError, x: Tensor | None = None) -> DivergenceError:
+        """The error to raise for a guard's ``exc``: a non-finite parameter, rule state or input is raised first
+        (:meth:`blame_nonfinite`); an :class:`Unstable` becomes :meth:`diverged`'s message; others stay as they are."""
+        self.blame_nonfinite(x)
+        return self.diverged(exc.what, exc.advice, exc.named) if isinstance(exc, Unstable) else exc
+
+    def diverged(self, what: str, advice: str = "", named: tuple[str, ...] = ()) -> DivergenceError:
+        """``RULE: what``, then the options the user set away from their defaults (the first suspects; those in
+        ``named`` left out, as ``what`` or ``advice`` already give their values), then ``advice``."""
+        message = f"{self.name}: {what}"
+        given = self.describe_given(skip=named)
+        if given:
+            message += f"; suspects, first the options you set: {given}"
+        if advice:
+            message += f"; {'then ' if given else ''}{advice}"
+        return DivergenceError(message)
+
+    def given_options(self) -> dict[str, Any]:
+        """The options passed to :func:`create`, parsed (neither the presets of the rule's name nor defaults), e.g.
+        ``{"scale": 1e30}``: the settings a diagnosis names as suspects before any default."""
+        return dict(self._given)
+
+    def describe_given(self, skip: tuple[str, ...] = ()) -> str:
+        """The given options whose value differs from the default, as ``key=value (default d)`` joined by ", "
+        (those in ``skip`` left out); "" when there are none."""
+        return ", ".join(
+            f"{key}={say(value)} (default {say(self.options[key].default)})"
+            for key, value in self._given.items()
+            if key not in skip and value != self.options[key].default
+        )
 
     def blame_nonfinite(self, x: Tensor | None = None) -> None:
         """Raise :class:`DivergenceError` naming the first parameter or rule-state tensor with a NaN or inf entry
         (or :class:`BioPropError` for a non-finite input); return if there is none. Only for failure paths."""
         found = checks.first_nonfinite(self.net.named_parameters())
-        what = f"parameter {found!r}" if found else None
+        # A rule never writes the network's parameters (the optimizer does), so a non-finite one predates this call.
+        what = f"parameter {found!r} has non-finite entries (NaN or inf), from an earlier step or loaded so"
         if found is None:
             found = checks.first_nonfinite(self.state_dict().items())
-            what = f"its own state tensor {found!r}" if found else None
-        if what is not None:
-            raise DivergenceError(
-                f"rule {self.name}: {what} has non-finite entries (NaN or inf): the network had diverged before "
-                "this batch or was loaded so; no option of this rule is the cause"
-            )
+            what = f"its own state tensor {found!r} has non-finite entries (NaN or inf)"
+        if found is not None:
+            raise self.diverged(what)
         if x is not None:
             checks.check_finite_input(x)
 
@@ -392,8 +442,14 @@ def entry(name: str) -> Entry:
 
 
 def create(name: str, net: nn.Module, **options: Any) -> Rule:
-    """Bind the rule called ``name`` to ``net``; ``options`` are the rule's options (strings are parsed)."""
+    """Bind the rule called ``name`` to ``net``; ``options`` are the rule's options (strings are parsed).
+    Raises :class:`BioPropError`, before any work, for an unknown rule or option, an invalid option value, a ``net``
+    that is not an ``nn.Module``, a network with a lazy (uninitialised) layer, parameters other than float32 or
+    float64, and a layer the rule cannot handle (named)."""
     found = entry(name)
+    if not isinstance(net, nn.Module):
+        raise BioPropError(f"rule {name}: net must be a torch.nn.Module (e.g. bioprop.nets.build), not "
+                           f"{type(net).__name__}")  # fmt: skip
     clash = sorted(set(options) & set(found.presets))
     if clash:
         raise BioPropError(f"rule {name}: option {clash[0]!r} is fixed by the rule's name")

@@ -54,7 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from bioprop.errors import BioPropError, DivergenceError
+from bioprop.errors import BioPropError
 from bioprop.nets.energy import (
     OUTPUTS,
     Drive,
@@ -73,6 +73,7 @@ from bioprop.rules.base import (
     Entry,
     Option,
     Rule,
+    Unstable,
     Update,
     backprop_update,
     make_card,
@@ -199,11 +200,9 @@ def free_phase(rule: Contrastive, x: Tensor, trace: bool) -> tuple[Drive, Relaxe
         what = "non-finite states"
         if math.isfinite(free.residual):
             what = f"states still changing by {free.residual:.3g} on average"
-        raise DivergenceError(
-            f"{rule.name}: the free phase did not converge ({what} in step {free.steps}, max_residual "
-            f"{c['max_residual']:g}); raise free_steps (now {c['free_steps']}) or lower eps (now {c['eps']:g}) "
-            "or the learning rate"
-        )
+        raise Unstable(rule.name, f"the free phase did not converge ({what} in step {free.steps}, max_residual "
+                       f"{c['max_residual']:g})", f"raise free_steps (now {c['free_steps']}) or lower eps (now "
+                       f"{c['eps']:g}) or the learning rate", named=("free_steps", "eps", "max_residual"))  # fmt: skip
     return x_drive, free
 
 
@@ -335,11 +334,10 @@ class EquilibriumPropagation(Contrastive):
                        nudge=target.nudge, cost=target.cost, trace=trace)  # fmt: skip
         settled_wave = nudged.steps > net.n_states(self.output) + 1  # the nudge reached every layer: no more growth
         if settled_wave and nudged.residual > c["max_residual"] and not nudged.residual < nudged.previous_residual:
-            raise DivergenceError(
-                f"ep: the nudged phase does not settle (the states' mean |change| did not shrink from step "
-                f"{nudged.steps - 1} to {nudged.steps}: {nudged.previous_residual:.3g}, {nudged.residual:.3g}); "
-                f"lower beta (now {c['beta']:g}) or eps (now {c['eps']:g})"
-            )
+            raise Unstable(self.name, f"the nudged phase does not settle (the states' mean |change| did not shrink "
+                           f"from step {nudged.steps - 1} to {nudged.steps}: {nudged.previous_residual:.3g}, "
+                           f"{nudged.residual:.3g})", f"lower beta (now {c['beta']:g}) or eps (now {c['eps']:g})",
+                           named=("beta", "eps"))  # fmt: skip
         scale = 1.0 / ((beta2 - beta1) * batch)  # rows of the β₂ phase first, then the β₁ phase's
         coef = torch.cat([x.new_full((batch,), scale), x.new_full((batch,), -scale)])
         if beta1 == 0.0:

@@ -65,6 +65,11 @@ Implementation choices (documented, not the paper's):
   the basal v̂_B,k stays the nudged state's, as in the paper's rule). An imperfect self-predicting state
   leaves an apical residual v_A^free ≠ 0 that the paper's φ(u) − φ(v̂_B) learns as if it were error; with the
   output error attenuated by λ a(1−m) per layer it can swamp the true signal, and the free baseline cancels it.
+
+The plasticity divides by m and, with ``normalize``, by s_1: conductances that make either smaller than the
+network's dtype can divide by (its smallest normal number, e.g. g_l=1e308) are refused by ``rules.create``. A
+settling that fails is a :class:`DivergenceError` naming a non-finite weight or synapse first, then the options
+the user set, then g_a (and ``prepare_lr`` after the self-predicting phase's first step, or the learning rate).
 """
 
 from __future__ import annotations
@@ -80,7 +85,17 @@ from torch import Tensor, nn
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.metrics import angle_deg
 from bioprop.nets import ACTIVATIONS, Layer, layer_parameters, walk
-from bioprop.rules.base import Entry, Option, Rule, Update, add_grads, backprop_update, make_card, register
+from bioprop.rules.base import (
+    Entry,
+    Option,
+    Rule,
+    Unstable,
+    Update,
+    add_grads,
+    backprop_update,
+    make_card,
+    register,
+)
 from bioprop.rules.feedback_alignment import draw_feedback
 from bioprop.rules.layerwise import through_parameterless
 
@@ -187,17 +202,16 @@ def steady_reached(
     residual: float, step: int, cfg: dict[str, Any], rule: str, budget: str, unstable: str, slow: str
 ) -> bool:
     """True once ``residual`` (max|ẋ|, or max|Δu| between sweeps) is below ``cfg["tol"]``. A non-finite residual or
-    a spent step budget ``cfg[budget]`` is a :class:`DivergenceError` naming the setting to change (``unstable``
-    for the first, ``slow`` for the second)."""
+    a spent step budget ``cfg[budget]`` is an :class:`Unstable` advising the settings that usually cause it
+    (``unstable`` for the first, ``slow`` for the second)."""
     if not math.isfinite(residual):
-        raise DivergenceError(f"{rule}: the state became non-finite at step {step}; {unstable}")
+        unit = "sweep" if budget == "sweeps" else "step"
+        raise Unstable(rule, f"the state became non-finite at {unit} {step}", unstable)
     if residual < cfg["tol"]:
         return True
     if step == cfg[budget]:
-        raise DivergenceError(
-            f"{rule}: no steady state within {budget}={cfg[budget]} (residual {residual:.1e} > tol {cfg['tol']:g}); "
-            f"{slow}"
-        )
+        raise Unstable(rule, f"no steady state within {budget}={cfg[budget]} (residual {residual:.1e} > tol "
+                       f"{cfg['tol']:g})", slow, named=(budget, "tol"))  # fmt: skip
     return False
 
 
@@ -210,7 +224,7 @@ def settle(
     for w, b in zip(weights[:-1], biases[:-1], strict=True):
         xs.append(h @ w.T + b)
         h = phi(xs[-1])
-    residuals, unstable = [], f"lower dt={cfg['dt']:g}"
+    residuals, unstable = [], f"lower dt (now {cfg['dt']:g})"
     for step in range(cfg["max_steps"] + 1):
         d = dendritic_rhs(weights, biases, x0, xs, y, phi, cfg["beta"], cfg["output"])
         residual = max((float(r.abs().max()) for r in d.rhs), default=0.0)
@@ -478,14 +492,15 @@ def settle_circuit(
         for _ in range(cfg["steps"]):
             p = euler_step(weights, biases, c, x0, p, y, phi, g, output, cfg["dt"], cfg["noise"], generator, first)
         if not all(bool(torch.isfinite(t).all()) for t in p.u + p.u_i):
-            raise DivergenceError(f"microcircuit: the dynamics diverged; lower dt={cfg['dt']:g}")
+            dt = f"lower dt (now {cfg['dt']:g})"
+            raise Unstable("microcircuit", "the dynamics diverged (non-finite potentials)", dt)
     else:
+        unstable = f"lower g_a (now {cfg['g_a']:g})"
+        slow = f"raise sweeps or {unstable}"
         for sweep in range(cfg["sweeps"] + 1):
             new = steady_sweep(weights, biases, c, p, y, phi, g, output, first)
             change, p = max_change(new, p), new
-            if steady_reached(
-                change, sweep, cfg, "microcircuit", "sweeps", "lower g_a or the lr", "raise sweeps or lower g_a"
-            ):
+            if steady_reached(change, sweep, cfg, "microcircuit", "sweeps", unstable, slow):
                 break
     return Settled(p, *drives(weights, biases, c, x0, p, phi, first))
 
@@ -601,6 +616,7 @@ class Microcircuit(Rule):
                     )
                 owner[id(param)] = path
         self.linears = [layer.module for layer in linears]
+        self.check_conductances()
         self.generator = torch.Generator().manual_seed(self.config["seed"])
         like, scale = self.linears[0].weight, self.config["init_scale"]
 
@@ -617,6 +633,22 @@ class Microcircuit(Rule):
         self._apical_sums: list[float] = [0.0] * (len(sizes) - 1)
         self._apical_count = 0
         self._last_x: Tensor | None = None
+
+    def check_conductances(self) -> None:
+        """Refuse conductances that make a divisor of the plasticity, m (the interneurons' normalised rate) or, with
+        ``normalize``, the error's attenuation s_1 to the first layer, smaller than the network's dtype can divide
+        by (its smallest normal number): every update would overflow."""
+        g, dtype = conductances(self.config), self.linears[0].weight.dtype
+        divisors = {"m = g_som/(g_l+g_d+g_som)": g.m}
+        if self.config["normalize"]:
+            divisors["the attenuation s_1 = λ (a(1−m))^(N−1)"] = error_scales(g, len(self.linears))[0]
+        for what, value in divisors.items():
+            if not value >= torch.finfo(dtype).tiny:
+                said = ", ".join(f"{key}={getattr(g, key):g}" for key in Conductances._fields)
+                raise BioPropError(
+                    f"rule {self.name}: the conductances {said} give {what} = {value:.3g}, too small to divide by in "
+                    f"{dtype}; bring them closer to their defaults"
+                )
 
     def weights(self) -> tuple[list[Tensor], list[Tensor]]:
         """The net's W̃_k and b̃_k (zeros without a bias); the rule's own synapses follow the net's dtype and device."""
@@ -636,10 +668,17 @@ class Microcircuit(Rule):
     def learn(
         self, x: Tensor, y: Tensor | None, rates: dict[str, float] | None = None
     ) -> tuple[Update, Plasticity, Settled]:
-        """The settled circuit and its plasticity; ``rates`` overrides the interneuron learning rates."""
+        """The settled circuit and its plasticity; ``rates`` overrides the interneuron learning rates (the
+        self-predicting phase, which advises its own settings when the settling fails; training adds the learning
+        rate to the advice)."""
         weights, _ = self.weights()
-        settled = self.settle(x, y)
-        free = self.settle(x, None) if y is not None and self.config["baseline"] == "free" else None
+        try:
+            settled = self.settle(x, y)
+            free = self.settle(x, None) if y is not None and self.config["baseline"] == "free" else None
+        except Unstable as exc:
+            if rates:
+                raise
+            raise Unstable(self.name, exc.what, f"{exc.advice} or the learning rate", exc.named) from None
         x0 = x.reshape(len(x), -1)
         cfg = {**self.config, **rates} if rates else self.config
         change = plasticity(weights, self.circuit, x0, settled, self.phi, cfg, y is not None, free)
@@ -677,13 +716,16 @@ class Microcircuit(Rule):
         steps, batch = self.config["prepare_steps"], self.config["prepare_batch"]
         like, rate = self.linears[0].weight, self.config["prepare_lr"]
         norms = []
-        for _ in range(steps):
+        for step in range(steps):
             x = torch.randn((batch, self.linears[0].in_features), generator=self.generator, dtype=torch.float64)
             try:
                 _, change, settled = self.learn(x.to(like), None, {"lr_ip": rate, "lr_pi": rate})
-            except DivergenceError:
-                self.blame_nonfinite()  # a non-finite weight, not the settings, if there is one
-                raise
+            except DivergenceError as exc:
+                if isinstance(exc, Unstable):  # the phase's own plasticity is a suspect once it has taken a step
+                    more = f" or prepare_lr (now {rate:g})" if step else ""
+                    where = f"{exc.what}, in step {step + 1} of the self-predicting phase"
+                    exc = Unstable(self.name, where, exc.advice + more, exc.named)
+                raise self.explain(exc) from None  # a non-finite weight, not the settings, if there is one
             norms.append(sum(float(a.norm(dim=1).mean()) for a in settled.apical) / len(settled.apical))
             self.apply(change.circuit)
         return {"apical_norm": norms} if norms else {}

@@ -39,7 +39,10 @@ Options and variants (Whittington & Bogacz 2019 list the conditions under which 
 
 Stability: on a linear network F is quadratic in the values and inference descends it iff γ < 2/λ_max(∇²_x F);
 a rise of the energy over the inference (or a non-finite value) raises :class:`DivergenceError` naming γ, unless a
-parameter is itself non-finite, which is named instead. ``steps`` is at most 10 000.
+parameter is itself non-finite, which is named instead. An energy already non-finite at the feedforward pass is no
+inference step's doing and blames no γ. ``ipc``'s weights move during inference, so a rise is measured again with
+the weights held fixed: γ is named only if that inference rises too, the weight step ``weight_lr`` otherwise.
+``steps`` is at most 10 000.
 
 Networks: a module used at several positions (shared weights) has value nodes at each, and since F depends on its
 weight through every position, its update is the sum of their terms (``pc-fpa`` stays exactly backprop). A dropout
@@ -50,20 +53,23 @@ parameters where they are during inference, as the optimizer will.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bioprop.errors import BioPropError, DivergenceError
+from bioprop.errors import BioPropError
 from bioprop.nets import layer_parameters
 from bioprop.nets import layers as walk_layers
 from bioprop.rules.base import (
     Entry,
     Option,
     Rule,
+    Unstable,
     Update,
     add_grads,
     backprop_update,
@@ -371,21 +377,40 @@ class PredictiveCoding(Rule):
             frozen = frozenset(name for name, p in self.net.named_parameters() if not p.requires_grad)
         updates, energy, prediction = self.infer(self.before, self.blocks, x, y, beta, self.settings, frozen)
         prediction = prediction[:n]
-        self.check_energy(energy)
+        if self.energy_rose(energy):
+            fixed = replace(self.settings, incremental=False)
+            raise self.unstable(energy, lambda: self.infer(self.before, self.blocks, x, y, beta, fixed, frozen)[1])
         loss, _ = cross_entropy_grad(prediction, y[:n])
         return Update(updates, loss, prediction, {"energy": energy})
 
-    def check_energy(self, energy: Tensor) -> None:
-        """Inference descends F for γ below the stability bound; a rise means γ is too large."""
+    def energy_rose(self, energy: Tensor) -> bool:
+        """Whether the energy trace (T + 1,) rose over the inference or has a non-finite value; a sweep
+        (fixed predictions) or Z-IL (each layer read as the wave passes, at γ = 1) descends nothing, so never."""
         if self.settings.fixed_predictions or self.settings.zil:
-            return  # a sweep, not a descent of F; Z-IL reads each layer as the wave passes, at γ = 1
+            return False
         first, final = energy[0], energy[-1]
         rose = final > first + 1e-4 * first.abs() + 1e-12
-        if bool(rose | ~torch.isfinite(energy).all()):
-            raise DivergenceError(
-                f"{self.name}: the energy rose from {float(first):.4g} to {float(final):.4g} during inference, "
-                f"so gamma={self.settings.gamma:g} is above the stability bound for this network; lower gamma"
-            )
+        return bool(rose | ~torch.isfinite(energy).all())
+
+    def unstable(self, energy: Tensor, with_fixed_weights: Callable[[], Tensor]) -> Unstable:
+        """The error for a risen ``energy``. The descent of F in the values rises only if γ is above the stability
+        bound, so γ is blamed when that was measured: the energy was finite at the feedforward pass and rose with the
+        weights held fixed (for ``ipc``, the inference ``with_fixed_weights()`` re-run from the same start)."""
+        first, final, gamma = float(energy[0]), float(energy[-1]), self.settings.gamma
+        x_dtype = self.blocks[0].layer.weight.dtype
+        if not math.isfinite(first):
+            return Unstable(self.name, f"the energy is {first} at the feedforward pass, before any inference step, so "
+                            f"gamma is not the cause: the network's values or its output energy overflow {x_dtype}",
+                            "check the scale of the parameters and inputs")  # fmt: skip
+        rose = f"the energy rose from {first:.4g} to {final:.4g} during inference"
+        if self.settings.incremental and not self.energy_rose(with_fixed_weights()):
+            eta = self.settings.weight_lr
+            return Unstable(self.name, f"{rose}, but not with the weights held fixed, so the inner weight step "
+                            f"weight_lr={eta:g} is too large for this network", "lower weight_lr",
+                            named=("weight_lr",))  # fmt: skip
+        fixed = " with the weights held fixed too" if self.settings.incremental else ""
+        return Unstable(self.name, f"{rose}{fixed}, so gamma={gamma:g} is above the stability bound for this network",
+                        "lower gamma", named=("gamma",))  # fmt: skip
 
     def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Backprop of the batch-mean output loss ℓ (cross-entropy or squared error, as the option says)."""
