@@ -11,9 +11,10 @@ import safetensors.torch
 import torch
 from torch import nn
 
-from bioprop import rules
+from bioprop import data as datasets
+from bioprop import nets, rules
 from bioprop.errors import BioPropError, DivergenceError
-from bioprop.rules.dendritic import dendritic_rhs, settle
+from bioprop.rules.dendritic import dendritic_rhs, has_kink, settle
 
 TOL = 1e-12
 
@@ -138,6 +139,38 @@ def test_dendritic_without_steady_state_names_the_setting() -> None:
     assert "\n" not in str(info.value)
     with pytest.raises(DivergenceError, match="dt"):
         rules.create("dendritic", net, beta=0.5, dt=50.0, max_steps=500).grads(x, y)
+    assert "kink" not in str(info.value)  # tanh is smooth: no activation is blamed
+
+
+@pytest.mark.parametrize("name", list(nets.ACTIVATIONS))
+def test_kinks_are_where_the_derivative_jumps(name: str) -> None:
+    """``has_kink`` against one-sided finite differences: φ' jumps (by more than 0.05 between the slopes just left
+    and just right of some point of [−3, 3], float64) exactly for the activations it flags."""
+    phi, h = nets.activation(name).double(), 1e-5
+    t = torch.linspace(-3, 3, 601, dtype=torch.float64)  # holds the kinks 0, ±1
+    right = (phi(t + 2 * h) - phi(t + h)) / h
+    left = (phi(t - h) - phi(t - 2 * h)) / h
+    assert has_kink(phi) == bool((right - left).abs().max() > 0.05)
+
+
+def test_relu_names_its_layer_and_the_rules_activation_where_tanh_settles() -> None:
+    """Digits on mlp:64 (the issue's case): with ReLU the first batch has no steady state, and the error names the
+    ReLU layer and tanh first; the same weights with tanh (the rule's choice) settle within the default budget."""
+    ds = datasets.load("digits", device="cpu", dtype=torch.float32, limit=64)
+    x, y = ds.train_x, ds.train_y
+    torch.manual_seed(0)
+    relu = nets.build("mlp:64", ds.in_shape, ds.n_classes, "relu")
+    assert rules.create("dendritic", relu).activation == "tanh"
+    with pytest.raises(DivergenceError) as info:
+        rules.create("dendritic", relu).grads(x, y)
+    message = str(info.value)
+    assert "\n" not in message and "no steady state within max_steps=200" in message
+    assert message.index("layer 2 (ReLU) has a kink") < message.index("raise max_steps or lower dt")
+    assert "use a smooth activation such as tanh" in message
+    smooth = nets.build("mlp:64", ds.in_shape, ds.n_classes, "tanh")
+    smooth.load_state_dict(relu.state_dict())
+    trace = rules.create("dendritic", smooth).grads(x, y).traces["residual"]
+    assert float(trace[-1]) < 1e-5
 
 
 # ------------------------------------------------------------------------------------------------ microcircuit

@@ -149,6 +149,17 @@ def test_zero_divergence_inference_learning_equals_backprop(kind: str) -> None:
 
 
 @pytest.mark.parametrize("kind", NETS)
+def test_zero_divergence_inference_learning_with_its_defaults_equals_backprop(kind: str) -> None:
+    """Z-IL is defined at γ = 1: ``update_at=zil`` alone (γ, T and the rest at their defaults) is backprop."""
+    build, _, shape = NETS[kind]
+    net = build()
+    x, y = data(shape)
+    update = rules.create("pc", net, update_at="zil").grads(x, y).grads
+    for name, grad in backprop(net, x, y).items():
+        assert rel_error(update[name], grad) < 1e-6, name
+
+
+@pytest.mark.parametrize("kind", NETS)
 def test_small_output_precision_at_equilibrium_is_backprop_and_hard_clamping_is_not(kind: str) -> None:
     build, _, shape = NETS[kind]
     net = build()
@@ -359,6 +370,8 @@ def test_reference_is_the_gradient_of_the_chosen_output_loss() -> None:
         ("pc", {"nudge": "up"}, "choose one of positive, negative, centred"),
         ("pc", {"update_at": "zil", "steps": 1}, "needs steps >= 2"),
         ("ipc", {"update_at": "zil"}, "incremental updates need"),
+        ("pc", {"update_at": "zil", "gamma": 0.1}, r"gamma=0.1 with update_at=zil; Z-IL is defined at gamma=1"),
+        ("pc", {"update_at": "zil", "gamma": "0.5"}, r"gamma=0.5 with update_at=zil"),
         ("pc-fpa", {"gamma": 0.5}, "fixed by the rule's name"),
         ("pc", {"tau": 1}, "unknown option 'tau'"),
     ],

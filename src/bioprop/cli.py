@@ -174,7 +174,7 @@ def train(
         str | None,
         _opt(
             "Hidden nonlinearity: relu, tanh, sigmoid, ...; for ebm nets hard_sigmoid, sigmoid, hard_tanh, tanh "
-            "(default relu; hard_sigmoid for ebm)."
+            "(default auto: hard_sigmoid for ebm nets, else the rule's choice, tanh for dendritic, else relu)."
         ),
     ] = None,
     epochs: Annotated[str | None, _int_opt("Number of passes over the training set (default 10).")] = None,

@@ -55,7 +55,7 @@ class RunConfig:
     rule: str = "bp"  # learning rule, see `bioprop rules`
     data: str = "digits"  # dataset, see `bioprop datasets`
     arch: str = "mlp:256"  # network: mlp:H1xH2..., lenet, ebm:H1x..., ebm-conv
-    activation: str = "auto"  # hidden nonlinearity; auto: relu (mlp, lenet), hard_sigmoid (ebm)
+    activation: str = "auto"  # hidden nonlinearity; auto: hard_sigmoid (ebm), else the rule's choice, else relu
     rule_opts: dict[str, Any] = field(default_factory=dict)  # the rule's options; the rule's `seed` defaults to seed
     # how long and in what steps
     epochs: int = 10
@@ -151,7 +151,7 @@ class RunConfig:
                 )
         rules.entry(self.rule)  # unknown rule: BioPropError listing the known ones
         with torch.device("meta"):  # checks the spec without allocating weights; shapes are checked at build
-            nets.build(self.arch, (1, 28, 28), 10, self.activation)
+            nets.build(self.arch, (1, 28, 28), 10, self.resolved_activation())
         if self.device == "cuda" and not torch.cuda.is_available():
             raise BioPropError("device cuda requested but CUDA is not available; use --device cpu")
         return self
@@ -161,6 +161,16 @@ class RunConfig:
         if self.device == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(self.device)
+
+    def resolved_activation(self) -> str:
+        """What ``activation="auto"`` stands for: hard_sigmoid on an energy-based net, else the rule's declared
+        activation (:attr:`bioprop.rules.Rule.activation`; tanh for ``dendritic``), else relu."""
+        if self.activation != "auto":
+            return self.activation
+        by_arch = nets.default_activation(self.arch)
+        if by_arch != "relu":
+            return by_arch
+        return rules.entry(self.rule).cls.activation or by_arch
 
     def torch_dtype(self) -> torch.dtype:
         return DTYPES[self.dtype]

@@ -91,7 +91,7 @@ def build(config: RunConfig, run_dir: Path) -> Session:
                            f"from the data, before any training")  # fmt: skip
     check_memory(config, dataset.in_shape, dataset.n_classes)
     torch.manual_seed(config.seed)
-    net = nets.build(config.arch, dataset.in_shape, dataset.n_classes, config.activation).to(device, dtype)
+    net = nets.build(config.arch, dataset.in_shape, dataset.n_classes, config.resolved_activation()).to(device, dtype)
     entry, opts = rules.entry(config.rule), dict(config.rule_opts)
     if "seed" in entry.cls.options and "seed" not in opts and "seed" not in entry.presets:
         opts["seed"] = config.seed  # one seed for the whole run unless the rule's is given
@@ -144,7 +144,8 @@ def check_memory(config: RunConfig, in_shape: tuple[int, ...], n_classes: int) -
     than is available: at least :func:`weight_copies` times the weights' bytes. The dataset is already in memory
     when this runs, so the memory available excludes it."""
     with torch.device("meta"):
-        n_params = sum(p.numel() for p in nets.build(config.arch, in_shape, n_classes, config.activation).parameters())
+        net = nets.build(config.arch, in_shape, n_classes, config.resolved_activation())
+        n_params = sum(p.numel() for p in net.parameters())
     weights = n_params * config.torch_dtype().itemsize
     copies = weight_copies(config)
     available = available_memory(config.resolved_device())

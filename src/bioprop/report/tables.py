@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bioprop import data, nets
+from bioprop import data, nets, rules
 from bioprop.config import NOT_FINGERPRINTED, read_yaml
 from bioprop.errors import BioPropError
 from bioprop.report import logs
@@ -250,6 +250,9 @@ def settings_of(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
     settings["arch"] = str(settings.get("arch", "")).strip().lower()
     if settings.get("activation", "auto") == "auto":
         settings["activation"] = nets.default_activation(settings["arch"])
+        declared = rules.entry(config["rule"]).cls.activation if config.get("rule") in rules.names() else None
+        if settings["activation"] == "relu" and declared:
+            settings["activation"] = declared
     options = summary.get("rule_options")
     if not isinstance(options, dict):  # a summary without the parsed options: the options as given
         options = config.get("rule_opts") or {}

@@ -199,6 +199,9 @@ class Rule:
     :func:`create`, which passes the registry entry (name, family, paper, card) and the options."""
 
     options: ClassVar[dict[str, Option]] = {}
+    #: The hidden activation ``--activation auto`` picks for this rule on a feedforward net (None: relu); a rule
+    #: whose dynamics need a particular nonlinearity declares it (dendritic: tanh). A rule never changes the net.
+    activation: ClassVar[str | None] = None
 
     def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
         self.net = net

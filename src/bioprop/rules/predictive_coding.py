@@ -35,7 +35,9 @@ Options and variants (Whittington & Bogacz 2019 list the conditions under which 
   W ← W − η ∂F/∂W (η = ``weight_lr``); the update written to ``.grad`` is the sum of those per-step gradients,
   so SGD with lr = η continues exactly the incremental trajectory.
 - ``update_at=zil``: zero-divergence inference learning (Song et al. 2020, NeurIPS): with γ = 1, layer l takes its
-  update at step L − l, when the error wave passes it; the update then equals backprop's.
+  update at step L − l, when the error wave passes it; the update then equals backprop's. Z-IL is defined at γ = 1
+  (at the default γ = 0.1 the update would be far from backprop's), so ``update_at=zil`` sets γ = 1 and refuses any
+  other γ given with it.
 
 Stability: on a linear network F is quadratic in the values and inference descends it iff γ < 2/λ_max(∇²_x F);
 a rise of the energy over the inference (or a non-finite value) raises :class:`DivergenceError` naming γ, unless a
@@ -76,6 +78,7 @@ from bioprop.rules.base import (
     cross_entropy_grad,
     make_card,
     register,
+    say,
 )
 from bioprop.rules.layerwise import conv_geometry, forward_cached, layer_backward, through_parameterless
 
@@ -308,7 +311,8 @@ class PredictiveCoding(Rule):
     options = {
         "steps": Option(20, "inference steps T", check=lambda v: v >= 0, check_says="must be 0 or more",
                         maximum=MAX_STEPS),
-        "gamma": Option(0.1, "inference step size γ", type=float, check=lambda v: v > 0, check_says="must be positive"),
+        "gamma": Option(0.1, "inference step size γ (update_at=zil: 1, Z-IL's only value)", type=float,
+                        check=lambda v: v > 0, check_says="must be positive"),
         "output": Option("ce", "output energy: cross-entropy (ce) or squared error (se)", choices=OUTPUTS),
         "beta": Option(
             1.0,
@@ -328,7 +332,7 @@ class PredictiveCoding(Rule):
             check_says="must be positive",
         ),  # fmt: skip
         "update_at": Option(
-            "end", "end: update after T steps; zil: layer l at step L − l (Z-IL)", choices=("end", "zil")
+            "end", "end: update after T steps; zil: layer l at step L − l, γ = 1 (Z-IL)", choices=("end", "zil")
         ),
         "compile": Option(False, "torch.compile the inference (fused kernels; each new batch shape compiles first)"),
     }
@@ -346,8 +350,13 @@ class PredictiveCoding(Rule):
         fixed = c["predictions"] == "fixed"
         if c["incremental"] and (fixed or c["update_at"] == "zil"):
             raise BioPropError(f"rule {self.name}: incremental updates need predictions=free and update_at=end")
-        if c["update_at"] == "zil" and c["steps"] < depth - 1:
-            raise BioPropError(f"rule {self.name}: update_at=zil needs steps >= {depth - 1} for this network")
+        if c["update_at"] == "zil":
+            if c["steps"] < depth - 1:
+                raise BioPropError(f"rule {self.name}: update_at=zil needs steps >= {depth - 1} for this network")
+            if c["gamma"] != 1.0 and "gamma" in self.given_options():
+                raise BioPropError(f"rule {self.name}: gamma={say(c['gamma'])} with update_at=zil; Z-IL is defined at "
+                                   "gamma=1 (its update equals backprop's only there), so leave gamma out")  # fmt: skip
+            c["gamma"] = 1.0
         steps = c["steps"]
         if fixed and c["gamma"] == 1.0:
             steps = min(steps, depth - 1)  # the sweep is exact after L − 1 steps and stays put
