@@ -8,7 +8,7 @@ median and IQR of ms/step, the median of the per-repetition ratio to our BP (pai
 
 BioTorch 0.0.16 is timed too when ``import biotorch`` works; see benchmarks/README.md for its venv.
 
-    python benchmarks/speed_fa.py [--repeats 200] [--budget 150] [--batch 128] [--hidden 1000] [--threads N]
+    python benchmarks/speed_fa.py [--repeats 200] [--budget 150] [--batch 128] [--hidden 1000] [--threads 1]
                                   [--json OUT] [--check]
 """
 
@@ -206,8 +206,8 @@ def report(out: dict) -> bool:
     load = out["load_avg_1min"]
     print(f"load average (1 min) before/after: {load[0]:.1f}, {load[1]:.1f} on {out['cpus']} CPUs")
     if max(load) > out["cpus"]:
-        print("busy machine: trust the paired ratios; if ms/step is far above --threads 1's, OpenMP threads are")
-        print("spin-waiting for descheduled siblings: OMP_WAIT_POLICY=PASSIVE (set before start) avoids it")
+        print("busy machine: trust the paired ratios; with --threads above 1, OpenMP threads may spin-wait for")
+        print("descheduled siblings: OMP_WAIT_POLICY=PASSIVE (set before start) avoids it")
     # Verdicts use the paired ratios: both contenders of a pair ran within one repetition, so load cancels.
     for rule, limit in TARGET.items():
         paired = res[f"ours/{rule}"]["paired_ratio_to_bp"]
@@ -229,7 +229,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=float, default=150, help="seconds after which to stop repeating (150)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (default: torch's own)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch.set_num_threads before timing (default 1; 0 keeps torch's own count)")
     parser.add_argument("--json", metavar="OUT", help="write all results (samples included) to this JSON file")
     parser.add_argument("--check", action="store_true", help="exit 1 when FA or DFA misses its target vs BP")
     args = parser.parse_args(argv)

@@ -1,25 +1,28 @@
-"""Downloading a dataset's files from their canonical source, verified against the registry's checksums.
+"""Downloading a dataset's files from their canonical source, verified against the registry's SHA-256.
 
-Each file is streamed into a temporary file in the destination directory, hashed on the way, and moved
-to its final name with :func:`os.replace` only once its checksum matches; on any failure the temporary
-file is removed, so an existing file is never damaged. Nothing is downloaded unless asked for.
+The storing is :func:`pooch.retrieve`'s: each file is streamed into a temporary file in the destination
+directory and moved to its final name only once its SHA-256 matches; on any failure the temporary file is
+removed, so an existing file is never damaged. A file already present with the right checksum is not fetched
+again. The transfer itself is :func:`_http_get` (requests, closing its connection on every path, with a rich
+progress bar), and pooch's errors become one-line :class:`BioPropError` messages. Nothing is downloaded unless
+asked for.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import http.client
 import importlib.util
+import logging
 import os
+import re
 import shutil
 import tarfile
 import tempfile
-import urllib.error
-import urllib.request
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path, PurePosixPath
+
+import pooch
 
 from bioprop.data import _locate
 from bioprop.data._registry import (
@@ -37,7 +40,7 @@ from bioprop.errors import BioPropError
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_S = 60.0
-USER_AGENT = "bioprop-dataset-download (python urllib)"
+USER_AGENT = "bioprop-dataset-download (pooch)"
 
 
 def sklearn_data_dir() -> Path:
@@ -46,29 +49,6 @@ def sklearn_data_dir() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise BioPropError("scikit-learn is not installed (it provides the digits dataset); pip install scikit-learn")
     return Path(next(iter(spec.submodule_search_locations))) / "datasets" / "data"
-
-
-def file_digests(path: Path) -> tuple[str, str]:
-    """``(sha256, md5)`` hex digests of the file at ``path``."""
-    sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-    with path.open("rb") as fh:
-        while chunk := fh.read(CHUNK_BYTES):
-            sha.update(chunk)
-            md5.update(chunk)
-    return sha.hexdigest(), md5.hexdigest()
-
-
-def checksum_problem(remote: RemoteFile, sha256: str, md5: str) -> str | None:
-    """None when the digests match ``remote``'s checksum (SHA-256, else MD5), else what did not match."""
-    if remote.sha256 is not None:
-        if sha256 != remote.sha256.lower():
-            return f"SHA-256 mismatch: expected {remote.sha256.lower()}, got {sha256}"
-        return None
-    if remote.md5 is not None:
-        if md5 != remote.md5.lower():
-            return f"MD5 mismatch: expected {remote.md5.lower()}, got {md5}"
-        return None
-    return "no checksum is known for it, so it cannot be verified"
 
 
 @contextlib.contextmanager
@@ -99,61 +79,88 @@ def _progress_bar(enabled: bool, label: str, total: int | None) -> Iterator[Call
         yield lambda n: bar.advance(task, n)
 
 
+def _http_get(url: str, output_file: str, label: str, progress: bool) -> None:
+    """Stream ``url`` into the file ``output_file``: the downloader handed to pooch. Unlike pooch's own
+    ``HTTPDownloader``, it closes the connection when the server answers with an error status, and its
+    progress bar is rich's. Raises ``requests.RequestException`` on any network or HTTP failure."""
+    import requests
+
+    headers = {"User-Agent": USER_AGENT}
+    with requests.get(url, stream=True, timeout=TIMEOUT_S, headers=headers) as response, open(output_file, "wb") as out:
+        response.raise_for_status()
+        length = response.headers.get("Content-Length", "")
+        with _progress_bar(progress, label, int(length) if length.isdigit() else None) as advance:
+            for chunk in response.iter_content(CHUNK_BYTES):
+                out.write(chunk)
+                advance(len(chunk))
+
+
+@contextlib.contextmanager
+def _pooch_quiet() -> Iterator[None]:
+    """Silence pooch's informational log lines ("Downloading data from ...") while downloading."""
+    logger = pooch.get_logger()
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def _reason(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.HTTPError):
-        return f"HTTP {exc.code} {exc.reason}"
-    if isinstance(exc, urllib.error.URLError):
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__
+    """A short reason for a failed request: the HTTP status, else the underlying system error, else its text."""
+    response = getattr(exc, "response", None)
+    if response is not None:
+        return f"HTTP {response.status_code} {response.reason}"
+    seen, todo = set(), [exc]
+    while todo:  # requests wraps urllib3's errors, which wrap the socket's: find the OSError with a strerror
+        err = todo.pop(0)
+        if id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, OSError) and err.strerror:
+            return err.strerror
+        linked = [*err.args, getattr(err, "reason", None), err.__cause__, err.__context__]
+        todo += [e for e in linked if isinstance(e, BaseException)]
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
 
 
 def _fetch_file(spec: DatasetSpec, url: str, target: Path, remote: RemoteFile, progress: bool) -> None:
-    """Download ``url`` to ``target`` through a temporary file, verifying ``remote``'s checksum first."""
+    """Make ``target`` hold ``url``'s file with ``remote``'s SHA-256: kept when it already does, else downloaded
+    through a temporary file that replaces it only once verified. Raises :class:`BioPropError` on any failure."""
+    import requests  # imported by pooch when it downloads; needed here only for its exception classes
+
+    if target.exists() and not target.is_file():
+        raise BioPropError(f"cannot download {spec.name}'s {remote.name}: {str(target)!r} is in the way (not a file)")
+    existed = target.exists()
+
+    def downloader(url: str, output_file: str, _pooch: object) -> None:
+        _http_get(url, output_file, f"{spec.name}: {remote.name}", progress)
+
+    def readable(path: str, action: str, _pooch: object) -> str:
+        if action != "fetch":  # pooch wrote it (as a private temporary file); a dataset is for everyone to read
+            os.chmod(path, 0o644)
+        return path
+
+    how = _locate.how_to_get(spec, offer_download=False, folder=target.parent)
     try:
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+        with _pooch_quiet():
+            pooch.retrieve(url, known_hash=f"sha256:{remote.sha256}", fname=target.name, path=target.parent,
+                           downloader=downloader, processor=readable)  # fmt: skip
+    except requests.RequestException as exc:  # before ValueError and OSError, which some of these also are
+        raise BioPropError(f"could not download {spec.name} from {url} ({_reason(exc)}); {how}") from None
+    except ValueError as exc:  # pooch's checksum mismatch ("... expected sha256:X but got Y. ..."), download deleted
+        got = re.search(r"but got ([0-9a-fA-F]+)", str(exc))
+        if got is None:  # some other malformed reply
+            raise BioPropError(f"could not download {spec.name} from {url} ({_reason(exc)}); {how}") from None
+        kept = f"; the existing {target} was left unchanged" if existed else ""
+        raise BioPropError(
+            f"downloaded {url} failed verification (SHA-256 mismatch: expected {remote.sha256.lower()}, "
+            f"got {got[1].lower()}); not saved{kept}"
+        ) from None
     except OSError as exc:
-        raise BioPropError(f"cannot write in {target.parent} to download {spec.name} ({exc.strerror})") from None
-    tmp = Path(tmp_name)
-    moved = False
-    try:
-        sha, md5 = hashlib.sha256(), hashlib.md5(usedforsecurity=False)
-        received = 0
-        with os.fdopen(fd, "wb") as out:
-            try:
-                request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-                with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
-                    length = response.headers.get("Content-Length")
-                    total = int(length) if length and length.isdigit() else None
-                    with _progress_bar(progress, f"{spec.name}: {remote.name}", total) as advance:
-                        while chunk := response.read(CHUNK_BYTES):
-                            out.write(chunk)
-                            sha.update(chunk)
-                            md5.update(chunk)
-                            received += len(chunk)
-                            advance(len(chunk))
-                if total is not None and received != total:
-                    raise BioPropError(
-                        f"could not download {spec.name} from {url} (got {received} of {total} bytes); "
-                        f"{_locate.how_to_get(spec, offer_download=False, folder=target.parent)}"
-                    )
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                if isinstance(exc, urllib.error.HTTPError):
-                    exc.close()  # it holds the response and its socket
-                raise BioPropError(
-                    f"could not download {spec.name} from {url} ({_reason(exc)}); "
-                    f"{_locate.how_to_get(spec, offer_download=False, folder=target.parent)}"
-                ) from None
-        problem = checksum_problem(remote, sha.hexdigest(), md5.hexdigest())
-        if problem is not None:
-            kept = f"; the existing {target} was left unchanged" if target.exists() else ""
-            raise BioPropError(f"downloaded {url} failed verification ({problem}); not saved{kept}")
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a dataset file is for everyone to read
-        os.replace(tmp, target)
-        moved = True
-    finally:
-        if not moved:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+        raise BioPropError(f"cannot write {target} to download {spec.name} ({exc.strerror or exc})") from None
 
 
 def _cifar_extracted(dest: Path) -> bool:
@@ -206,10 +213,9 @@ def download(name: str, dest: Path | None = None, base_url: str | None = None, p
     ``dest`` defaults to ``$BIOPROP_DATA/<name>`` when ``$BIOPROP_DATA`` is set, else
     ``~/.cache/bioprop/<name>``. ``dest`` itself is created if needed, but the directory it is in must exist
     (``$BIOPROP_DATA`` too): a mistyped path is refused, not created; only ``~/.cache/bioprop`` is made on
-    demand. ``base_url`` replaces the canonical source (each file name is appended
-    to it). Files already present with the right checksum are not fetched again. Every file is checked
-    against the registry's SHA-256 (or, where no SHA-256 is recorded, its MD5) before it gets its final
-    name. CIFAR-10's archive is then unpacked safely into ``dest/cifar-10-batches-bin/``.
+    demand. ``base_url`` replaces the canonical source (each file name is appended to it). Files already
+    present with the right checksum are not fetched again. Every file is checked against the registry's SHA-256
+    before it gets its final name. CIFAR-10's archive is then unpacked safely into ``dest/cifar-10-batches-bin/``.
     ``progress`` shows a rich progress bar on stderr. Raises :class:`BioPropError` on any failure.
     """
     spec = spec_for(name)
@@ -235,10 +241,7 @@ def download(name: str, dest: Path | None = None, base_url: str | None = None, p
     if not base.endswith("/"):
         base += "/"
     for remote in spec.files:
-        target = target_dir / remote.name
-        if target.is_file() and checksum_problem(remote, *file_digests(target)) is None:
-            continue
-        _fetch_file(spec, base + remote.name, target, remote, progress)
+        _fetch_file(spec, base + remote.name, target_dir / remote.name, remote, progress)
     if spec.kind == "cifar10-bin":
         extract_cifar(target_dir / CIFAR10_ARCHIVE, target_dir)
     return target_dir

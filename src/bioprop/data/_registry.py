@@ -24,16 +24,11 @@ CIFAR10_RECORDS_PER_FILE = 10000
 
 @dataclass(frozen=True)
 class RemoteFile:
-    """One file of a dataset as published at its canonical source.
-
-    ``sha256`` is the published file's SHA-256 (hex). ``md5`` is a fallback checksum used only when
-    the SHA-256 is not known; a download is verified by the SHA-256 when there is one, else by the MD5.
-    """
+    """One file of a dataset as published at its canonical source: its name and SHA-256 (hex), which every
+    download of it is verified against."""
 
     name: str
-    sha256: str | None
-    md5: str | None = None
-    size: int | None = None
+    sha256: str
 
 
 @dataclass(frozen=True)
@@ -41,24 +36,21 @@ class DatasetSpec:
     """What bioprop knows about one named dataset.
 
     ``kind`` selects the reader: ``"sklearn"`` (bundled with scikit-learn), ``"idx"`` (four IDX files,
-    raw or gzipped) or ``"cifar10-bin"`` (CIFAR-10 binary record files). ``in_shape`` is the nominal
-    (C, H, W) of one example; ``base_url`` is the canonical download location, to which each of
-    ``files`` is appended.
+    raw or gzipped) or ``"cifar10-bin"`` (CIFAR-10 binary record files). ``base_url`` is the canonical
+    download location, to which each of ``files`` is appended.
     """
 
     name: str
     kind: str
     n_classes: int
-    in_shape: tuple[int, ...]
     base_url: str | None
     files: tuple[RemoteFile, ...]
-    description: str
     extra_how: str = ""
 
 
 # Checksums. The SHA-256 values are those of the files as served by the canonical sources; each was
 # found identically in several independent public download scripts (among them torchvision's prototype
-# dataset definitions), and the sizes and MD5s agree with the dataset authors' and torchvision's lists.
+# dataset definitions), and the files' sizes and MD5s agree with the dataset authors' and torchvision's lists.
 # Debian's `dataset-fashion-mnist` package re-compressed its .gz files (gzip header without the file
 # name, new mtime), so they do NOT have the canonical checksums, although the deflate payload sizes match.
 # Reading a dataset never checks these; they are only used to verify downloads.
@@ -67,129 +59,93 @@ DATASETS: dict[str, DatasetSpec] = {
         name="digits",
         kind="sklearn",
         n_classes=10,
-        in_shape=(1, 8, 8),
         base_url=None,
         files=(),
-        description="scikit-learn's bundled 8x8 handwritten digits (1797 images; 1437 train / 360 test)",
     ),
     "mnist": DatasetSpec(
         name="mnist",
         kind="idx",
         n_classes=10,
-        in_shape=(1, 28, 28),
         base_url="https://ossci-datasets.s3.amazonaws.com/mnist/",
         files=(
             RemoteFile(
                 "train-images-idx3-ubyte.gz",
                 "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
-                "f68b3c2dcbeaaa9fbdd348bbdeb94873",
-                9912422,
             ),
             RemoteFile(
                 "train-labels-idx1-ubyte.gz",
                 "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
-                "d53e105ee54ea40749a09fcbcd1e9432",
-                28881,
             ),
             RemoteFile(
                 "t10k-images-idx3-ubyte.gz",
                 "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
-                "9fb629c4189551a2d022fa330f9573f3",
-                1648877,
             ),
             RemoteFile(
                 "t10k-labels-idx1-ubyte.gz",
                 "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6",
-                "ec29112dd5afa0611ce80d1b7f02629c",
-                4542,
             ),
         ),
-        description="MNIST handwritten digits, 28x28 grey (60000 train / 10000 test)",
     ),
     "fashion-mnist": DatasetSpec(
         name="fashion-mnist",
         kind="idx",
         n_classes=10,
-        in_shape=(1, 28, 28),
         base_url="http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
         files=(
             RemoteFile(
                 "train-images-idx3-ubyte.gz",
                 "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
-                "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
-                26421880,
             ),
             RemoteFile(
                 "train-labels-idx1-ubyte.gz",
                 "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
-                "25c81989df183df01b3e8a0aad5dffbe",
-                29515,
             ),
             RemoteFile(
                 "t10k-images-idx3-ubyte.gz",
                 "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
-                "bef4ecab320f06d8554ea6380940ec79",
-                4422102,
             ),
             RemoteFile(
                 "t10k-labels-idx1-ubyte.gz",
                 "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5",
-                "bb300cfdad3c16e7a12a480ee83cd310",
-                5148,
             ),
         ),
-        description="Fashion-MNIST clothing images, 28x28 grey (60000 train / 10000 test)",
         extra_how="or `apt-get install dataset-fashion-mnist`",
     ),
     "kmnist": DatasetSpec(
         name="kmnist",
         kind="idx",
         n_classes=10,
-        in_shape=(1, 28, 28),
         base_url="http://codh.rois.ac.jp/kmnist/dataset/kmnist/",
         files=(
             RemoteFile(
                 "train-images-idx3-ubyte.gz",
                 "51467d22d8cc72929e2a028a0428f2086b092bb31cfb79c69cc0a90ce135fde4",
-                "bdb82020997e1d708af4cf47b453dcf7",
-                18165135,
             ),
             RemoteFile(
                 "train-labels-idx1-ubyte.gz",
                 "e38f9ebcd0f3ebcdec7fc8eabdcdaef93bb0df8ea12bee65224341c8183d8e17",
-                "e144d726b3acfaa3e44228e80efcd344",
-                29497,
             ),
             RemoteFile(
                 "t10k-images-idx3-ubyte.gz",
                 "edd7a857845ad6bb1d0ba43fe7e794d164fe2dce499a1694695a792adfac43c5",
-                "5c965bf0a639b31b8f53240b1b52f4d7",
-                3041136,
             ),
             RemoteFile(
                 "t10k-labels-idx1-ubyte.gz",
                 "20bb9a0ef54c7db3efc55a92eef5582c109615df22683c380526788f98e42a1c",
-                "7320c461ea6c1c855c0b718fb2a4b134",
-                5120,
             ),
         ),
-        description="Kuzushiji-MNIST cursive Japanese characters, 28x28 grey (60000 train / 10000 test)",
     ),
     "cifar10": DatasetSpec(
         name="cifar10",
         kind="cifar10-bin",
         n_classes=10,
-        in_shape=(3, 32, 32),
         base_url="https://www.cs.toronto.edu/~kriz/",
         files=(
             RemoteFile(
                 CIFAR10_ARCHIVE,
                 "c4a38c50a1bc5f3a1c5537f2155ab9d68f9f25eb1ed8d9ddda3db29a59bca1dd",
-                "c32a1d4ab5d03f1284b67883e8d87530",
-                170052171,
             ),
         ),
-        description="CIFAR-10 colour images, 32x32 RGB, binary version (50000 train / 10000 test)",
     ),
 }
 
