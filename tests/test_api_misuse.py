@@ -180,10 +180,19 @@ def test_evaluate_refuses_a_batch_size_that_is_not_a_positive_integer(batch_size
     assert one_line(info) == f"batch_size must be a positive integer, not {batch_size!r}"
 
 
-def test_evaluate_refuses_what_is_not_a_network() -> None:
+def test_evaluate_refuses_what_is_neither_a_rule_nor_a_network() -> None:
     with pytest.raises(BioPropError) as info:
-        metrics.evaluate(rules.create("fa", mlp()), *batch())
-    assert one_line(info) == "evaluate needs a torch.nn.Module, not FeedbackAlignment"
+        metrics.evaluate(mlp().state_dict(), *batch())
+    assert one_line(info) == "evaluate needs a rule or a torch.nn.Module, not OrderedDict"
+
+
+def test_evaluate_refuses_an_unknown_loss_and_a_loss_given_with_a_rule() -> None:
+    with pytest.raises(BioPropError) as info:
+        metrics.evaluate(mlp(), *batch(), loss="mse")
+    assert one_line(info) == "unknown output loss 'mse'; known: ce, se"
+    with pytest.raises(BioPropError) as info:
+        metrics.evaluate(rules.create("fa", mlp()), *batch(), loss="se")
+    assert "measures its own output loss (ce)" in one_line(info)
 
 
 # ----------------------------------------------------------------------------------------- metrics.update_angles

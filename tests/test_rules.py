@@ -626,11 +626,14 @@ def test_state_round_trip_reproduces_the_update(name):
     assert_same(resumed.grads(x1, y1).grads, original.grads(x1, y1).grads, tol=1e-15)  # and keeps matching
 
 
-def test_bp_state_is_empty_and_rejects_foreign_state():
-    """bp has no state; loading another rule's state into it is a mix-up that must be reported."""
+def test_bp_state_is_its_step_count_and_rejects_foreign_state():
+    """bp has no state but the step count every rule keeps; loading another rule's state into it is a mix-up that
+    must be reported."""
     net = mlp()
     bp = rules.create("bp", net)
-    assert bp.state_dict() == {}
+    x, y = torch.randn(4, 12, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
+    bp.backward(x, y)
+    assert {k: int(v) for k, v in bp.state_dict().items()} == {"step": 1}
     bp.load_state_dict({})
     with pytest.raises(BioPropError):
         bp.load_state_dict(rules.create("fa", net).state_dict())

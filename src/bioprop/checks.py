@@ -70,6 +70,19 @@ def check_labels(y: Tensor, n_classes: int) -> None:
         raise BioPropError(f"label {bad} in y is out of range: the network has {n_classes} outputs, 0..{n_classes - 1}")
 
 
+def check_index(index: Any, batch: int) -> None:
+    """Refuse example indices that are not a 1-D int64 tensor of ``batch`` distinct non-negative entries."""
+    if not isinstance(index, Tensor):
+        raise BioPropError(f"index must be a tensor of example indices, not {type(index).__name__}")
+    if index.dtype != torch.int64 or index.dim() != 1 or len(index) != batch:
+        raise BioPropError(f"index must be int64 of shape ({batch},), one per example; got {index.dtype} of shape "
+                           f"{tuple(index.shape)}")  # fmt: skip
+    if batch and int(index.min()) < 0:
+        raise BioPropError(f"index {int(index.min())} is negative: indices are positions in the training set")
+    if len(torch.unique(index)) != batch:
+        raise BioPropError("index has repeated entries: each example of a batch needs its own position")
+
+
 def check_finite_input(x: Tensor) -> None:
     if not all_finite(x):
         raise BioPropError("input x has non-finite entries (NaN or inf)")

@@ -11,10 +11,9 @@ import math
 from collections.abc import Iterable
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bioprop import checks
+from bioprop import checks, losses
 from bioprop.errors import BioPropError
 
 
@@ -80,24 +79,36 @@ def same_draws(x: object) -> contextlib.AbstractContextManager:
 
 
 @torch.no_grad()
-def evaluate(net: nn.Module, x: Tensor, y: Tensor, batch_size: int = 1000) -> tuple[float, float]:
-    """Mean cross-entropy (nats per example) and accuracy (a fraction) of ``net`` on ``x`` (N, ...) with labels
-    ``y`` (N,) int64, in chunks of ``batch_size`` examples.
+def evaluate(
+    model: object, x: Tensor, y: Tensor, batch_size: int = 1000, loss: str | None = None
+) -> tuple[float, float]:
+    """Mean output loss per example and accuracy (a fraction) on ``x`` (N, ...) with labels ``y`` (N,) int64, in
+    chunks of ``batch_size`` examples. ``model`` is a rule (from ``bioprop.rules.create``: its prediction path
+    :meth:`~bioprop.rules.Rule.predict` and its output loss, the run's one loss) or a network (``net(x)`` and
+    ``loss``, a name of :mod:`bioprop.losses`, cross-entropy by default).
 
-    Raises :class:`BioPropError` before any work for a ``net`` that is not an ``nn.Module``, a ``batch_size`` that
-    is not a positive integer, and a malformed ``(x, y)`` (:func:`bioprop.checks.check_batch`: not tensors, labels
-    not 1-D int64, lengths that differ, no examples; x of a dtype, device or shape the network does not accept;
-    labels outside the network's outputs)."""
-    if not isinstance(net, nn.Module):
-        raise BioPropError(f"evaluate needs a torch.nn.Module, not {type(net).__name__}")
+    Raises :class:`BioPropError` before any work for a ``model`` that is neither, a ``loss`` given with a rule (the
+    rule's own is used) or unknown, a ``batch_size`` that is not a positive integer, and a malformed ``(x, y)``
+    (:func:`bioprop.checks.check_batch`: not tensors, labels not 1-D int64, lengths that differ, no examples; x of a
+    dtype, device or shape the network does not accept; labels outside the network's outputs)."""
+    from bioprop.rules.base import Rule  # here: the rules import this module
+
+    if isinstance(model, Rule):
+        if loss is not None:
+            raise BioPropError(f"evaluate: a rule measures its own output loss ({model.loss.name}); leave loss unset")
+        net, predict, loss_fn = model.net, model.predict, model.loss
+    elif isinstance(model, nn.Module):
+        net, predict, loss_fn = model, model, losses.get("ce" if loss is None else loss)
+    else:
+        raise BioPropError(f"evaluate needs a rule or a torch.nn.Module, not {type(model).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BioPropError(f"batch_size must be a positive integer, not {batch_size!r}")
     checks.check_batch(x, y)
     checks.check_labels(y, checks.fit_input(net, x))
     total_loss, correct = 0.0, 0
     for start in range(0, len(x), batch_size):
-        logits = net(x[start : start + batch_size])
+        output = predict(x[start : start + batch_size])
         target = y[start : start + batch_size]
-        total_loss += float(F.cross_entropy(logits, target, reduction="sum"))
-        correct += int((logits.argmax(1) == target).sum())
+        total_loss += float(loss_fn.per_example(output, target).sum())
+        correct += int((output.argmax(1) == target).sum())
     return total_loss / len(x), correct / len(x)

@@ -53,8 +53,8 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 ARCHS = {
     "mlp:H1xH2...": "multilayer perceptron with the given hidden sizes, e.g. mlp:256x256",
-    "ebm:H1xH2...": "energy-based network (symmetric weights, relaxes to a fixed point) for ep, chl, generec",
-    "ebm-conv[:C1xC2[:H1x...]]": "convolutional energy-based network (default ebm-conv:32x64), for ep",
+    "ebm:H1xH2...": "energy-based network (symmetric weights, relaxes to a fixed point)",
+    "ebm-conv[:C1xC2[:H1x...]]": "convolutional energy-based network (default ebm-conv:32x64)",
     "lenet": "LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120, fc 84-10)",
 }
 
@@ -192,9 +192,7 @@ def walk(net: nn.Module, rule: str | None = None) -> list[Layer]:
     """
     who = f"rule {rule}: " if rule else ""
     if isinstance(net, EnergyNet):
-        raise BioPropError(
-            f"{who}energy-based networks (ebm:...) are trained by ep, chl, generec or bp, not by this rule"
-        )
+        raise BioPropError(f"{who}an energy-based network (ebm:...) is not a stack of feedforward layers")
     if not isinstance(net, nn.Sequential) or type(net).forward is not nn.Sequential.forward:
         raise BioPropError(
             f"{who}the rules walk an nn.Sequential of layers; got {type(net).__name__}"

@@ -19,7 +19,7 @@ from torch import Tensor
 
 from bioprop.errors import BioPropError
 from bioprop.nets.energy import EnergyNet
-from bioprop.rules.base import Entry, Option, Rule, Update, backprop_update, make_card, output_loss, register
+from bioprop.rules.base import Entry, Option, Rule, Update, backprop_update, make_card, register
 
 CARD = make_card(
     linear=(False, "errors flow through a purely linear backward pass"),
@@ -37,6 +37,7 @@ class Backprop(Rule):
 
     options = {"output": Option("ce", "output loss: ce (cross-entropy) or se (squared error to the one-hot target)",
                                 choices=("ce", "se"))}  # fmt: skip
+    networks = frozenset({"feedforward", "energy"})
 
     def __init__(self, net: Any, entry: Entry, options: dict[str, Any]) -> None:
         super().__init__(net, entry, options)
@@ -45,20 +46,21 @@ class Backprop(Rule):
         if isinstance(net, EnergyNet):
             net.configure(output=self.config["output"])
 
-    def update(self, x: Tensor, y: Tensor) -> Update:
-        return backprop_update(self.net, x, y, self.config["output"])
+    def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
+        return backprop_update(self.net, x, y, self.loss)
 
     def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         return self.update(x, y).grads
 
-    def backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+    def backward(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``loss.backward()`` itself (autograd accumulates into ``.grad``), after the batch checks."""
-        x = self.check_batch(x, y)
+        x, _ = self.check_batch(x, y, index)
         with torch.enable_grad():
             prediction = self.net(x)
-            loss = output_loss(prediction, y, self.config["output"])
+            loss = self.loss.value(prediction, y)
             if not math.isfinite(float(loss.detach())):
                 self.blame_nonfinite(x)
             if loss.requires_grad:  # False when every parameter is frozen
                 loss.backward()
+        self.step += 1
         return loss.detach(), prediction.detach()

@@ -36,16 +36,17 @@ cross-entropy); :meth:`Rule.train_update` when a training step also changes stat
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bioprop import checks
+from bioprop import checks, losses
 from bioprop import nets as walk_nets
 from bioprop.errors import BioPropError, DivergenceError
 
@@ -146,6 +147,86 @@ def _coerce(kind: Callable[[str], Any], value: Any) -> Any:
     return value
 
 
+def option(
+    default: Any,
+    help: str,
+    *,
+    type: Callable[[str], Any] | None = None,
+    choices: tuple[Any, ...] | None = None,
+    check: Callable[[Any], bool] | None = None,
+    check_says: str = "",
+    maximum: int | None = None,
+) -> Any:
+    """A field of a rule's :class:`Options` dataclass: its default, one-line help and validation (:class:`Option`)."""
+    spec = Option(default, help, type, choices, check, check_says, maximum)
+    return field(default=default, metadata={"option": spec})
+
+
+@dataclass(frozen=True)
+class Options:
+    """Base of every rule's options: a frozen dataclass whose fields are declared with :func:`option`, parsed and
+    validated once by :meth:`parse` (strings from ``--rule-opt`` converted, ranges checked) and read as attributes,
+    ``rule.opts.steps``. ``bioprop rules NAME`` prints them."""
+
+    @classmethod
+    def declared(cls) -> dict[str, Option]:
+        """Each option's :class:`Option` (default, help, checks), in declaration order."""
+        return {f.name: f.metadata["option"] for f in dataclasses.fields(cls)}
+
+    @classmethod
+    def parse(cls, rule: str, given: dict[str, Any]) -> Options:
+        """The options ``given`` (any subset, values or strings) over the defaults; an unknown key or an invalid
+        value is a :class:`BioPropError` naming the rule, the key and the value."""
+        declared = cls.declared()
+        unknown = sorted(set(given) - set(declared))
+        if unknown:
+            raise BioPropError(f"rule {rule}: unknown option {unknown[0]!r}; known: {', '.join(declared) or 'none'}")
+        return cls(**{key: spec.parse(rule, key, given.get(key, spec.default)) for key, spec in declared.items()})
+
+    def as_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def options_class(name: str, options: dict[str, Option]) -> type[Options]:
+    """An :class:`Options` dataclass built from a table of :class:`Option` (rules that declare ``options`` as a
+    dict); its fields are typed by their defaults."""
+    specs = [(key, opt.type if isinstance(opt.type, type) else type(opt.default),
+              field(default=opt.default, metadata={"option": opt})) for key, opt in options.items()]  # fmt: skip
+    return dataclasses.make_dataclass(name, specs, bases=(Options,), frozen=True)
+
+
+class Trace(NamedTuple):
+    """A per-step quantity of a rule's inner dynamics, recorded in ``traces.csv`` (the mean over an epoch's batches
+    at each step): its ``name`` (the key in ``Update.traces``), axis ``label`` and whether a panel of the value
+    relative to step 0 is drawn too (how much of it the dynamics remove)."""
+
+    name: str
+    label: str
+    relative: bool = False
+
+
+class Diagnostic(NamedTuple):
+    """A family of per-epoch numbers a rule logs in ``metrics.csv`` as ``diag/<name>``: ``pattern`` (a regular
+    expression over ``<name>`` with named groups) and ``label``, formatted with those groups for the legend."""
+
+    pattern: str
+    label: str
+
+
+class FigureSpec(NamedTuple):
+    """A figure a rule declares for its run directory: ``file`` (e.g. ``energy.png``), panels of the ``traces`` per
+    epoch (one line per epoch), a panel of the ``preparation`` trace (epoch 0, :meth:`Rule.prepare`) and a panel of
+    the ``diagnostics`` (indices into the rule's ``diagnostic_specs``) per epoch. The report draws whatever is
+    declared and recorded (:mod:`bioprop.report.plots`)."""
+
+    file: str
+    title: str
+    traces: tuple[str, ...] = ()
+    preparation: str | None = None
+    diagnostics: tuple[int, ...] = ()
+    ylabel: str = ""
+
+
 class Unstable(DivergenceError):
     """A guard of a rule's inner dynamics tripped: ``what`` it measured and ``advice``, the settings that usually
     cause it (``named``: the options the advice already names with their values). :meth:`Rule.guarded` names a
@@ -159,59 +240,64 @@ class Unstable(DivergenceError):
 
 class Update(NamedTuple):
     grads: dict[str, Tensor]  # descent direction, keyed like net.named_parameters()
-    loss: Tensor  # scalar, batch-mean
-    prediction: Tensor  # (B, n_classes) logits
+    loss: Tensor  # scalar, batch-mean, of the run's output loss (Rule.loss)
+    prediction: Tensor  # (B, n_classes) the output the loss was measured on
     traces: dict[str, Tensor] | None = None  # per inner step, e.g. the energy at each inference step
+    state: Any = None  # the rule's state after this step (persistent particles, ...): adopted by backward only
 
 
-def cross_entropy_grad(logits: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-    """Batch-mean cross-entropy and its gradient with respect to the logits, e = (softmax(z) − onehot(y)) / B."""
-    log_p = torch.log_softmax(logits, dim=1)  # one softmax pass serves the loss and its gradient
-    loss = F.nll_loss(log_p, y)
-    error = log_p.exp()  # (B, K)
-    error.scatter_add_(1, y.unsqueeze(1), error.new_full((len(y), 1), -1.0))
-    return loss, error.div_(len(y))
-
-
-def output_loss(z: Tensor, y: Tensor, output: str = "ce") -> Tensor:
-    """Batch-mean output loss ℓ of the rules that choose one: cross-entropy (``ce``) or squared error against the
-    one-hot target, ½‖z − onehot(y)‖² summed over classes (``se``)."""
-    if output == "ce":
-        return F.cross_entropy(z, y)
-    return 0.5 * (z - F.one_hot(y, z.shape[1]).to(z.dtype)).square().sum(1).mean()
-
-
-def backprop_update(net: nn.Module, x: Tensor, y: Tensor, output: str = "ce") -> Update:
-    """Autograd's gradient of the batch-mean :func:`output_loss` of ``net(x)`` (cross-entropy by default) for the
-    trainable parameters; leaves ``.grad`` untouched. Backprop's update, and the reference gradient of every rule
-    that approximates it."""
+def backprop_update(net: nn.Module, x: Tensor, y: Tensor, loss_fn: losses.Loss = losses.LOSSES["ce"]) -> Update:
+    """Autograd's gradient of the batch-mean output loss (:mod:`bioprop.losses`, cross-entropy by default) of
+    ``net(x)`` for the trainable parameters; leaves ``.grad`` untouched. Backprop's update, and the reference
+    gradient of every rule that approximates it."""
     named = {n: p for n, p in net.named_parameters() if p.requires_grad}
     with torch.enable_grad():
         prediction = net(x)
-        loss = output_loss(prediction, y, output)
+        loss = loss_fn.value(prediction, y)
         grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True) if named else ()
     update = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
     return Update(update, loss.detach(), prediction.detach())
 
 
 class Rule:
-    """Base class: subclasses declare their ``options`` and implement :meth:`update`. Build rules with
-    :func:`create`, which passes the registry entry (name, family, paper, card) and the options."""
+    """Base class: subclasses declare their ``Options`` (a frozen :class:`Options` dataclass) and implement
+    :meth:`update`. Build rules with :func:`create`, which passes the registry entry (name, family, paper, card) and
+    the options."""
 
+    #: The rule's options dataclass; ``options`` is its table of :class:`Option` (derived, for help and checks).
+    Options: ClassVar[type[Options]] = Options
     options: ClassVar[dict[str, Option]] = {}
     #: The hidden activation ``--activation auto`` picks for this rule on a feedforward net (None: relu); a rule
     #: whose dynamics need a particular nonlinearity declares it (dendritic: tanh). A rule never changes the net.
     activation: ClassVar[str | None] = None
+    #: The kinds of network the rule trains: "feedforward" (:func:`bioprop.nets.walk`), "energy" (EnergyNet).
+    networks: ClassVar[frozenset[str]] = frozenset({"feedforward"})
+    #: Per-step traces in ``Update.traces``, per-epoch diagnostics and the figures drawn from them.
+    trace_specs: ClassVar[tuple[Trace, ...]] = ()
+    diagnostic_specs: ClassVar[tuple[Diagnostic, ...]] = ()
+    figures: ClassVar[tuple[FigureSpec, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "options" in cls.__dict__ and "Options" not in cls.__dict__:  # a table of Option: make the dataclass
+            cls.Options = options_class(f"{cls.__name__}Options", cls.__dict__["options"])
+        cls.options = cls.Options.declared()
 
     def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
         self.net = net
         self.name, self.family, self.paper, self.card = entry.name, entry.family, entry.paper, entry.card
-        self.config = self.parse_options(entry.name, options)
-        self._given = {key: self.config[key] for key in options if key not in entry.presets}
+        self.opts = self.Options.parse(entry.name, options)
+        self.config = self.opts.as_dict()  # read-only view for rules not yet moved to ``opts``
+        self._given = {key: getattr(self.opts, key) for key in options if key not in entry.presets}
         try:
             checks.network_dtype(net)
         except BioPropError as exc:
             raise BioPropError(f"rule {self.name}: {exc}") from None
+        #: The run's one output loss (the ``output`` option where the rule has one, else cross-entropy): the
+        #: update, the reference gradient and every reported loss use it.
+        self.loss = losses.get(getattr(self.opts, "output", "ce"))
+        #: Training steps taken (calls of :meth:`backward`): with ``seed``, what :meth:`generator` draws from.
+        self.step = 0
         self._trace_sums: dict[str, Tensor] = {}
         self._trace_counts: dict[str, int] = {}
         self._names: dict[int, tuple[Tensor, str]] = {}
@@ -221,65 +307,96 @@ class Rule:
 
     @classmethod
     def parse_options(cls, rule: str, given: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(given) - set(cls.options))
-        if unknown:
-            known = ", ".join(cls.options) or "none"
-            raise BioPropError(f"rule {rule}: unknown option {unknown[0]!r}; known: {known}")
-        return {key: opt.parse(rule, key, given.get(key, opt.default)) for key, opt in cls.options.items()}
+        """The options ``given`` over the defaults, parsed and checked, as a plain mapping (:meth:`Options.parse`)."""
+        return cls.Options.parse(rule, given).as_dict()
 
     # --------------------------------------------------------------------------------------------- the contract
 
-    def grads(self, x: Tensor, y: Tensor) -> Update:
-        """The rule's update for the batch, without touching ``.grad`` (module docstring)."""
-        x = self.check_batch(x, y)
-        update = self.guarded(self.update, x, y)
-        return update._replace(grads=self.trainable(update.grads))
+    def grads(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
+        """The rule's update for the batch, without touching ``.grad``. Pure: the same batch gives the same update
+        and leaves the rule's state and the global random state as they were (module docstring). ``index`` (B,)
+        int64: the examples' positions in the training set, for rules with per-example state."""
+        x, index = self.check_batch(x, y, index)
+        update = self.guarded(self.update, x, y, index)
+        return update._replace(grads=self.trainable(update.grads), state=None)
 
-    def backward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
-        """Accumulate the rule's update into ``.grad``; returns the loss (scalar) and prediction (B, n_classes)."""
-        x = self.check_batch(x, y)
-        return self.apply_update(self.guarded(self.train_update, x, y))
+    def backward(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Accumulate the rule's update into ``.grad``, adopt the state it leads to (:meth:`commit`) and count the
+        step; returns the loss (scalar) and prediction (B, n_classes)."""
+        x, index = self.check_batch(x, y, index)
+        update = self.guarded(self.train_update, x, y, index)
+        result = self.apply_update(update)
+        self.commit(update)
+        self.step += 1
+        return result
 
     def reference_grads(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        """The exact gradient the rule approximates (default: backprop of the batch-mean cross-entropy); leaves
-        ``.grad`` untouched."""
-        x = self.check_batch(x, y)
+        """The exact gradient the rule approximates (default: backprop of the run's output loss); leaves ``.grad``
+        untouched."""
+        x, _ = self.check_batch(x, y)
         return self.trainable(self.reference(x, y))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor) -> Tensor:
+        """The network's output (B, n_classes) for ``x`` as the rule reads it: the one prediction path evaluation
+        uses. ``net(x)`` unless the rule's dynamics define the output (a free phase)."""
+        x, _ = self.check_batch(x, None)
+        return self.prediction(x)
 
     # ------------------------------------------------------------------------------------- what subclasses write
 
-    def update(self, x: Tensor, y: Tensor) -> Update:
-        """The rule's update for a checked batch (``x`` detached), keyed by parameter name."""
+    def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
+        """The rule's update for a checked batch (``x`` detached), keyed by parameter name. Must not change the
+        rule's state: a new state goes into ``Update.state`` and :meth:`commit` adopts it."""
         raise NotImplementedError
 
-    def train_update(self, x: Tensor, y: Tensor) -> Update:
-        """The update :meth:`backward` applies; rules whose training step also changes their own state override it."""
-        return self.update(x, y)
+    def train_update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
+        """The update :meth:`backward` applies (default :meth:`update`)."""
+        return self.update(x, y, index)
+
+    def commit(self, update: Update) -> None:
+        """Adopt the state a training step led to (``update.state``); nothing by default."""
 
     def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """The reference gradient for a checked batch."""
-        return backprop_update(self.net, x, y).grads
+        return backprop_update(self.net, x, y, self.loss).grads
+
+    def prediction(self, x: Tensor) -> Tensor:
+        """:meth:`predict` for a checked batch."""
+        return self.net(x)
+
+    def generator(self, stream: int = 0, device: torch.device | str = "cpu") -> torch.Generator:
+        """A generator seeded from the rule's ``seed`` option, the step count and ``stream``: every draw of a step is
+        the same in :meth:`grads` and :meth:`backward` and changes from step to step, with no state of its own to
+        checkpoint beyond :attr:`step`."""
+        seed = int(getattr(self.opts, "seed", 0))
+        digest = hashlib.sha256(f"{seed}/{self.step}/{stream}".encode()).digest()
+        return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
 
     # ---------------------------------------------------------------------------------------------- the checks
 
-    def check_batch(self, x: Tensor, y: Tensor) -> Tensor:
+    def check_batch(self, x: Tensor, y: Tensor | None, index: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
         """Refuse a malformed batch with a :class:`BioPropError` naming the problem (module docstring); returns
-        ``x`` detached (a copy when the network's first layers would overwrite it). The network is run on one
-        example only when the input's shape, dtype or device (or the network's) differ from the last batch."""
-        checks.check_batch(x, y)
+        ``x`` detached (a copy when the network's first layers would overwrite it) and ``index``. ``y`` None: inputs
+        only (:meth:`predict`). The network is run on one example only when the input's shape, dtype or device (or
+        the network's) differ from the last batch."""
+        checks.check_batch(x, torch.zeros(len(x), dtype=torch.int64) if y is None and isinstance(x, Tensor) else y)
         param = self._first_param  # the same object after net.double() / net.to(...), which change its dtype
         key = (x.shape[1:], x.dtype, x.device, param.dtype, param.device)
         if self._fitted is None or self._fitted[0] != key:
             self._fitted = (key, checks.fit_input(self.net, x))
-        checks.check_labels(y, self._fitted[1])
+        if y is not None:
+            checks.check_labels(y, self._fitted[1])
         checks.check_finite_input(x)
-        return x.detach().clone() if self._copy_input else x.detach()
+        if index is not None:
+            checks.check_index(index, len(x))
+        return (x.detach().clone() if self._copy_input else x.detach()), index
 
-    def guarded(self, compute: Callable[[Tensor, Tensor], Update], x: Tensor, y: Tensor) -> Update:
-        """``compute(x, y)``; when it reports a divergence or returns a non-finite loss, a non-finite parameter or
-        rule state is named first (:meth:`blame_nonfinite`), so that no setting is blamed for it."""
+    def guarded(self, compute: Callable[..., Update], x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
+        """``compute(x, y, index)``; when it reports a divergence or returns a non-finite loss, a non-finite
+        parameter or rule state is named first (:meth:`blame_nonfinite`), so that no setting is blamed for it."""
         try:
-            update = compute(x, y)
+            update = compute(x, y, index)
         except DivergenceError as exc:
             raise self.explain(exc, x) from None
         if not math.isfinite(float(update.loss)):
@@ -385,12 +502,18 @@ class Rule:
         return {}
 
     def state_dict(self) -> dict[str, Tensor]:
-        """Rule state that must survive a checkpoint (feedback weights, generator states)."""
-        return {}
+        """Rule state that must survive a checkpoint (the step count, feedback weights, particles); subclasses add
+        theirs to ``super().state_dict()``."""
+        return {"step": torch.tensor(self.step, dtype=torch.int64)}
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
+        """Restore :meth:`state_dict`'s tensors; subclasses take theirs out and pass the rest here."""
+        state = dict(state)
+        step = state.pop("step", None)
         if state:
             raise BioPropError(f"rule {self.name}: unexpected state {sorted(state)[0]!r} in checkpoint")
+        if step is not None:
+            self.step = int(step)
 
 
 def add_grads(grads: dict[str, Tensor], names: list[str], values: list[Tensor]) -> None:
@@ -456,4 +579,12 @@ def create(name: str, net: nn.Module, **options: Any) -> Rule:
     clash = sorted(set(options) & set(found.presets))
     if clash:
         raise BioPropError(f"rule {name}: option {clash[0]!r} is fixed by the rule's name")
+    kind = "energy" if isinstance(net, walk_nets.EnergyNet) else "feedforward"
+    if kind not in found.cls.networks:
+        if kind == "feedforward":
+            raise BioPropError(f"rule {name} needs an energy-based network: --arch ebm:H1x... (e.g. ebm:500) or "
+                               "ebm-conv")  # fmt: skip
+        able = [n for n, e in _REGISTRY.items() if kind in e.cls.networks]
+        able = ", ".join(able[:-1]) + f" or {able[-1]}" if len(able) > 1 else able[0]
+        raise BioPropError(f"rule {name}: energy-based networks (ebm:...) are trained by {able}, not by this rule")
     return found.cls(net, found, {**found.presets, **options})

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets.energy import (
     OUTPUTS,
@@ -77,7 +78,6 @@ from bioprop.rules.base import (
     Update,
     backprop_update,
     make_card,
-    output_loss,
     register,
 )
 
@@ -214,12 +214,9 @@ class Contrastive(Rule):
     update combines the phases."""
 
     options = COMMON
+    networks = frozenset({"energy"})
 
     def __init__(self, net: EnergyNet, entry: Entry, options: dict[str, Any]) -> None:
-        if not isinstance(net, EnergyNet):
-            raise BioPropError(
-                f"rule {entry.name} needs an energy-based network: --arch ebm:H1x... (e.g. ebm:500) or ebm-conv"
-            )
         super().__init__(net, entry, options)
         synapses = {id(p) for synapse in net.synapses for p in synapse.parameters()}
         outside = next((name for name, p in net.named_parameters() if id(p) not in synapses), None)
@@ -264,7 +261,7 @@ class Contrastive(Rule):
     def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Backprop through time of the batch-mean cost over the free phase from rest: autograd through ``net(x)``,
         which relaxes with this rule's settings."""
-        return backprop_update(self.net, x, y, self.output).grads
+        return backprop_update(self.net, x, y, losses.get(self.output)).grads
 
 
 def contrastive_card(phases: str) -> dict[str, CardEntry]:
@@ -316,7 +313,7 @@ class EquilibriumPropagation(Contrastive):
         return 0.0, beta
 
     @torch.no_grad()
-    def update(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
         c, net = self.config, self.net
         trace = self._tracing()
         x_drive, free = free_phase(self, x, trace)
@@ -349,7 +346,7 @@ class EquilibriumPropagation(Contrastive):
         if self.output == "ce":
             grads += readout_grads(net, states, onehot.repeat(len(coef) // batch, 1), coef * betas_all)
         logits = prediction(net, free.states, self.output)
-        return Update(self._named(grads), output_loss(logits, y, self.output), logits,
+        return Update(self._named(grads), losses.get(self.output).value(logits, y), logits,
                       self._traces(free, nudged, "nudged"))  # fmt: skip
 
     def state_dict(self) -> dict[str, Tensor]:
@@ -384,10 +381,10 @@ class Clamped(Contrastive):
         raise NotImplementedError
 
     @torch.no_grad()
-    def update(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
         x_drive, free, clamped = self.phases(x, y)
         logits = prediction(self.net, free.states)
-        return Update(self._named(self.combine(x, x_drive, free, clamped)), output_loss(logits, y, "se"), logits,
+        return Update(self._named(self.combine(x, x_drive, free, clamped)), losses.get("se").value(logits, y), logits,
                       self._traces(free, clamped, "clamped"))  # fmt: skip
 
 

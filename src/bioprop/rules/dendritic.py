@@ -334,7 +334,7 @@ class Dendritic(Rule):
                          f"as {self.activation} (this rule's choice); else {SETTLE_ADVICE}")  # fmt: skip
 
     @torch.no_grad()
-    def update(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
         x0 = x.reshape(len(x), -1)
         weights, biases = weights_and_biases(self.linears)
         xs, d, trace = settle(weights, biases, x0, y, self.phi, self.config, self.slow)
@@ -353,7 +353,7 @@ class Dendritic(Rule):
         return Update(grads, F.cross_entropy(prediction, y), prediction, traces={"residual": trace})
 
     def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        return backprop_update(self.net, x, y, self.config["output"]).grads
+        return backprop_update(self.net, x, y, self.loss).grads
 
 
 # ----------------------------------------------------------------------------------------------- microcircuit
@@ -725,7 +725,7 @@ class Microcircuit(Rule):
         loss = F.cross_entropy(prediction, y) if y is not None else prediction.new_zeros(())
         return Update(grads, loss, prediction), change, settled
 
-    def update(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
         return self.learn(x, y)[0]
 
     def apply(self, change: Circuit) -> None:
@@ -733,7 +733,7 @@ class Microcircuit(Rule):
             for tensor, d in zip(mine, delta, strict=True):
                 tensor.add_(d)
 
-    def train_update(self, x: Tensor, y: Tensor) -> Update:
+    def train_update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
         """The update, and the interneuron synapses' own plasticity applied (and the apical norms recorded)."""
         update, change, settled = self.learn(x, y)
         self.apply(change.circuit)
@@ -791,7 +791,7 @@ class Microcircuit(Rule):
         return out
 
     def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-        return backprop_update(self.net, x, y, self.config["output"]).grads
+        return backprop_update(self.net, x, y, self.loss).grads
 
     def state_dict(self) -> dict[str, Tensor]:
         state = {f"{field}.{k}": t for field, ts in zip(Circuit._fields, self.circuit, strict=True)

@@ -34,7 +34,7 @@ from bioprop.errors import BioPropError
 from bioprop.metrics import angle_deg
 from bioprop.nets import layer_parameters
 from bioprop.nets import layers as walk_layers
-from bioprop.rules.base import Entry, Option, Rule, Update, add_grads, cross_entropy_grad, make_card, register
+from bioprop.rules.base import Entry, Option, Rule, Update, add_grads, make_card, register
 from bioprop.rules.layerwise import (
     forward_cached,
     layer_backward,
@@ -167,10 +167,10 @@ class FeedbackAlignment(Rule):
                 self.feedback[index] = drawn.to(acts[index])
 
     @torch.no_grad()
-    def update(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
         acts, saved = forward_cached(self.layers, x)
         logits = acts[-1]
-        loss, error = cross_entropy_grad(logits, y)  # error: (B, K)
+        loss, error = self.loss.error(logits, y)  # error: (B, K)
         direct = self.config["feedback"] == "direct"
         if direct:
             self.ensure_direct_feedback(acts, logits.shape[1])

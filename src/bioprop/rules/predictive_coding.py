@@ -75,7 +75,6 @@ from bioprop.rules.base import (
     Update,
     add_grads,
     backprop_update,
-    cross_entropy_grad,
     make_card,
     register,
     say,
@@ -365,7 +364,7 @@ class PredictiveCoding(Rule):
         self.infer = torch.compile(infer, dynamic=False) if c["compile"] else infer
 
     @torch.no_grad()
-    def update(self, x: Tensor, y: Tensor) -> Update:
+    def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
         c, n = self.config, len(x)
         beta: float | Tensor = c["beta"]
         if c["nudge"] == "negative":
@@ -389,7 +388,7 @@ class PredictiveCoding(Rule):
         if self.energy_rose(energy):
             fixed = replace(self.settings, incremental=False)
             raise self.unstable(energy, lambda: self.infer(self.before, self.blocks, x, y, beta, fixed, frozen)[1])
-        loss, _ = cross_entropy_grad(prediction, y[:n])
+        loss = self.loss.value(prediction, y[:n])
         return Update(updates, loss, prediction, {"energy": energy})
 
     def energy_rose(self, energy: Tensor) -> bool:
@@ -423,4 +422,4 @@ class PredictiveCoding(Rule):
 
     def reference(self, x: Tensor, y: Tensor) -> dict[str, Tensor]:
         """Backprop of the batch-mean output loss ℓ (cross-entropy or squared error, as the option says)."""
-        return backprop_update(self.net, x, y, self.config["output"]).grads
+        return backprop_update(self.net, x, y, self.loss).grads
