@@ -169,7 +169,7 @@ def test_traces_and_apical_figures(tmp_path: Path) -> None:
     assert titled(fig, "microcircuit", "fashion-mnist", "mlp:20")
     assert {ax.get_title() for ax in fig.axes} >= {"energy", "apical_norm (preparation)"}
     assert all(integer_ticks(ax) for ax in fig.axes)
-    fig = plots.apical_figure(run)
+    fig = plots.declared_figure(run, "apical.png")
     assert titled(fig, "microcircuit", "fashion-mnist", "mlp:20") and all(integer_ticks(ax) for ax in fig.axes)
 
 
@@ -195,7 +195,7 @@ def epochs_run(path: Path, n: int) -> Path:
 def test_epoch_axes_show_only_the_integer_epochs_of_the_run(tmp_path: Path, n: int) -> None:
     """The fault seen: with --epochs 1, curves.png and apical.png had ticks 0.945 … 1.050."""
     run = epochs_run(tmp_path / "run", n)
-    figures = [plots.curves_figure(run), plots.alignment_figure(run), plots.apical_figure(run)]
+    figures = [plots.curves_figure(run), plots.alignment_figure(run), plots.declared_figure(run, "apical.png")]
     epoch_axes = [ax for fig in figures for ax in fig.axes if ax.get_xlabel() == "epoch"]
     assert len(epoch_axes) == 4  # accuracy, loss, alignment, apical during training
     for ax in epoch_axes:
@@ -211,11 +211,11 @@ def test_a_real_one_epoch_run_has_integer_epoch_ticks_and_readable_apical_labels
     run = tmp_path / "mc"
     train.run(tiny_config(rule="microcircuit", epochs=1, limit=100, rule_opts={"prepare_steps": 10}), run,
               quiet=True)  # fmt: skip
-    for fig in (plots.curves_figure(run), plots.apical_figure(run)):
+    for fig in (plots.curves_figure(run), plots.declared_figure(run, "apical.png")):
         for ax in fig.axes:
             if ax.get_xlabel() == "epoch":
                 assert shown_tick_labels(ax.xaxis) == ["1"]
-    legend = legend_texts(plots.apical_figure(run).axes[1])
+    legend = legend_texts(plots.declared_figure(run, "apical.png").axes[1])
     assert legend == ["hidden layer 1, with target (mean over the epoch)",
                       "hidden layer 1, without target (free, last batch)"]  # fmt: skip
 
@@ -224,14 +224,16 @@ def test_legends_name_no_raw_columns(tmp_path: Path) -> None:
     """Per the microcircuit's diagnostics: apical_norm_l<k> is hidden layer k's mean ‖v_A‖ with the target over the
     epoch's steps; apical_norm_free_l<k> the same without the target, on the epoch's last batch."""
     run = epochs_run(tmp_path / "run", 3)
-    figures = [plots.curves_figure(run), plots.alignment_figure(run), plots.apical_figure(run)]
+    figures = [plots.curves_figure(run), plots.alignment_figure(run), plots.declared_figure(run, "apical.png")]
     legends = [text for fig in figures for ax in fig.axes if ax.get_legend() for text in legend_texts(ax)]
     assert legends and not [text for text in legends if "diag/" in text or "apical_norm" in text or "/" in text]
     assert legend_texts(figures[2].axes[1]) == [
         "hidden layer 1, with target (mean over the epoch)", "hidden layer 2, with target (mean over the epoch)",
         "hidden layer 1, without target (free, last batch)", "hidden layer 2, without target (free, last batch)",
     ]  # fmt: skip
-    assert plots.apical_label("diag/other") == "diag/other"
+    from bioprop import rules
+
+    assert plots.diagnostic_label("diag/other", rules.entry("microcircuit").cls.diagnostic_specs) == "diag/other"
 
 
 def energy_run(path: Path, values: list[float]) -> Path:

@@ -102,8 +102,8 @@ def test_plots_model_and_config_are_written(finished_run: Path) -> None:
 
 
 def test_probes_do_not_change_the_trajectory(tmp_path: Path) -> None:
-    """Measuring angles calls rule.grads, which for brsf draws fresh feedback; the run must restore the rule's
-    state afterwards, or the measurement schedule would change what is learnt."""
+    """Measuring angles calls rule.grads, which for brsf draws feedback of the step; grads is pure (the contract),
+    so the trainer restores nothing and the measurement schedule still cannot change what is learnt."""
     config = tiny_config(rule="brsf", epochs=1)
     train.run(config, tmp_path / "plain", quiet=True)
     train.run(RunConfig(**{**config.to_dict(), "probe_every": 2}), tmp_path / "probed", quiet=True)
@@ -159,9 +159,9 @@ def test_divergence_raises_and_keeps_the_last_good_checkpoint(tmp_path: Path, mo
     calls = {"n": 0}
     honest = Backprop.backward
 
-    def poisoned(self, x, y):
+    def poisoned(self, x, y, index=None):
         calls["n"] += 1
-        loss, prediction = honest(self, x, y)
+        loss, prediction = honest(self, x, y, index)
         return (loss * math.nan if calls["n"] == 7 else loss), prediction
 
     monkeypatch.setattr(Backprop, "backward", poisoned)
@@ -179,8 +179,8 @@ def test_divergence_raises_and_keeps_the_last_good_checkpoint(tmp_path: Path, mo
 def test_non_finite_update_is_divergence_too(tmp_path: Path, monkeypatch) -> None:
     honest = Backprop.backward
 
-    def inf_grad(self, x, y):
-        loss, prediction = honest(self, x, y)
+    def inf_grad(self, x, y, index=None):
+        loss, prediction = honest(self, x, y, index)
         next(self.net.parameters()).grad[0, 0] = math.inf
         return loss, prediction
 

@@ -31,8 +31,8 @@ def angle_deg(a: Tensor, b: Tensor) -> float:
 def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
     """Per parameter tensor: the mean over ``probes`` (held-out batches, an iterable of ``(x, y)`` pairs with x of
     shape (B, ...) and y (B,) int64) of the angle in degrees between the rule's update ``rule.grads`` and
-    ``rule.reference_grads``. Leaves ``.grad`` untouched. Both start from the same random state, so a stochastic
-    layer (dropout) draws one mask per probe batch that serves both.
+    ``rule.reference_grads``. Leaves ``.grad`` and the global random state untouched: both start from the same random
+    state, so a stochastic layer (dropout) draws one mask per probe batch that serves both, and it is restored after.
 
     Raises :class:`BioPropError` before any work if ``rule`` is not a rule (from ``bioprop.rules.create``), if
     ``probes`` is not an iterable of ``(x, y)`` pairs (a single pair must be wrapped, ``[(x, y)]``) or is empty,
@@ -48,7 +48,8 @@ def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, fl
     for x, y in probes:
         with same_draws(x):
             update = rule.grads(x, y).grads
-        reference = rule.reference_grads(x, y)
+        with same_draws(x):
+            reference = rule.reference_grads(x, y)
         for name, exact in reference.items():
             sums.setdefault(name, []).append(angle_deg(update[name], exact))
     return {name: sum(values) / len(values) for name, values in sums.items()}

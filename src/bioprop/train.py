@@ -9,16 +9,18 @@ held-out probe batches (the first ``probe_batches`` batches of the test set), th
 ``metrics.csv``, ``summary.json`` and the checkpoint (see :mod:`bioprop.report.logs` for the files).
 
 Determinism: the network is initialised after ``torch.manual_seed(seed)``; shuffling draws from a dedicated CPU
-generator; angle probes restore the rule's state and the global RNG afterwards, so measuring never changes the
-trajectory. The checkpoint is ONE safetensors file (weights, optimizer, rule state, RNG states as tensors; the
-epoch, optimizer settings, metric history and config fingerprint as JSON metadata) replaced atomically, so a run
-killed at any moment resumes bit-identically on the same CPU. Its metadata holds the SHA-256 of its tensors
-(:func:`payload_sha256`), checked with their finiteness when it is read, so a damaged checkpoint is refused as such.
+generator; angle probes call the pure ``rule.grads`` and leave the global RNG as they found it, so measuring never
+changes the trajectory. Train and test loss are the run's one output loss (``rule.loss``, named in summary.json);
+test predictions go through ``rule.predict``.
 
-Nothing is lost: every input (config, data, network size against the memory available, run directory) is
+The checkpoint is ONE safetensors file (weights, optimizer, rule state, RNG states as tensors; the epoch, optimizer
+settings, metric history and config fingerprint as JSON metadata) replaced atomically, so a run killed at any
+moment resumes bit-identically on the same CPU. Its metadata holds the SHA-256 of its tensors
+(:func:`payload_sha256`), checked with their finiteness when it is read, so a damaged checkpoint is refused as
+such. Nothing is lost: every input (config, data, network size against the memory available, run directory) is
 checked before anything is written; a run directory is held by one process at a time and cleared only of what
-bioprop wrote (see :mod:`bioprop.report.logs`); a run that stops early (Ctrl-C, SIGTERM, a divergence, a file
-that cannot be written) records why in ``summary.json``, keeps its last checkpoint and can be resumed.
+bioprop wrote (see :mod:`bioprop.report.logs`); a run that stops early (Ctrl-C, SIGTERM, a divergence, a file that
+cannot be written) records why in ``summary.json``, keeps its last checkpoint and can be resumed.
 """
 
 from __future__ import annotations
@@ -162,13 +164,10 @@ def check_memory(config: RunConfig, in_shape: tuple[int, ...], n_classes: int) -
 
 
 def probe_angles(s: Session) -> dict[str, float]:
-    """Update angles to backprop on the probe batches; the rule's state and the global RNG are restored after."""
-    saved_rule = {key: value.clone() for key, value in s.rule.state_dict().items()}
-    saved_rng = torch.get_rng_state()
-    angles = metrics.update_angles(s.rule, s.probes)
-    s.rule.load_state_dict(saved_rule)
-    torch.set_rng_state(saved_rng)
-    return angles
+    """Update angles to the reference gradient on the probe batches. ``rule.grads`` is pure and
+    :func:`~bioprop.metrics.update_angles` leaves the global random state as it found it, so probing never changes
+    the trajectory."""
+    return metrics.update_angles(s.rule, s.probes)
 
 
 def kept(s: Session) -> str:
@@ -188,22 +187,17 @@ def check_finite(s: Session, xb: Tensor, loss: Tensor, epoch: int, batch: int, n
 
 def diverged(s: Session, xb: Tensor, epoch: int, batch: int, n_batches: int, reason: str,
              by_rule: bool = False) -> BioPropError:  # fmt: skip
-    """The error for a step that failed for ``reason``: non-finite inputs (BioPropError: from the data), then
-    parameters (DivergenceError: from the last step), then the rule's own state are named before anything else;
-    then a reason the rule gave (``by_rule``) stands as it is; only when nothing else explains it is the learning
-    rate suspected."""
+    """The error for a step that failed for ``reason``: a non-finite input (BioPropError: from the data), parameter
+    or rule state is named first (:meth:`bioprop.rules.Rule.blame_nonfinite`, the one place that looks); then a
+    reason the rule gave (``by_rule``) stands as it is; only when nothing else explains it is the learning rate
+    suspected, after the options the user set."""
     where = f"at epoch {epoch + 1}, step {batch + 1}/{n_batches}"
-    if checks.first_nonfinite([("inputs", xb)]) is not None:
-        return BioPropError(f"training stopped {where}: the batch's inputs have non-finite values, from the data; "
-                            f"{kept(s)}")  # fmt: skip
-    parameter = checks.first_nonfinite(s.net.named_parameters())
-    if parameter is not None:
-        return DivergenceError(f"training diverged {where}: parameter {parameter!r} became non-finite in the last "
-                               f"step (step {s.step}); {kept(s)}")  # fmt: skip
-    state = checks.first_nonfinite(s.rule.state_dict().items())
-    if state is not None:  # e.g. FA's feedback matrix B: the loss stays finite, the update does not
-        return DivergenceError(f"training diverged {where}: the rule's own state tensor {state!r} became "
-                               f"non-finite by step {s.step}; {kept(s)}")  # fmt: skip
+    try:
+        s.rule.blame_nonfinite(xb)
+    except BioPropError as exc:
+        if isinstance(exc, DivergenceError):
+            return DivergenceError(f"training diverged {where}, after the last step (step {s.step}): {exc}; {kept(s)}")
+        return BioPropError(f"training stopped {where}: {exc}, from the data; {kept(s)}")
     if by_rule:
         return DivergenceError(f"training diverged {where}: {reason}; {kept(s)}")
     lr = s.optimizer.param_groups[0]["lr"]
@@ -221,10 +215,10 @@ def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
     n_batches = math.ceil(len(x) / c.batch_size)
     loss_sum, correct, seen, probe_seconds = 0.0, 0, 0, 0.0
     start = time.perf_counter()
-    for batch, (xb, yb) in enumerate(data.batches(x, y, c.batch_size, generator=s.shuffle)):
+    for batch, (xb, yb, ib) in enumerate(data.batches(x, y, c.batch_size, generator=s.shuffle, with_index=True)):
         s.optimizer.zero_grad(set_to_none=True)
         try:
-            loss, logits = s.rule.backward(xb, yb)
+            loss, logits = s.rule.backward(xb, yb, ib)
         except DivergenceError as exc:  # the rule's own guard: say where, and whether the data or a step caused it
             raise diverged(s, xb, epoch, batch, n_batches, str(exc), by_rule=True) from None
         check_finite(s, xb, loss, epoch, batch, n_batches)
@@ -247,8 +241,8 @@ def end_of_epoch(s: Session, epoch: int, lr: float, trained: dict[str, float]) -
     """The epoch's metrics.csv row."""
     diagnostics = s.rule.diagnostics()  # before probing, so they describe the last training step
     record_traces(s, epoch + 1, s.rule.epoch_traces())
-    test_loss, test_accuracy = metrics.evaluate(s.net, s.dataset.test_x, s.dataset.test_y)
-    row: dict[str, Any] = {"epoch": epoch + 1, "train_loss": trained["train_loss"],
+    test_loss, test_accuracy = metrics.evaluate(s.rule, s.dataset.test_x, s.dataset.test_y)
+    row: dict[str, Any] = {"epoch": epoch + 1, "loss": s.rule.loss.name, "train_loss": trained["train_loss"],
                            "train_accuracy": trained["train_accuracy"], "test_loss": test_loss,
                            "test_accuracy": test_accuracy, "seconds": trained["seconds"], "lr": lr}  # fmt: skip
     row.update({f"angle/{name}": angle for name, angle in probe_angles(s).items()})
@@ -274,13 +268,14 @@ def summary(s: Session, status: str, message: str | None = None) -> dict[str, An
         "status": status, "message": message,
         "test_accuracy": accuracies[-1] if rows else None,
         "best_test_accuracy": max(accuracies) if rows else None,
+        "loss": s.rule.loss.name, "loss_label": s.rule.loss.label,
         "test_loss": rows[-1]["test_loss"] if rows else None,
         "train_accuracy": rows[-1]["train_accuracy"] if rows else None,
         "epoch_seconds": [row["seconds"] for row in rows],
         "alignment_deg": {k[6:]: [row.get(k) for row in rows] for k in columns if k.startswith("angle/")},
         "alignment_init_deg": s.history["init"],
         "diagnostics": {k[5:]: [row.get(k) for row in rows] for k in columns if k.startswith("diag/")},
-        "rule_options": s.rule.config, "parameters": sum(p.numel() for p in s.net.parameters()),
+        "rule_options": s.rule.opts.as_dict(), "parameters": sum(p.numel() for p in s.net.parameters()),
         "n_train": len(s.dataset.train_y), "n_test": len(s.dataset.test_y), "data_source": s.dataset.source,
         "in_shape": list(s.dataset.in_shape), "n_classes": s.dataset.n_classes,
         "bioprop_version": bioprop.__version__, "torch_version": torch.__version__,
@@ -553,10 +548,8 @@ def write_plots(run_dir: Path) -> None:
     try:
         plots.alignment_plot(run_dir)
         plots.curves_plot(run_dir)
-        if (run_dir / logs.TRACES).is_file() and any(row["epoch"] for row in logs.read_csv(run_dir / logs.TRACES)):
-            plots.traces_plot(run_dir)  # traces of the preparation phase alone are apical.png's business
-        if any(key.startswith("diag/apical_norm") for key in (logs.read_metrics(run_dir) or [{}])[0]):
-            plots.apical_plot(run_dir)
+        for file in plots.declared_figures(run_dir):  # what the rule declares (energy.png, apical.png, ...)
+            plots.declared_plot(run_dir, file)
     except OSError as exc:
         raise logs.WriteError(f"cannot write {exc.filename or 'the plots'} in '{run_dir}': {exc.strerror or exc}"
                               ) from None  # fmt: skip

@@ -245,8 +245,11 @@ def batches(
     batch_size: int,
     generator: torch.Generator | None = None,
     shuffle: bool = True,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Minibatches ``(x[idx], y[idx])`` covering every example exactly once; the last may be smaller.
+    with_index: bool = False,
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """Minibatches ``(x[idx], y[idx])`` covering every example exactly once; the last may be smaller. With
+    ``with_index``, ``(x[idx], y[idx], idx)``: ``idx`` (B,) int64 on ``x``'s device, the examples' positions, which a
+    rule with per-example state (persistent particles) keys it by.
 
     With ``shuffle`` the order is ``torch.randperm`` drawn on the CPU from ``generator`` (the global RNG
     when None) and then moved to ``x``'s device, so equal generator seeds give equal orders on any
@@ -262,13 +265,15 @@ def batches(
         order = torch.randperm(n, generator=generator, device=gen_device)
     else:
         order = torch.arange(n)
-    return _iterate(x, y, order, int(batch_size))
+    return _iterate(x, y, order, int(batch_size), with_index)
 
 
 def _iterate(
-    x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    x: torch.Tensor, y: torch.Tensor, order: torch.Tensor, batch_size: int, with_index: bool = False
+) -> Iterator[tuple[torch.Tensor, ...]]:
     order_x = order.to(x.device)
     order_y = order_x if y.device == x.device else order.to(y.device)
     for start in range(0, int(order.shape[0]), batch_size):
-        yield x[order_x[start : start + batch_size]], y[order_y[start : start + batch_size]]
+        index = order_x[start : start + batch_size]
+        batch = x[index], y[order_y[start : start + batch_size]]
+        yield (*batch, index) if with_index else batch

@@ -10,9 +10,11 @@ A run directory holds (this is the one list of every file a run can write):
   naming the holder; removed when the run ends. A second writer is refused, naming the holder; a lock file
   left by a killed process is taken over;
 - ``config.yaml``: the :class:`~bioprop.config.RunConfig` the run was started with;
-- ``metrics.csv``: one row per epoch: epoch, train_loss, train_accuracy (both a running mean over the epoch's
-  steps, taken while the weights change), test_loss, test_accuracy, seconds, lr, then ``angle/<parameter>``
-  (update angle to backprop, degrees) and ``diag/<key>`` (the rule's diagnostics);
+- ``metrics.csv``: one row per epoch: epoch, loss (the name of the run's one output loss, :mod:`bioprop.losses`:
+  ``ce`` or ``se``, which train_loss and test_loss both measure), train_loss, train_accuracy (both a running mean
+  over the epoch's steps, taken while the weights change), test_loss, test_accuracy, seconds, lr, then
+  ``angle/<parameter>`` (update angle to the reference gradient, degrees) and ``diag/<key>`` (the rule's
+  diagnostics);
 - ``alignment.csv`` (only with ``probe_every > 0``): step, epoch, parameter, angle_deg, every N steps;
 - ``traces.csv`` (rules with an inner dynamics): epoch, trace, step, value: the mean over the epoch's batches of
   a per-step quantity such as the energy at each inference step; epoch 0 is the rule's preparation phase;
@@ -20,7 +22,8 @@ A run directory holds (this is the one list of every file a run can write):
   ``running``, ``finished``, ``interrupted`` (Ctrl-C or SIGTERM), ``diverged`` or ``failed`` (with a message);
 - ``checkpoint.safetensors`` (each epoch end; its metadata holds the SHA-256 of its tensors, checked when it is
   read) and, once finished, ``model.safetensors``;
-- the plots ``alignment.png`` and ``curves.png``; with traces ``energy.png``; the microcircuit's ``apical.png``;
+- the plots ``alignment.png`` and ``curves.png``, and the figures the run's rule declares
+  (:class:`bioprop.rules.base.FigureSpec`, e.g. ``energy.png``, the microcircuit's ``apical.png``; :func:`run_files`);
 - ``<name>.tmp``, briefly: each file above but the lock is written to it, flushed, renamed over ``<name>``; a failed
   write removes it (one left by a killed process is removed by the next ``resume`` or ``--overwrite``).
 
@@ -58,10 +61,17 @@ TRACES = "traces.csv"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
-ALIGNMENT_PNG, CURVES_PNG, ENERGY_PNG, APICAL_PNG = PLOTS = ("alignment.png", "curves.png", "energy.png", "apical.png")
+ALIGNMENT_PNG, CURVES_PNG = PLOTS = ("alignment.png", "curves.png")
 RUN_FILES = frozenset({MARKER, LOCK, CONFIG, METRICS, ALIGNMENT, TRACES, SUMMARY, CHECKPOINT, MODEL, *PLOTS})
+
+
+def run_files() -> frozenset[str]:
+    """Every name a run can write: :data:`RUN_FILES` and the figures any registered rule declares."""
+    from bioprop import rules  # here: the rules are only needed to know their figures' names
+
+    return RUN_FILES | {spec.file for name in rules.names() for spec in rules.entry(name).cls.figures}
 TMP = ".tmp"
-BASE_COLUMNS = ("epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr")
+BASE_COLUMNS = ("epoch", "loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr")
 ALIGNMENT_COLUMNS = ("step", "epoch", "parameter", "angle_deg")
 TRACE_COLUMNS = ("epoch", "trace", "step", "value")
 
@@ -197,7 +207,7 @@ def read_marker(run_dir: Path) -> dict[str, Any] | None:
 def is_run_file(path: Path) -> bool:
     """Whether ``path`` is a plain file (not a link, not a folder) with the name of a file a run writes."""
     name = path.name[: -len(TMP)] if path.name.endswith(TMP) else path.name
-    return name in RUN_FILES and path.is_file() and not path.is_symlink()
+    return name in run_files() and path.is_file() and not path.is_symlink()
 
 
 def _names(names: Sequence[str], most: int = 6) -> str:

@@ -13,8 +13,9 @@ Each figure has a function that builds it and returns the :class:`~matplotlib.fi
 - :func:`traces_figure`: per-step traces of a rule's inner dynamics (e.g. the energy at each inference step), one
   panel per trace and one line per epoch, coloured from early (dark) to late (light); a rule's preparation phase
   (epoch 0, e.g. the microcircuit's self-predicting phase) gets its own panel.
-- :func:`apical_figure`: the microcircuit's apical potential, in its self-predicting phase and per epoch, with and
-  without the target, one line per hidden layer.
+- :func:`declared_figure`: a figure the run's rule declares (:class:`bioprop.rules.base.FigureSpec`), e.g. the
+  microcircuit's ``apical.png``: its traces per epoch, its preparation phase, its diagnostics per epoch. The report
+  knows no rule by name: it draws what the rule declares.
 - :func:`alignment_comparison_figure`: several runs (e.g. one per rule) in one figure, a panel per weight tensor.
 
 Every title names the rule, dataset and architecture; weight tensors are named by their layer and shape
@@ -46,7 +47,6 @@ from bioprop.report import logs
 
 TRAIN_LABEL = "train (running mean over the epoch)"
 TEST_LABEL = "test (after the epoch)"
-APICAL_COLUMN = re.compile(r"diag/apical_norm_(free_)?l(\d+)")  # the microcircuit's diagnostics, per hidden layer
 SAFETENSORS_HEADER_MAX = 1 << 26  # bytes; a larger header is not a weights file of ours
 
 
@@ -189,19 +189,6 @@ def _value_y(ax: Axes, values: Sequence[float | None]) -> None:
     ax.yaxis.set_major_formatter(formatter)
 
 
-def apical_label(column: str) -> str:
-    """The legend text of a ``metrics.csv`` column written by the microcircuit's diagnostics:
-    ``diag/apical_norm_l<k>`` is the mean ‖v_A‖ of hidden layer k with the target, averaged over the epoch's training
-    steps; ``diag/apical_norm_free_l<k>`` the same without the target, on the epoch's last batch (see
-    :meth:`bioprop.rules.dendritic.Microcircuit.diagnostics`). Other names are returned as they are."""
-    match = APICAL_COLUMN.fullmatch(column)
-    if match is None:
-        return column
-    free, layer = match.groups()
-    return (f"hidden layer {layer}, without target (free, last batch)" if free
-            else f"hidden layer {layer}, with target (mean over the epoch)")  # fmt: skip
-
-
 def save(fig: Figure, path: str | Path) -> Path:
     """Write ``fig`` as a PNG to ``path`` atomically (see :func:`~bioprop.report.logs.write_atomic`)."""
     buffer = io.BytesIO()
@@ -265,16 +252,18 @@ def alignment_plot(run_dir: str | Path) -> Path:
 
 
 def curves_figure(run_dir: str | Path) -> Figure:
-    """Accuracy and loss per epoch, train (a running mean over the epoch) and test (after the epoch)."""
+    """Accuracy and loss per epoch, train (a running mean over the epoch) and test (after the epoch); the loss is the
+    run's one output loss, named on its axis (``loss_label`` in summary.json)."""
     run_dir = Path(run_dir)
     rows = _rows(run_dir)
     epochs = [row["epoch"] for row in rows]
     fig = Figure(figsize=(10, 4), layout="constrained")
+    loss = _read_json(run_dir / logs.SUMMARY).get("loss_label") or "loss"  # the run's one output loss
     for ax, what in zip(fig.subplots(1, 2), ("accuracy", "loss"), strict=True):
         for split, label in (("train", TRAIN_LABEL), ("test", TEST_LABEL)):
             ax.plot(epochs, [row[f"{split}_{what}"] for row in rows], marker="o" if len(rows) < 30 else None,
                     markersize=3, label=label)  # fmt: skip
-        ax.set(xlabel="epoch", ylabel=what, title=what)
+        ax.set(xlabel="epoch", ylabel=loss if what == "loss" else what, title=loss if what == "loss" else what)
         _epoch_x(ax, epochs)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
@@ -287,46 +276,155 @@ def curves_plot(run_dir: str | Path) -> Path:
     return save(curves_figure(run_dir), Path(run_dir) / logs.CURVES_PNG)
 
 
-def traces_figure(run_dir: str | Path) -> Figure:
-    """The per-step traces of ``traces.csv`` (see the module docstring)."""
-    import matplotlib as mpl
+def _run_rule(run_dir: Path) -> Any:
+    """The rule class of the run in ``run_dir`` (from summary.json, else config.yaml), or None if unknown."""
+    from bioprop import rules  # here: the report reads rules' declarations only when it draws their figures
 
-    run_dir = Path(run_dir)
-    rows = logs.read_csv(run_dir / logs.TRACES) if (run_dir / logs.TRACES).is_file() else []
-    if not rows:
-        raise BioPropError(f"no traces recorded in {run_dir / logs.TRACES}")
+    name = {**_read_config(run_dir), **_read_json(run_dir / logs.SUMMARY)}.get("rule")
+    return rules.entry(name).cls if isinstance(name, str) and name in rules.names() else None
+
+
+def _trace_rows(run_dir: Path) -> list[dict]:
+    return logs.read_csv(run_dir / logs.TRACES) if (run_dir / logs.TRACES).is_file() else []
+
+
+def _trace_panels(rows: list[dict], names: Sequence[str] | None, declared: Sequence[Any]) -> dict[str, dict]:
+    """Per trace (those in ``names``, else all recorded), its values per epoch, ``{title: {epoch: (xs, ys)}}``; a
+    preparation phase (epoch 0) is a panel of its own; a trace declared ``relative`` gets a second panel of its
+    value over its value at step 0 (how much of it the dynamics remove, which a log scale hides)."""
     panels: dict[str, dict[int, tuple[list[int], list[float]]]] = {}
     for row in rows:
+        if names is not None and row["trace"] not in names:
+            continue
         key = f"{row['trace']} (preparation)" if row["epoch"] == 0 else row["trace"]
         xs, ys = panels.setdefault(key, {}).setdefault(row["epoch"], ([], []))
         xs.append(row["step"])
         ys.append(float("nan") if row["value"] is None else row["value"])
-    if "energy" in panels:  # how much of the energy inference removes, which a log scale hides as epochs pass
-        panels["energy / energy at step 0"] = {
-            epoch: (xs, [y / ys[0] if ys[0] else float("nan") for y in ys])
-            for epoch, (xs, ys) in panels["energy"].items()
-        }
+    for trace in declared:
+        if trace.relative and trace.name in panels:
+            panels[f"{trace.name} / {trace.name} at step 0"] = {
+                epoch: (xs, [y / ys[0] if ys[0] else float("nan") for y in ys])
+                for epoch, (xs, ys) in panels[trace.name].items()
+            }
+    return panels
+
+
+def _draw_trace_panel(ax: Axes, name: str, by_epoch: dict[int, tuple[list[int], list[float]]]) -> None:
+    import matplotlib as mpl
+
+    colours, last = mpl.colormaps["viridis"], max(by_epoch)
+    for epoch, (xs, ys) in sorted(by_epoch.items()):
+        label = "before training" if epoch == 0 else f"epoch {epoch}"
+        show = epoch in (min(by_epoch), last) or len(by_epoch) <= 6
+        ax.plot(xs, ys, color=colours(0.0 if last <= 1 else (epoch - 1) / (last - 1) * 0.9),
+                label=label if show else None)  # fmt: skip
+    ax.set(xlabel="step" if "preparation" in name else "inference step", ylabel=name, title=name)
+    _value_y(ax, [y for _, ys in by_epoch.values() for y in ys])
+    _integer_x(ax)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+
+
+def traces_figure(run_dir: str | Path) -> Figure:
+    """Every per-step trace of ``traces.csv`` (see the module docstring), with the relative panels the run's rule
+    declares (:class:`bioprop.rules.base.Trace`)."""
+    run_dir = Path(run_dir)
+    rows = _trace_rows(run_dir)
+    if not rows:
+        raise BioPropError(f"no traces recorded in {run_dir / logs.TRACES}")
+    rule = _run_rule(run_dir)
+    panels = _trace_panels(rows, None, rule.trace_specs if rule is not None else ())
     fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
-    colours = mpl.colormaps["viridis"]
     for ax, (name, by_epoch) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True):
-        last = max(by_epoch)
-        for epoch, (xs, ys) in sorted(by_epoch.items()):
-            label = "before training" if epoch == 0 else f"epoch {epoch}"
-            show = epoch in (min(by_epoch), last) or len(by_epoch) <= 6
-            ax.plot(xs, ys, color=colours(0.0 if last <= 1 else (epoch - 1) / (last - 1) * 0.9),
-                    label=label if show else None)  # fmt: skip
-        ax.set(xlabel="step" if "preparation" in name else "inference step", ylabel=name, title=name)
-        _value_y(ax, [y for _, ys in by_epoch.values() for y in ys])
-        _integer_x(ax)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        _draw_trace_panel(ax, name, by_epoch)
     fig.suptitle(run_title(run_dir))
     return fig
 
 
-def traces_plot(run_dir: str | Path, path: str | Path | None = None) -> Path:
-    """Draw ``energy.png`` (or ``path``), :func:`traces_figure`, and return its path."""
-    return save(traces_figure(run_dir), Path(path) if path is not None else Path(run_dir) / logs.ENERGY_PNG)
+def diagnostic_label(column: str, specs: Sequence[Any]) -> str:
+    """The legend text of a ``metrics.csv`` column ``diag/<name>``: the label of the first declared
+    :class:`~bioprop.rules.base.Diagnostic` whose pattern matches ``<name>``, formatted with its groups; other
+    columns are returned as they are."""
+    name = column.removeprefix("diag/")
+    for spec in specs:
+        match = re.fullmatch(spec.pattern, name)
+        if match is not None:
+            return spec.label.format(**match.groupdict())
+    return column
+
+
+def declared_figures(run_dir: str | Path) -> list[str]:
+    """The files of the figures the run's rule declares (:class:`~bioprop.rules.base.FigureSpec`) for which the run
+    directory records something to draw."""
+    run_dir = Path(run_dir)
+    rule = _run_rule(run_dir)
+    if rule is None:
+        return []
+    rows, metrics = _trace_rows(run_dir), logs.read_metrics(run_dir) or [{}]
+    found = []
+    for spec in rule.figures:
+        traces = any(r["trace"] in spec.traces and r["epoch"] > 0 for r in rows)
+        preparation = any(r["trace"] == spec.preparation and r["epoch"] == 0 for r in rows)
+        patterns = [rule.diagnostic_specs[i].pattern for i in spec.diagnostics]
+        diagnostics = any(re.fullmatch(p, key.removeprefix("diag/")) for key in metrics[0] for p in patterns)
+        if traces or preparation or diagnostics:
+            found.append(spec.file)
+    return found
+
+
+def declared_figure(run_dir: str | Path, file: str) -> Figure:
+    """The figure ``file`` the run's rule declares (:class:`~bioprop.rules.base.FigureSpec`): a panel per declared
+    trace (one line per epoch), a panel of the preparation trace (titled with the spec's title) and a panel of the
+    declared diagnostics per epoch (one line per matching ``diag/`` column, labelled by
+    :func:`diagnostic_label`), each panel drawn when the run recorded its data.
+
+    Raises :class:`BioPropError` when the run's rule declares no such figure or nothing of it was recorded."""
+    run_dir = Path(run_dir)
+    rule = _run_rule(run_dir)
+    spec = next((f for f in (rule.figures if rule is not None else ()) if f.file == file), None)
+    if spec is None:
+        raise BioPropError(f"the rule of the run in '{run_dir}' declares no figure {file!r}")
+    rows = _trace_rows(run_dir)
+    panels = _trace_panels([r for r in rows if r["epoch"] > 0], spec.traces, rule.trace_specs) if spec.traces else {}
+    phase = [(r["step"], r["value"]) for r in rows if r["epoch"] == 0 and r["trace"] == spec.preparation]
+    metrics = logs.read_metrics(run_dir)
+    diag_specs = [rule.diagnostic_specs[i] for i in spec.diagnostics]
+    columns = [key for key in (metrics[0] if metrics else {})
+               if any(re.fullmatch(d.pattern, key.removeprefix("diag/")) for d in diag_specs)]  # fmt: skip
+    if not panels and not phase and not columns:
+        raise BioPropError(f"nothing of {file} is recorded in '{run_dir}'")
+    labels = {t.name: t.label for t in rule.trace_specs}
+    count = len(panels) + bool(spec.preparation) + bool(spec.diagnostics)
+    fig = Figure(figsize=(5.5 * count, 4.2), layout="constrained")
+    axes = list(fig.subplots(1, count, squeeze=False)[0])
+    for name, by_epoch in panels.items():
+        _draw_trace_panel(axes.pop(0), name, by_epoch)
+    if spec.preparation:
+        ax = axes.pop(0)
+        if phase:
+            ax.plot([s for s, _ in phase], [float("nan") if v is None else v for _, v in phase])
+            _value_y(ax, [v for _, v in phase])
+        ax.set(xlabel="step", ylabel=labels.get(spec.preparation, spec.preparation), title=spec.title)
+        _integer_x(ax)
+        ax.grid(alpha=0.3)
+    if spec.diagnostics:
+        ax = axes.pop(0)
+        for key in columns:
+            ax.plot([r["epoch"] for r in metrics], [r[key] for r in metrics],
+                    marker="o" if len(metrics) < 30 else None, markersize=3,
+                    label=diagnostic_label(key, rule.diagnostic_specs))  # fmt: skip
+        ax.set(xlabel="epoch", ylabel=spec.ylabel, title="during training")
+        _epoch_x(ax, [r["epoch"] for r in metrics] if columns else [])
+        ax.grid(alpha=0.3)
+        if columns:
+            ax.legend(fontsize="small")
+    fig.suptitle(run_title(run_dir))
+    return fig
+
+
+def declared_plot(run_dir: str | Path, file: str) -> Path:
+    """Draw :func:`declared_figure` ``file`` into ``run_dir`` and return its path."""
+    return save(declared_figure(run_dir, file), Path(run_dir) / file)
 
 
 def _joined(values: Sequence[Any]) -> str:
@@ -374,41 +472,3 @@ def alignment_comparison(run_dirs: Sequence[str | Path], path: str | Path, outpu
     """Draw :func:`alignment_comparison_figure` into ``path``; returns ``path``."""
     return save(alignment_comparison_figure(run_dirs, output_layer), path)
 
-
-def apical_figure(run_dir: str | Path) -> Figure:
-    """Left, the mean apical potential ‖v_A‖ (over examples and hidden layers) during the microcircuit's
-    self-predicting phase (``traces.csv`` rows of epoch 0, trace ``apical_norm``); right, per epoch, each hidden
-    layer's mean ‖v_A‖ with the target over the epoch's steps and without it on the last batch (the
-    ``diag/apical_norm_*`` columns of ``metrics.csv``, labelled by :func:`apical_label`).
-
-    Raises :class:`BioPropError` when the run directory records neither."""
-    run_dir = Path(run_dir)
-    traces = logs.read_csv(run_dir / logs.TRACES) if (run_dir / logs.TRACES).is_file() else []
-    phase = [(r["step"], r["value"]) for r in traces if r["epoch"] == 0 and r["trace"] == "apical_norm"]
-    rows = logs.read_metrics(run_dir)
-    columns = [key for key in (rows[0] if rows else {}) if APICAL_COLUMN.fullmatch(key)]
-    if not phase and not columns:
-        raise BioPropError(f"no apical norms recorded in {run_dir}")
-    fig = Figure(figsize=(11, 4.2), layout="constrained")
-    left, right = fig.subplots(1, 2)
-    if phase:
-        left.plot([s for s, _ in phase], [float("nan") if v is None else v for _, v in phase])
-        _value_y(left, [v for _, v in phase])
-    left.set(xlabel="step", ylabel="mean ‖v_A‖ without target", title="self-predicting phase")
-    _integer_x(left)
-    for key in columns:
-        right.plot([r["epoch"] for r in rows], [r[key] for r in rows], marker="o" if len(rows) < 30 else None,
-                   markersize=3, label=apical_label(key))  # fmt: skip
-    right.set(xlabel="epoch", ylabel="mean ‖v_A‖", title="during training")
-    _epoch_x(right, [r["epoch"] for r in rows] if columns else [])
-    for ax in (left, right):
-        ax.grid(alpha=0.3)
-    if columns:
-        right.legend(fontsize="small")
-    fig.suptitle(run_title(run_dir))
-    return fig
-
-
-def apical_plot(run_dir: str | Path) -> Path:
-    """Draw ``apical.png`` (:func:`apical_figure`) in ``run_dir`` and return its path."""
-    return save(apical_figure(run_dir), Path(run_dir) / logs.APICAL_PNG)
