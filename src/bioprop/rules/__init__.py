@@ -1,8 +1,10 @@
-"""Learning rules under one contract; see :mod:`bioprop.rules.base`.
+"""Learning rules under one contract, written down in ``docs/contract.md`` (and :mod:`bioprop.rules.base`).
 
 rule = bioprop.rules.create("fa", net, init="xavier")
-loss, prediction = rule.backward(x, y)      # p.grad now holds the rule's descent direction
+update = rule.grads(x, y)                   # pure: the same batch gives the same update, no state changes
+loss, prediction = rule.backward(x, y)      # p.grad now holds the rule's descent direction; state advances here
 exact = rule.reference_grads(x, y)          # what the rule approximates, keyed like net.named_parameters()
+logits = rule.predict(x)                    # the one prediction path evaluation uses
 """
 
 from bioprop.rules import (  # noqa: F401  (registration)
