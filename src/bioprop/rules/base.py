@@ -1,37 +1,46 @@
-"""The learning-rule contract, the registry and the rule card.
+"""The learning-rule contract (written out in ``docs/contract.md``), the registry and the rule card.
 
 A rule is bound to a network with :func:`create`. For one batch ``(x, y)`` (``x`` of shape (B, ...) in the
-network's dtype and on its device, ``y`` of shape (B,), int64 class indices):
+network's dtype and on its device, ``y`` of shape (B,), int64 class indices; optionally ``index`` (B,) int64, the
+examples' positions in the training set, for rules with per-example state):
 
-- ``rule.backward(x, y)`` writes the rule's update into each trainable parameter's ``.grad`` as a descent
-  direction (accumulating, as autograd does), so any ``torch.optim`` optimizer applies it; returns
-  ``(loss, prediction)``: the batch-mean loss (scalar) and the logits (B, n_classes).
-- ``rule.grads(x, y)`` computes the same update without touching ``.grad``.
-- ``rule.reference_grads(x, y)`` is the exact gradient the rule approximates.
-- Updates and references are keyed like ``net.named_parameters()``, trainable parameters only: a parameter with
-  ``requires_grad=False`` (a frozen layer) gets no update, though errors still pass through its layer.
+- ``rule.grads(x, y)`` is the rule's update (:class:`Update`), keyed like ``net.named_parameters()``, trainable
+  parameters only, as a descent direction. It is pure: the same batch gives the same update and leaves the rule's
+  state and the global random state as they were.
+- ``rule.backward(x, y)`` writes the same update into each trainable parameter's ``.grad`` (accumulating, as
+  autograd does), so any ``torch.optim`` optimizer applies it; it is where the rule's state advances
+  (:meth:`Rule.commit`, the step count); returns ``(loss, prediction)``.
+- ``rule.reference_grads(x, y)`` is the exact gradient the rule approximates (backprop of the run's output loss
+  unless the rule says otherwise).
+- ``rule.predict(x)`` is the network's output as the rule reads it: the one prediction path evaluation uses.
+- ``rule.loss`` (:mod:`bioprop.losses`) is the run's one output loss: the update, the reference, ``Update.loss``
+  and the test loss all use it.
 - ``rule.card`` says, for each of the six implausibilities of backprop (Bengio et al. 2015), whether the rule
   removes it and why.
 
-Every one of the three checks the batch first (:mod:`bioprop.checks`) and raises :class:`BioPropError` naming the
-problem before any work: x or y not tensors, labels not 1-D int64, out of range or of another length than x, an
-empty batch, x of another dtype or device than the network or of a shape it does not accept, a NaN or inf in x.
-A rule's divergence guards, and a non-finite loss, first look for a non-finite parameter (or rule state): if one is
-found the :class:`DivergenceError` names it, not a setting of the rule. Otherwise a guard's message says what it
-measured; the options the user set away from their defaults (:meth:`Rule.given_options`) come next, as the first
-suspects, and only then the settings that usually cause such a failure. A cause is stated as a fact only where the
-guard measured it (e.g. ``ipc`` re-runs a rising inference with the weights held fixed before it blames γ).
+A rule never changes what ``net(x)`` computes. Randomness comes from :meth:`Rule.generator`, seeded by the rule's
+``seed``, its step count and a stream number, never from the global generator. A frozen parameter
+(``requires_grad=False``) gets no update, though errors still pass through its layer.
+
+Every call checks the batch first (:mod:`bioprop.checks`) and raises :class:`BioPropError` naming the problem
+before any work: x or y not tensors, labels not 1-D int64, out of range or of another length than x, an empty
+batch, x of another dtype or device than the network or of a shape it does not accept, a NaN or inf in x, a
+malformed ``index``. A rule's divergence guards, and a non-finite loss, first look for a non-finite parameter (or
+rule state): if one is found the :class:`DivergenceError` names it, not a setting of the rule. Otherwise a guard's
+message says what it measured; the options the user set away from their defaults (:meth:`Rule.given_options`)
+come next, as the first suspects, and only then the settings that usually cause such a failure.
 
 A stochastic layer (``nn.Dropout`` in training mode) draws its mask once per call, in forward order, as ``net(x)``
 would from the same random state; :func:`bioprop.metrics.update_angles` replays that state for the reference.
 
-Rules with an inner dynamics (inference, relaxation, settling) return per-step traces in ``Update.traces``, e.g.
-``{"energy": tensor of shape (T + 1,)}``; ``backward`` accumulates them and ``rule.epoch_traces()`` hands the
-training loop their mean since the last call. ``rule.prepare()`` runs once before a fresh run's first epoch (a
-phase without targets, e.g. reaching a self-predicting state) and returns its traces.
+Rules with an inner dynamics return per-step traces in ``Update.traces`` (declared in ``trace_specs``);
+``backward`` accumulates them and ``rule.epoch_traces()`` hands the training loop their mean since the last call.
+``rule.prepare()`` runs once before a fresh run's first epoch (a phase without targets, e.g. reaching a
+self-predicting state) and returns its traces. What the report draws for a rule is what it declares
+(``trace_specs``, ``diagnostic_specs``, ``figures``).
 
-Subclasses implement :meth:`Rule.update` (and :meth:`Rule.reference` when the reference is not backprop of the
-cross-entropy); :meth:`Rule.train_update` when a training step also changes state of their own.
+Subclasses declare an :class:`Options` dataclass and implement :meth:`Rule.update`; :meth:`Rule.commit` when a step
+leads to state of their own; :meth:`Rule.reference` and :meth:`Rule.prediction` when theirs differ from the defaults.
 """
 
 from __future__ import annotations
