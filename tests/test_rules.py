@@ -404,6 +404,7 @@ def test_brsf_redraws_magnitudes_but_keeps_signs():
     first = rule.grads(x, y).grads
     used_first = {i: b.clone() for i, b in rule.last_feedback.items()}
     assert_same(first, hand_mlp(net, "tanh", x, y, used_first))
+    rule.backward(x, y)  # a training step: grads alone is pure (the same M until a step is taken)
     second = rule.grads(x, y).grads
     used_second = dict(rule.last_feedback)
     assert_same(second, hand_mlp(net, "tanh", x, y, used_second))
@@ -560,7 +561,7 @@ def test_string_options_parse():
     """Options arrive as strings from the command line and must parse to the same values as typed ones."""
     net = mlp()
     rule = rules.create("fa", net, scale="2", seed="3", init="kaiming")
-    assert rule.config == {"feedback": "random", "init": "kaiming", "scale": 2.0, "seed": 3}
+    assert rule.opts.as_dict() == {"feedback": "random", "init": "kaiming", "scale": 2.0, "seed": 3, "output": "ce"}
     typed = rules.create("fa", net, scale=2.0, seed=3, init="kaiming")
     x, y = batch((12,))
     assert_same(rule.grads(x, y).grads, typed.grads(x, y).grads, tol=1e-15)
@@ -663,13 +664,15 @@ def test_backward_writes_grads_and_accumulates(name):
     net = mlp("relu")
     x, y = batch((12,))
     rule = rules.create(name, net, seed=4)
+    rule.grads(x, y)  # dfa draws its B_l at the first batch
+    feedback = expected_feedback(rule, name)  # the step's feedback (brsf: the M of step 0), read before the step
     loss, prediction = rule.backward(x, y)
     first = {n: p.grad.clone() for n, p in net.named_parameters()}
     assert abs(float(loss - hand_loss(net, "relu", x, y))) < 1e-12
     assert rel(prediction, net(x).detach()) < 1e-14
-    assert_same(first, hand_mlp(net, "relu", x, y, expected_feedback(rule, name), direct=name == "dfa"))
-    rule.backward(x, y)
+    assert_same(first, hand_mlp(net, "relu", x, y, feedback, direct=name == "dfa"))
     second = hand_mlp(net, "relu", x, y, expected_feedback(rule, name), direct=name == "dfa")
+    rule.backward(x, y)
     assert_same({n: p.grad for n, p in net.named_parameters()}, {n: first[n] + second[n] for n in first})
 
 

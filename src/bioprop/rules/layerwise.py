@@ -7,7 +7,10 @@ pooling, flatten) are differentiated exactly and each parameterised layer l (Lin
 .. math::
     ∂W_l = δ_l h_{l-1}^T, \\quad ∂b_l = Σ_batch δ_l, \\quad g_{l-1} = \\text{feedback}_l(δ_l)
 
-where δ_l is the error at the layer's output and ``feedback_l`` is what the rule puts in place of W_lᵀ.
+where δ_l is the error at the layer's output and ``feedback_l`` is what the rule puts in place of W_lᵀ (given as a
+tensor of W_l's shape, standing where W_l stands: backprop itself is ``feedback = W``). Plain functions over tensors
+and modules, no rule state: :mod:`bioprop.rules.feedback_alignment` and :mod:`bioprop.rules.predictive_coding` build
+on them.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ from torch import Tensor, nn
 def forward_cached(
     layers: Sequence[nn.Module], x: Tensor, masks: dict[int, Tensor] | None = None
 ) -> tuple[list[Tensor], dict[int, Tensor]]:
-    """``acts[0] = x`` and ``acts[i+1] = layers[i](acts[i])``, computed without an autograd graph, and what the
-    backward pass needs of some layers (keyed by layer index): a max-pooling layer's argmax indices, so that it need
-    not pool again, and a training-mode dropout layer's scaled mask m (its output is ``m * input``).
+    """``acts[0] = x`` (B, ...) and ``acts[i+1] = layers[i](acts[i])`` (``len(layers) + 1`` tensors, the last the
+    network's output), computed without an autograd graph, and what the backward pass needs of some layers (keyed
+    by layer index): a max-pooling layer's argmax indices, so that it need not pool again, and a training-mode
+    dropout layer's scaled mask m (its output is ``m * input``).
 
     A dropout mask is drawn by the layer itself (``layer(ones)``), so it takes the same random numbers as the layer
     in ``net(x)``; ``masks`` (from an earlier call on the same batch) gives masks to reuse instead, so that one draw
@@ -126,4 +130,5 @@ def conv_geometry(layer: nn.Conv2d) -> tuple:
 
 
 def parameterised_indices(layers: Sequence[nn.Module]) -> list[int]:
+    """The positions of the Linear and Conv2d layers in ``layers``, ascending (a module used twice appears twice)."""
     return [i for i, layer in enumerate(layers) if isinstance(layer, (nn.Linear, nn.Conv2d))]
