@@ -14,6 +14,7 @@ from bioprop.rules import (  # noqa: F401  (registration)
     feedback_alignment,
     predictive_coding,
 )
-from bioprop.rules.base import IMPLAUSIBILITIES, CardEntry, Entry, Option, Rule, Update, create, entry, names
+from bioprop.rules.base import IMPLAUSIBILITIES, CardEntry, Entry, Option, Options, Rule, Update
+from bioprop.rules.registry import create, entry, names
 
-__all__ = ["IMPLAUSIBILITIES", "CardEntry", "Entry", "Option", "Rule", "Update", "create", "entry", "names"]
+__all__ = ["IMPLAUSIBILITIES", "CardEntry", "Entry", "Option", "Options", "Rule", "Update", "create", "entry", "names"]

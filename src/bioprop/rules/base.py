@@ -45,11 +45,9 @@ leads to state of their own; :meth:`Rule.reference` and :meth:`Rule.prediction` 
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any, ClassVar, NamedTuple
 
 import torch
@@ -58,182 +56,16 @@ from torch import Tensor, nn
 from bioprop import checks, losses
 from bioprop import nets as walk_nets
 from bioprop.errors import BioPropError, DivergenceError
-
-#: The six implausibilities of backprop (Bengio et al. 2015, arXiv:1502.04156), keyed as in every rule's card.
-IMPLAUSIBILITIES: dict[str, str] = {
-    "linear": "backprop is purely linear, neurons interleave linear and nonlinear operations",
-    "derivatives": "feedback paths would need the exact derivatives of the forward nonlinearities",
-    "weight_transport": "feedback would need the transposed forward weights",
-    "spikes": "real neurons communicate with spikes, not real values",
-    "clock": "forward and backward phases must alternate on a precise clock",
-    "targets": "it is unclear where output targets come from",
-}
-
-
-class CardEntry(NamedTuple):
-    removed: bool
-    why: str
-
-
-def make_card(**entries: tuple[bool, str]) -> dict[str, CardEntry]:
-    """A rule card: one ``(removed, why)`` entry for each of the six implausibilities, no more, no fewer."""
-    if set(entries) != set(IMPLAUSIBILITIES):
-        raise ValueError(f"a card needs exactly the keys {sorted(IMPLAUSIBILITIES)}, got {sorted(entries)}")
-    return {key: CardEntry(*entries[key]) for key in IMPLAUSIBILITIES}
-
-
-@dataclass(frozen=True)
-class Option:
-    """A rule option: its default, type (used to parse ``--rule-opt key=value`` strings) and a one-line help.
-    ``maximum`` bounds a count that sets how much work a step does (inference steps, sweeps); the help says it.
-    Every float option must be finite."""
-
-    default: Any
-    help: str
-    type: Callable[[str], Any] | None = None  # defaults to type(default)
-    choices: tuple[Any, ...] | None = None
-    check: Callable[[Any], bool] | None = None  # e.g. lambda v: v > 0
-    check_says: str = ""
-    maximum: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.maximum is not None:
-            object.__setattr__(self, "help", f"{self.help} (at most {self.maximum})")
-
-    def parse(self, rule: str, key: str, value: Any) -> Any:
-        kind = self.type or type(self.default)
-        parsed = _coerce(kind, value)
-        if parsed is _INVALID:
-            raise BioPropError(f"rule {rule}: option {key}={value!r} is not a valid {kind.__name__}")
-        value = parsed
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BioPropError(f"rule {rule}: option {key}={value!r} must be a finite number")
-        if self.choices is not None and value not in self.choices:
-            choices = ", ".join(map(str, self.choices))
-            raise BioPropError(f"rule {rule}: option {key}={value!r}; choose one of {choices}")
-        if self.check is not None and not self.check(value):
-            raise BioPropError(f"rule {rule}: option {key}={value!r} {self.check_says or 'is out of range'}")
-        if self.maximum is not None and value > self.maximum:
-            raise BioPropError(f"rule {rule}: option {key}={value!r} is above its maximum, {self.maximum}")
-        return value
-
-
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-_INVALID = object()
-
-
-def say(value: Any) -> str:
-    """An option value as ``--rule-opt`` would take it: floats in ``%g`` form, booleans lowercase."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _coerce(kind: Callable[[str], Any], value: Any) -> Any:
-    """``value`` as an option of type ``kind``: strings parsed, ints accepted for floats, integral floats for ints
-    (YAML's ``steps: 5.0``); anything else of the wrong type is ``_INVALID``."""
-    try:
-        if isinstance(value, str) and kind is not str:
-            return _parse_bool(value) if kind is bool else kind(value)
-    except (TypeError, ValueError):
-        return _INVALID
-    if kind is bool:
-        return value if isinstance(value, bool) else _INVALID
-    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        return _INVALID
-    if kind is int and isinstance(value, float):
-        return int(value) if value.is_integer() else _INVALID
-    if kind is float:
-        return float(value)
-    return value
-
-
-def option(
-    default: Any,
-    help: str,
-    *,
-    type: Callable[[str], Any] | None = None,
-    choices: tuple[Any, ...] | None = None,
-    check: Callable[[Any], bool] | None = None,
-    check_says: str = "",
-    maximum: int | None = None,
-) -> Any:
-    """A field of a rule's :class:`Options` dataclass: its default, one-line help and validation (:class:`Option`)."""
-    spec = Option(default, help, type, choices, check, check_says, maximum)
-    return field(default=default, metadata={"option": spec})
-
-
-@dataclass(frozen=True)
-class Options:
-    """Base of every rule's options: a frozen dataclass whose fields are declared with :func:`option`, parsed and
-    validated once by :meth:`parse` (strings from ``--rule-opt`` converted, ranges checked) and read as attributes,
-    ``rule.opts.steps``. ``bioprop rules NAME`` prints them."""
-
-    @classmethod
-    def declared(cls) -> dict[str, Option]:
-        """Each option's :class:`Option` (default, help, checks), in declaration order."""
-        return {f.name: f.metadata["option"] for f in dataclasses.fields(cls)}
-
-    @classmethod
-    def parse(cls, rule: str, given: dict[str, Any]) -> Options:
-        """The options ``given`` (any subset, values or strings) over the defaults; an unknown key or an invalid
-        value is a :class:`BioPropError` naming the rule, the key and the value."""
-        declared = cls.declared()
-        unknown = sorted(set(given) - set(declared))
-        if unknown:
-            raise BioPropError(f"rule {rule}: unknown option {unknown[0]!r}; known: {', '.join(declared) or 'none'}")
-        return cls(**{key: spec.parse(rule, key, given.get(key, spec.default)) for key, spec in declared.items()})
-
-    def as_dict(self) -> dict[str, Any]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-
-
-def options_class(name: str, options: dict[str, Option]) -> type[Options]:
-    """An :class:`Options` dataclass built from a table of :class:`Option` (rules that declare ``options`` as a
-    dict); its fields are typed by their defaults."""
-    specs = [(key, opt.type if isinstance(opt.type, type) else type(opt.default),
-              field(default=opt.default, metadata={"option": opt})) for key, opt in options.items()]  # fmt: skip
-    return dataclasses.make_dataclass(name, specs, bases=(Options,), frozen=True)
-
-
-class Trace(NamedTuple):
-    """A per-step quantity of a rule's inner dynamics, recorded in ``traces.csv`` (the mean over an epoch's batches
-    at each step): its ``name`` (the key in ``Update.traces``), axis ``label`` and whether a panel of the value
-    relative to step 0 is drawn too (how much of it the dynamics remove)."""
-
-    name: str
-    label: str
-    relative: bool = False
-
-
-class Diagnostic(NamedTuple):
-    """A family of per-epoch numbers a rule logs in ``metrics.csv`` as ``diag/<name>``: ``pattern`` (a regular
-    expression over ``<name>`` with named groups) and ``label``, formatted with those groups for the legend."""
-
-    pattern: str
-    label: str
-
-
-class FigureSpec(NamedTuple):
-    """A figure a rule declares for its run directory: ``file`` (e.g. ``energy.png``), panels of the ``traces`` per
-    epoch (one line per epoch), a panel of the ``preparation`` trace (epoch 0, :meth:`Rule.prepare`) and a panel of
-    the ``diagnostics`` (indices into the rule's ``diagnostic_specs``) per epoch. The report draws whatever is
-    declared and recorded (:mod:`bioprop.report.plots`)."""
-
-    file: str
-    title: str
-    traces: tuple[str, ...] = ()
-    preparation: str | None = None
-    diagnostics: tuple[int, ...] = ()
-    ylabel: str = ""
+from bioprop.rules.declarations import (  # noqa: F401  (re-exported: the names rules import from here)
+    IMPLAUSIBILITIES,
+    CardEntry,
+    Diagnostic,
+    FigureSpec,
+    Trace,
+    make_card,
+)
+from bioprop.rules.options import Option, Options, option, options_class, say  # noqa: F401  (re-exported)
+from bioprop.rules.registry import _REGISTRY, Entry, create, register  # noqa: F401  (re-exported)
 
 
 class Unstable(DivergenceError):
@@ -530,70 +362,3 @@ def add_grads(grads: dict[str, Tensor], names: list[str], values: list[Tensor]) 
     positions (shared weights) gets the sum of its positions' terms."""
     for name, value in zip(names, values, strict=True):
         grads[name] = grads[name] + value if name in grads else value
-
-
-@dataclass(frozen=True)
-class Entry:
-    """A registered rule: its name, class, family, paper, one-line summary, card and fixed options."""
-
-    name: str
-    cls: type[Rule]
-    family: str
-    paper: str
-    summary: str
-    card: dict[str, CardEntry]
-    presets: dict[str, Any] = field(default_factory=dict)
-
-
-_REGISTRY: dict[str, Entry] = {}
-
-
-def register(
-    name: str, *, family: str, paper: str, summary: str, card: dict[str, CardEntry], **presets: Any
-) -> Callable[[type[Rule]], type[Rule]]:
-    """Class decorator: register a rule class under ``name``; ``presets`` fix options for named variants, so one
-    class serves every variant of a family. Stack it to register several names."""
-
-    def wrap(cls: type[Rule]) -> type[Rule]:
-        if name in _REGISTRY:
-            raise ValueError(f"rule {name!r} registered twice")
-        _REGISTRY[name] = Entry(name, cls, family, paper, summary, card, presets)
-        return cls
-
-    return wrap
-
-
-def names() -> list[str]:
-    """Every registered rule name, in registration order."""
-    return list(_REGISTRY)
-
-
-def entry(name: str) -> Entry:
-    """The registry entry of ``name``; unknown names are a :class:`BioPropError` listing the known ones."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise BioPropError(f"unknown rule {name!r}; known: {', '.join(_REGISTRY)}") from None
-
-
-def create(name: str, net: nn.Module, **options: Any) -> Rule:
-    """Bind the rule called ``name`` to ``net``; ``options`` are the rule's options (strings are parsed).
-    Raises :class:`BioPropError`, before any work, for an unknown rule or option, an invalid option value, a ``net``
-    that is not an ``nn.Module``, a network with a lazy (uninitialised) layer, parameters other than float32 or
-    float64, and a layer the rule cannot handle (named)."""
-    found = entry(name)
-    if not isinstance(net, nn.Module):
-        raise BioPropError(f"rule {name}: net must be a torch.nn.Module (e.g. bioprop.nets.build), not "
-                           f"{type(net).__name__}")  # fmt: skip
-    clash = sorted(set(options) & set(found.presets))
-    if clash:
-        raise BioPropError(f"rule {name}: option {clash[0]!r} is fixed by the rule's name")
-    kind = "energy" if isinstance(net, walk_nets.EnergyNet) else "feedforward"
-    if kind not in found.cls.networks:
-        if kind == "feedforward":
-            raise BioPropError(f"rule {name} needs an energy-based network: --arch ebm:H1x... (e.g. ebm:500) or "
-                               "ebm-conv")  # fmt: skip
-        able = [n for n, e in _REGISTRY.items() if kind in e.cls.networks]
-        able = ", ".join(able[:-1]) + f" or {able[-1]}" if len(able) > 1 else able[0]
-        raise BioPropError(f"rule {name}: energy-based networks (ebm:...) are trained by {able}, not by this rule")
-    return found.cls(net, found, {**found.presets, **options})
