@@ -83,7 +83,9 @@ def test_summary_has_every_key_with_sane_values(finished_run: Path) -> None:
 def test_metrics_csv_has_a_row_per_epoch(finished_run: Path) -> None:
     rows = read_rows(finished_run / "metrics.csv")
     assert [int(r["epoch"]) for r in rows] == [1, 2]
-    assert list(rows[0])[:7] == ["epoch", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr"]
+    assert list(rows[0])[:8] == ["epoch", "loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy",
+                                 "seconds", "lr"]  # fmt: skip
+    assert {r["loss"] for r in rows} == {"ce"}  # the run's one output loss, which both loss columns measure
     assert any(k.startswith("angle/") for k in rows[0]) and any(k.startswith("diag/") for k in rows[0])
     summary = json.loads((finished_run / "summary.json").read_text())
     assert float(rows[-1]["test_accuracy"]) == summary["test_accuracy"]

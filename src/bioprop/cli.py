@@ -13,6 +13,10 @@ with 130 (a run keeps its last checkpoint). ``--help`` prints help; ``bioprop`` 
 ``bioprop --help``. Numbers in flags are read as in a config file (see :mod:`bioprop.config`): ``--lr 1e-3`` is
 accepted, ``--lr nan`` and ``--epochs 1e3`` are not.
 
+The settings of ``bioprop train`` are not declared here: one option per field of
+:class:`~bioprop.config.RunConfig` is generated from the field (:func:`setting_option`), so a new setting is a new
+field, and its flag, metavar, help and default in ``--help`` follow.
+
 Threads: torch's CPU thread pool is sized by the CLI, not left at torch's default (one thread per core), because
 OpenMP threads spin-wait on each other and a small network on a busy machine then runs many times slower. The
 count is ``--threads N``, else ``$BIOPROP_THREADS``, else ``$OMP_NUM_THREADS``, else half the CPUs this process
@@ -24,10 +28,12 @@ result, can depend on it) unless ``--threads`` is given.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import os
 import re
 import sys
 from collections.abc import Iterator
+from dataclasses import Field, fields
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -37,10 +43,12 @@ from rich.console import Console
 from rich.markup import escape
 from rich.panel import Panel
 from rich.table import Table
+from typer.core import TyperCommand, TyperGroup
 
 import bioprop
+from bioprop import config as settings
 from bioprop import data, rules
-from bioprop.config import MAX_THREADS, RunConfig, parse_number, parse_rule_opts, source_labels
+from bioprop.config import MAX_THREADS, THREADS_ENV, RunConfig, parse_number, parse_rule_opts, source_labels
 from bioprop.errors import BioPropError
 from bioprop.report import logs
 
@@ -49,14 +57,28 @@ try:
 except ImportError:  # pragma: no cover - older typer, on the click package
     from click import exceptions as click_errors
 
-THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, after --threads
 EXIT_IO_ERROR = 74  # EX_IOERR of sysexits.h, as bioprop.report.logs.WriteError
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
-DATA_DIR_HELP = (
-    "The only directory searched for dataset files (its <name>/, then itself); it must exist. Without it: "
-    "$BIOPROP_DATA, else ~/.cache/bioprop/<name> and /usr/share/datasets/<name>."
-)
+
+class _NoFlagTypes:
+    """Help without a ``<bool>`` type beside a flag that takes no value (``--help``, ``--version``): the help
+    option click adds gets an empty metavar, as every flag declared here has (see :func:`_flag`)."""
+
+    def get_help_option(self, ctx: Any) -> Any:
+        option = super().get_help_option(ctx)  # type: ignore[misc]
+        if option is not None:
+            option.metavar = ""
+        return option
+
+
+class Command(_NoFlagTypes, TyperCommand):
+    pass
+
+
+class Group(_NoFlagTypes, TyperGroup):
+    pass
+
 
 app = typer.Typer(
     name="bioprop",
@@ -64,6 +86,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    cls=Group,
 )
 
 
@@ -84,9 +107,9 @@ def _int_opt(help: str, *flags: str) -> Any:
     return _opt(help, *flags, metavar="<int>")
 
 
-def _float_opt(help: str, *flags: str) -> Any:
-    """A number flag, taken as text and parsed by :mod:`bioprop.config` (``1e-3`` yes, ``nan`` and ``inf`` no)."""
-    return _opt(help, *flags, metavar="<float>")
+def _flag(help: str, *flags: str, **kwargs: Any) -> Any:
+    """A flag that takes no value: no metavar (typer would show ``<bool>``)."""
+    return _opt(help, *flags, metavar="", **kwargs)
 
 
 def _path(text: str | None, name: str) -> Path | None:
@@ -127,11 +150,6 @@ def torch_threads(count: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-THREADS_HELP = (
-    f"Torch CPU threads (default ${THREADS_ENV[0]}, else ${THREADS_ENV[1]}, else half the CPUs); recorded in "
-    "config.yaml and reused by `bioprop resume`."
-)
-
 # ------------------------------------------------------------------------------------------------------ commands
 
 
@@ -144,7 +162,7 @@ def _version(value: bool) -> None:
 @app.callback()
 def _root(
     version: Annotated[
-        bool, _opt("Print the version and exit.", "--version", callback=_version, is_eager=True)
+        bool, _flag("Print the version and exit.", "--version", callback=_version, is_eager=True)
     ] = False,
 ) -> None:
     """Train networks with biologically plausible learning rules and compare them with backprop."""
@@ -152,84 +170,71 @@ def _root(
 
 TRAIN_HELP = "\n\n".join([
     "Train a network with a learning rule and measure its updates against backprop.",
-    f"Files a run can write into its directory (see bioprop.report.logs): {', '.join(sorted(logs.RUN_FILES))}; "
+    f"Files a run can write into its directory (see bioprop.report.logs): {', '.join(sorted(logs.run_files()))}; "
     f"each is written to <name>{logs.TMP} first, then renamed.",
     "Ctrl-C keeps the last epoch's checkpoint: continue with `bioprop resume DIR`. Exit codes: 2 for bad input, "
     "3 when training diverges, 74 when a file cannot be written, 130 when interrupted.",
 ])  # fmt: skip
 
 
-@app.command(help=TRAIN_HELP)
-def train(
-    rule: Annotated[str | None, _opt("Learning rule (default bp); see `bioprop rules`.")] = None,
-    data_name: Annotated[str | None, _opt("Dataset (default digits); see `bioprop datasets`.", "--data")] = None,
-    arch: Annotated[
-        str | None,
-        _opt(
-            "Network: mlp:H1xH2... (e.g. mlp:256x256), lenet, or the energy-based ebm:H1x... and "
-            "ebm-conv[:C1xC2] for ep, chl, generec (default mlp:256)."
-        ),
-    ] = None,
-    activation: Annotated[
-        str | None,
-        _opt(
-            "Hidden nonlinearity: relu, tanh, sigmoid, ...; for ebm nets hard_sigmoid, sigmoid, hard_tanh, tanh "
-            "(default auto: hard_sigmoid for ebm nets, else the rule's choice, tanh for dendritic, else relu)."
-        ),
-    ] = None,
-    epochs: Annotated[str | None, _int_opt("Number of passes over the training set (default 10).")] = None,
-    batch_size: Annotated[str | None, _int_opt("Examples per step (default 64).")] = None,
-    optimizer: Annotated[str | None, _opt("sgd, adam or adamw, applied to the rule's update (default sgd).")] = None,
-    lr: Annotated[str | None, _float_opt("Base learning rate, e.g. 0.01 or 1e-3 (default 0.01).")] = None,
-    momentum: Annotated[str | None, _float_opt("SGD momentum (default 0.9).")] = None,
-    weight_decay: Annotated[str | None, _float_opt("Weight decay (default 0).")] = None,
-    schedule: Annotated[
-        str | None, _opt("Learning-rate schedule: none, cosine, or step (x0.1 every --step-size epochs).")
-    ] = None,
-    step_size: Annotated[
-        str | None, _int_opt("Epochs per x0.1 decay with --schedule step (default epochs // 3).")
-    ] = None,
-    seed: Annotated[str | None, _int_opt("Seed of the initialisation, the shuffling and the rule (default 0).")] = None,
-    device: Annotated[str | None, _opt("auto (cuda if available), cpu or cuda (default auto).")] = None,
-    dtype: Annotated[str | None, _opt("float32 or float64 (default float32).")] = None,
-    threads: Annotated[str | None, _int_opt(THREADS_HELP)] = None,
-    out: Annotated[
-        str | None, _opt("Run directory (default runs/<rule>-<data>-<arch>-s<seed>).", "--out", "-o", metavar="DIR")
-    ] = None,
-    rule_opt: Annotated[
-        list[str] | None,
-        _opt("A rule option, repeatable; see `bioprop rules NAME`.", "--rule-opt", metavar="KEY=VALUE"),
-    ] = None,
+def _setting_help(name: str) -> str:
+    """The ``--help`` text of setting ``name`` (:func:`bioprop.config.help_text`), escaped for rich."""
+    return escape(settings.help_text(settings.field_of(name)))
+
+
+SETTINGS_PANEL = "Run settings (each also a key of --config FILE)"
+TEXT_METAVARS = {int: "<int>", float: "<float>", str: "<str>"}
+
+
+def setting_option(item: Field) -> inspect.Parameter:
+    """The ``bioprop train`` option of the :class:`~bioprop.config.RunConfig` field ``item``, generated from it:
+    the flag (:func:`bioprop.config.flag`), the help with the default (:func:`bioprop.config.help_text`) and the
+    metavar. Numbers are taken as text and parsed by :mod:`bioprop.config` (one rule for flags and YAML); a bool
+    is a ``--name/--no-name`` flag; a mapping (``rule_opts``) a repeatable ``KEY=VALUE``. Every option defaults to
+    None, "not given", so that a value from ``--config`` stands unless a flag overrides it."""
+    kind, meta, name = settings.value_kind(item.name), item.metadata, settings.flag(item.name)
+    help = _setting_help(item.name)  # escaped: `[default: ...]` is not rich markup
+    if kind is bool:
+        option, annotation = _flag(help, f"{name}/--no-{name[2:]}", rich_help_panel=SETTINGS_PANEL), bool | None
+    else:
+        choices = f"[{'|'.join(meta['choices'])}]" if meta.get("choices") else None
+        metavar = meta.get("metavar") or choices or TEXT_METAVARS.get(kind, "<str>")
+        option = _opt(help, name, metavar=metavar, rich_help_panel=SETTINGS_PANEL)
+        annotation = list[str] | None if kind is dict else str | None
+    return inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=None,
+                             annotation=Annotated[annotation, option])  # fmt: skip
+
+
+def _train_options(
     config: Annotated[
         str | None,
-        _opt("YAML file of settings (keys as the long flags, with _); flags given here override it.", metavar="FILE"),
+        _opt(
+            "YAML file of settings: the keys are the names below with _ (rule_opts a mapping); flags given "
+            "override it.",
+            metavar="FILE",
+        ),
     ] = None,
-    data_dir: Annotated[str | None, _opt(DATA_DIR_HELP, metavar="DIR")] = None,
-    download: Annotated[
-        bool | None, _opt("Download missing dataset files from their source.", "--download/--no-download")
-    ] = None,
-    probe_every: Annotated[
+    out: Annotated[
         str | None,
-        _int_opt("Also measure the update angles every N steps into alignment.csv (default 0: epoch ends)."),
+        _opt(escape("Run directory. [default: runs/<rule>-<data>-<arch>-s<seed>]"), "--out", "-o", metavar="DIR"),
     ] = None,
-    limit: Annotated[str | None, _int_opt("Keep only the first N training and test examples.")] = None,
     overwrite: Annotated[
-        bool, _opt("Clear the run directory first if it holds an earlier run.", "--overwrite")
+        bool, _flag("Clear the run directory first if it holds an earlier run.", "--overwrite")
     ] = False,
-    quiet: Annotated[bool, _opt("No progress bar, per-epoch lines or result line.", "--quiet", "-q")] = False,
+    quiet: Annotated[bool, _flag("No progress bar, per-epoch lines or result line.", "--quiet", "-q")] = False,
 ) -> None:
+    """The options of ``bioprop train`` that are not settings of the run (see :func:`train`)."""
+
+
+def train(**given: Any) -> None:
+    """``bioprop train``: ``given`` holds a value per :class:`RunConfig` field, None where its flag was not given,
+    and the options of :func:`_train_options`; its signature, which typer reads, is set below."""
     from bioprop import train as training  # torch-heavy; imported only when training
 
-    given = {
-        "rule": rule, "data": data_name, "arch": arch, "activation": activation, "epochs": epochs,
-        "batch_size": batch_size, "optimizer": optimizer, "lr": lr, "momentum": momentum,
-        "weight_decay": weight_decay, "schedule": schedule, "step_size": step_size, "seed": seed, "device": device,
-        "dtype": dtype, "threads": threads, "download": download, "probe_every": probe_every, "limit": limit,
-        "data_dir": str(_path(data_dir, "--data-dir")) if data_dir is not None else None,
-    }  # fmt: skip
+    config, out, overwrite, quiet = (given.pop(key) for key in ("config", "out", "overwrite", "quiet"))
     overrides: dict[str, Any] = {key: value for key, value in given.items() if value is not None}
-    if rule_opt:
-        overrides["rule_opts"] = parse_rule_opts(rule_opt)
+    if "rule_opts" in overrides:
+        overrides["rule_opts"] = parse_rule_opts(overrides["rule_opts"])
     config_path = _path(config, "--config")
     run_config = RunConfig.from_sources(config_path, overrides)
     if run_config.threads is None:
@@ -250,15 +255,24 @@ def train(
     _report(summary, run_dir, quiet)
 
 
-@app.command()
+# The signature typer reads: one option per RunConfig field, generated, then the options of the command itself.
+train.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    *(setting_option(item) for item in fields(RunConfig)),
+    *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in
+      inspect.signature(_train_options, eval_str=True).parameters.values()),
+])  # fmt: skip
+app.command("train", help=TRAIN_HELP, cls=Command)(train)
+
+
+@app.command(cls=Command)
 def resume(
     run_dir: Annotated[
         str, typer.Argument(help="A run directory written by `bioprop train`.", show_default=False, metavar="DIR")
     ],
     threads: Annotated[
-        str | None, _int_opt("Torch CPU threads (default: the count the run recorded in its config.yaml).")
+        str | None, _int_opt(escape("Torch CPU threads. [default: the count the run recorded in its config.yaml]"))
     ] = None,
-    quiet: Annotated[bool, _opt("No progress bar or per-epoch lines.", "--quiet", "-q")] = False,
+    quiet: Annotated[bool, _flag("No progress bar or per-epoch lines.", "--quiet", "-q")] = False,
 ) -> None:
     """Continue an interrupted run from its last checkpoint.
 
@@ -294,7 +308,7 @@ def _report(summary: dict[str, Any], run_dir: Path, quiet: bool) -> None:
         )
 
 
-@app.command("rules")
+@app.command("rules", cls=Command)
 def list_rules(
     name: Annotated[str | None, typer.Argument(help="Show only this rule.", show_default=False)] = None,
 ) -> None:
@@ -325,11 +339,15 @@ def list_rules(
         console.print(Panel(body, title=f"[bold]{escape(entry.name)}[/] · {escape(entry.family)}", title_align="left"))
 
 
-@app.command("datasets")
+@app.command("datasets", cls=Command)
 def list_datasets(
-    data_dir: Annotated[str | None, _opt(DATA_DIR_HELP, metavar="DIR")] = None,
-    download: Annotated[str | None, _opt("Download this dataset's files, checked by SHA-256.", "--download")] = None,
-    check: Annotated[str | None, _opt("Exit 0 if this dataset's files are found, else 1.", "--check")] = None,
+    data_dir: Annotated[str | None, _opt(_setting_help("data_dir"), metavar="DIR")] = None,
+    download: Annotated[
+        str | None, _opt("Download this dataset's files, checked by SHA-256.", "--download", metavar="NAME")
+    ] = None,
+    check: Annotated[
+        str | None, _opt("Exit 0 if this dataset's files are found, else 1.", "--check", metavar="NAME")
+    ] = None,
 ) -> None:
     """List the datasets and where their files were found, or how to get them.
 
@@ -361,7 +379,7 @@ def list_datasets(
     Console().print(table)
 
 
-@app.command()
+@app.command(cls=Command)
 def compare(
     run_dirs: Annotated[
         list[str],

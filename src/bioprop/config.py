@@ -1,10 +1,13 @@
-"""One typed, validated configuration per training run.
+"""One typed, validated configuration per training run, and the one definition of its settings.
 
     config = RunConfig(rule="fa", data="mnist", arch="mlp:256x256", epochs=20)
     config = RunConfig.from_sources("run.yaml", {"lr": 0.05})      # a YAML file, then flags on top
     config.check()                                                  # BioPropError on the first bad value
+    config.check_arch(dataset.in_shape, dataset.n_classes)          # once the data is loaded
 
-Every field can be given in a YAML file (``bioprop train --config run.yaml``) or as a flag; flags given on the
+Every field of :class:`RunConfig` is a setting: a key of a YAML file (``bioprop train --config run.yaml``) and a
+flag of ``bioprop train``, whose name, metavar and ``--help`` text are generated from the field (its type,
+default and ``metadata``, see :func:`setting`): nothing about a setting is written twice. Flags given on the
 command line override the file. :meth:`RunConfig.fingerprint` identifies what a run computes, so a checkpoint
 can refuse to be resumed under another configuration.
 
@@ -15,9 +18,14 @@ Values are parsed by one set of rules whether they come from YAML or from a flag
 - an int field takes an integer: a YAML integer, a YAML float that is a whole number (``5.0``, as the rules'
   options do), or a string of digits; ``1e3`` as a string is refused (write ``1000``), and so is anything outside
   the 64-bit range (``-2**63 .. 2**63 - 1``);
+- a path field (``data_dir``) refuses the empty string, which would silently mean the current directory;
 - every error is a :class:`~bioprop.errors.BioPropError` of one line naming the key (``--lr`` for a flag,
   ``config 'run.yaml': lr`` for a file) and quoting the value; a file that is missing, binary, empty, not YAML
   or not a mapping is named the same way.
+
+The network is checked in two steps: :meth:`RunConfig.check` checks what needs no data (the rule, the activation,
+the choices, the ranges); :meth:`RunConfig.check_arch` builds the network, without allocating its weights, for
+the input shape and class count the dataset really has, once it is loaded and before anything is written.
 """
 
 from __future__ import annotations
@@ -27,7 +35,7 @@ import json
 import math
 import re
 import types
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
@@ -41,44 +49,104 @@ OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
 DEVICES = ("auto", "cpu", "cuda")
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
+THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, after --threads (see bioprop.cli)
 # Fields that say where inputs live or how many threads compute, not what the run computes: left out of the
 # fingerprint, so a run can be resumed with another --data-dir or --threads.
 NOT_FINGERPRINTED = ("data_dir", "download", "threads")
 INT_RANGE = (-(2**63), 2**63 - 1)  # what torch, safetensors' JSON and numpy all hold
 MAX_THREADS = 1024
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
+# The image sizes (H = W) LeNet-5 takes: its own 32x32 (LeCun et al. 1998, Fig. 2), and the 28x28 of MNIST-like
+# datasets, which its first convolution pads by 2 to the same shapes (see bioprop.nets). Any other size would be
+# padded or cropped into shape without a word, so it is refused.
+LENET_SIDES = (28, 32)
+
+
+def setting(
+    default: Any = MISSING,
+    help: str = "",
+    *,
+    factory: Any = MISSING,
+    flag: str | None = None,
+    metavar: str | None = None,
+    choices: tuple[str, ...] = (),
+    unset: str | None = None,
+    path: bool = False,
+) -> Any:
+    """A :class:`RunConfig` field with what the command line and its ``--help`` need, in ``field.metadata``:
+
+    ``help`` (one sentence or two, without the default: :func:`help_text` adds it from the field), ``flag`` (the
+    long flag when it is not ``--`` + the name with ``-`` for ``_``), ``metavar`` (the value's placeholder in the
+    help; else the choices, else ``<int>``, ``<float>``, ``<str>``), ``choices`` (the only values
+    :meth:`RunConfig.check` accepts), ``unset`` (what a ``None`` or empty default means, shown as the default) and
+    ``path`` (an empty string is refused). ``default`` or ``factory`` is the dataclass default."""
+    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "unset": unset, "path": path}
+    return field(default=default, default_factory=factory, metadata=metadata)
 
 
 @dataclass
 class RunConfig:
+    """Every setting of a training run; each field is a key of config.yaml and a flag of ``bioprop train`` (see
+    :func:`setting`; ``bioprop train --help`` lists them with their defaults)."""
+
     # what is trained
-    rule: str = "bp"  # learning rule, see `bioprop rules`
-    data: str = "digits"  # dataset, see `bioprop datasets`
-    arch: str = "mlp:256"  # network: mlp:H1xH2..., lenet, ebm:H1x..., ebm-conv
-    activation: str = "auto"  # hidden nonlinearity; auto: hard_sigmoid (ebm), else the rule's choice, else relu
-    rule_opts: dict[str, Any] = field(default_factory=dict)  # the rule's options; the rule's `seed` defaults to seed
+    rule: str = setting("bp", "Learning rule; see `bioprop rules`.", metavar="NAME")
+    data: str = setting("digits", "Dataset; see `bioprop datasets`.", metavar="NAME")
+    arch: str = setting(
+        "mlp:256",
+        "Network: mlp:H1xH2... (e.g. mlp:256x256), lenet (28x28 or 32x32 images), or the energy-based ebm:H1x... "
+        "and ebm-conv[:C1xC2[:H1x...]]; checked against the dataset's input shape when it is loaded.",
+        metavar="SPEC",
+    )
+    activation: str = setting(
+        "auto",
+        "Hidden nonlinearity; auto: hard_sigmoid on an energy-based net, else the one the rule declares (see "
+        "`bioprop rules NAME`), else relu.",
+        metavar="NAME",
+        choices=("auto", *nets.ACTIVATIONS),
+    )
+    rule_opts: dict[str, Any] = setting(
+        factory=dict,
+        help="A rule option, repeatable; see `bioprop rules NAME`. A rule's seed option follows --seed unless given.",
+        flag="--rule-opt",
+        metavar="KEY=VALUE",
+        unset="the rule's own",
+    )
     # how long and in what steps
-    epochs: int = 10
-    batch_size: int = 64
-    optimizer: str = "sgd"  # sgd | adam | adamw, applied to the rule's update in .grad
-    lr: float = 0.01  # base learning rate
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 0.0
-    schedule: str = "none"  # none | cosine (to 0 over the run) | step (x0.1 every step_size epochs)
-    step_size: int = 0  # epochs per x0.1 decay of schedule=step; 0 means max(1, epochs // 3)
+    epochs: int = setting(10, "Passes over the training set.")
+    batch_size: int = setting(64, "Examples per step.")
+    optimizer: str = setting("sgd", "Optimizer, applied to the rule's update (written into .grad).", choices=OPTIMIZERS)
+    lr: float = setting(0.01, "Base learning rate, e.g. 0.01 or 1e-3.")
+    momentum: float = setting(0.9, "Momentum of --optimizer sgd.")
+    weight_decay: float = setting(0.0, "Weight decay (L2 penalty, as torch.optim applies it).")
+    schedule: str = setting(
+        "none", "Learning-rate schedule: cosine decays to 0 over the run, step is x0.1 every --step-size epochs.",
+        choices=SCHEDULES,
+    )  # fmt: skip
+    step_size: int = setting(0, "Epochs per x0.1 decay of --schedule step; 0 means max(1, epochs // 3).")
     # reproducibility and hardware
-    seed: int = 0  # seeds the network's init, the shuffling order and (by default) the rule
-    device: str = "auto"  # auto = cuda when available, else cpu
-    threads: int | None = None  # torch's intra-op CPU threads; None: as torch has it. The CLI records its choice
-    dtype: str = "float32"  # float32 | float64
+    seed: int = setting(0, "Seed of the initialisation, the shuffling order and, unless --rule-opt seed=N, the rule.")
+    device: str = setting("auto", "Device; auto is cuda when available, else cpu.", choices=DEVICES)
+    threads: int | None = setting(  # None from Python: torch's count as it stands; the CLI chooses one and records it
+        None,
+        "Torch's intra-op CPU threads; recorded in config.yaml and reused by `bioprop resume`.",
+        unset=f"${THREADS_ENV[0]}, else ${THREADS_ENV[1]}, else half the CPUs",
+    )
+    dtype: str = setting("float32", "Floating-point type of the weights and the data.", choices=tuple(DTYPES))
     # data
-    data_dir: str | None = None  # where dataset files are looked for first
-    download: bool = False  # fetch missing dataset files from their canonical source
-    limit: int | None = None  # keep only the first `limit` train and test examples
+    data_dir: str | None = setting(
+        None,
+        "The only directory searched for dataset files (its <name>/, then itself); it must exist.",
+        metavar="DIR",
+        unset="$BIOPROP_DATA, else ~/.cache/bioprop/<name> and /usr/share/datasets/<name>",
+        path=True,
+    )
+    download: bool = setting(False, "Download missing dataset files from their source, checked by SHA-256.")
+    limit: int | None = setting(None, "Keep only the first N training and test examples.", unset="all")
     # measuring the update angle to backprop on held-out probe batches (the first batches of the test set)
-    probe_batches: int = 4
-    probe_batch_size: int = 256
-    probe_every: int = 0  # steps; 0 = at epoch ends only, N > 0 also every N steps into alignment.csv
+    probe_batches: int = setting(4, "Test-set batches (the first ones) on which the update angles are measured.")
+    probe_batch_size: int = setting(256, "Examples per probe batch.")
+    probe_every: int = setting(0, "Also measure the update angles every N steps, into alignment.csv; 0: epoch ends.")
 
     # ---------------------------------------------------------------------------------------------- building
 
@@ -118,8 +186,11 @@ class RunConfig:
 
     def check(self, labels: dict[str, str] | None = None) -> RunConfig:
         """Raise BioPropError naming the first invalid value, quoted; returns self. ``labels`` say how each key was
-        given (``--lr``, ``config 'run.yaml': lr``; see :func:`source_labels`), the key itself by default. The
-        rule's options are checked when the rule is created (see :func:`bioprop.train.run`)."""
+        given (``--lr``, ``config 'run.yaml': lr``; see :func:`source_labels`), the key itself by default.
+
+        Checks what needs no data: ranges, choices (``metadata["choices"]`` of each field), the rule's name. The
+        network is checked by :meth:`check_arch` once the dataset's shape is known; the rule's options when the
+        rule is created (see :func:`bioprop.train.build`)."""
         labels = labels or {}
 
         def bad(name: str, rule: str) -> BioPropError:
@@ -143,17 +214,34 @@ class RunConfig:
             raise bad("limit", "a positive number of examples")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise bad("threads", f"between 1 and {MAX_THREADS}")
-        for name, choices in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("device", DEVICES),
-                              ("dtype", tuple(DTYPES))):  # fmt: skip
-            if getattr(self, name) not in choices:
-                raise BioPropError(
-                    f"unknown {labels.get(name, name)} {getattr(self, name)!r}; choose one of {', '.join(choices)}"
-                )
+        for item in fields(self):
+            choices = item.metadata.get("choices")
+            if choices and getattr(self, item.name) not in choices:
+                raise BioPropError(f"unknown {labels.get(item.name, item.name)} {getattr(self, item.name)!r}; "
+                                   f"choose one of {', '.join(choices)}")  # fmt: skip
         rules.entry(self.rule)  # unknown rule: BioPropError listing the known ones
-        with torch.device("meta"):  # checks the spec without allocating weights; shapes are checked at build
-            nets.build(self.arch, (1, 28, 28), 10, self.resolved_activation())
         if self.device == "cuda" and not torch.cuda.is_available():
             raise BioPropError("device cuda requested but CUDA is not available; use --device cpu")
+        return self
+
+    def check_arch(self, in_shape: tuple[int, ...], n_classes: int) -> RunConfig:
+        """Raise BioPropError unless ``arch`` is a network for this run's dataset as it is: inputs of
+        ``in_shape`` (C, H, W), e.g. (1, 8, 8) for digits, (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR-10, and
+        ``n_classes`` outputs (both from the loaded :class:`bioprop.data.Dataset`). The network is built on the
+        ``meta`` device, so no weight is allocated. ``lenet`` is refused for any image that is not 28x28 or 32x32
+        (:data:`LENET_SIDES`) rather than padded into shape without a word. The one-line message names the arch
+        and the dataset's shape. Returns self."""
+        shape = "x".join(str(int(size)) for size in in_shape)
+        dataset = f"dataset {self.data} has {shape} inputs and {n_classes} classes"
+        square = len(in_shape) == 3 and in_shape[1] == in_shape[2]
+        if self.arch.strip().lower() == "lenet" and not (square and in_shape[1] in LENET_SIDES):
+            raise BioPropError(f"arch 'lenet' needs 28x28 or 32x32 images, but {dataset}; use an mlp:H1x... arch")
+        try:
+            with torch.device("meta"):
+                nets.build(self.arch, in_shape, n_classes, self.resolved_activation())
+        except BioPropError as exc:
+            named = f"'{self.arch.strip().lower()}'" in str(exc)  # nets quotes the spec it cannot parse
+            raise BioPropError(f"{exc} ({'' if named else f'arch {self.arch!r}; '}{dataset})") from None
         return self
 
     def resolved_device(self) -> torch.device:
@@ -193,10 +281,51 @@ class RunConfig:
 
 
 def source_labels(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str]:
-    """How each key reached :meth:`RunConfig.from_sources`, for :meth:`RunConfig.check`'s messages: ``--key`` for a
-    flag, ``config 'run.yaml': key`` for a key read from the file."""
+    """How each key reached :meth:`RunConfig.from_sources`, for :meth:`RunConfig.check`'s messages: its flag
+    (``--lr``, ``--rule-opt``) for a flag, ``config 'run.yaml': key`` for a key read from the file."""
     labels = {f.name: f"{_file_source(path)}: {f.name}" for f in fields(RunConfig)} if path is not None else {}
-    return {**labels, **{key: f"--{key.replace('_', '-')}" for key in overrides}}
+    return {**labels, **{key: flag(key) for key in overrides}}
+
+
+def field_of(name: str) -> Field:
+    """The :class:`RunConfig` field called ``name``; an unknown name is a BioPropError listing the known ones."""
+    for item in fields(RunConfig):
+        if item.name == name:
+            return item
+    raise BioPropError(f"unknown setting {name!r}; known: {', '.join(f.name for f in fields(RunConfig))}")
+
+
+def flag(name: str) -> str:
+    """The long flag of setting ``name``: ``metadata["flag"]``, else ``--`` and the name with ``-`` for ``_``
+    (also for a name that is no setting, as :func:`source_labels` may be given one)."""
+    given = next((f.metadata.get("flag") for f in fields(RunConfig) if f.name == name), None)
+    return given or f"--{name.replace('_', '-')}"
+
+
+def value_kind(name: str) -> type:
+    """The type of setting ``name``'s values, ``None`` aside: int, float, str, bool or dict."""
+    return _kind(get_type_hints(RunConfig)[name])
+
+
+def default_text(item: Field) -> str:
+    """The default of a :class:`RunConfig` field as ``--help`` shows it: ``metadata["unset"]`` for a ``None`` or
+    empty default, the flag that gives it for a bool (``--no-download``), else the value."""
+    default = item.default_factory() if item.default is MISSING else item.default  # type: ignore[misc]
+    if item.metadata.get("unset") is not None and default in (None, {}):
+        return item.metadata["unset"]
+    if isinstance(default, bool):
+        return flag(item.name) if default else f"--no-{flag(item.name)[2:]}"
+    return str(default)
+
+
+def help_text(item: Field) -> str:
+    """The ``--help`` text of a :class:`RunConfig` field: its ``metadata["help"]``, its choices when its metavar
+    does not show them, and its default (:func:`default_text`), which no help sentence states by hand."""
+    text = item.metadata["help"]
+    choices = item.metadata.get("choices")
+    if choices and item.metadata.get("metavar"):
+        text += f" One of {', '.join(choices)}."
+    return f"{text} [default: {default_text(item)}]"
 
 
 def parse_rule_opts(items: list[str]) -> dict[str, str]:
@@ -309,16 +438,26 @@ def _whole_number_hint(token: str) -> str:
 
 def _checked_values(values: dict[str, Any], source: str | None) -> dict[str, Any]:
     """``values`` with unknown keys refused and each value coerced to its field's type. ``source`` is the file (or
-    other origin) named in errors; None means flags, named ``--key``."""
+    other origin) named in errors; None means flags, named by their flag (``--lr``)."""
     hints = get_type_hints(RunConfig)
+    paths = {f.name for f in fields(RunConfig) if f.metadata.get("path")}
     out = {}
     for key, value in values.items():
         if key not in hints:
             origin = source if source is not None else "flags"
             raise BioPropError(f"{origin}: unknown key {key!r}; known: {', '.join(sorted(hints))}")
-        label = f"--{key.replace('_', '-')}" if source is None else f"{source}: {key}"
+        label = flag(key) if source is None else f"{source}: {key}"
         out[key] = _coerce(label, value, hints[key])
+        if key in paths and out[key] == "":
+            raise BioPropError(f"{label} needs a path, not ''")
     return out
+
+
+def _kind(hint: Any) -> type:
+    """The type a field's hint holds, ``None`` aside: ``int | None`` is int, ``dict[str, Any]`` is dict."""
+    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+    kind = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
+    return get_origin(kind) or kind
 
 
 def _coerce(label: str, value: Any, hint: Any) -> Any:
@@ -326,8 +465,7 @@ def _coerce(label: str, value: Any, hint: Any) -> Any:
     optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
     if value is None and optional:
         return None
-    kind = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
-    kind = get_origin(kind) or kind
+    kind = _kind(hint)
     is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
     if kind in (int, float) and isinstance(value, str):
         return parse_number(label, value, kind)

@@ -87,6 +87,7 @@ def build(config: RunConfig, run_dir: Path) -> Session:
     (including non-finite data and a network too large for the memory available, see :func:`check_memory`)."""
     device, dtype = config.resolved_device(), config.torch_dtype()
     dataset = data.load(config.data, config.data_dir, device, dtype, config.download, config.limit)
+    config.check_arch(dataset.in_shape, dataset.n_classes)  # the network for the data as it is, not as assumed
     bad = checks.first_nonfinite([("train_x", dataset.train_x), ("test_x", dataset.test_x)])
     if bad is not None:
         raise BioPropError(f"dataset {config.data} ({dataset.source}) has non-finite values in {bad}: they come "

@@ -12,6 +12,7 @@ from bioprop.rules import (  # noqa: F401  (registration)
     contrastive,
     dendritic,
     feedback_alignment,
+    microcircuit,
     predictive_coding,
 )
 from bioprop.rules.base import IMPLAUSIBILITIES, CardEntry, Entry, Option, Options, Rule, Update
