@@ -59,13 +59,12 @@ from bioprop.rules.mlp_settling import (
     MAX_STEPS,
     MLP,
     Guard,
-    at_least_one,
     loss_gradient,
     mlp_parts,
     mlp_tensors,
-    positive,
     steady_reached,
 )
+from bioprop.rules.options import count, positive
 
 WHITTINGTON = "Whittington & Bogacz 2019, Trends Cogn. Sci. 23(3):235, Box 4"
 SETTLE_ADVICE = "raise max_steps or lower dt"
@@ -176,7 +175,7 @@ class DendriticOptions(Options):
     dt: float = positive(0.5, "Euler step of the value dynamics (needs a smooth activation, e.g. tanh: with ReLU's "
                               "kink no dt and no max_steps reach a steady state)")  # fmt: skip
     tol: float = positive(1e-5, "steady state when max|ẋ| falls below this")
-    max_steps: int = at_least_one(200, "Euler step budget", MAX_STEPS)
+    max_steps: int = count(200, "Euler step budget", MAX_STEPS)
 
 
 @register("dendritic", family="dendritic", paper=WHITTINGTON, summary="apical-dendrite errors, PC regrouped",

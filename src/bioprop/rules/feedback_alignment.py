@@ -63,6 +63,7 @@ from bioprop.rules.base import (
     register,
 )
 from bioprop.rules.layerwise import forward_cached, layer_backward, parameterised_indices, through_parameterless
+from bioprop.rules.options import positive
 
 INITS = ("xavier", "kaiming", "uniform")
 FEEDBACKS = ("random", "direct", "usf", "brsf", "frsf")
@@ -157,17 +158,13 @@ def feedback_alignment_walk(
 # ---------------------------------------------------------------------------------------------------------- the rule
 
 
-def _positive(value: float) -> bool:
-    return value > 0
-
-
 @dataclasses.dataclass(frozen=True)
 class FeedbackAlignmentOptions(Options):
     """Options of the feedback-alignment family (``feedback`` is fixed by each rule's name)."""
 
     feedback: str = option("random", "which feedback replaces Wᵀ", choices=FEEDBACKS)
     init: str = option("xavier", "distribution and standard deviation of the random feedback weights", choices=INITS)
-    scale: float = option(1.0, "factor s on every feedback weight", check=_positive, check_says="must be positive")
+    scale: float = positive(1.0, "factor s on every feedback weight")
     seed: int = option(0, "seed of the random feedback weights (drawn once, or, where redrawn each step, from the "
                           "seed and the step count)")  # fmt: skip
     output: str = option("ce", "output loss: ce (cross-entropy) or se (squared error to the one-hot target)",

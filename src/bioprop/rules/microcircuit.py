@@ -101,13 +101,11 @@ from bioprop.rules.microcircuit_dynamics import (
 )
 from bioprop.rules.mlp_settling import (
     MAX_STEPS,
-    at_least_one,
     lms_rate,
     mlp_parts,
     mlp_tensors,
-    non_negative,
-    positive,
 )
+from bioprop.rules.options import count, non_negative, positive
 
 SACRAMENTO = "Sacramento, Costa, Bengio & Senn 2018, NeurIPS"
 MAX_SWEEPS = 10_000
@@ -145,10 +143,10 @@ class MicrocircuitOptions(Options):
     g_a: float = positive(0.8, "apical conductance g_A")
     g_d: float = positive(1.0, "interneuron dendritic conductance g_D")
     g_som: float = positive(0.1, "somatic nudging conductance g_som (teacher and interneurons)")
-    sweeps: int = at_least_one(50, "steady mode: fixed-point sweep budget", MAX_SWEEPS)
+    sweeps: int = count(50, "steady mode: fixed-point sweep budget", MAX_SWEEPS)
     tol: float = positive(1e-4, "steady mode: converged when max|Δu| between sweeps falls below this")
     dt: float = positive(0.1, "dynamic mode: Euler step")
-    steps: int = at_least_one(300, "dynamic mode: Euler steps per pattern", MAX_STEPS)
+    steps: int = count(300, "dynamic mode: Euler steps per pattern", MAX_STEPS)
     noise: float = non_negative(0.0, "dynamic mode: somatic noise σ")
     baseline: str = option("free", "W^up's error: none, φ(u) − φ(v̂_B) (the paper); free, minus the apical input "
                            "without target", choices=("none", "free"))  # fmt: skip
@@ -159,7 +157,7 @@ class MicrocircuitOptions(Options):
     lr_down: float = non_negative(0.01, "feedback=learned: rate of W^down")
     decay_down: float = non_negative(0.01, "feedback=learned: weight decay of W^down")
     prepare_steps: int = non_negative(1000, "self-predicting phase: steps on random inputs (0: none)", int, MAX_PREPARE)
-    prepare_batch: int = at_least_one(64, "self-predicting phase: random inputs per step", MAX_PREPARE_BATCH)
+    prepare_batch: int = count(64, "self-predicting phase: random inputs per step", MAX_PREPARE_BATCH)
     init_scale: float = positive(1.0, "factor on the random initial W^down, W^pi and Ŵ^ip")
     seed: int = option(0, "seed of the rule's generators (initial synapses, random inputs, noise)", type=int)
 

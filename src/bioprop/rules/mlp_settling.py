@@ -116,25 +116,6 @@ def steady_reached(residual: float, step: int, guard: Guard) -> bool:
 # The option validators of the family, each written once.
 
 
-def _positive(value: float) -> bool:
-    return value > 0
-
-
-def positive(default: float, help: str) -> Any:
-    """A float option that must be > 0."""
-    return option(default, help, type=float, check=_positive, check_says="must be positive")
-
-
-def at_least_one(default: int, help: str, maximum: int) -> Any:
-    """A count (a step budget, a batch size) in [1, ``maximum``]."""
-    return option(default, help, type=int, check=lambda v: v >= 1, check_says="must be at least 1", maximum=maximum)
-
-
-def non_negative(default: float, help: str, kind: type = float, maximum: int | None = None) -> Any:
-    """An option of type ``kind`` that must be ≥ 0 (and at most ``maximum``, where given)."""
-    return option(default, help, type=kind, check=lambda v: v >= 0, check_says="must be non-negative", maximum=maximum)
-
-
 def lms_rate(default: float, help: str) -> Any:
     """A normalised-LMS learning rate: stable in [0, 2)."""
     return option(default, help, type=float, check=lambda v: 0 <= v < 2, check_says="must be in [0, 2)")

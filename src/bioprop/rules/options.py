@@ -138,3 +138,29 @@ def options_class(name: str, options: dict[str, Option]) -> type[Options]:
     specs = [(key, opt.type if isinstance(opt.type, type) else type(opt.default),
               field(default=opt.default, metadata={"option": opt})) for key, opt in options.items()]  # fmt: skip
     return dataclasses.make_dataclass(name, specs, bases=(Options,), frozen=True)
+
+
+# ------------------------------------------------------------------------------- the validators, written once
+
+
+def is_positive(value: float) -> bool:
+    return value > 0
+
+
+def is_non_negative(value: float) -> bool:
+    return value >= 0
+
+
+def positive(default: float, help: str, kind: type = float) -> Any:
+    """An option of type ``kind`` (float by default) that must be > 0."""
+    return option(default, help, type=kind, check=is_positive, check_says="must be positive")
+
+
+def non_negative(default: float, help: str, kind: type = float, maximum: int | None = None) -> Any:
+    """An option of type ``kind`` that must be ≥ 0 (and at most ``maximum``, where given)."""
+    return option(default, help, type=kind, check=is_non_negative, check_says="must be non-negative", maximum=maximum)
+
+
+def count(default: int, help: str, maximum: int, says: str = "must be at least 1") -> Any:
+    """A count that sets how much work a step does (inference steps, sweeps, a batch): an int in [1, ``maximum``]."""
+    return option(default, help, type=int, check=is_positive, check_says=says, maximum=maximum)
