@@ -8,7 +8,7 @@ median and IQR of ms/step, the median of the per-repetition ratio to our BP (pai
 
 BioTorch 0.0.16 is timed too when ``import biotorch`` works; see benchmarks/README.md for its venv.
 
-    python benchmarks/speed_fa.py [--repeats 200] [--budget 150] [--batch 128] [--hidden 1000] [--threads 1]
+    python benchmarks/speed_fa.py [--repeats N] [--budget 150] [--batch 128] [--hidden 1000] [--threads 1]
                                   [--json OUT] [--check]
 """
 
@@ -223,14 +223,23 @@ def report(out: dict) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repeats", type=int, default=200, help="round-robin repetitions (default 200)")
+    parser.add_argument(
+        "--repeats",
+        type=int,
+        default=None,
+        help="stop after this many round-robin repetitions (default: no cap; --budget binds)",
+    )
     parser.add_argument("--inner", type=int, default=3, help="steps per timed sample (default 3)")
     parser.add_argument("--warmup", type=int, default=20, help="untimed steps per contender first (default 20)")
     parser.add_argument("--budget", type=float, default=150, help="seconds after which to stop repeating (150)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--hidden", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch.set_num_threads before timing (default 1; 0 keeps torch's own count)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch.set_num_threads before timing (default 1; 0 keeps torch's own count)",
+    )
     parser.add_argument("--json", metavar="OUT", help="write all results (samples included) to this JSON file")
     parser.add_argument("--check", action="store_true", help="exit 1 when FA or DFA misses its target vs BP")
     args = parser.parse_args(argv)

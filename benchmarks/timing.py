@@ -3,6 +3,15 @@
 Every contender lives in one process and is sampled round-robin, the order rotated each repetition, so that a
 change of load hits all of them alike; a *paired* ratio is the median over repetitions of the ratio of two
 contenders' samples taken in the same repetition, the number to trust on a busy machine.
+
+How long it runs: :func:`round_robin` repeats until ``repeats`` repetitions (``None``: no cap) or until the time
+``budget`` (seconds since ``started``) would be exceeded, whichever comes first. The budget is honoured, not just
+checked: a repetition is started only when, at the pace of the slowest of the last three, it ends within the
+budget, so a run overshoots its budget by at most the misestimate of one repetition (and by the first repetition,
+which always runs, when the budget is spent before timing starts). :class:`Timed` says which limit stopped it.
+
+Samples taken on a GPU are synchronised (``torch.cuda.synchronize``) before the clock starts and before it stops,
+so a sample times the work of its steps, not their launch.
 """
 
 from __future__ import annotations
@@ -11,51 +20,112 @@ import math
 import statistics
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
 Sample = Callable[[], tuple[float, float]]  # one sample: (ms per step, CPU time / wall time)
+FEW = 5  # fewer repetitions than this and the quartiles rest on too few samples: say so
 
 
 def timed(step: Callable[[torch.Tensor, torch.Tensor], None], x: torch.Tensor, y: torch.Tensor, inner: int) -> Sample:
-    """A contender: ``inner`` calls of ``step(x, y)``, timed together."""
+    """A contender: ``inner`` calls of ``step(x, y)``, timed together; ms per step and CPU time / wall time.
+    When ``x`` is on a CUDA device the device is synchronised before the clock starts and before it stops."""
+    sync = (lambda: torch.cuda.synchronize(x.device)) if x.is_cuda else (lambda: None)
 
     def sample() -> tuple[float, float]:
+        sync()
         c0, t0 = time.process_time(), time.perf_counter()
         for _ in range(inner):
             step(x, y)
+        sync()
         wall = time.perf_counter() - t0
         return wall * 1e3 / inner, (time.process_time() - c0) / wall
 
     return sample
 
 
-def round_robin(
-    contenders: dict[str, Sample], repeats: int, budget: float, log: Callable[..., None], started: float | None = None
-) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
-    """Sample every contender once per repetition, until ``repeats`` repetitions or ``budget`` seconds since
-    ``started`` (default: now; at least 5 repetitions); returns the ms/step and CPU/wall samples per contender."""
+@dataclass
+class Timed:
+    """What :func:`round_robin_run` measured: ms/step and CPU/wall samples per contender, one per repetition;
+    ``stopped_by`` is ``"repeats"`` or ``"budget"``; ``elapsed_s`` the seconds from ``started`` to the end."""
+
+    samples: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    stopped_by: str
+    elapsed_s: float
+
+    @property
+    def repetitions(self) -> int:
+        return len(next(iter(self.samples.values()), []))
+
+
+def round_robin_run(
+    contenders: dict[str, Sample],
+    repeats: int | None,
+    budget: float,
+    log: Callable[..., None],
+    started: float | None = None,
+) -> Timed:
+    """Sample every contender once per repetition, the order rotated each time, until ``repeats`` repetitions
+    (``None`` or 0: no cap) or the time ``budget`` in seconds since ``started`` (a ``time.perf_counter()`` value;
+    default: now), whichever comes first. A repetition starts only if it is expected to end within the budget (at
+    the pace of the slowest of the last three); the first one always runs."""
+    if budget <= 0 or not math.isfinite(budget):
+        raise ValueError(f"the time budget must be a positive number of seconds, not {budget!r}")
+    if repeats is not None and repeats < 0:
+        raise ValueError(f"repeats must be a positive count (or None for no cap), not {repeats!r}")
+    cap = repeats or None
     names = list(contenders)
     samples: dict[str, list[float]] = {n: [] for n in names}
     cpu: dict[str, list[float]] = {n: [] for n in names}
     started = time.perf_counter() if started is None else started
-    for rep in range(repeats):
+    durations: list[float] = []
+    next_report, stopped_by = 0.1, "repeats"
+    digits = 1 if budget < 10 else 0
+    rep = 0
+    while cap is None or rep < cap:
+        now = time.perf_counter()
+        if durations and now - started + max(durations[-3:]) > budget:
+            stopped_by = "budget"
+            break
         shift = rep % len(names)
         for name in names[shift:] + names[:shift]:
             ms, util = contenders[name]()
             samples[name].append(ms)
             cpu[name].append(util)
+        durations.append(time.perf_counter() - now)
+        rep += 1
         elapsed = time.perf_counter() - started
-        if (rep + 1) % max(1, repeats // 10) == 0:
-            log(f"  {rep + 1}/{repeats} repetitions, {elapsed:.0f} s")
-        if elapsed > budget and rep + 1 >= 5:
-            log(f"  time budget of {budget:.0f} s spent after {rep + 1} repetitions")
-            break
-    return samples, cpu
+        if elapsed >= next_report * budget:
+            log(f"  {rep}{f'/{cap}' if cap else ''} repetitions, {elapsed:.{digits}f} of {budget:.{digits}f} s")
+            next_report = math.floor(elapsed / budget * 10 + 1) / 10
+    elapsed = time.perf_counter() - started
+    if stopped_by == "budget":
+        log(f"  stopped by the time budget: {rep} repetitions in {elapsed:.1f} s of {budget:.{digits}f} s")
+    else:
+        log(f"  stopped after {rep} repetitions (the cap), {elapsed:.1f} s of the {budget:.{digits}f} s budget")
+    if rep < FEW:
+        log(f"  only {rep} repetition(s): the quartiles and paired ratios rest on few samples; raise the budget")
+    return Timed(samples, cpu, stopped_by, elapsed)
+
+
+def round_robin(
+    contenders: dict[str, Sample],
+    repeats: int | None,
+    budget: float,
+    log: Callable[..., None],
+    started: float | None = None,
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """:func:`round_robin_run`, returning only the ms/step and CPU/wall samples per contender."""
+    result = round_robin_run(contenders, repeats, budget, log, started)
+    return result.samples, result.cpu
 
 
 def quartiles(values: list[float]) -> tuple[float, float, float]:
-    """First quartile, median, third quartile."""
+    """First quartile, median, third quartile (all three the value itself for a single sample)."""
+    if len(values) == 1:
+        return values[0], values[0], values[0]
     q1, median, q3 = statistics.quantiles(values, n=4, method="inclusive")
     return q1, median, q3
 
