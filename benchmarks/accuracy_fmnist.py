@@ -53,7 +53,7 @@ SUITES: dict[str, tuple[dict, dict[str, dict]]] = {
     # reference gradient). Seed 0 while choosing: Adam lr 1e-3 trained ep to 80.4 % in 10 epochs (hard-sigmoid units
     # saturate), 5e-4 to 88.8 %, 2e-4 to 89.2 %.
     "ep-mlp": (dict(arch="ebm:512", optimizer="adam", lr=2e-4, schedule="cosine", batch_size=64, epochs=15),
-               {"bp": {"output": "se"}, "bp/feedforward": {}, "ep": {}, "chl": {}}),
+               {"bp": {"output": "se"}, "bp/feedforward": {}, "ep": {"output": "se"}, "chl": {}}),
     # Laborieux's ConvNet pattern at a width one CPU core trains in minutes per epoch: conv 16 and 32 channels
     # (5x5, each with 2x2 max-pooling inside Φ), output 10; T1 = 30, T2 = 8, symmetric ±β = 0.5. Seed 0 on 20k
     # examples, 1 epoch, T1 = 20: lr 1e-3 81.7 %, 2e-4 75.1 %; with a ce readout the free phase no longer settled in
@@ -62,7 +62,7 @@ SUITES: dict[str, tuple[dict, dict[str, dict]]] = {
     # on ep-mlp) BPTT reached 55 % after the first epoch, output units clipped at 0 getting no gradient.
     "ep-conv": (dict(arch="ebm-conv:16x32", optimizer="adam", lr=1e-3, schedule="cosine", batch_size=64,
                      epochs=3),
-                {"bp": {"output": "ce"}, "ep": {"free_steps": 30, "nudged_steps": 8}}),
+                {"bp": {"output": "ce"}, "ep": {"free_steps": 30, "nudged_steps": 8, "output": "se"}}),
 }  # fmt: skip
 # Entries named RULE/VARIANT run RULE with these settings in place of the suite's (same budget otherwise): here
 # backprop on the feedforward network of the same sizes (hard-sigmoid hidden layer, linear output, cross-entropy).

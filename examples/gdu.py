@@ -21,10 +21,9 @@ import torch
 from matplotlib.figure import Figure
 from sklearn.datasets import load_digits
 
-from bioprop import rules
+from bioprop import losses, rules
 from bioprop.metrics import angle_deg
 from bioprop.nets.energy import EnergyNet, prediction, relax, zero_states
-from bioprop.rules.base import output_loss
 
 
 def bptt_last_steps(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, fixed: list[torch.Tensor], k: int) -> dict:
@@ -32,7 +31,7 @@ def bptt_last_steps(net: EnergyNet, x: torch.Tensor, y: torch.Tensor, fixed: lis
     named = dict(net.named_parameters())
     with torch.enable_grad():
         states = relax(net, x, [s.detach() for s in fixed], k).states
-        loss = output_loss(prediction(net, states, "se"), y, "se")
+        loss = losses.get("se").value(prediction(net, states, "se"), y)
         grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
     return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
 
@@ -56,8 +55,8 @@ def main() -> None:
                 "one-sided, β = 0.2": dict(nudge="one-sided", beta=0.2)}  # fmt: skip
     ks = range(1, args.steps + 1)
     bptt = [bptt_last_steps(net, x, y, fixed, k) for k in ks]
-    ep = {label: [rules.create("ep", net, free_steps=300, nudged_steps=k, **opts).grads(x, y).grads for k in ks]
-          for label, opts in settings.items()}  # fmt: skip
+    ep = {label: [rules.create("ep", net, free_steps=300, nudged_steps=k, output="se", **opts).grads(x, y).grads
+                  for k in ks] for label, opts in settings.items()}  # fmt: skip
     names = [n for n, _ in net.named_parameters() if n.endswith("weight")]
     fig = Figure(figsize=(5 * len(names), 6.5), layout="constrained")
     axes = fig.subplots(2, len(names), sharex=True, squeeze=False)

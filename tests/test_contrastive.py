@@ -16,8 +16,8 @@ from torch import nn
 
 from bioprop import nets, rules
 from bioprop.errors import BioPropError, DivergenceError
-from bioprop.nets.energy import EnergyNet, relax, zero_states
-from bioprop.rules.contrastive import nudging, primitive_grads, readout_grads
+from bioprop.nets.energy import EnergyNet, drive, primitive_grads, relax, zero_states
+from bioprop.rules.equilibrium import nudging, readout_grads
 
 # ----------------------------------------------------------------------------------------- reference math
 
@@ -121,9 +121,8 @@ def test_relaxation_step_is_the_clipped_gradient_of_the_primitive(make, eps, out
     """Three library steps (free, then nudged with one β per row) equal three reference steps by autograd of Φ − βℓ,
     with max-pooling inside Φ for the conv net."""
     net = make()
-    rule = rules.create("ep", net, output=output, eps=eps)  # sets the net's output mode
     x, y = batch(net)
-    states = [torch.rand(len(x), *shape, dtype=torch.float64) for shape in net.state_shapes[: net.n_states()]]
+    states = [torch.rand(len(x), *shape, dtype=torch.float64) for shape in net.state_shapes[: net.n_states(output)]]
     mine = relax(net, x, states, 3, eps=eps).states
     expected = states
     for _ in range(3):
@@ -132,7 +131,7 @@ def test_relaxation_step_is_the_clipped_gradient_of_the_primitive(make, eps, out
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     beta = torch.tensor([[0.3], [-0.2], [0.5], [0.1], [-0.4]], dtype=torch.float64)
     onehot = F.one_hot(y, 4).double()
-    target = nudging(net, onehot, beta, rule.output)
+    target = nudging(net, onehot, beta, output)
     mine = relax(net, x, states, 2, eps=eps, nudge=target.nudge).states
     expected = states
     for _ in range(2):
@@ -149,9 +148,7 @@ def test_primitive_and_readout_grads_are_autograd_of_the_weighted_primitive_and_
     gen = torch.Generator().manual_seed(3)
     states = [torch.rand(2 * len(x), *shape, generator=gen, dtype=torch.float64) for shape in net.state_shapes]
     coef = torch.randn(2 * len(x), generator=gen, dtype=torch.float64)
-    from bioprop.nets.energy import drive
-
-    mine = primitive_grads(net, x, drive(net, 0, x), states, coef)
+    mine = primitive_grads(net, x, states, coef, drive(net, 0, x))
     params = list(net.parameters())
     with torch.enable_grad():
         total = sum(c * reference_phi(net, x.unsqueeze(0)[0][i % len(x)].unsqueeze(0), [s[i : i + 1] for s in states])
@@ -168,12 +165,14 @@ def test_primitive_and_readout_grads_are_autograd_of_the_weighted_primitive_and_
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-def test_net_forward_is_the_free_phase_prediction_with_the_rules_settings():
+def test_the_rules_prediction_is_its_free_phase_and_net_forward_the_nets_own():
+    """rule.predict relaxes with the rule's settings; net(x) keeps the 30 steps of ε = 1 the net was built with."""
     net = dense_net()
-    rules.create("ep", net, free_steps=7, eps=0.5)
+    rule = rules.create("ep", net, output="se", free_steps=7, eps=0.5)
     x, y = batch(net)
     expected = reference_free(net, x, y, 7, eps=0.5)[-1]
-    torch.testing.assert_close(net(x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(rule.predict(x), expected, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(net(x), reference_free(net, x, y, 30)[-1], rtol=1e-10, atol=1e-12)
 
 
 # --------------------------------------------------------------------------------------------- theorems
@@ -214,7 +213,7 @@ def test_reference_grads_is_bptt_over_the_whole_free_phase():
     """rule.reference_grads equals the reference BPTT over all free steps from rest (here 40 steps)."""
     net = dense_net()
     x, y = batch(net)
-    rule = rules.create("ep", net, free_steps=40)
+    rule = rules.create("ep", net, output="se", free_steps=40)
     params = list(net.parameters())
     with torch.enable_grad():
         states = [x.new_zeros(len(x), *shape) for shape in net.state_shapes]
@@ -229,14 +228,14 @@ def test_reference_grads_is_bptt_over_the_whole_free_phase():
 def test_bp_on_an_energy_net_is_the_same_bptt_gradient():
     net = dense_net()
     x, y = batch(net)
-    reference = rules.create("ep", net, free_steps=30).reference_grads(x, y)
+    reference = rules.create("ep", net, output="se", free_steps=30).reference_grads(x, y)
     bp = rules.create("bp", net, output="se").grads(x, y).grads
     for name, exact in reference.items():
         torch.testing.assert_close(bp[name], exact, rtol=1e-9, atol=1e-12)
 
 
 def bias_at(net, x, y, fixed, beta, nudge, k=6):
-    rule = rules.create("ep", net, beta=beta, nudge=nudge, free_steps=200, nudged_steps=k)
+    rule = rules.create("ep", net, output="se", beta=beta, nudge=nudge, free_steps=200, nudged_steps=k)
     update = rule.grads(x, y).grads
     expected = bptt_last_steps(net, x, y, fixed, k)
     diff = torch.cat([(update[n] - g).flatten() for n, g in expected.items()])
@@ -259,14 +258,18 @@ def test_one_sided_bias_shrinks_like_beta_and_symmetric_like_beta_squared():
 
 
 def test_random_sign_nudges_one_sided_with_a_sign_drawn_per_batch():
+    """The sign is drawn once per training step: grads gives the same update until backward moves to the next step;
+    over 12 steps both signs come up, and a reloaded state gives the same draw."""
     net = dense_net()
     x, y = batch(net)
-    rule = rules.create("ep", net, beta=0.1, nudge="random-sign", seed=5)
-    plus = rules.create("ep", net, beta=0.1, nudge="one-sided").grads(x, y).grads
-    minus = rules.create("ep", net, beta=-0.1, nudge="one-sided").grads(x, y).grads
+    rule = rules.create("ep", net, output="se", beta=0.1, nudge="random-sign", seed=5)
+    plus = rules.create("ep", net, output="se", beta=0.1, nudge="one-sided").grads(x, y).grads
+    minus = rules.create("ep", net, output="se", beta=-0.1, nudge="one-sided").grads(x, y).grads
     seen = set()
     for _ in range(12):
         update = rule.grads(x, y).grads
+        torch.testing.assert_close(rule.grads(x, y).grads, update, rtol=0, atol=0)
+        rule.backward(x, y)  # the next step (the weights stay: no optimizer step)
         if torch.allclose(update["synapses.0.weight"], plus["synapses.0.weight"]):
             seen.add("+")
         elif torch.allclose(update["synapses.0.weight"], minus["synapses.0.weight"]):
@@ -301,7 +304,8 @@ def test_generec_forms_by_hand_and_the_symmetric_midpoint_form_is_chl():
     for name, value in chl.items():
         torch.testing.assert_close(both[name], value, rtol=1e-10, atol=1e-12)
     basic_rule = rules.create("generec", net)
-    _, free, clamped = basic_rule.phases(x, y)
+    free, clamped = basic_rule.phases(x, y)
+    free = free.relaxed
     basic = basic_rule.grads(x, y).grads
     midpoint = rules.create("generec", net, midpoint=True).grads(x, y).grads
     symmetric = rules.create("generec", net, symmetric=True).grads(x, y).grads
@@ -386,22 +390,22 @@ def test_a_free_phase_that_does_not_converge_is_a_divergence_naming_the_settings
     """Large weights make the synchronous updates oscillate: the free phase's last step still moves the states."""
     net = dense_net(scale=6.0)
     x, y = batch(net, n=16)
-    rule = rules.create("ep", net, free_steps=20)
+    rule = rules.create("ep", net, output="se", free_steps=20)
     with pytest.raises(DivergenceError, match=r"did not converge .*raise free_steps \(now 20\) or lower eps"):
         rule.grads(x, y)
-    converging = rules.create("ep", net, free_steps=400, eps=0.05)  # the ε-form below its bound converges
+    converging = rules.create("ep", net, output="se", free_steps=400, eps=0.05)  # the ε-form below its bound converges
     converging.grads(x, y)
 
 
 def test_persistent_particles_continue_each_examples_free_phase_where_it_stopped():
     """With one free step per batch, the second visit of the same examples is two steps from rest, row by row,
-    even when the batch comes back shuffled and mixed with new examples."""
+    even when the batch comes back shuffled and mixed with new examples; examples are known by their index."""
     net = dense_net()
     x, y = batch(net, n=6)
-    rule = rules.create("ep", net, free_steps=1, max_residual=10.0, persistent=True)
-    rule.grads(x[:4], y[:4])
+    rule = rules.create("ep", net, output="se", free_steps=1, max_residual=10.0, persistent=True)
+    rule.backward(x[:4], y[:4], torch.arange(4))
     order = torch.tensor([5, 2, 0, 4, 3, 1])
-    second = rule.grads(x[order], y[order]).prediction
+    second = rule.grads(x[order], y[order], order).prediction
     two_steps = reference_free(net, x, y, 2)[-1]
     one_step = reference_free(net, x, y, 1)[-1]
     expected = torch.stack([(two_steps if i < 4 else one_step)[i] for i in order.tolist()])
@@ -413,15 +417,15 @@ def test_a_nudged_phase_that_oscillates_is_a_divergence_naming_beta():
     net = dense_net()
     x, y = batch(net, n=16)
     with pytest.raises(DivergenceError, match=r"nudged phase does not settle.*lower beta \(now 3\)"):
-        rules.create("ep", net, beta=3.0, free_steps=100).grads(x, y)
-    rules.create("ep", net, beta=0.5, free_steps=100).grads(x, y)
+        rules.create("ep", net, output="se", beta=3.0, free_steps=100).grads(x, y)
+    rules.create("ep", net, output="se", beta=0.5, free_steps=100).grads(x, y)
     # While the nudge travels down the layers the change may grow from one step to the next without any oscillation:
     # here from step 1 to 2 of a 3-layer net. The guard waits until the nudge has reached every layer.
     net = dense_net(scale=0.9)
     x, y = batch(net, n=16)
-    growing = rules.create("ep", net, beta=1.0, free_steps=200, nudged_steps=2, nudge="one-sided")
+    growing = rules.create("ep", net, output="se", beta=1.0, free_steps=200, nudged_steps=2, nudge="one-sided")
     free = relax(net, x, zero_states(net, x), 200).states
     target = nudging(net, F.one_hot(y, 4).double(), torch.full((16, 1), 1.0, dtype=torch.float64), "se")
     early = relax(net, x, free, 2, nudge=target.nudge)
-    assert early.residual > early.previous_residual and early.residual > growing.config["max_residual"]
+    assert early.residual > early.previous_residual and early.residual > growing.opts.max_residual
     growing.grads(x, y)

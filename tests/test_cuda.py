@@ -53,7 +53,7 @@ NETS = (Net("mlp:16", (12,)), Net("ebm:16", (12,)), Net("lenet", (1, 28, 28)), N
 VARIANTS: list[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str]] = [
     ("ep", {"nudge": "one-sided"}),
     ("ep", {"nudge": "random-sign"}),
-    ("ep", {"output": "ce"}),
+    ("ep", {"output": "se"}),
     ("ep", {"persistent": True}),
     ("generec", {"midpoint": True, "symmetric": True}),
     ("fa", {"init": "kaiming"}),

@@ -322,11 +322,12 @@ def trainable(net: nn.Module) -> dict[str, Tensor]:
     return {name: p for name, p in net.named_parameters() if p.requires_grad}
 
 
-def autograd_backprop(net: nn.Module, x: Tensor, y: Tensor) -> dict[str, Tensor]:
-    """∂ mean CE(net(x), y) / ∂θ for the trainable parameters (zero for one the output does not depend on)."""
+def autograd_backprop(net: nn.Module, x: Tensor, y: Tensor, predict=None) -> dict[str, Tensor]:
+    """∂ mean CE(predict(x), y) / ∂θ for the trainable parameters (zero for one the output does not depend on);
+    ``predict`` is ``net`` unless given (bp on an energy net predicts through its free phase, not by changing it)."""
     params = trainable(net)
     with torch.enable_grad():
-        loss = F.cross_entropy(net(x), y)
+        loss = F.cross_entropy((predict or net)(x), y)
         grads = torch.autograd.grad(loss, list(params.values()), allow_unused=True)
     return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(params.items(), grads, strict=True)}
 
@@ -456,7 +457,7 @@ def expected_update(name: str, rule: rules.Rule, net: nn.Module, x: Tensor, y: T
     with torch.random.fork_rng():
         torch.manual_seed(SEED)
         if name in ("bp", "pc-fpa", "dendritic"):
-            return autograd_backprop(net, x, y)
+            return autograd_backprop(net, x, y, rule.prediction if name == "bp" else None)
         if name in FA_RULES:
             return feedback_alignment(name, rule, net, x, y)
         if name in ("pc", "ipc"):

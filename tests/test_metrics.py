@@ -120,7 +120,9 @@ def test_update_angles_averages_over_probes():
         0: (torch.tensor([[1.0, 0.0], [0.0, 0.0]]), torch.tensor([[0.0, 3.0], [0.0, 0.0]])),
         1: (torch.tensor([[1.0, 1.0], [0.0, 0.0]]), torch.tensor([[2.0, 0.0], [0.0, 0.0]])),
     }
-    rule.update = lambda x, y, index=None: Update({"1.weight": known[int(x[0, 0])][0]}, torch.zeros(()), torch.zeros(len(x), 2))
+    rule.update = lambda x, y, index=None: Update(
+        {"1.weight": known[int(x[0, 0])][0]}, torch.zeros(()), torch.zeros(len(x), 2)
+    )
     rule.reference = lambda x, y: {"1.weight": known[int(x[0, 0])][1]}
     probes = [(torch.full((3, 2), float(batch)), torch.zeros(3, dtype=torch.int64)) for batch in known]
     assert metrics.update_angles(rule, probes)["1.weight"] == pytest.approx((90 + 45) / 2, abs=1e-5)

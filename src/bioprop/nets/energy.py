@@ -20,8 +20,12 @@ transposed weight (dense) or the transposed convolution of the un-pooled state (
 
 Output: with ``output="se"`` the last layer s_L is a state and the prediction; with ``output="ce"`` the last
 synapse is a readout outside the dynamics (Laborieux's softmax variant): logits = W_L s_{L-1} + b_L, and s_{L-1}
-is the last state. ``net(x)`` relaxes the free phase with ``net.relaxation`` (the training rule sets it, so a
-prediction relaxes as training did) and returns the prediction.
+is the last state.
+
+``net(x)`` is :func:`free_prediction` with ``net.relaxation``, the :class:`Relaxation` given at construction and
+fixed for the network's life (default: 30 synchronous steps of ε = 1 from rest, no early stop, ``se`` output). A
+learning rule never changes it: a rule whose dynamics relax with other settings passes its own
+:class:`Relaxation` to the functions below (:meth:`bioprop.rules.Rule.predict` is the rule's prediction path).
 
 Specs for :func:`bioprop.nets.build`: ``ebm:500`` / ``ebm:256x256`` (dense), ``ebm-conv`` (= ``ebm-conv:32x64``,
 Laborieux's MNIST ConvNet: 5×5 convolutions without padding, each followed by 2×2 max-pooling, then the dense
@@ -32,7 +36,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import NamedTuple
 
 import torch
@@ -57,16 +60,31 @@ _IN_PLACE: dict[str, Callable[[Tensor], Tensor]] = {
 OUTPUTS = ("se", "ce")
 
 
-@dataclass(frozen=True)
-class Relaxation:
-    """How the free phase relaxes: ``steps`` (budget), ``eps`` (step size ε), ``tol`` (stop early once the
-    mean |change| of the state units in a step is below it; 0 runs the whole budget) and ``output`` (``se``: the
-    last layer is a state; ``ce``: it is a readout outside the dynamics)."""
+class Relaxation(NamedTuple):
+    """How a free phase relaxes (the parameters of :func:`free_phase`): ``steps`` (budget, ≥ 1), ``eps`` (step size
+    ε in (0, 1]), ``tol`` (stop early once the mean |change| of the state units in a step is below it; 0 runs the
+    whole budget) and ``output`` (``se``: the last layer is a state; ``ce``: it is a readout outside the
+    dynamics)."""
 
     steps: int = 30
     eps: float = 1.0
     tol: float = 0.0
     output: str = "se"
+
+    def check(self, net: EnergyNet) -> Relaxation:
+        """Itself, or a :class:`BioPropError` naming the first setting ``net`` cannot relax with."""
+        if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+            raise BioPropError(f"relaxation steps={self.steps!r} must be a positive integer")
+        if not 0.0 < self.eps <= 1.0:
+            raise BioPropError(f"relaxation eps={self.eps!r} must be in (0, 1]")
+        if not self.tol >= 0.0:
+            raise BioPropError(f"relaxation tol={self.tol!r} must be 0 or positive")
+        if self.output not in OUTPUTS:
+            raise BioPropError(f"relaxation output={self.output!r}; choose one of {', '.join(OUTPUTS)}")
+        if net.n_states(self.output) < 1:
+            raise BioPropError("output=ce (a readout outside the dynamics) needs at least one hidden layer (e.g. "
+                               "ebm:500), or use output=se")  # fmt: skip
+        return self
 
 
 class Drive(NamedTuple):
@@ -79,7 +97,9 @@ class Drive(NamedTuple):
 
 class EnergyNet(nn.Module):
     """Dense or convolutional energy-based network; see the module docstring. ``synapses[l]`` maps s_l to s_{l+1}
-    (s_0 = x); ``pools[l]`` is its max-pooling size (1: none)."""
+    (s_0 = x); ``pools[l]`` is its max-pooling size (1: none); ``relaxation`` (read-only) is how ``net(x)`` relaxes.
+    Raises :class:`BioPropError` for an unbounded activation, a conv layer on inputs that are not images or are too
+    small, and a ``relaxation`` it cannot run (:meth:`Relaxation.check`)."""
 
     def __init__(
         self,
@@ -90,6 +110,7 @@ class EnergyNet(nn.Module):
         channels: Sequence[int] = (),
         kernel: int = 5,
         pool: int = 2,
+        relaxation: Relaxation = Relaxation(),
     ) -> None:
         super().__init__()
         if act not in ACTIVATIONS:
@@ -117,8 +138,15 @@ class EnergyNet(nn.Module):
             self.pools.append(1)
             shape = (size,)
             self.state_shapes.append(shape)
-        self.relaxation = Relaxation()
         self.chain = list(self.synapses)  # a plain list: indexing an nn.ModuleList costs ~10 µs, per step and layer
+        if not isinstance(relaxation, Relaxation):
+            raise BioPropError(f"relaxation must be a Relaxation, not {type(relaxation).__name__}")
+        self._relaxation = relaxation.check(self)
+
+    @property
+    def relaxation(self) -> Relaxation:
+        """The free phase ``net(x)`` runs, fixed at construction."""
+        return self._relaxation
 
     @property
     def act(self) -> Callable[[Tensor], Tensor]:
@@ -133,14 +161,9 @@ class EnergyNet(nn.Module):
         """Number of relaxing layers: every synapse's target, but the readout with ``output="ce"``."""
         return len(self.synapses) - ((output or self.relaxation.output) == "ce")
 
-    def configure(self, **settings: object) -> None:
-        """Change the free-phase settings ``net(x)`` uses (see :class:`Relaxation`)."""
-        self.relaxation = replace(self.relaxation, **settings)
-
     def forward(self, x: Tensor) -> Tensor:
-        free = relax(self, x, zero_states(self, x), self.relaxation.steps, eps=self.relaxation.eps,
-                     tol=self.relaxation.tol)  # fmt: skip
-        return prediction(self, free.states)
+        """The prediction (B, n_classes) at the end of the free phase of ``net.relaxation`` from rest."""
+        return free_prediction(self, x, self.relaxation)
 
     def extra_repr(self) -> str:
         return f"act={self.act_name}, pools={self.pools}, relaxation={self.relaxation}"
@@ -192,7 +215,8 @@ def synapse_grads(net: EnergyNet, index: int, pre: Tensor, post: Tensor, d: Driv
 
 
 def zero_states(net: EnergyNet, x: Tensor, output: str | None = None) -> list[Tensor]:
-    """The states s_1..s_n at rest, zeros (Laborieux's initialisation)."""
+    """The states s_1..s_n at rest, zeros (Laborieux's initialisation), for the batch of ``x`` (B rows; its dtype
+    and device); ``output`` (default the net's own) says whether the last synapse's target is a state."""
     return [x.new_zeros(len(x), *shape) for shape in net.state_shapes[: net.n_states(output)]]
 
 
@@ -219,6 +243,42 @@ def primitive(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor]) -> tuple
     drives = drives_of(net, x_drive, states)
     phi = sum((s * d.value).flatten(1).sum(1) for s, d in zip(states, drives, strict=True))
     return phi, drives
+
+
+def primitive_grads(net: EnergyNet, x: Tensor, states: Sequence[Tensor], coef: Tensor | None = None,
+                    x_drive: Drive | None = None) -> list[Tensor]:  # fmt: skip
+    """Σ_r c_r ∂Φ(x, s_r)/∂θ over the rows r of ``states``, for the synapses into states (every synapse but the
+    readout with ``output="ce"``), as [weight, bias] pairs in ``net.parameters()`` order. ``states`` may stack K
+    copies of the batch (K·B rows), all with the input ``x`` (B rows); ``coef`` (K·B,) defaults to ones, which gives
+    the batch sum of ∂Φ/∂θ. For a dense synapse ∂Φ/∂W_l = s_{l+1} s_lᵀ and ∂Φ/∂b_l = s_{l+1}: the sum over rows is
+    one product per synapse whatever K is; the input is the same in every copy, so for the first synapse the copies'
+    weighted s_1 are summed before the product. ``x_drive``: f_0(x) when already computed (its pooling indices)."""
+    batch = len(x)
+    copies = len(states[0]) // batch
+    x_drive = drive(net, 0, x) if x_drive is None else x_drive
+    grads: list[Tensor] = []
+    for index, post in enumerate(states):
+        if coef is not None:
+            post = post * coef.view(-1, *[1] * (post.dim() - 1))
+        if index == 0:
+            grads += synapse_grads(net, 0, x, post.view(copies, batch, *post.shape[1:]).sum(0), x_drive)
+        else:
+            pre = states[index - 1]
+            pooled = net.pools[index] > 1
+            grads += synapse_grads(net, index, pre, post, drive(net, index, pre) if pooled else None)
+    return grads
+
+
+def primitive_difference(net: EnergyNet, x: Tensor, plus: Sequence[Tensor], minus: Sequence[Tensor],
+                         scale: float = 1.0, x_drive: Drive | None = None) -> list[Tensor]:  # fmt: skip
+    """``scale`` times the batch mean of ∂Φ/∂θ(s⁺) − ∂Φ/∂θ(s⁻) (states (B, ...) each), the contrast every
+    contrastive rule is made of: ``scale · (primitive_grads(plus) − primitive_grads(minus)) / B``. Computed as one
+    :func:`primitive_grads` over both phases stacked with coefficients ±scale/B (an optimisation: one product per
+    synapse, the first synapse's from s_1⁺ − s_1⁻, and no pass over the gradients to scale them)."""
+    batch = len(x)
+    stacked = [torch.cat([a, b]) for a, b in zip(plus, minus, strict=True)]
+    coef = torch.cat([x.new_full((batch,), scale / batch), x.new_full((batch,), -scale / batch)])
+    return primitive_grads(net, x, stacked, coef, x_drive)
 
 
 Nudge = Callable[[Tensor], Tensor]  # the last state ↦ the term −β ∂ℓ/∂s added to ∂Φ/∂s of the last state
@@ -306,6 +366,22 @@ def relax(net: EnergyNet, x: Tensor | Drive, states: Sequence[Tensor], steps: in
         torch.stack(energies).detach() if trace else None,
         torch.stack(residuals).detach() if trace and residuals else None,
     )
+
+
+def free_phase(net: EnergyNet, x: Tensor | Drive, relaxation: Relaxation, start: Sequence[Tensor] | None = None,
+               trace: bool = False) -> Relaxed:  # fmt: skip
+    """The free phase: the input clamped, :func:`relax` for ``relaxation.steps`` steps of ``relaxation.eps`` (early
+    stop at ``relaxation.tol``) from ``start``, by default from rest (:func:`zero_states`)."""
+    if start is None:
+        start = zero_states(net, x.value if isinstance(x, Drive) else x, relaxation.output)
+    return relax(net, x, start, relaxation.steps, eps=relaxation.eps, tol=relaxation.tol, trace=trace)
+
+
+def free_prediction(net: EnergyNet, x: Tensor, relaxation: Relaxation) -> Tensor:
+    """The network's output (B, n_classes) at the end of the free phase from rest: ``net(x)`` with
+    ``net.relaxation``, a rule's prediction with its own. Differentiable (autograd through it is backprop through
+    time over the free phase)."""
+    return prediction(net, free_phase(net, x, relaxation).states, relaxation.output)
 
 
 def mean_change(new: Sequence[Tensor], old: Sequence[Tensor], scratch: Sequence[Tensor] | None = None) -> Tensor:

@@ -7,11 +7,13 @@ exact = rule.reference_grads(x, y)          # what the rule approximates, keyed 
 logits = rule.predict(x)                    # the one prediction path evaluation uses
 """
 
-from bioprop.rules import (  # noqa: F401  (registration)
+# Registration order is the order `bioprop rules` lists them: backprop, then family by family.
+from bioprop.rules import (  # noqa: F401, I001  (registration)
     backprop,
-    contrastive,
-    dendritic,
+    equilibrium,
+    hebbian,
     feedback_alignment,
+    dendritic,
     microcircuit,
     predictive_coding,
 )

@@ -87,13 +87,21 @@ class Update(NamedTuple):
     state: Any = None  # the rule's state after this step (persistent particles, ...): adopted by backward only
 
 
-def backprop_update(net: nn.Module, x: Tensor, y: Tensor, loss_fn: losses.Loss = losses.LOSSES["ce"]) -> Update:
+def backprop_update(
+    net: nn.Module,
+    x: Tensor,
+    y: Tensor,
+    loss_fn: losses.Loss = losses.LOSSES["ce"],
+    predict: Callable[[Tensor], Tensor] | None = None,
+) -> Update:
     """Autograd's gradient of the batch-mean output loss (:mod:`bioprop.losses`, cross-entropy by default) of
-    ``net(x)`` for the trainable parameters; leaves ``.grad`` untouched. Backprop's update, and the reference
-    gradient of every rule that approximates it."""
+    ``predict(x)`` (B, n_classes; ``net(x)`` by default, or a rule's prediction path such as an energy net's free
+    phase) for the trainable parameters of ``net``, keyed like ``net.named_parameters()`` (zeros for a parameter
+    the prediction does not use); leaves ``.grad`` untouched. Backprop's update, and the reference gradient of
+    every rule that approximates it."""
     named = {n: p for n, p in net.named_parameters() if p.requires_grad}
     with torch.enable_grad():
-        prediction = net(x)
+        prediction = (net if predict is None else predict)(x)
         loss = loss_fn.value(prediction, y)
         grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True) if named else ()
     update = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
