@@ -118,7 +118,7 @@ def main() -> None:
         first_seed = [d for d in run_dirs[suite] if d.name.endswith(f"-s{args.seeds[0]}") and "bp-" not in d.name]
         if first_seed:  # bp's angle to its own reference is 0
             figure = args.out / suite / "alignment.png"
-            plots.alignment_comparison(first_seed, figure, output_layer=suite.startswith("ep"))
+            plots.alignment_comparison(first_seed, figure)
             print(f"\nupdate angles of seed {args.seeds[0]} over training: {figure}")
 
 

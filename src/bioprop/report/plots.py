@@ -432,10 +432,19 @@ def _joined(values: Sequence[Any]) -> str:
     return ", ".join(dict.fromkeys(str(v) for v in values))
 
 
+EXACT_DEG = 1e-3  # an angle below this is rounding: the update is the exact gradient
+
+
+def _exact_everywhere(name: str, curves: Any) -> bool:
+    values = [y for series in curves if name in series for y in series[name][1]]
+    return bool(values) and all(y is not None and math.isfinite(y) and y < EXACT_DEG for y in values)
+
+
 def alignment_comparison_figure(run_dirs: Sequence[str | Path], output_layer: bool = False) -> Figure:
     """Several runs' update angle to their reference gradient, one panel per weight tensor (named after the first
-    run's layers) and one line per run. The last tensor is left out unless ``output_layer`` (the output layer
-    gets the exact gradient in the feedforward rules, not in the contrastive ones). The runs must all be measured
+    run's layers) and one line per run. A tensor whose update is exact in every run at every point (all angles
+    below :data:`EXACT_DEG`, e.g. the output layer under feedback alignment and backprop) is left out, as it has
+    nothing to compare, unless ``output_layer``: this is measured, not known by rule. The runs must all be measured
     per step or all per epoch."""
     run_dirs = [Path(d) for d in run_dirs]
     if not run_dirs:
@@ -452,7 +461,8 @@ def alignment_comparison_figure(run_dirs: Sequence[str | Path], output_layer: bo
         raise BioPropError("cannot draw runs measured per step (probe_every) and per epoch in one figure")
     xlabel, labels = xlabels.pop(), layer_labels(run_dirs[0])
     names = list(next(iter(curves.values())))
-    names = names if output_layer else names[:-1] or names
+    if not output_layer:
+        names = [n for n in names if not _exact_everywhere(n, curves.values())] or names
     fig = Figure(figsize=(4.2 * len(names), 4), layout="constrained")
     for ax, name in zip(fig.subplots(1, len(names), squeeze=False)[0], names, strict=True):
         for label, series in curves.items():
