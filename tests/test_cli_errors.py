@@ -46,6 +46,7 @@ BAD_INPUTS = [
     (["train", "--lr", "inf"], "inf", "--lr must be a finite number"),
     (["train", "--lr", "-inf"], "-inf", "finite"),
     (["train", "--momentum", "1e999"], "1e999", "--momentum must be a finite number"),  # overflows to inf
+    (["train", "--momentum", "2"], "2.0", "--momentum must be below 1"),  # never forgets a step: diverges later
     (["train", "--weight-decay", "0x10"], "0x10", "--weight-decay must be a number"),
     (["train", "--limit", "10k"], "10k", "--limit must be an integer"),
     (["train", "--probe-every", "99999999999999999999"], "99999999999999999999", "9223372036854775807"),

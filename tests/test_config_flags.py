@@ -95,7 +95,7 @@ def sample(item: Field, folder: Path) -> Any:
     if kind is int:
         return (default or 0) + 2
     if kind is float:
-        return default + 0.25
+        return default / 2  # stays inside every float range (momentum must stay below 1)
     if kind is dict:
         return {"seed": "7"}
     if item.metadata.get("path"):
@@ -243,3 +243,27 @@ def test_the_arch_is_not_checked_against_an_assumed_dataset() -> None:
     config.check_arch((1, 28, 28), 10)
     with pytest.raises(BioPropError, match=r"n_classes must be an integer of at least 2.*1 classes"):
         RunConfig(arch="mlp:8").check_arch((1, 8, 8), 1)
+
+
+def test_arch_auto_is_the_network_the_rule_trains_and_is_recorded() -> None:
+    """A newcomer's `bioprop train --rule ep` must not be refused for the default arch: auto is mlp:256, or
+    ebm:256 for a rule that trains energy-based networks only, and the config holds the concrete arch."""
+    assert RunConfig(rule="ep").arch == "ebm:256" and RunConfig(rule="chl").arch == "ebm:256"
+    assert RunConfig(rule="fa").arch == "mlp:256" and RunConfig(rule="bp").arch == "mlp:256"
+    assert RunConfig(rule="ep", arch="ebm:32").arch == "ebm:32"
+    assert "arch: ebm:256" in RunConfig(rule="ep").to_yaml()
+
+
+def test_every_activation_of_the_networks_is_a_choice_of_the_flag() -> None:
+    RunConfig(rule="ep", arch="ebm:32", activation="hard_tanh").check()
+    RunConfig(rule="fa", activation="hard_tanh").check()
+
+
+@pytest.mark.parametrize("seed", [2**63, -(2**63) - 1, 10**23])
+def test_a_rule_seed_outside_64_bits_is_one_line_not_an_overflow(seed: int) -> None:
+    from bioprop import rules
+
+    with pytest.raises(BioPropError, match=rf"rule fa: option seed={seed} must be a 64-bit integer"):
+        rules.create("fa", nets.build("mlp:8", (4,), 3), seed=seed)
+    with pytest.raises(BioPropError, match="must be a 64-bit integer"):
+        rules.create("fa", nets.build("mlp:8", (4,), 3), seed=str(seed))

@@ -44,6 +44,7 @@ import yaml
 
 from bioprop import nets, rules
 from bioprop.errors import BioPropError
+from bioprop.rules.options import INT_RANGE
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
@@ -53,8 +54,9 @@ THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, 
 # Fields that say where inputs live or how many threads compute, not what the run computes: left out of the
 # fingerprint, so a run can be resumed with another --data-dir or --threads.
 NOT_FINGERPRINTED = ("data_dir", "download", "threads")
-INT_RANGE = (-(2**63), 2**63 - 1)  # what torch, safetensors' JSON and numpy all hold
 MAX_THREADS = 1024
+#: What ``arch: auto`` stands for, by the kind of network the rule trains.
+DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256"}
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
 # The image sizes (H = W) LeNet-5 takes: its own 32x32 (LeCun et al. 1998, Fig. 2), and the 28x28 of MNIST-like
 # datasets, which its first convolution pads by 2 to the same shapes (see bioprop.nets). Any other size would be
@@ -93,9 +95,11 @@ class RunConfig:
     rule: str = setting("bp", "Learning rule; see `bioprop rules`.", metavar="NAME")
     data: str = setting("digits", "Dataset; see `bioprop datasets`.", metavar="NAME")
     arch: str = setting(
-        "mlp:256",
+        "auto",
         "Network: mlp:H1xH2... (e.g. mlp:256x256), lenet (28x28 or 32x32 images), or the energy-based ebm:H1x... "
-        "and ebm-conv[:C1xC2[:H1x...]]; checked against the dataset's input shape when it is loaded.",
+        "and ebm-conv[:C1xC2[:H1x...]]; checked against the dataset's input shape when it is loaded. auto: "
+        f"{DEFAULT_ARCH['feedforward']}, or {DEFAULT_ARCH['energy']} for a rule that trains energy-based networks "
+        "only (recorded as such in config.yaml).",
         metavar="SPEC",
     )
     activation: str = setting(
@@ -117,7 +121,7 @@ class RunConfig:
     batch_size: int = setting(64, "Examples per step.")
     optimizer: str = setting("sgd", "Optimizer, applied to the rule's update (written into .grad).", choices=OPTIMIZERS)
     lr: float = setting(0.01, "Base learning rate, e.g. 0.01 or 1e-3.")
-    momentum: float = setting(0.9, "Momentum of --optimizer sgd.")
+    momentum: float = setting(0.9, "Momentum of --optimizer sgd, in [0, 1).")
     weight_decay: float = setting(0.0, "Weight decay (L2 penalty, as torch.optim applies it).")
     schedule: str = setting(
         "none", "Learning-rate schedule: cosine decays to 0 over the run, step is x0.1 every --step-size epochs.",
@@ -184,6 +188,12 @@ class RunConfig:
 
     # -------------------------------------------------------------------------------------------- validation
 
+    def __post_init__(self) -> None:
+        """``arch: auto`` becomes the network the rule trains (:data:`DEFAULT_ARCH`), so that the run records it."""
+        if self.arch == "auto" and isinstance(self.rule, str) and self.rule in rules.names():
+            energy_only = "feedforward" not in rules.entry(self.rule).cls.networks
+            self.arch = DEFAULT_ARCH["energy" if energy_only else "feedforward"]
+
     def check(self, labels: dict[str, str] | None = None) -> RunConfig:
         """Raise BioPropError naming the first invalid value, quoted; returns self. ``labels`` say how each key was
         given (``--lr``, ``config 'run.yaml': lr``; see :func:`source_labels`), the key itself by default.
@@ -207,6 +217,8 @@ class RunConfig:
         for name in ("momentum", "weight_decay"):
             if not getattr(self, name) >= 0:
                 raise bad(name, "non-negative")
+        if not self.momentum < 1:  # heavy-ball momentum of 1 or more never forgets a step: the run diverges
+            raise bad("momentum", "below 1")
         for name in ("step_size", "probe_every"):
             if getattr(self, name) < 0:
                 raise bad(name, "0 or a positive integer")

@@ -264,7 +264,7 @@ def summary(s: Session, status: str, message: str | None = None) -> dict[str, An
     columns = logs.metric_columns(rows)
     accuracies = [row["test_accuracy"] for row in rows]
     return {
-        "rule": c.rule, "dataset": c.data, "arch": c.arch, "activation": c.activation, "seed": c.seed,
+        "rule": c.rule, "dataset": c.data, "arch": c.arch, "activation": c.resolved_activation(), "seed": c.seed,
         "optimizer": c.optimizer, "lr": c.lr, "epochs": c.epochs, "epochs_done": s.epoch, "steps_done": s.step,
         "status": status, "message": message,
         "test_accuracy": accuracies[-1] if rows else None,
@@ -455,7 +455,7 @@ def loop(s: Session, quiet: bool, resumed: bool = False) -> dict[str, Any]:
     write_plots(s.run_dir)
     model = {key: value.detach().cpu().contiguous() for key, value in s.net.state_dict().items()}
     about = {"bioprop_version": bioprop.__version__, "config_fingerprint": c.fingerprint(), "rule": c.rule,
-             "arch": c.arch, "activation": c.activation, "dataset": c.data}  # fmt: skip
+             "arch": c.arch, "activation": c.resolved_activation(), "dataset": c.data}  # fmt: skip
     blob = safetensors.torch.save(model, metadata={"bioprop": json.dumps(about)})  # one key: Rust orders a map anyhow
     logs.write_atomic(s.run_dir / MODEL, blob)
     final = summary(s, "finished")

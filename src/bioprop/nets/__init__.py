@@ -39,6 +39,7 @@ class HardSigmoid(nn.Hardtanh):
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {
     "hard_sigmoid": HardSigmoid,
+    "hard_tanh": nn.Hardtanh,
     "tanh": nn.Tanh,
     "relu": nn.ReLU,
     "sigmoid": nn.Sigmoid,

@@ -17,6 +17,8 @@ from typing import Any
 
 from bioprop.errors import BioPropError
 
+INT_RANGE = (-(2**63), 2**63 - 1)  # what torch's generators, safetensors' JSON and numpy all hold
+
 
 @dataclass(frozen=True)
 class Option:
@@ -44,6 +46,9 @@ class Option:
         value = parsed
         if isinstance(value, float) and not math.isfinite(value):
             raise BioPropError(f"rule {rule}: option {key}={value!r} must be a finite number")
+        if isinstance(value, int) and not isinstance(value, bool) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
+            raise BioPropError(f"rule {rule}: option {key}={value!r} must be a 64-bit integer, from {INT_RANGE[0]} to "
+                               f"{INT_RANGE[1]}")  # fmt: skip
         if self.choices is not None and value not in self.choices:
             choices = ", ".join(map(str, self.choices))
             raise BioPropError(f"rule {rule}: option {key}={value!r}; choose one of {choices}")
