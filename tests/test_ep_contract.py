@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 import torch.nn.functional as F
 
-from bioprop import metrics, rules
+from bioprop import metrics, nets, rules
 from bioprop.errors import BioPropError
 from bioprop.nets.energy import EnergyNet, Relaxation
 from bioprop.rules.equilibrium import Equilibrium, equilibrium_propagation
@@ -328,3 +328,16 @@ def test_chl_is_the_hebbian_contrast_of_the_clamped_and_free_equilibria():
     update = rules.create("chl", net, free_steps=60, clamped_steps=9).grads(x, y).grads
     for (name, _), exact in zip(net.named_parameters(), expected, strict=True):
         torch.testing.assert_close(update[name], exact, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("offset", [10**9, 10**12])
+def test_an_index_beyond_any_training_set_is_refused_before_any_work(offset: int) -> None:
+    """Particles are dense buffers up to the largest index: an index that is not a position in a training set
+    would allocate terabytes (or fail inside torch); it is one BioPropError naming it, from grads too."""
+    net = nets.build("ebm:32", (8,), 3)
+    rule = rules.create("ep", net, persistent=True)
+    x, y = torch.rand(4, 8), torch.tensor([0, 1, 2, 0])
+    for call in (rule.grads, rule.backward):
+        with pytest.raises(BioPropError, match=rf"index {offset + 3} "):
+            call(x, y, torch.arange(4) + offset)
+    assert all(p.grad is None for p in net.parameters()) and rule.state_dict().keys() == {"step"}

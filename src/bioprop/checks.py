@@ -70,6 +70,9 @@ def check_labels(y: Tensor, n_classes: int) -> None:
         raise BioPropError(f"label {bad} in y is out of range: the network has {n_classes} outputs, 0..{n_classes - 1}")
 
 
+MAX_INDEX = 2**31 - 1  # positions in a training set
+
+
 def check_index(index: Any, batch: int) -> None:
     """Refuse example indices that are not a 1-D int64 tensor of ``batch`` distinct non-negative entries."""
     if not isinstance(index, Tensor):
@@ -79,6 +82,9 @@ def check_index(index: Any, batch: int) -> None:
                            f"{tuple(index.shape)}")  # fmt: skip
     if batch and int(index.min()) < 0:
         raise BioPropError(f"index {int(index.min())} is negative: indices are positions in the training set")
+    if batch and int(index.max()) > MAX_INDEX:
+        raise BioPropError(f"index {int(index.max())} is beyond any training set (at most {MAX_INDEX}): indices are "
+                           "positions in the training set")  # fmt: skip
     if len(torch.unique(index)) != batch:
         raise BioPropError("index has repeated entries: each example of a batch needs its own position")
 

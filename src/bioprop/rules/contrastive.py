@@ -46,6 +46,7 @@ Guards: a free phase whose last step still changes the state units by more than 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
@@ -125,6 +126,22 @@ class Particles:
         for s, kept in zip(rest, self.states, strict=True):
             s[rows.to(s.device)] = kept[at[rows]].to(s)
         return rest
+
+    def check_room(self, index: Tensor | None, like: list[Tensor], rule: str) -> None:
+        """Refuse, before any work, an ``index`` whose particle buffers would not fit in half the machine's memory
+        (a :class:`BioPropError` naming the index): positions in a training set, not arbitrary keys."""
+        if index is None or not len(index):
+            return
+        need = int(index.max()) + 1
+        row = sum(math.prod(shape) for shape in self.shapes) * like[0].element_size()
+        try:
+            memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (ValueError, OSError):
+            return
+        if need * row > memory / 2:
+            raise BioPropError(f"rule {rule}: index {need - 1} would need persistent particles for {need:,} "
+                               f"examples ({need * row / 2**30:.1f} GiB); indices are positions in the training "
+                               "set")  # fmt: skip
 
     def write(self, index: Tensor, states: list[Tensor]) -> None:
         """Keep ``states`` (B rows per layer) as the particles of the examples at ``index`` (B,)."""
@@ -246,6 +263,7 @@ class Contrastive(Rule):
         x_drive = energy.drive(net, 0, x)
         start = energy.zero_states(net, x, o.output)
         if self.particles is not None:
+            self.particles.check_room(index, start, self.name)
             start = self.particles.start(start, index)
         free = energy.free_phase(net, x_drive, self.relaxation, start, trace)
         if not free.residual <= o.max_residual:  # NaN fails too
