@@ -9,12 +9,17 @@ Requests:
     {"cmd": "sanity", "steps": 200, "data": "d.npz"} -> losses before and after training fresh networks
     {"cmd": "quit"}
 
-Systems: ``pc-se`` and ``pc-ce`` (predictive coding with a squared-error or cross-entropy output energy) and
-``bp`` (plain backprop of the cross-entropy, PCX's tutorial 0b). The networks and training steps follow PCX's own
-examples (tutorial 0, tutorial 0b, the discriminative MLP experiments) written for the 0.6 API: value nodes
-(``pxc.Vode``) after each hidden layer's activation, the output node frozen to the one-hot target, energies summed
-over the batch (``jax.lax.psum``), T plain gradient steps on the value nodes (``optax.sgd(gamma)``), then one
-weight step on the gradient scaled by 1/B, all inside one ``pxf.jit``-compiled ``train_on_batch``.
+Systems: ``pc-se`` and ``pc-ce`` (predictive coding with a squared-error or cross-entropy output energy), ``bp``
+(plain backprop of the cross-entropy, PCX's tutorial 0b), and incremental PC, ``ipc-se`` / ``ipc-ce`` and
+``ipc-se-adamw`` / ``ipc-ce-adamw``. The networks and training steps follow PCX's own examples (tutorial 0, tutorial
+0b, the discriminative MLP experiments) written for the 0.6 API: value nodes (``pxc.Vode``) after each hidden
+layer's activation, the output node frozen to the one-hot target, energies summed over the batch
+(``jax.lax.psum``), T plain gradient steps on the value nodes (``optax.sgd(gamma)``), then one weight step (AdamW) on
+the gradient scaled by 1/B, all inside one ``pxf.jit``-compiled ``train_on_batch``. iPC follows PCX's iPC examples
+(``discriminative_experiments/.../iPC_SE.py``): at each of the T steps one ``value_and_grad`` over the free value
+nodes and the weights together, a value step and a weight step. PCX's examples step the weights with AdamW there
+(``ipc-*-adamw``); ``ipc-*`` steps them with ``optax.sgd(weight_lr)``, the arithmetic of bioprop's ``ipc`` (its T
+inner steps are plain gradient steps of size η; its one AdamW step per batch is outside the inference).
 
     python benchmarks/pcx_harness.py --hidden 128 128 --batch 64 --steps 20 --gamma 0.1 --systems pc-se bp
 """
@@ -113,6 +118,21 @@ def build(args: argparse.Namespace):  # noqa: C901  (one closure over the import
         optim_w.step(model, g["model"], scale_by=1.0 / x.shape[0])
         return e
 
+    @pxf.jit(static_argnums=0)
+    def ipc_train_on_batch(T, x, y, *, model, optim_w, optim_h):
+        model.train()
+        with pxu.step(model, pxc.STATUS.INIT, clear_params=pxc.VodeParam.Cache):
+            forward(x, y, model=model)
+        optim_h.init(free_values()(model))
+        both = free_values() | pxu.M(pxnn.LayerParam)  # the free value nodes and the weights, in one gradient
+        for _ in range(T):
+            with pxu.step(model, clear_params=pxc.VodeParam.Cache):
+                (e, y_), g = pxf.value_and_grad(both.to([False, True]), has_aux=True)(energy)(x, model=model)
+            optim_h.step(model, g["model"])
+            optim_w.step(model, g["model"], scale_by=1.0 / x.shape[0])
+        optim_h.clear()
+        return e
+
     @pxf.jit()
     def pc_predict(x, *, model):
         model.eval()
@@ -166,12 +186,15 @@ def build(args: argparse.Namespace):  # noqa: C901  (one closure over the import
                 with pxu.step(self.model, pxc.STATUS.INIT, clear_params=pxc.VodeParam.Cache):
                     forward(jnp.zeros((args.batch, N_IN)), None, model=self.model)
                 self.optim_h = pxu.Optim(lambda: optax.sgd(args.gamma))
-                self.optim_w = pxu.Optim(adamw, pxu.M(pxnn.LayerParam)(self.model))
+                inner_sgd = name.startswith("ipc") and not name.endswith("adamw")
+                weight_optim = (lambda: optax.sgd(args.weight_lr)) if inner_sgd else adamw
+                self.optim_w = pxu.Optim(weight_optim, pxu.M(pxnn.LayerParam)(self.model))
 
         def step(self, x, y):
             if self.name == "bp":
                 return bp_train_on_batch(x, y, model=self.model, optim_w=self.optim_w)
-            return pc_train_on_batch(args.steps, x, y, model=self.model, optim_w=self.optim_w, optim_h=self.optim_h)
+            train = ipc_train_on_batch if self.name.startswith("ipc") else pc_train_on_batch
+            return train(args.steps, x, y, model=self.model, optim_w=self.optim_w, optim_h=self.optim_h)
 
         def predict(self, x):
             if self.name == "bp":
@@ -192,6 +215,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gamma", type=float, default=0.1, help="value-node step size")
     parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
     parser.add_argument("--weight-decay", type=float, default=1e-4)
+    parser.add_argument("--weight-lr", type=float, default=0.01, help="iPC's inner weight step (ipc-*: SGD)")
     parser.add_argument("--gelu", choices=("exact", "tanh"), default="exact", help="erf GELU or jax's tanh default")
     parser.add_argument("--systems", nargs="+", default=["pc-se", "pc-ce", "bp"])
     parser.add_argument("--warmup", type=int, default=10, help="untimed steps after compilation")

@@ -8,6 +8,12 @@ Both output energies are timed: squared error (output node clamped to the one-ho
 Backprop on the same network is timed on both sides too (ours ``bp``; PCX's plain-JAX tutorial-0b step), for the
 pc/BP ratios.
 
+Incremental PC is timed on its own network, 784-512-10 GELU, batch 128, T = 20 (``--ipc-hidden``, ``--ipc-batch``;
+``--no-ipc`` skips it): ours ``ipc`` (output se, inner weight step η = ``--weight-lr`` 0.01, one AdamW step per
+batch) against PCX's iPC, whose weights step at every inference step: ``pcx/ipc-se`` with plain SGD steps of size η
+(the arithmetic of ours) and ``pcx/ipc-se-adamw`` with the AdamW steps of PCX's own iPC examples; backprop on that
+network is ``bp-ipc``.
+
 PCX runs in its own venv: this script starts ``--pcx-python benchmarks/pcx_harness.py`` as a subprocess (after
 JIT compilation and a warm-up, it times the steps it is asked for, ending on ``block_until_ready``) and
 interleaves its samples with ours, round-robin with the order rotated every repetition, so that a noisy, shared
@@ -19,7 +25,7 @@ it. Before timing,
 ``--sanity-steps`` steps train fresh networks on both sides on a learnable random task and report the losses.
 
     python benchmarks/speed_pc.py --pcx-python /work/scratch/pcx-venv/bin/python [--budget 60] [--threads 1]
-                                  [--no-pin] [--outputs se ce] [--compile] [--profile 30] [--json OUT]
+                                  [--no-pin] [--outputs se ce] [--no-ipc] [--compile] [--profile 30] [--json OUT]
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -51,16 +58,41 @@ def log(*parts: object) -> None:
     print(*parts, file=sys.stderr, flush=True)
 
 
+class Group(NamedTuple):
+    """Contenders timed on one network: ``systems`` ours (``pc-se``, ``ipc-se``, ``bp``, ...) and ``pcx_systems``,
+    each ``(contender name, harness system)``."""
+
+    name: str
+    hidden: str  # as in mlp:128x128
+    batch: int
+    systems: list[str]
+    pcx_systems: list[tuple[str, str]]
+
+
+def groups_of(args: argparse.Namespace) -> list[Group]:
+    """The pc network's contenders and, unless ``--no-ipc``, the ipc network's."""
+    pc = [f"pc-{o}" for o in args.outputs] + ["bp"]
+    groups = [Group("pc", args.hidden, args.batch, pc, [(name, name) for name in pc])]
+    if not args.no_ipc:
+        ipc = [f"ipc-{o}" for o in args.ipc_outputs]
+        pcx = [(n, n) for n in ipc] + [(f"{n}-adamw", f"{n}-adamw") for n in ipc] + [("bp-ipc", "bp")]
+        groups.append(Group("ipc", args.ipc_hidden, args.ipc_batch, [*ipc, "bp-ipc"], pcx))
+    return groups
+
+
 class Ours:
     """A fresh network, rule and AdamW optimizer; ``step(x, y)`` is one training step as a user writes it."""
 
-    def __init__(self, rule: str, args: argparse.Namespace, seed: int = 0, compile: str = "") -> None:
+    def __init__(self, rule: str, hidden: str, args: argparse.Namespace, seed: int = 0, compile: str = "") -> None:
         torch.manual_seed(seed)
-        self.net = bioprop.nets.build(f"mlp:{args.hidden}", IN_SHAPE, N_CLASSES, "gelu")
-        if rule == "bp":
+        self.net = bioprop.nets.build(f"mlp:{hidden}", IN_SHAPE, N_CLASSES, "gelu")
+        kind, _, output = rule.partition("-")
+        if kind == "bp":
             self.rule = bioprop.rules.create("bp", self.net)
+        elif kind == "ipc":
+            self.rule = bioprop.rules.create("ipc", self.net, steps=args.steps, gamma=args.gamma, output=output,
+                                             weight_lr=args.weight_lr, compile=compile == "rule")  # fmt: skip
         else:
-            output = rule.split("-")[1]
             self.rule = bioprop.rules.create("pc", self.net, steps=args.steps, gamma=args.gamma, output=output,
                                              compile=compile == "rule")  # fmt: skip
         # fused: one kernel for all tensors, as optax's AdamW is fused into PCX's jit-compiled step
@@ -79,11 +111,11 @@ class Ours:
 class PCX:
     """The PCX harness as a subprocess in its own venv, speaking JSON lines."""
 
-    def __init__(self, python: str, args: argparse.Namespace, systems: list[str], env: dict[str, str]) -> None:
-        cmd = [python, str(HARNESS), "--hidden", *args.hidden.split("x"), "--batch", str(args.batch)]
+    def __init__(self, python: str, args: argparse.Namespace, group: Group, env: dict[str, str]) -> None:
+        cmd = [python, str(HARNESS), "--hidden", *group.hidden.split("x"), "--batch", str(group.batch)]
         cmd += ["--steps", str(args.steps), "--gamma", str(args.gamma), "--lr", str(args.lr)]
         cmd += ["--weight-decay", str(args.weight_decay), "--gelu", args.pcx_gelu, "--warmup", str(args.warmup)]
-        cmd += ["--systems", *systems]
+        cmd += ["--weight-lr", str(args.weight_lr), "--systems", *sorted({system for _, system in group.pcx_systems})]
         self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
         self.hello = self.read()
         if not self.hello.get("ready"):
@@ -129,16 +161,16 @@ def losses(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, 
     }
 
 
-def sanity(args: argparse.Namespace, names: list[str], pcx: PCX | None) -> dict:
-    """Train fresh networks of every contender for ``--sanity-steps`` steps on the same 1024 samples."""
+def sanity(args: argparse.Namespace, group: Group, pcx: PCX | None) -> dict:
+    """Train fresh networks of every contender of ``group`` for ``--sanity-steps`` steps on the same 16 batches."""
     gen = torch.Generator().manual_seed(99)
-    x, y, _ = timing.linear_teacher_task(16 * args.batch, IN_SHAPE, N_CLASSES, gen)
+    x, y, _ = timing.linear_teacher_task(16 * group.batch, IN_SHAPE, N_CLASSES, gen)
     out: dict[str, dict] = {}
-    for name in names:
-        ours = Ours(name, args, seed=1)
+    for name in group.systems:
+        ours = Ours(name, group.hidden, args, seed=1)
         before = losses(ours.net, x, y)
         for i in range(args.sanity_steps):
-            batch = slice((i % 16) * args.batch, (i % 16 + 1) * args.batch)
+            batch = slice((i % 16) * group.batch, (i % 16 + 1) * group.batch)
             ours.step(x[batch], y[batch])
         out[f"ours/{name}"] = {"before": before, "after": losses(ours.net, x, y)}
     if pcx is not None:
@@ -146,7 +178,8 @@ def sanity(args: argparse.Namespace, names: list[str], pcx: PCX | None) -> dict:
             path = os.path.join(tmp, "data.npz")
             np.savez(path, x=x.flatten(1).numpy(), y=y.numpy())
             reply = pcx.ask(cmd="sanity", steps=args.sanity_steps, data=path)
-        out.update({f"pcx/{k}": v for k, v in reply["sanity"].items()})
+        names = {system: name for name, system in group.pcx_systems}
+        out.update({f"pcx/{names[k]}": v for k, v in reply["sanity"].items()})
     return out
 
 
@@ -155,7 +188,7 @@ def profile(args: argparse.Namespace, name: str, x: torch.Tensor, y: torch.Tenso
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    ours = Ours(name, args)
+    ours = Ours(name, args.hidden, args)
     for _ in range(args.warmup):
         ours.step(x, y)
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -180,46 +213,49 @@ def run(args: argparse.Namespace) -> dict:
     cpus = pin(args)
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
-    rules = [f"pc-{o}" for o in args.outputs] + ["bp"]
-    gen = torch.Generator().manual_seed(1234)
-    x = torch.rand((args.batch, *IN_SHAPE), generator=gen)
-    y = torch.randint(0, N_CLASSES, (args.batch,), generator=gen)
-
-    pcx = None
+    groups = groups_of(args)
+    pcx: dict[str, PCX] = {}
     if args.pcx_python:
-        log(f"starting the PCX harness with {args.pcx_python} (JIT compilation takes a few seconds)")
-        pcx = PCX(args.pcx_python, args, rules, thread_env(args.threads))
+        for group in groups:
+            log(f"starting the PCX harness for {group.name} with {args.pcx_python} (JIT compilation: seconds)")
+            pcx[group.name] = PCX(args.pcx_python, args, group, thread_env(args.threads))
     else:
         log(PCX_HINT)
 
-    sanity_out = sanity(args, rules, pcx) if args.sanity_steps else {}
+    sanity_out: dict[str, dict] = {}
+    for group in groups if args.sanity_steps else ():
+        sanity_out |= sanity(args, group, pcx.get(group.name))
 
     contenders: dict[str, Callable[[], tuple[float, float]]] = {}
-
     t_start = time.perf_counter()
-    for name in rules:
-        ours = Ours(name, args)
-        for _ in range(args.warmup):
-            ours.step(x, y)
-        contenders[f"ours/{name}"] = timing.timed(ours.step, x, y, args.inner)
     compile_s: dict[str, float] = {}
-    for what in ("rule", "step") if args.compile else ():  # the rule's compile=True option; the whole step
-        log(f"torch.compile of our {rules[0]} {what} (compiles on the first calls; a minute on 2 busy cores)...")
-        t0 = time.perf_counter()
-        try:
-            compiled = Ours(rules[0], args, compile=what)
-            for _ in range(max(args.warmup, 3)):
-                compiled.step(x, y)
-        except Exception as exc:  # noqa: BLE001  (report what failed, time the rest)
-            log(f"torch.compile of the {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
-            continue
-        contenders[f"ours/{rules[0]}+compile({what})"] = timing.timed(compiled.step, x, y, args.inner)
-        compile_s[what] = time.perf_counter() - t0
-    if pcx is not None:
-        for name in rules:
+    for group in groups:
+        gen = torch.Generator().manual_seed(1234)
+        x = torch.rand((group.batch, *IN_SHAPE), generator=gen)
+        y = torch.randint(0, N_CLASSES, (group.batch,), generator=gen)
+        for name in group.systems:
+            ours = Ours(name, group.hidden, args)
+            for _ in range(args.warmup):
+                ours.step(x, y)
+            contenders[f"ours/{name}"] = timing.timed(ours.step, x, y, args.inner)
+        first = group.systems[0]
+        for what in ("rule", "step") if args.compile and group.name == "pc" else ():  # compile=True; whole step
+            log(f"torch.compile of our {first} {what} (compiles on the first calls; a minute on 2 busy cores)...")
+            t0 = time.perf_counter()
+            try:
+                compiled = Ours(first, group.hidden, args, compile=what)
+                for _ in range(max(args.warmup, 3)):
+                    compiled.step(x, y)
+            except Exception as exc:  # noqa: BLE001  (report what failed, time the rest)
+                log(f"torch.compile of the {what} failed: {type(exc).__name__}: {str(exc).splitlines()[0]}")
+                continue
+            contenders[f"ours/{first}+compile({what})"] = timing.timed(compiled.step, x, y, args.inner)
+            compile_s[what] = time.perf_counter() - t0
+        harness = pcx.get(group.name)
+        for name, system in group.pcx_systems if harness is not None else ():
 
-            def ask(name: str = name) -> tuple[float, float]:
-                reply = pcx.ask(cmd="time", system=name, inner=args.inner)
+            def ask(system: str = system, harness: PCX = harness) -> tuple[float, float]:
+                reply = harness.ask(cmd="time", system=system, inner=args.inner)
                 return reply["ms"], reply["cpu"]
 
             contenders[f"pcx/{name}"] = ask
@@ -230,13 +266,19 @@ def run(args: argparse.Namespace) -> dict:
     samples, cpu = timing.round_robin(contenders, args.repeats, args.budget, log)
     load.append(os.getloadavg()[0])
     versions = {"torch": torch.__version__, "bioprop": getattr(bioprop, "__version__", "?")}
-    if pcx is not None:
-        versions |= pcx.hello["versions"]
-        pcx.close()
+    for harness in pcx.values():
+        versions |= harness.hello["versions"]
+        harness.close()
+    bp_of = {name: "bp-ipc" if name.startswith(("ipc", "bp-ipc")) else "bp" for group in groups
+             for name in [*group.systems, *(n for n, _ in group.pcx_systems)]}  # fmt: skip
 
     def paired(a: str, b: str) -> float | None:
         return timing.paired(samples[a], samples[b]) if a in samples and b in samples else None
 
+    ipc_config = None
+    if not args.no_ipc:
+        ipc_config = {"hidden": args.ipc_hidden, "batch": args.ipc_batch, "outputs": args.ipc_outputs}
+        ipc_config["weight_lr"] = args.weight_lr
     results: dict[str, dict] = {}
     for name in names:
         q1, med, q3 = timing.quartiles(samples[name])
@@ -244,8 +286,10 @@ def run(args: argparse.Namespace) -> dict:
         base = rule.split("+")[0]
         entry = {"median_ms": med, "q1_ms": q1, "q3_ms": q3, "cpu_per_wall": statistics.median(cpu[name])}
         entry["samples_ms"] = samples[name]
-        entry["paired_to_bp"] = paired(name, f"{system}/bp") if rule != "bp" else None
+        entry["paired_to_bp"] = paired(name, f"{system}/{bp_of[base]}") if base != bp_of[base] else None
         entry["paired_to_pcx"] = paired(name, f"pcx/{base}") if system == "ours" else None
+        if system == "ours" and base.startswith("ipc"):
+            entry["paired_to_pcx_adamw"] = paired(name, f"pcx/{base}-adamw")
         results[name] = entry
     return {
         "config": {
@@ -263,9 +307,11 @@ def run(args: argparse.Namespace) -> dict:
                 "threads",
             )
         }
-        | {"outputs": args.outputs, "pcx_gelu": args.pcx_gelu, "repeats": len(samples[names[0]]), "pinned_cpus": cpus},
+        | {"outputs": args.outputs, "pcx_gelu": args.pcx_gelu, "repeats": len(samples[names[0]]), "pinned_cpus": cpus}
+        | {"ipc": ipc_config},
         "versions": versions,
-        "pcx_compile_s": pcx.hello["compile_s"] if pcx is not None else None,
+        "pcx_compile_s": {f"{g}:{k}": v for g, harness in pcx.items() for k, v in harness.hello["compile_s"].items()}
+        or None,
         "torch_compile_s": compile_s,
         "pcx_xla_flags": thread_env(args.threads)["XLA_FLAGS"],
         "load_avg_1min": load,
@@ -289,6 +335,12 @@ def report(out: dict) -> None:
         f"({'unfused' if cfg['unfused_adamw'] else 'fused'} on our side), float32 CPU, {cfg['threads']} thread(s); "
         f"{cfg['repeats']} round-robin repetitions of {cfg['inner']} steps"
     )
+    if cfg["ipc"]:
+        ipc = cfg["ipc"]
+        net = f"784-{ipc['hidden'].replace('x', '-')}-10"
+        print(f"ipc / bp-ipc: MLP {net} GELU, batch {ipc['batch']}, T={cfg['steps']}, "
+              f"inner weight step η={ipc['weight_lr']} (pcx/ipc-*: SGD η at each step; pcx/ipc-*-adamw: AdamW at each "
+              "step, as PCX's iPC examples)")  # fmt: skip
     pinned = cfg["pinned_cpus"]
     where = f"both pinned to CPU(s) {','.join(map(str, pinned))}" if pinned else "not pinned (--no-pin)"
     print(f"versions: {', '.join(f'{k} {v}' for k, v in ver.items())}; PCX GELU: {cfg['pcx_gelu']}; {where}")
@@ -302,13 +354,16 @@ def report(out: dict) -> None:
             f"{name:<28} | {cell:>20} | {fmt(r['paired_to_bp']):>14} | {fmt(r['paired_to_pcx']):>14} | "
             f"{r['cpu_per_wall']:8.2f}"
         )
+    for name, r in res.items():
+        if r.get("paired_to_pcx_adamw") is not None:
+            print(f"{name} ÷ pcx/{name.split('/')[1]}-adamw (paired): {r['paired_to_pcx_adamw']:.2f}")
     print()
     if out["sanity"]:
-        print("sanity: fresh networks, feedforward prediction on 1024 samples of a random linear-teacher task")
+        print("sanity: fresh networks, feedforward prediction on 16 batches of a random linear-teacher task")
         for name, s in out["sanity"].items():
             b, a = s["before"], s["after"]
             print(
-                f"  {name:<12} se {b['se']:.3f} -> {a['se']:.3f}   ce {b['ce']:.3f} -> {a['ce']:.3f}   "
+                f"  {name:<18} se {b['se']:.3f} -> {a['se']:.3f}   ce {b['ce']:.3f} -> {a['ce']:.3f}   "
                 f"acc {b['acc']:.3f} -> {a['acc']:.3f}"
             )
     if out["pcx_compile_s"]:
@@ -342,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weight-decay", type=float, default=1e-4, help="AdamW weight decay, both sides (1e-4)")
     parser.add_argument("--unfused-adamw", action="store_true", help="ours: torch's default AdamW, not fused=True")
     parser.add_argument("--outputs", nargs="+", choices=("se", "ce"), default=["se", "ce"], help="output energies")
+    parser.add_argument("--no-ipc", action="store_true", help="do not time incremental PC (ipc) and its network")
+    parser.add_argument("--ipc-hidden", default="512", help="ipc's hidden sizes (default 512: 784-512-10)")
+    parser.add_argument("--ipc-batch", type=int, default=128, help="ipc's batch size (default 128)")
+    parser.add_argument("--ipc-outputs", nargs="+", choices=("se", "ce"), default=["se"], help="ipc's output energies")
+    parser.add_argument("--weight-lr", type=float, default=0.01, help="ipc's inner weight step η (default 0.01)")
     parser.add_argument("--pcx-gelu", choices=("exact", "tanh"), default="exact",
                         help="PCX's GELU: exact (erf, as torch's nn.GELU) or tanh (jax.nn.gelu's default)")  # fmt: skip
     parser.add_argument("--sanity-steps", type=int, default=200, help="training steps of the sanity check (0: skip)")

@@ -268,8 +268,10 @@ def test_ipc_blames_gamma_only_when_the_inference_rises_with_the_weights_held_fi
         rules.create("ipc", net, output="se", gamma=0.5 * bound, steps=60, weight_lr=1e10).grads(x, y)
     message = str(info.value)
     assert "but not with the weights held fixed, so the inner weight step weight_lr=1e+10 is too large" in message
-    assert message.endswith(f"; suspects, first the options you set: output=se (default ce), gamma={0.5 * bound:g} "
-                            "(default 0.1), steps=60 (default 20); then lower weight_lr")
+    assert message.endswith(
+        f"; suspects, first the options you set: output=se (default ce), gamma={0.5 * bound:g} "
+        "(default 0.1), steps=60 (default 20); then lower weight_lr"
+    )
     assert "stability bound" not in message and "lower gamma" not in message, message
 
     gamma = 1.1 * bound
@@ -292,8 +294,10 @@ def test_an_energy_already_infinite_at_the_feedforward_pass_blames_no_gamma() ->
     with pytest.raises(DivergenceError) as info:
         rules.create("pc", net, output="se").grads(x.float(), y)
     message = str(info.value)
-    assert message.startswith("pc: the energy is inf at the feedforward pass, before any inference step, so gamma is "
-                              "not the cause: the network's values or its output energy overflow torch.float32")
+    assert message.startswith(
+        "pc: the energy is inf at the feedforward pass, before any inference step, so gamma is "
+        "not the cause: the network's values or its output energy overflow torch.float32"
+    )
     assert "stability bound" not in message and "lower gamma" not in message
 
 
@@ -424,3 +428,180 @@ def test_negative_and_centred_nudging_descend_their_energies(nudge: str, output:
     for name in runs[0][1]:
         expected = sum(r[1][name] for r in runs) / len(runs)
         assert rel_error(got.grads[name], expected) < 1e-9, name
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Contract v2: one loss per run, declarations, purity; the optimisations checked against plain math
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["pc", "pc-fpa", "ipc"])
+@pytest.mark.parametrize("output", ["se", "ce"])
+def test_the_returned_loss_is_the_runs_loss_of_the_feedforward_prediction(name: str, output: str) -> None:
+    """One loss per run: with output=se the loss pc returns (and backward) is ½‖net(x) − onehot(y)‖², batch mean,
+    written out here; with ce the cross-entropy (once returned as cross-entropy whatever the output)."""
+    net = mlp()
+    x, y = data((1, 3, 4))
+    rule = rules.create(name, net, output=output)
+    z = net(x).detach()
+    if output == "se":
+        expected = sum(0.5 * sum((float(z[n, k]) - (k == int(y[n]))) ** 2 for k in range(4)) for n in range(len(y)))
+    else:
+        expected = sum(math.log(sum(math.exp(v) for v in z[n].tolist())) - float(z[n, y[n]]) for n in range(len(y)))
+    expected /= len(y)
+    update = rule.grads(x, y)
+    assert float(update.loss) == pytest.approx(expected, rel=1e-12)
+    loss, prediction = rule.backward(x, y)
+    assert float(loss) == pytest.approx(expected, rel=1e-12)
+    torch.testing.assert_close(prediction, z)
+
+
+@pytest.mark.parametrize("kind", NETS)
+@pytest.mark.parametrize("output", ["ce", "se"])
+def test_zero_divergence_inference_learning_equals_backprop_for_either_output(kind: str, output: str) -> None:
+    """Z-IL (Song et al. 2020): with γ = 1, layer l's update read at step L − l equals backprop's gradient of the
+    run's loss, ce or se, on a conv net as on an MLP."""
+    build, _, shape = NETS[kind]
+    net = build()
+    x, y = data(shape)
+    update = rules.create("pc", net, update_at="zil", output=output).grads(x, y).grads
+    for name, grad in backprop(net, x, y, output).items():
+        assert rel_error(update[name], grad) < 1e-6, name
+
+
+def wide_mlp(act: type[nn.Module] = nn.GELU, seed: int = 0) -> nn.Sequential:
+    """12-8-8-8-4: three hidden layers of one width, which inference runs stacked as one (N, 3, 8) group."""
+    net = nn.Sequential(nn.Flatten(), nn.Linear(12, 8), act(), nn.Linear(8, 8), act(), nn.Linear(8, 8), act(),
+                        nn.Linear(8, 4))  # fmt: skip
+    return reinit(net, seed, gain=1.5)
+
+
+def wide_stages(net: nn.Sequential) -> list[Callable[[Tensor], Tensor]]:
+    _, l1, a1, l2, a2, l3, a3, l4 = net
+    return [lambda x: l1(x.flatten(1)), lambda v: l2(a1(v)), lambda v: l3(a2(v)), lambda v: l4(a3(v))]
+
+
+@pytest.mark.parametrize("act", [nn.GELU, nn.Tanh, nn.Identity])
+@pytest.mark.parametrize("output", ["ce", "se"])
+def test_stacked_hidden_layers_descend_the_energy_as_autograd_does(act: type[nn.Module], output: str) -> None:
+    """Equal-width hidden layers are relaxed as one stacked tensor, and the exact GELU with its slope from one erf:
+    optimisations that must leave the dynamics gradient descent on F (autograd on F, layer by layer, here)."""
+    net = wide_mlp(act)
+    x, y = data((1, 3, 4), n=6)
+    beta, steps, gamma = 0.8, 9, 0.2
+    got = rules.create("pc", net, output=output, beta=beta, steps=steps, gamma=gamma).grads(x, y)
+    trace, expected = descend_energy(net, wide_stages(net), x, y, beta, output, steps, gamma)
+    assert got.traces["energy"].tolist() == pytest.approx(trace, rel=1e-10, abs=1e-12)
+    for name, grad in expected.items():
+        assert rel_error(got.grads[name], grad) < 1e-9, name
+
+
+@pytest.mark.parametrize("n", [5, 16])
+def test_incremental_pc_with_and_without_the_folded_first_layer(n: int) -> None:
+    """iPC folds the first layer's T weight steps into an (N × N) Gram product when N < n_0 = 12 (n = 5) and steps
+    it directly otherwise (n = 16); both are the same descent of F in values and weights (autograd), on stacked
+    hidden layers."""
+    net = wide_mlp()
+    x, y = data((1, 3, 4), n=n)
+    steps, gamma, weight_lr = 7, 0.2, 0.05
+    got = rules.create("ipc", net, output="se", steps=steps, gamma=gamma, weight_lr=weight_lr).grads(x, y)
+    before = {name: p.detach().clone() for name, p in net.named_parameters()}
+    trace, expected = descend_energy(net, wide_stages(net), x, y, 1.0, "se", steps, gamma, weight_lr)
+    with torch.no_grad():
+        for name, param in net.named_parameters():
+            param.copy_(before[name])
+    assert got.traces["energy"].tolist() == pytest.approx(trace, rel=1e-9, abs=1e-12)
+    for name, grad in expected.items():
+        assert rel_error(got.grads[name], grad) < 1e-9, name
+
+
+def test_incremental_pc_leaves_frozen_parameters_where_they_are() -> None:
+    """A frozen first-layer weight (requires_grad=False) stays put during iPC's inner steps, as the optimizer will
+    leave it; the folded Gram product then keeps only the bias's term. Reference: autograd descent with that weight
+    held fixed."""
+    net = mlp()
+    net[1].weight.requires_grad_(False)
+    x, y = data((1, 3, 4))
+    steps, gamma, weight_lr = 6, 0.2, 0.05
+    got = rules.create("ipc", net, steps=steps, gamma=gamma, weight_lr=weight_lr).grads(x, y).grads
+    assert "1.weight" not in got
+    names, params = zip(*net.named_parameters(), strict=True)
+    stages, values = mlp_stages(net), []
+    with torch.no_grad():
+        h = x
+        for stage in stages[:-1]:
+            h = stage(h)
+            values.append(h.clone())
+    moving = {name: p.detach().clone() for name, p in zip(names, params, strict=True)}
+    summed = {name: torch.zeros_like(p) for name, p in moving.items()}
+
+    def energy_at(weights: dict[str, Tensor], vals: list[Tensor]) -> Tensor:
+        w = [weights[k] for k in ("1.weight", "1.bias", "3.weight", "3.bias", "5.weight", "5.bias")]
+        mus = [F.linear(x.flatten(1), w[0], w[1]), F.linear(torch.tanh(vals[0]), w[2], w[3])]
+        out = F.linear(torch.tanh(vals[1]), w[4], w[5])
+        hidden = sum(0.5 * (v - m).square().sum() for v, m in zip(vals, mus, strict=True))
+        return hidden + output_loss(out, y, "ce").sum()
+
+    for _ in range(steps):
+        leaves = [v.detach().requires_grad_(True) for v in values]
+        weights = {k: v.detach().requires_grad_(True) for k, v in moving.items()}
+        grads = torch.autograd.grad(energy_at(weights, leaves), [*leaves, *weights.values()])
+        values = [v - gamma * g for v, g in zip(leaves, grads[:2], strict=True)]
+        for (name, weight), g in zip(weights.items(), grads[2:], strict=True):
+            summed[name] += g / len(x)
+            moving[name] = weight.detach() if name == "1.weight" else weight.detach() - weight_lr * g / len(x)
+    for name, grad in got.items():
+        assert rel_error(grad, summed[name]) < 1e-9, name
+
+
+@pytest.mark.parametrize("output", ["ce", "se"])
+@pytest.mark.parametrize("column", [False, True])
+def test_closed_form_output_errors_equal_the_losss_own_gradient(output: str, column: bool) -> None:
+    """ε_L = −β ∂ℓ/∂μ_L and Σ_n β_n ℓ_n are written out in closed form for se and ce; they must equal what the
+    loss's own definition (bioprop.losses: loss.error, loss.per_example) gives, for a number β and for a column of
+    signed precisions (centred nudging)."""
+    from bioprop import losses
+    from bioprop.rules import pc_equations as eq
+
+    generator = torch.Generator().manual_seed(4)
+    mu = torch.randn(6, 5, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 5, (6,), generator=generator)
+    beta: float | Tensor = 0.3
+    if column:
+        beta = torch.tensor([0.3, -0.3, 0.3, -0.3, 0.3, -0.3], dtype=torch.float64).view(-1, 1)
+    out = eq.output_of(losses.get(output), y, mu, beta)
+    error, u = eq.output_error(out, mu)
+    expected_error, expected_energy = eq.output_error_by_definition(out, mu)
+    torch.testing.assert_close(error, expected_error, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(eq.output_energy(out, u), expected_energy, rtol=1e-12, atol=1e-14)
+    per_example = (0.5 * (mu - F.one_hot(y, 5).double()).square().sum(1) if output == "se"
+                   else F.cross_entropy(mu, y, reduction="none"))  # fmt: skip
+    torch.testing.assert_close(expected_energy, (per_example * torch.as_tensor(beta).view(-1)).sum())
+
+
+def test_gelu_and_its_slope_from_one_erf_equal_autograd() -> None:
+    """The exact GELU and (twice) its derivative, computed together, against torch's GELU and autograd."""
+    from bioprop.rules.pc_equations import gelu_and_slope
+
+    x = torch.linspace(-6, 6, 241, dtype=torch.float64).requires_grad_(True)
+    value, twice_slope = gelu_and_slope(x.detach())
+    (slope,) = torch.autograd.grad(F.gelu(x).sum(), x)
+    torch.testing.assert_close(value, F.gelu(x).detach(), rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(twice_slope / 2, slope, rtol=1e-13, atol=1e-15)
+
+
+def test_grads_is_pure_and_the_rule_declares_its_energy_trace_and_figure() -> None:
+    """grads twice gives the same update, leaves the step count and the global random state alone; the energy trace
+    is declared with its relative panel, and the figure energy.png draws it."""
+    net = mlp()
+    x, y = data((1, 3, 4))
+    rule = rules.create("pc", net, steps=5)
+    state = torch.random.get_rng_state()
+    first, second = rule.grads(x, y), rule.grads(x, y)
+    assert torch.equal(torch.random.get_rng_state(), state) and rule.step == 0
+    for name, grad in first.grads.items():
+        assert torch.equal(grad, second.grads[name]), name
+    assert torch.equal(first.traces["energy"], second.traces["energy"])
+    (trace,) = rule.trace_specs
+    assert trace.name == "energy" and trace.relative
+    assert [(f.file, f.traces) for f in rule.figures] == [("energy.png", ("energy",))]
