@@ -225,9 +225,9 @@ def test_option_values_of_the_wrong_type_are_refused(key: str, value, says: str)
     integral, a bool is not a number; strings are parsed."""
     with pytest.raises(BioPropError, match=says):
         rules.create("pc", network("pc"), **{key: value})
-    config = rules.create("pc", network("pc"), steps=5.0, gamma=1).config
-    assert config["steps"] == 5 and type(config["steps"]) is int
-    assert config["gamma"] == 1.0 and type(config["gamma"]) is float
+    opts = rules.create("pc", network("pc"), steps=5.0, gamma=1).opts
+    assert opts.steps == 5 and type(opts.steps) is int
+    assert opts.gamma == 1.0 and type(opts.gamma) is float
 
 
 # ---------------------------------------------------------------------------------------------------------------

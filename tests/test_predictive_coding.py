@@ -154,9 +154,11 @@ def test_zero_divergence_inference_learning_with_its_defaults_equals_backprop(ki
     build, _, shape = NETS[kind]
     net = build()
     x, y = data(shape)
-    update = rules.create("pc", net, update_at="zil").grads(x, y).grads
+    rule = rules.create("pc", net, update_at="zil")
+    update = rule.grads(x, y).grads
     for name, grad in backprop(net, x, y).items():
         assert rel_error(update[name], grad) < 1e-6, name
+    assert rule.opts.gamma == 1.0  # what it uses is what it reports (summary.json's rule_options, compare)
 
 
 @pytest.mark.parametrize("kind", NETS)

@@ -64,7 +64,7 @@ from bioprop.rules.declarations import (  # noqa: F401  (re-exported: the names 
     Trace,
     make_card,
 )
-from bioprop.rules.options import Option, Options, option, options_class, say  # noqa: F401  (re-exported)
+from bioprop.rules.options import Option, Options, option, say  # noqa: F401  (re-exported)
 from bioprop.rules.registry import _REGISTRY, Entry, create, register  # noqa: F401  (re-exported)
 
 
@@ -128,15 +128,12 @@ class Rule:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        if "options" in cls.__dict__ and "Options" not in cls.__dict__:  # a table of Option: make the dataclass
-            cls.Options = options_class(f"{cls.__name__}Options", cls.__dict__["options"])
         cls.options = cls.Options.declared()
 
     def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
         self.net = net
         self.name, self.family, self.paper, self.card = entry.name, entry.family, entry.paper, entry.card
         self.opts = self.Options.parse(entry.name, options)
-        self.config = self.opts.as_dict()  # read-only view for rules not yet moved to ``opts``
         self._given = {key: getattr(self.opts, key) for key in options if key not in entry.presets}
         try:
             checks.network_dtype(net)

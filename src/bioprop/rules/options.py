@@ -137,14 +137,6 @@ class Options:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
 
-def options_class(name: str, options: dict[str, Option]) -> type[Options]:
-    """An :class:`Options` dataclass built from a table of :class:`Option` (rules that declare ``options`` as a
-    dict); its fields are typed by their defaults."""
-    specs = [(key, opt.type if isinstance(opt.type, type) else type(opt.default),
-              field(default=opt.default, metadata={"option": opt})) for key, opt in options.items()]  # fmt: skip
-    return dataclasses.make_dataclass(name, specs, bases=(Options,), frozen=True)
-
-
 # ------------------------------------------------------------------------------- the validators, written once
 
 

@@ -49,7 +49,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -143,6 +143,7 @@ class PredictiveCoding(Rule):
                 raise BioPropError(f"rule {self.name}: gamma={say(o.gamma)} with update_at=zil; Z-IL is defined at "
                                    "gamma=1 (its update equals backprop's only there), so leave gamma out")  # fmt: skip
             gamma = 1.0
+            self.opts = replace(o, gamma=gamma)  # what the rule uses is what it reports (summary.json, compare)
         steps = min(o.steps, depth - 1) if fixed and gamma == 1.0 else o.steps  # the sweep is exact after L − 1
         self.params = Inference(steps, gamma, fixed, zil, o.weight_lr if o.incremental else 0.0)
         self._infer: Callable[..., Inferred] = torch.compile(infer, dynamic=False) if o.compile else infer
