@@ -22,8 +22,10 @@ from bioprop.errors import BioPropError
 
 
 def onehot(y: Tensor, like: Tensor) -> Tensor:
-    """The one-hot targets of labels ``y`` (B,) with the shape (B, K), dtype and device of ``like``."""
-    return F.one_hot(y, like.shape[1]).to(dtype=like.dtype, device=like.device)
+    """The one-hot targets of labels ``y`` (B,) with the shape (B, K), dtype and device of ``like``. The labels are
+    not range-checked here (the rules check every batch first): ``F.one_hot`` would, with a synchronising min/max
+    on every call."""
+    return torch.zeros_like(like).scatter_(1, y.to(like.device).unsqueeze(1), 1.0)
 
 
 def _ce_per_example(z: Tensor, y: Tensor) -> Tensor:
