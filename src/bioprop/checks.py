@@ -149,7 +149,8 @@ def fit_input(net: nn.Module, x: Tensor) -> int:
     except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
         said = str(exc).strip().splitlines()
         reason = said[0] if said else type(exc).__name__
-        raise BioPropError(f"input x of shape {_shape(x)} does not fit the network: {reason}") from None
+        raise BioPropError(f"input x of shape {_shape(x)} does not fit the network (run on its first example): {reason}"
+                           ) from None  # fmt: skip
     finally:
         for module, training in modes:
             module.training = training
