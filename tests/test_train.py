@@ -536,10 +536,12 @@ def train_one_epoch_then_resume(cli, common: list[str], stopped: Path, epochs: i
     return stopped
 
 
-def test_ep_resume_keeps_the_random_signs_and_the_trace_schedule(tmp_path: Path, cli) -> None:
-    """ep with random-sign nudging draws a sign per batch and records traces every 4th batch: a resumed run has the
-    uninterrupted run's weights and traces only if the checkpoint holds the generator and the batch counter."""
-    common = ["--rule", "ep", "--rule-opt", "nudge=random-sign", "--rule-opt", "trace_every=4", "--data", "digits",
+def test_ep_resume_keeps_the_random_signs_the_trace_schedule_and_the_particles(tmp_path: Path, cli) -> None:
+    """ep with random-sign nudging draws a sign per batch, records traces every 4th batch and (persistent) starts
+    each example's free phase from its state of the epoch before: a resumed run has the uninterrupted run's weights
+    and traces only if the checkpoint holds the step count and every example's particle."""
+    common = ["--rule", "ep", "--rule-opt", "nudge=random-sign", "--rule-opt", "trace_every=4",
+              "--rule-opt", "persistent=true", "--data", "digits",
               "--arch", "ebm:16", "--limit", "300", "--optimizer", "adam", "--lr", "0.01", "--device", "cpu",
               "--quiet"]  # fmt: skip
     code, _, err = cli("train", *common, "--epochs", "2", "--out", tmp_path / "whole")
