@@ -51,6 +51,7 @@ from bioprop import data, rules
 from bioprop.config import MAX_THREADS, THREADS_ENV, RunConfig, parse_number, parse_rule_opts, source_labels
 from bioprop.errors import BioPropError
 from bioprop.report import logs
+from bioprop.rules.options import say
 
 try:
     from typer._click import exceptions as click_errors  # recent typer carries its own copy of click
@@ -328,7 +329,7 @@ def list_rules(
             default = entry.presets.get(key, option.default)
             fixed = " (fixed by the name)" if key in entry.presets else ""
             choices = f" (one of {', '.join(map(str, option.choices))})" if option.choices else ""
-            options.add_row(escape(key), escape(repr(default)), escape(f"{option.help}{choices}{fixed}"))
+            options.add_row(escape(key), escape(say(default)), escape(f"{option.help}{choices}{fixed}"))
         card = Table("", "implausibility", "why", box=None, padding=(0, 1), header_style="bold")
         for key, item in entry.card.items():
             card.add_row("[green]✓[/]" if item.removed else "[red]✗[/]", escape(key), escape(item.why))
