@@ -41,15 +41,20 @@ def _shape(tensor: Tensor) -> str:
     return str(tuple(tensor.shape))
 
 
-def check_batch(x: Any, y: Any) -> None:
+def check_batch(x: Any, y: Any, inputs_only: bool = False) -> None:
     """Refuse a batch whose types, shapes or label dtype are wrong, before any work: ``x`` must be a tensor with a
-    batch dimension, ``y`` a 1-D int64 tensor of the same length on the same device, and the batch not empty."""
+    batch dimension, ``y`` a 1-D int64 tensor of the same length on the same device, and the batch not empty. With
+    ``inputs_only`` (a prediction), ``y`` is not looked at."""
     if not isinstance(x, Tensor):
         raise BioPropError(f"input x must be a torch.Tensor of shape (B, ...), not {type(x).__name__}")
-    if not isinstance(y, Tensor):
+    if not inputs_only and not isinstance(y, Tensor):
         raise BioPropError(f"labels y must be a torch.Tensor of class indices, not {type(y).__name__}")
     if x.dim() < 2:
         raise BioPropError(f"input x of shape {_shape(x)} has no batch dimension; expected (B, features...)")
+    if inputs_only:
+        if len(x) == 0:
+            raise BioPropError("empty batch: x has no examples")
+        return
     if y.dim() != 1:
         raise BioPropError(f"labels y must be 1-D, shape (B,), not {_shape(y)}")
     if y.dtype != torch.int64:

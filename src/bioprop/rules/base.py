@@ -226,7 +226,7 @@ class Rule:
         ``x`` detached (a copy when the network's first layers would overwrite it) and ``index``. ``y`` None: inputs
         only (:meth:`predict`). The network is run on one example only when the input's shape, dtype or device (or
         the network's) differ from the last batch."""
-        checks.check_batch(x, torch.zeros(len(x), dtype=torch.int64) if y is None and isinstance(x, Tensor) else y)
+        checks.check_batch(x, y, inputs_only=y is None)
         param = self._first_param  # the same object after net.double() / net.to(...), which change its dtype
         key = (x.shape[1:], x.dtype, x.device, param.dtype, param.device)
         if self._fitted is None or self._fitted[0] != key:
