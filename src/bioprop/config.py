@@ -58,10 +58,6 @@ MAX_THREADS = 1024
 #: What ``arch: auto`` stands for, by the kind of network the rule trains.
 DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256"}
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
-# The image sizes (H = W) LeNet-5 takes: its own 32x32 (LeCun et al. 1998, Fig. 2), and the 28x28 of MNIST-like
-# datasets, which its first convolution pads by 2 to the same shapes (see bioprop.nets). Any other size would be
-# padded or cropped into shape without a word, so it is refused.
-LENET_SIDES = (28, 32)
 
 
 def setting(
@@ -240,14 +236,11 @@ class RunConfig:
         """Raise BioPropError unless ``arch`` is a network for this run's dataset as it is: inputs of
         ``in_shape`` (C, H, W), e.g. (1, 8, 8) for digits, (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR-10, and
         ``n_classes`` outputs (both from the loaded :class:`bioprop.data.Dataset`). The network is built on the
-        ``meta`` device, so no weight is allocated. ``lenet`` is refused for any image that is not 28x28 or 32x32
-        (:data:`LENET_SIDES`) rather than padded into shape without a word. The one-line message names the arch
-        and the dataset's shape. Returns self."""
+        ``meta`` device, so no weight is allocated; what the network cannot take (e.g. :func:`bioprop.nets.lenet`
+        refuses any image that is not 28x28 or 32x32 rather than padding it) is refused by the network itself. The
+        one-line message names the arch and the dataset's shape. Returns self."""
         shape = "x".join(str(int(size)) for size in in_shape)
         dataset = f"dataset {self.data} has {shape} inputs and {n_classes} classes"
-        square = len(in_shape) == 3 and in_shape[1] == in_shape[2]
-        if self.arch.strip().lower() == "lenet" and not (square and in_shape[1] in LENET_SIDES):
-            raise BioPropError(f"arch 'lenet' needs 28x28 or 32x32 images, but {dataset}; use an mlp:H1x... arch")
         try:
             with torch.device("meta"):
                 nets.build(self.arch, in_shape, n_classes, self.resolved_activation())

@@ -100,8 +100,8 @@ def lenet(in_shape: Sequence[int], n_classes: int, act: str = "relu") -> nn.Sequ
     size is a :class:`BioPropError`, not padded or cut into shape."""
     channels, height, width = in_shape
     if (height, width) not in ((28, 28), (32, 32)):
-        raise BioPropError(f"lenet needs 28x28 or 32x32 images, got {channels}x{height}x{width}; use an mlp:H1x... "
-                           "arch")  # fmt: skip
+        raise BioPropError(f"arch 'lenet' needs 28x28 or 32x32 images, got {channels}x{height}x{width}; use an "
+                           "mlp:H1x... arch")  # fmt: skip
     pad = (32 - height) // 2
     net = nn.Sequential(
         nn.Conv2d(channels, 6, 5, padding=pad), activation(act), nn.MaxPool2d(2),
