@@ -70,6 +70,8 @@ def run_files() -> frozenset[str]:
     from bioprop import rules  # here: the rules are only needed to know their figures' names
 
     return RUN_FILES | {spec.file for name in rules.names() for spec in rules.entry(name).cls.figures}
+
+
 TMP = ".tmp"
 BASE_COLUMNS = ("epoch", "loss", "train_loss", "train_accuracy", "test_loss", "test_accuracy", "seconds", "lr")
 ALIGNMENT_COLUMNS = ("step", "epoch", "parameter", "angle_deg")

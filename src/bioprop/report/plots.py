@@ -484,4 +484,3 @@ def alignment_comparison_figure(run_dirs: Sequence[str | Path], output_layer: bo
 def alignment_comparison(run_dirs: Sequence[str | Path], path: str | Path, output_layer: bool = False) -> Path:
     """Draw :func:`alignment_comparison_figure` into ``path``; returns ``path``."""
     return save(alignment_comparison_figure(run_dirs, output_layer), path)
-

@@ -88,8 +88,11 @@ class ContrastiveOptions(Options):
                         check=lambda v: 0.0 < v <= 1.0, check_says="must be in (0, 1]")  # fmt: skip
     tol: float = non_negative(0.0, "end the free phase once the mean |change| of the states in a step is below tol "
                               "(0: no)")  # fmt: skip
-    max_residual: float = positive(1e-2, "largest mean |change| of the states allowed in the free phase's last step "
-                                   "(and in a nudged phase that stopped shrinking)")
+    max_residual: float = positive(
+        1e-2,
+        "largest mean |change| of the states allowed in the free phase's last step "
+        "(and in a nudged phase that stopped shrinking)",
+    )
     trace_every: int = non_negative(20, "record energy and residual traces every N batches (0: never)", int)
     persistent: bool = option(False, "persistent particles: each example's free phase starts from its last free state")
     output: str = option("se", "output loss: se (the last layer is a state, clamped to the target)", choices=("se",))
