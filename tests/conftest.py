@@ -8,6 +8,7 @@ arithmetic.
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import nn
 
 from bioprop.cli import main
 from bioprop.config import RunConfig
@@ -71,3 +73,19 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
         return (0 if code is None else code if isinstance(code, int) else 1), out, err
 
     return call
+
+
+def tanh_mlp(sizes: tuple[int, ...], seed: int = 0, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Flatten, Linear-φ pairs, Linear readout (layer indices 1, 3, 5 for 12-7-5-3), float64, parameters drawn
+    from an explicit generator (std 1.2/√fan-in; biases 1.2/2)."""
+    modules: list[nn.Module] = [nn.Flatten()]
+    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
+        modules += [nn.Linear(fan_in, fan_out), act()]
+    modules.append(nn.Linear(sizes[-2], sizes[-1]))
+    net = nn.Sequential(*modules).double()
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            fan_in = p.shape[1] if p.dim() > 1 else 4
+            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * 1.2 / math.sqrt(fan_in))
+    return net

@@ -4,8 +4,6 @@ and what both dendritic-family rules refuse (the microcircuit's own tests are in
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 from torch import nn
@@ -15,24 +13,10 @@ from bioprop import losses, nets, rules
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.rules.dendritic import DendriticParameters, dendritic_rhs, has_kink, settle
 from bioprop.rules.mlp_settling import MLP
+from conftest import tanh_mlp
 
 TOL = 1e-12
 SIZES = (10, 8, 6, 4)  # decreasing widths: the rates span their space, so the weight relations are identifiable
-
-
-def tanh_mlp(sizes: tuple[int, ...], seed: int = 0, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
-    """Flatten, Linear-φ pairs, Linear readout, float64, parameters from an explicit generator."""
-    modules: list[nn.Module] = [nn.Flatten()]
-    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
-        modules += [nn.Linear(fan_in, fan_out), act()]
-    modules.append(nn.Linear(sizes[-2], sizes[-1]))
-    net = nn.Sequential(*modules).double()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in net.parameters():
-            fan_in = p.shape[1] if p.dim() > 1 else 4
-            p.copy_(torch.randn(p.shape, generator=generator, dtype=torch.float64) * 1.2 / math.sqrt(fan_in))
-    return net
 
 
 def data(n_in: int, n_classes: int, n: int = 8, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -23,24 +23,14 @@ from bioprop.rules.feedback_alignment import (
     sign_concordant_feedback,
 )
 from bioprop.rules.layerwise import forward_cached, parameterised_indices
+from conftest import tanh_mlp
 
 FA_RULES = ("fa", "dfa", "usf", "brsf", "frsf")
 
 
 def mlp(sizes: tuple[int, ...] = (12, 7, 5, 3), seed: int = 0) -> nn.Sequential:
-    """Flatten, Linear-tanh pairs, Linear readout (layer indices 1, 3, 5 for 12-7-5-3), float64, weights from an
-    explicit generator."""
-    modules: list[nn.Module] = [nn.Flatten()]
-    for fan_in, fan_out in zip(sizes[:-2], sizes[1:-1], strict=True):
-        modules += [nn.Linear(fan_in, fan_out), nn.Tanh()]
-    modules.append(nn.Linear(sizes[-2], sizes[-1]))
-    net = nn.Sequential(*modules).double()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for param in net.parameters():
-            fan_in = param.shape[1] if param.dim() > 1 else 4
-            param.copy_(torch.randn(param.shape, generator=generator, dtype=torch.float64) * 1.2 / math.sqrt(fan_in))
-    return net
+    """:func:`conftest.tanh_mlp`, 12-7-5-3 by default (layer indices 1, 3, 5)."""
+    return tanh_mlp(sizes, seed)
 
 
 def batch(n: int = 9, features: int = 12, classes: int = 3, seed: int = 1) -> tuple[Tensor, Tensor]:

@@ -13,7 +13,8 @@ from torch import nn
 from bioprop import losses, rules
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.rules.microcircuit_dynamics import Target, teacher
-from test_dendritic import SIZES, cosine, data, loss_by_hand, loss_grad_by_hand, onehot, tanh_mlp
+from conftest import tanh_mlp
+from test_dendritic import SIZES, cosine, data, loss_by_hand, loss_grad_by_hand, onehot
 
 G = {"g_l": 0.1, "g_b": 1.0, "g_a": 0.8, "g_d": 1.0, "g_som": 0.1}
 
