@@ -572,10 +572,11 @@ def test_closed_form_output_errors_equal_the_losss_own_gradient(output: str, col
     if column:
         beta = torch.tensor([0.3, -0.3, 0.3, -0.3, 0.3, -0.3], dtype=torch.float64).view(-1, 1)
     out = eq.output_of(losses.get(output), y, mu, beta)
-    error, u = eq.output_error(out, mu)
+    error, kept = eq.output_error(out, mu)
     expected_error, expected_energy = eq.output_error_by_definition(out, mu)
     torch.testing.assert_close(error, expected_error, rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(eq.output_energy(out, u), expected_energy, rtol=1e-12, atol=1e-14)
+    energies = eq.output_energy(out, [kept, kept])  # one per step
+    torch.testing.assert_close(energies, expected_energy.expand(2), rtol=1e-12, atol=1e-14)
     per_example = (0.5 * (mu - F.one_hot(y, 5).double()).square().sum(1) if output == "se"
                    else F.cross_entropy(mu, y, reduction="none"))  # fmt: skip
     torch.testing.assert_close(expected_energy, (per_example * torch.as_tensor(beta).view(-1)).sum())

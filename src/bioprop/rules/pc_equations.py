@@ -104,7 +104,7 @@ _FROM_OUTPUT = {
     nn.Sigmoid: torch.ops.aten.sigmoid_backward,  # g φ (1 − φ)
 }
 _ELEMENTWISE = (nn.Tanh, nn.Sigmoid, nn.ReLU, nn.GELU, nn.SiLU, nn.Softplus, nn.ELU, nn.LeakyReLU, nn.Hardtanh)
-#: Up to this many elements, the exact GELU and its derivative are computed together from one erf (7 small
+#: Up to this many elements, the exact GELU and its derivative are computed together from one erfc (6 small
 #: operations); above it ATen's two kernels (gelu, gelu_backward) are faster.
 GELU_TOGETHER = 32_768
 _SQRT_HALF, _INV_SQRT_2PI = math.sqrt(0.5), 1.0 / math.sqrt(2.0 * math.pi)
@@ -112,13 +112,29 @@ _SQRT_HALF, _INV_SQRT_2PI = math.sqrt(0.5), 1.0 / math.sqrt(2.0 * math.pi)
 
 def gelu_and_slope(x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The exact GELU φ(x) = x Φ(x) (Hendrycks & Gimpel 2016) and twice its derivative,
-    2φ'(x) = 2Φ(x) + 2x e^{−x²/2}/√(2π), Φ the standard normal CDF, from one erf in 7 small operations (the
-    factor 2 saves one; :meth:`Chain.vjp_add` halves it); φ(x) is written into ``out`` when given."""
-    zero = x.new_zeros(())  # broadcast: addcmul(0, a, b, value=v) is v·a·b in one operation
-    twice_cdf = torch.erf(x * _SQRT_HALF).add_(1.0)  # 2Φ(x)
+    2φ'(x) = 2Φ(x) + 2x e^{−x²/2}/√(2π), Φ the standard normal CDF, in 6 small operations: 2Φ(x) = erfc(−x/√2)
+    (one erfc, no erf + 1), and the factor 2 saves another (:meth:`Chain.vjp_add` halves it); φ(x) is written
+    into ``out`` when given."""
+    zero = _zero(x)  # broadcast: addcmul(0, a, b, value=v) is v·a·b in one operation
+    if torch.compiler.is_compiling():
+        twice_cdf = torch.erf(x * _SQRT_HALF).add_(1.0)
+    else:
+        twice_cdf = torch.mul(x, -_SQRT_HALF).erfc_()  # 2Φ(x)
     bell = torch.addcmul(zero, x, x, value=-0.5).exp_()  # e^{−x²/2}
     slope = torch.addcmul(twice_cdf, x, bell, value=2 * _INV_SQRT_2PI)
     return torch.addcmul(zero, x, twice_cdf, value=0.5, out=out), slope
+
+
+_ZEROS: dict[tuple[torch.dtype, torch.device], Tensor] = {}
+
+
+def _zero(x: Tensor) -> Tensor:
+    """A 0-d zero of ``x``'s dtype and device, made once (never written: it only broadcasts)."""
+    key = (x.dtype, x.device)
+    zero = _ZEROS.get(key)
+    if zero is None:
+        zero = _ZEROS[key] = x.new_zeros(())
+    return zero
 
 
 class Chain:
@@ -156,8 +172,9 @@ class Chain:
         masks a dropout layer draws). φ(x) may be written into ``out`` (a buffer of x's shape), or be x itself."""
         if self.identity:
             return x, None
-        if self.gelu and slope and x.numel() <= GELU_TOGETHER:
-            return gelu_and_slope(x, out)
+        if self.gelu and x.numel() <= GELU_TOGETHER:  # cheaper than ATen's gelu alone, slope or not
+            value, twice_slope = gelu_and_slope(x, out)
+            return value, twice_slope if slope else None
         if self.single is not None:
             return self.single(x), None
         acts, pool = forward_cached(self.layers, x, saved)
@@ -252,43 +269,52 @@ def weight_change(w: Weights, error: Tensor, a: Tensor, scale: float | Tensor) -
 
 class Output(NamedTuple):
     """The output term of F for one batch: the run's ``loss`` ℓ, the labels ``y`` (N,), ``target`` β · onehot(y)
-    (N, K) and ``beta``, a number or an (N, 1) column of signed precisions (centred nudging)."""
+    (N, K), ``beta``, a number or an (N, 1) column of signed precisions (centred nudging), and ``target_t`` the
+    target transposed (K, N), contiguous (:func:`output_error` takes cross-entropy's softmax in that layout)."""
 
     loss: losses.Loss
     y: Tensor
     target: Tensor
     beta: float | Tensor
+    target_t: Tensor
 
 
 def output_of(loss: losses.Loss, y: Tensor, like: Tensor, beta: float | Tensor) -> Output:
     """:class:`Output` for labels ``y`` and a prediction shaped and typed ``like`` (N, K)."""
-    return Output(loss, y, losses.onehot(y, like) * beta, beta)
+    target = losses.onehot(y, like) * beta
+    return Output(loss, y, target, beta, target.t().contiguous())
 
 
 def output_error(out: Output, mu: Tensor) -> tuple[Tensor, Tensor]:
-    """ε_L = −β ∂ℓ(μ_L, y)/∂μ_L per sample (N, K), and a 0-d tensor u from which :func:`output_energy` gives the
-    batch's output energy Σ_n β_n ℓ_n (turned into energy once for the whole trace, not at every step).
+    """ε_L = −β ∂ℓ(μ_L, y)/∂μ_L per sample (N, K), and what :func:`output_energy` needs for the batch's output
+    energy Σ_n β_n ℓ_n (ε_L itself for squared error, μ_L otherwise): the energy of every step is computed once,
+    after the inference, from the list of them.
 
     The definition is the loss's own gradient, ``loss.error`` (:mod:`bioprop.losses`,
     :func:`output_error_by_definition`); squared error and cross-entropy are written out in closed form, the same
     numbers in fewer operations (a test checks them against the definition):
 
     - se: ε_L = β (onehot − μ_L); β ℓ = ‖ε_L‖² / (2β);
-    - ce: ε_L = β (onehot − softmax μ_L); β ℓ = −β onehot · log softmax μ_L."""
+    - ce: ε_L = β (onehot − softmax μ_L); β ℓ = −β onehot · log softmax μ_L. The softmax is taken over the first
+      dimension of μ_Lᵀ (K, N), vectorised across the batch (ATen's softmax over a short last dimension, K = 10,
+      costs 8 times more); ε_L is returned as the (N, K) view of the (K, N) result."""
     beta, target = out.beta, out.target
     scalar = isinstance(beta, float)
     if out.loss is losses.LOSSES["se"]:
+        error = torch.sub(target, mu, alpha=beta) if scalar else torch.addcmul(target, beta, mu, value=-1.0)
+        return error, error
+    if out.loss is losses.LOSSES["ce"] and mu.dim() == 2:
+        p = torch.softmax(_columns(mu), dim=0)  # (K, N)
         if scalar:
-            error = torch.sub(target, mu, alpha=beta)
-            return error, torch.linalg.vector_norm(error)
-        error = torch.addcmul(target, beta, mu, value=-1.0)
-        return error, _dot(error, error / beta)
-    if out.loss is losses.LOSSES["ce"]:
-        log_p = torch.log_softmax(mu, dim=1)
-        p = log_p.exp()
-        error = torch.sub(target, p, alpha=beta) if scalar else torch.addcmul(target, beta, p, value=-1.0)
-        return error, _dot(target, log_p)
-    return output_error_by_definition(out, mu)
+            return torch.sub(out.target_t, p, alpha=beta).t(), mu
+        return torch.addcmul(out.target_t, beta.view(1, -1), p, value=-1.0).t(), mu
+    return output_error_by_definition(out, mu)[0], mu
+
+
+def _columns(mu: Tensor) -> Tensor:
+    """μ_Lᵀ (K, N), contiguous: a view when μ_L is itself the transpose of a contiguous (K, N) tensor."""
+    mu_t = mu.t()
+    return mu_t if mu_t.is_contiguous() else mu_t.contiguous()
 
 
 def output_shift(out: Output, w: Weights) -> Tensor | None:
@@ -303,27 +329,27 @@ def output_error_of(out: Output, w: Weights, a: Tensor, shift: Tensor | None) ->
     """:func:`output_error` at μ_L = W_L a + b_L; with the ``shift`` of :func:`output_shift`, in one addmm."""
     if shift is not None and a.dim() == 2:
         error = torch.addmm(shift, a, w.weight_t, alpha=-out.beta)
-        return error, torch.linalg.vector_norm(error)
+        return error, error
+    if out.loss is losses.LOSSES["ce"] and w.weight_t is not None and a.dim() == 2:  # μ_Lᵀ = W_L aᵀ + b_L, (K, N)
+        mu_t = torch.mm(w.weight, a.t()) if w.bias is None else torch.addmm(w.bias.view(-1, 1), w.weight, a.t())
+        return output_error(out, mu_t.t())
     return output_error(out, prediction(w, a))
 
 
 def output_error_by_definition(out: Output, mu: Tensor) -> tuple[Tensor, Tensor]:
     """:func:`output_error` from the loss's definition: ε_L = −β N · ``loss.error`` (which includes 1/N) and
-    u = Σ_n β_n ℓ_n."""
+    the output energy Σ_n β_n ℓ_n."""
     _, grad = out.loss.error(mu, out.y)  # (N, K), 1/N included
     beta = out.beta if isinstance(out.beta, float) else out.beta.view(-1, 1)
     energy = out.loss.per_example(mu, out.y).unsqueeze(1) * beta
     return grad * (-len(mu)) * beta, energy.sum()
 
 
-def output_energy(out: Output, u: Tensor) -> Tensor:
-    """Σ_n β_n ℓ_n from :func:`output_error`'s u (any shape: one per step)."""
-    if out.loss is losses.LOSSES["se"]:
-        return u.square() * (0.5 / out.beta) if isinstance(out.beta, float) else u * 0.5
-    if out.loss is losses.LOSSES["ce"]:
-        return -u
-    return u
-
-
-def _dot(a: Tensor, b: Tensor) -> Tensor:
-    return torch.dot(a.reshape(-1), b.reshape(-1))
+def output_energy(out: Output, kept: list[Tensor]) -> Tensor:
+    """Σ_n β_n ℓ_n (one per step, shape (len(kept),)) from what :func:`output_error` returned at each step."""
+    if out.loss is losses.LOSSES["se"]:  # ‖ε_L‖² / (2β), β a number or a column
+        return (torch.stack(kept).square() / out.beta).sum((1, 2)) * 0.5
+    if out.loss is losses.LOSSES["ce"] and kept[0].dim() == 2:  # −Σ β onehot · log softmax μ_L, in (K, N) layout
+        columns = torch.stack([mu.t() for mu in kept])  # (S, K, N)
+        return -(torch.log_softmax(columns, dim=1) * out.target_t).sum((1, 2))
+    return torch.stack([output_error_by_definition(out, mu)[1] for mu in kept])

@@ -232,7 +232,7 @@ def infer(net: Network, x: Tensor, out: Output, p: Inference, frozen: frozenset[
     elif not p.zil:
         for index, block in enumerate(blocks):
             add_grads(updates, block.names, weight_change(weights[index], errors[index], inputs[index], scale))
-    energy = output_energy(out, torch.stack(outputs))
+    energy = output_energy(out, outputs)
     for trace in norms:  # ½ Σ_l ‖ε_l‖², per step
         energy = energy + torch.stack(trace).square().sum(1) * 0.5
     return Inferred(updates, energy / n, mus[-1])

@@ -28,8 +28,9 @@ Options and variants (Whittington & Bogacz 2019 list the conditions under which 
   update at step L − l, when the error wave passes it; the update then equals backprop's. Z-IL is defined at γ = 1
   (at the default γ = 0.1 the update would be far from backprop's), so ``update_at=zil`` sets γ = 1 and refuses any
   other γ given with it.
-- ``compile``: ``torch.compile`` the inference loop (fused kernels; each new batch shape compiles first, which
-  takes 10-60 s on a CPU; off by default for that reason).
+- ``compile``: ``torch.compile`` the inference loop (fused kernels, settings in ``COMPILE``; each new batch shape
+  compiles first, which takes 15-60 s on a CPU, a few seconds once inductor's cache holds it; off by default for
+  that reason).
 
 Stability: on a linear network F is quadratic in the values and inference descends it iff γ < 2/λ_max(∇²_x F); a
 rise of the energy over the inference (or a non-finite value) raises :class:`DivergenceError` naming γ, unless a
@@ -66,6 +67,12 @@ from bioprop.rules.pc_inference import Inference, Inferred, Network, infer
 
 NUDGES = ("positive", "negative", "centred")
 MAX_STEPS = 10_000  # inference steps per batch; more would run for minutes per batch without a word
+
+
+#: Inductor settings of ``compile=true``: the kernels' launcher compiled to C++ (``cpp_wrapper``: the T steps'
+#: ~100 kernel calls then cost no Python each) and matrix products chosen by measuring candidates, among them C++
+#: templates with the following elementwise work fused in (``max_autotune``).
+COMPILE = {"cpp_wrapper": True, "max_autotune": True}
 
 
 @dataclass(frozen=True)
@@ -146,7 +153,8 @@ class PredictiveCoding(Rule):
             self.opts = replace(o, gamma=gamma)  # what the rule uses is what it reports (summary.json, compare)
         steps = min(o.steps, depth - 1) if fixed and gamma == 1.0 else o.steps  # the sweep is exact after L − 1
         self.params = Inference(steps, gamma, fixed, zil, o.weight_lr if o.incremental else 0.0)
-        self._infer: Callable[..., Inferred] = torch.compile(infer, dynamic=False) if o.compile else infer
+        compiled = torch.compile(infer, dynamic=False, options=COMPILE) if o.compile else None
+        self._infer: Callable[..., Inferred] = compiled or infer
 
     @torch.no_grad()
     def update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
