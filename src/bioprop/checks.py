@@ -41,14 +41,26 @@ def _shape(tensor: Tensor) -> str:
     return str(tuple(tensor.shape))
 
 
-def check_batch(x: Any, y: Any, inputs_only: bool = False) -> None:
+def time_major(net: nn.Module) -> bool:
+    """Whether ``net`` takes time-major sequences x (T, B, C) and returns the readout at every step (T, B, K): the
+    recurrent networks (:class:`bioprop.nets.recurrent.RecurrentNet`, whose class says ``time_major = True``)."""
+    return bool(getattr(net, "time_major", False))
+
+
+def check_batch(x: Any, y: Any, inputs_only: bool = False, sequence: bool = False) -> None:
     """Refuse a batch whose types, shapes or label dtype are wrong, before any work: ``x`` must be a tensor with a
     batch dimension, ``y`` a 1-D int64 tensor of the same length on the same device, and the batch not empty. With
-    ``inputs_only`` (a prediction), ``y`` is not looked at."""
+    ``inputs_only`` (a prediction), ``y`` is not looked at. With ``sequence`` (a recurrent network) ``x`` is
+    time-major (T, B, C) and ``y`` either (T, B) int64 labels, −1 where a step has no target, every example with at
+    least one target, or (T, B, K) float targets (:mod:`bioprop.losses`)."""
     if not isinstance(x, Tensor):
-        raise BioPropError(f"input x must be a torch.Tensor of shape (B, ...), not {type(x).__name__}")
+        shape = "(T, B, C)" if sequence else "(B, ...)"
+        raise BioPropError(f"input x must be a torch.Tensor of shape {shape}, not {type(x).__name__}")
     if not inputs_only and not isinstance(y, Tensor):
         raise BioPropError(f"labels y must be a torch.Tensor of class indices, not {type(y).__name__}")
+    if sequence:
+        _check_sequence(x, None if inputs_only else y)
+        return
     if x.dim() < 2:
         raise BioPropError(f"input x of shape {_shape(x)} has no batch dimension; expected (B, features...)")
     if inputs_only:
@@ -67,11 +79,43 @@ def check_batch(x: Any, y: Any, inputs_only: bool = False) -> None:
         raise BioPropError(f"labels y are on {y.device} but input x is on {x.device}")
 
 
+def _check_sequence(x: Tensor, y: Tensor | None) -> None:
+    """:func:`check_batch` for a time-major sequence batch."""
+    if x.dim() != 3:
+        raise BioPropError(f"input x of shape {_shape(x)} is not a time-major sequence batch (T, B, C): a recurrent "
+                           "network takes one")  # fmt: skip
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise BioPropError(f"empty batch: x of shape {_shape(x)} has no time steps or no examples")
+    if y is None:
+        return
+    if y.device != x.device:
+        raise BioPropError(f"labels y are on {y.device} but input x is on {x.device}")
+    if y.is_floating_point():
+        if y.dim() != 3 or y.shape[:2] != x.shape[:2]:
+            raise BioPropError(f"float targets y of shape {_shape(y)} do not match x {_shape(x)}: expected "
+                               f"({x.shape[0]}, {x.shape[1]}, K)")  # fmt: skip
+        return
+    if y.dtype != torch.int64 or y.shape != x.shape[:2]:
+        raise BioPropError(f"sequence labels y must be int64 of shape (T, B) = {tuple(x.shape[:2])}, −1 where a step "
+                           f"has no target; got {y.dtype} of shape {_shape(y)}")  # fmt: skip
+    empty = ~(y >= 0).any(0)
+    if bool(empty.any()):
+        raise BioPropError(f"example {int(empty.nonzero()[0])} of the batch has no target at any step (all labels −1)")
+
+
 def check_labels(y: Tensor, n_classes: int) -> None:
-    """Refuse labels outside [0, n_classes), naming the first bad value."""
+    """Refuse labels outside [0, n_classes), naming the first bad value; sequence labels (T, B) may also be −1 (no
+    target at that step); float targets (regression) must have ``n_classes`` entries per step and be finite."""
+    if y.is_floating_point():
+        if y.shape[-1] != n_classes:
+            raise BioPropError(f"targets y have {y.shape[-1]} entries per step; the network has {n_classes} outputs")
+        if not all_finite(y):
+            raise BioPropError("targets y have non-finite entries (NaN or inf)")
+        return
     low, high = (int(v) for v in torch.aminmax(y))
-    if low < 0 or high >= n_classes:
-        bad = low if low < 0 else high
+    lowest = -1 if y.dim() == 2 else 0
+    if low < lowest or high >= n_classes:
+        bad = low if low < lowest else high
         raise BioPropError(f"label {bad} in y is out of range: the network has {n_classes} outputs, 0..{n_classes - 1}")
 
 
@@ -135,9 +179,10 @@ def network_dtype(net: nn.Module) -> tuple[torch.dtype, torch.device] | None:
 
 
 def fit_input(net: nn.Module, x: Tensor) -> int:
-    """Check that ``x`` (B, ...) has the network's dtype and device and a shape the network accepts, by running it
-    on one example (in eval mode, without autograd, on a copy: nothing of the network or of ``x`` changes); returns
-    the number of outputs (classes). A rule calls this once per input shape."""
+    """Check that ``x`` (B, ...), or (T, B, C) for a :func:`time_major` network, has the network's dtype and device
+    and a shape the network accepts, by running it on one example (in eval mode, without autograd, on a copy:
+    nothing of the network or of ``x`` changes); returns the number of outputs (classes). A rule calls this once
+    per input shape."""
     kind = network_dtype(net)
     if kind is None:
         raise BioPropError("the network has no floating-point parameters")
@@ -146,11 +191,12 @@ def fit_input(net: nn.Module, x: Tensor) -> int:
         raise BioPropError(f"input x is {x.dtype} but the network computes in {dtype}; convert x (x.to({dtype}))")
     if x.device != device:
         raise BioPropError(f"input x is on {x.device} but the network is on {device}; move x (x.to({str(device)!r}))")
+    sequence = time_major(net)
     modes = [(module, module.training) for module in net.modules()]
     try:
         net.eval()
         with torch.no_grad():
-            out = net(x[:1].clone())
+            out = net(x[:, :1].clone() if sequence else x[:1].clone())
     except (RuntimeError, ValueError, IndexError, TypeError, AttributeError) as exc:
         said = str(exc).strip().splitlines()
         reason = said[0] if said else type(exc).__name__
@@ -159,7 +205,8 @@ def fit_input(net: nn.Module, x: Tensor) -> int:
     finally:
         for module, training in modes:
             module.training = training
-    if not isinstance(out, Tensor) or out.dim() != 2:
+    if not isinstance(out, Tensor) or out.dim() != (3 if sequence else 2):
         got = _shape(out) if isinstance(out, Tensor) else type(out).__name__
-        raise BioPropError(f"the network's output for one example is {got}; the rules need logits (B, n_classes)")
-    return out.shape[1]
+        need = "a readout at every step (T, B, K)" if sequence else "logits (B, n_classes)"
+        raise BioPropError(f"the network's output for one example is {got}; the rules need {need}")
+    return out.shape[-1]

@@ -84,7 +84,10 @@ def evaluate(
     model: object, x: Tensor, y: Tensor, batch_size: int = 1000, loss: str | None = None
 ) -> tuple[float, float]:
     """Mean output loss per example and accuracy (a fraction) on ``x`` (N, ...) with labels ``y`` (N,) int64, in
-    chunks of ``batch_size`` examples. ``model`` is a rule (from ``bioprop.rules.create``: its prediction path
+    chunks of ``batch_size`` examples. For a recurrent network x is time-major (T, N, C) (uint8 spike trains are
+    converted to the network's dtype) and y (T, N) labels, −1 at steps without a target, or (T, N, K) float
+    targets; accuracy is :func:`sequence_correct`'s, NaN for float targets (regression has no classes).
+    ``model`` is a rule (from ``bioprop.rules.create``: its prediction path
     :meth:`~bioprop.rules.Rule.predict` and its output loss, the run's one loss) or a network (``net(x)`` and
     ``loss``, a name of :mod:`bioprop.losses`, cross-entropy by default).
 
@@ -104,12 +107,34 @@ def evaluate(
         raise BioPropError(f"evaluate needs a rule or a torch.nn.Module, not {type(model).__name__}")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BioPropError(f"batch_size must be a positive integer, not {batch_size!r}")
-    checks.check_batch(x, y)
+    sequence = checks.time_major(net)
+    kind = checks.network_dtype(net)
+    if sequence and x.dtype == torch.uint8 and kind is not None:  # spike trains stored as 0/1 bytes (bioprop.data)
+        x = x.to(kind[0])
+    checks.check_batch(x, y, sequence=sequence)
     checks.check_labels(y, checks.fit_input(net, x))
-    total_loss, correct = 0.0, 0
-    for start in range(0, len(x), batch_size):
-        output = predict(x[start : start + batch_size])
-        target = y[start : start + batch_size]
+    total_loss, correct, n = 0.0, 0, x.shape[1] if sequence else len(x)
+    for start in range(0, n, batch_size):
+        if sequence:
+            chunk = slice(start, start + batch_size)
+            output, target = predict(x[:, chunk].contiguous()), y[:, chunk]
+            correct += sequence_correct(output, target)
+        else:
+            output, target = predict(x[start : start + batch_size]), y[start : start + batch_size]
+            correct += int((output.argmax(1) == target).sum())
         total_loss += float(loss_fn.per_example(output, target).sum())
-        correct += int((output.argmax(1) == target).sum())
-    return total_loss / len(x), correct / len(x)
+    accuracy = math.nan if sequence and y.is_floating_point() else correct / n
+    return total_loss / n, accuracy
+
+
+def sequence_correct(z: Tensor, y: Tensor) -> int:
+    """How many examples of a sequence batch are classified right: the class whose readout z (T, B, K), summed over
+    an example's counted steps (labels y (T, B) ≥ 0), is largest, against the label of its last counted step (the
+    tasks give one label per example). Float targets (regression) have no classes: 0."""
+    if y.is_floating_point():
+        return 0
+    counted = y >= 0
+    decision = (z * counted.unsqueeze(2)).sum(0).argmax(1)  # (B,)
+    last = (counted.cumsum(0) == counted.sum(0)) & counted  # the last counted step, one per example
+    label = (y * last).sum(0)
+    return int((decision == label).sum())

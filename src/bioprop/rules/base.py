@@ -150,6 +150,8 @@ class Rule:
         self._fitted: tuple[tuple, int] | None = None  # (input shape, dtypes, devices) checked, and n_classes
         self._copy_input = walk_nets.writes_input(net)
         self._first_param = next(net.parameters(), torch.empty(0))
+        #: Batches are time-major sequences, x (T, B, C) and y (T, B) or (T, B, K) (:func:`bioprop.checks.time_major`).
+        self.sequence = checks.time_major(net)
 
     @classmethod
     def parse_options(cls, rule: str, given: dict[str, Any]) -> dict[str, Any]:
@@ -226,16 +228,17 @@ class Rule:
         ``x`` detached (a copy when the network's first layers would overwrite it) and ``index``. ``y`` None: inputs
         only (:meth:`predict`). The network is run on one example only when the input's shape, dtype or device (or
         the network's) differ from the last batch."""
-        checks.check_batch(x, y, inputs_only=y is None)
+        checks.check_batch(x, y, inputs_only=y is None, sequence=self.sequence)
         param = self._first_param  # the same object after net.double() / net.to(...), which change its dtype
-        key = (x.shape[1:], x.dtype, x.device, param.dtype, param.device)
+        shape = (x.shape[0], *x.shape[2:]) if self.sequence else x.shape[1:]  # without the batch dimension
+        key = (shape, x.dtype, x.device, param.dtype, param.device)
         if self._fitted is None or self._fitted[0] != key:
             self._fitted = (key, checks.fit_input(self.net, x))
         if y is not None:
             checks.check_labels(y, self._fitted[1])
         checks.check_finite_input(x)
         if index is not None:
-            checks.check_index(index, len(x))
+            checks.check_index(index, x.shape[1] if self.sequence else len(x))
         return (x.detach().clone() if self._copy_input else x.detach()), index
 
     def guarded(self, compute: Callable[..., Update], x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:

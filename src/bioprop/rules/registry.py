@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from bioprop import checks
 from bioprop import nets as walk_nets
 from bioprop.errors import BioPropError
 from bioprop.rules.declarations import CardEntry
@@ -61,6 +62,27 @@ def entry(name: str) -> Entry:
         raise BioPropError(f"unknown rule {name!r}; known: {', '.join(_REGISTRY)}") from None
 
 
+#: The kinds of network a rule may declare in ``Rule.networks``, as messages name them.
+KINDS = {
+    "feedforward": "feedforward networks (mlp:..., lenet)",
+    "energy": "energy-based networks (ebm:...)",
+    "recurrent": "recurrent networks (rnn:N, lif:N, alif:N, lsnn:N+M)",
+}
+NEEDS = {
+    "feedforward": "a feedforward network: --arch mlp:H1x... or lenet",
+    "energy": "an energy-based network: --arch ebm:H1x... (e.g. ebm:500) or ebm-conv",
+    "recurrent": "a recurrent network: --arch rnn:N, lif:N, alif:N or lsnn:N+M (e.g. lsnn:50+50)",
+}
+
+
+def network_kind(net: nn.Module) -> str:
+    """``"recurrent"`` for a time-major network (:func:`bioprop.checks.time_major`), ``"energy"`` for an
+    :class:`~bioprop.nets.energy.EnergyNet`, else ``"feedforward"``."""
+    if checks.time_major(net):
+        return "recurrent"
+    return "energy" if isinstance(net, walk_nets.EnergyNet) else "feedforward"
+
+
 def create(name: str, net: nn.Module, **options: Any) -> Rule:
     """Bind the rule called ``name`` to ``net``; ``options`` are the rule's options (strings are parsed).
     Raises :class:`BioPropError`, before any work, for an unknown rule or option, an invalid option value, a ``net``
@@ -73,12 +95,11 @@ def create(name: str, net: nn.Module, **options: Any) -> Rule:
     clash = sorted(set(options) & set(found.presets))
     if clash:
         raise BioPropError(f"rule {name}: option {clash[0]!r} is fixed by the rule's name")
-    kind = "energy" if isinstance(net, walk_nets.EnergyNet) else "feedforward"
+    kind = network_kind(net)
     if kind not in found.cls.networks:
         if kind == "feedforward":
-            raise BioPropError(f"rule {name} needs an energy-based network: --arch ebm:H1x... (e.g. ebm:500) or "
-                               "ebm-conv")  # fmt: skip
+            raise BioPropError(f"rule {name} needs {' or '.join(NEEDS[k] for k in sorted(found.cls.networks))}")
         able = [n for n, e in _REGISTRY.items() if kind in e.cls.networks]
-        able = ", ".join(able[:-1]) + f" or {able[-1]}" if len(able) > 1 else able[0]
-        raise BioPropError(f"rule {name}: energy-based networks (ebm:...) are trained by {able}, not by this rule")
+        able = ", ".join(able[:-1]) + f" or {able[-1]}" if len(able) > 1 else (able[0] if able else "no rule yet")
+        raise BioPropError(f"rule {name}: {KINDS[kind]} are trained by {able}, not by this rule")
     return found.cls(net, found, {**found.presets, **options})
