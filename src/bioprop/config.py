@@ -11,13 +11,16 @@ default and ``metadata``, see :func:`setting`): nothing about a setting is writt
 command line override the file. :meth:`RunConfig.fingerprint` identifies what a run computes, so a checkpoint
 can refuse to be resumed under another configuration.
 
-Values are parsed by one set of rules whether they come from YAML or from a flag (flags arrive as strings):
+Values are parsed by one set of rules whether they come from YAML or from a flag (flags arrive as strings): those
+of the rules' options, :func:`bioprop.rules.options.coerce` (pydantic's lax mode, with strict pieces), so that
 
 - a float field takes a finite number, also written as a string (YAML 1.1 reads ``1e-3``, ``1E-3`` as strings);
-  ``nan`` and ``inf`` (``.nan``, ``.inf`` in YAML) are refused;
+  ``nan`` and ``inf`` (``.nan``, ``.inf`` in YAML) are refused, and so is a bool;
 - an int field takes an integer: a YAML integer, a YAML float that is a whole number (``5.0``, as the rules'
-  options do), or a string of digits; ``1e3`` as a string is refused (write ``1000``), and so is anything outside
+  options do), or a string of one; ``1e3`` as a string is refused (write ``1000``), and so is anything outside
   the 64-bit range (``-2**63 .. 2**63 - 1``);
+- a string field takes a number as its text (a ``data_dir`` or ``arch`` that YAML read as a number); a bool field
+  a bool or a word such as ``true`` or ``no``;
 - a path field (``data_dir``) refuses the empty string, which would silently mean the current directory;
 - every error is a :class:`~bioprop.errors.BioPropError` of one line naming the key (``--lr`` for a flag,
   ``config 'run.yaml': lr`` for a file) and quoting the value; a file that is missing, binary, empty, not YAML
@@ -41,10 +44,11 @@ from typing import Any, Union, get_args, get_origin, get_type_hints
 
 import torch
 import yaml
+from pydantic import ValidationError
 
 from bioprop import nets, rules
 from bioprop.errors import BioPropError
-from bioprop.rules.options import INT_RANGE
+from bioprop.rules.options import INT_RANGE, coerce, problem
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
@@ -58,6 +62,8 @@ MAX_THREADS = 1024
 #: What ``arch: auto`` stands for, by the kind of network the rule trains.
 DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256"}
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
+#: What a value of each kind of setting must be, as its errors say.
+KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
 
 
 def setting(
@@ -205,7 +211,7 @@ class RunConfig:
         for name in ("epochs", "batch_size", "probe_batches", "probe_batch_size"):
             if getattr(self, name) < 1:
                 raise bad(name, "a positive integer")
-        for name in ("lr", "momentum", "weight_decay"):  # a RunConfig built in Python skips _coerce
+        for name in ("lr", "momentum", "weight_decay"):  # a RunConfig built in Python skips parse_value
             if not math.isfinite(getattr(self, name)):
                 raise bad(name, "a finite number")
         if not self.lr > 0:
@@ -404,46 +410,42 @@ def _file_source(path: str | Path) -> str:
     return f"config {str(path)!r}"
 
 
-def parse_number(label: str, text: str, kind: type[int] | type[float]) -> int | float:
-    """``text`` (a flag's or environment variable's value, or a YAML string such as ``1e-3``) as a finite float
-    or a 64-bit integer; anything else is a BioPropError naming ``label`` and quoting ``text``."""
-    token = text.strip()
-    if kind is int:
-        digits = token.lstrip("+-")
-        if digits.isdigit() and len(digits) > 19:  # past 64 bits, and maybe past Python's 4300-digit limit
-            raise BioPropError(f"{label} must be an integer from {INT_RANGE[0]} to {INT_RANGE[1]}, not {text!r}")
-        try:
-            return _in_range(label, int(token))
-        except ValueError:
-            hint = _whole_number_hint(token)
-            raise BioPropError(f"{label} must be an integer, not {text!r}{hint}") from None
+def parse_value(label: str, value: Any, kind: type) -> Any:
+    """``value`` (from YAML, a flag or an environment variable) as a setting of type ``kind``: int, float, str,
+    bool or dict, read by :func:`bioprop.rules.options.coerce` (see the module docstring). A value it refuses is a
+    one-line BioPropError naming ``label`` and quoting the value, with a hint where a whole number was written in
+    another notation (``1e3``: write 1000)."""
     try:
-        number = float(token)
-    except ValueError:
-        raise BioPropError(f"{label} must be a number, not {text!r}") from None
-    if not math.isfinite(number):
-        raise BioPropError(f"{label} must be a finite number, not {text!r}")
-    return number
+        return coerce(kind, value)
+    except ValidationError as error:
+        found = problem(kind, error)
+    if found == "finite":
+        raise BioPropError(f"{label} must be a finite number, not {value!r}")
+    if found == "range":
+        raise BioPropError(f"{label} must be an integer from {INT_RANGE[0]} to {INT_RANGE[1]}, not {value!r}")
+    says = KIND_NAMES.get(kind, kind.__name__)
+    raise BioPropError(f"{label} must be {says}, not {value!r}{_whole_number_hint(value, kind)}")
 
 
-def _in_range(label: str, number: int) -> int:
-    if not INT_RANGE[0] <= number <= INT_RANGE[1]:
-        raise BioPropError(f"{label} must be an integer from {INT_RANGE[0]} to {INT_RANGE[1]}, not {number}")
-    return number
+parse_number = parse_value  # the name bioprop.cli reads the thread variables with
 
 
-def _whole_number_hint(token: str) -> str:
-    """`` (write 1000)`` when ``token`` is a whole number in another notation, such as ``1e3``."""
+def _whole_number_hint(value: Any, kind: type) -> str:
+    """`` (write 1000)`` when ``value`` is a string that writes a 64-bit whole number in another notation (``1e3``)
+    and ``kind`` is int."""
+    if kind is not int or not isinstance(value, str):
+        return ""
     try:
-        number = float(token)
-    except ValueError:
+        number = coerce(float, value)
+    except ValidationError:
         return ""
     return f" (write {int(number)})" if number.is_integer() and abs(number) < 2**63 else ""
 
 
 def _checked_values(values: dict[str, Any], source: str | None) -> dict[str, Any]:
-    """``values`` with unknown keys refused and each value coerced to its field's type. ``source`` is the file (or
-    other origin) named in errors; None means flags, named by their flag (``--lr``)."""
+    """``values`` with unknown keys refused and each value parsed as its field's type (:func:`parse_value`; ``None``
+    stays ``None`` where the field allows it). ``source`` is the file (or other origin) named in errors; None means
+    flags, named by their flag (``--lr``)."""
     hints = get_type_hints(RunConfig)
     paths = {f.name for f in fields(RunConfig) if f.metadata.get("path")}
     out = {}
@@ -452,42 +454,18 @@ def _checked_values(values: dict[str, Any], source: str | None) -> dict[str, Any
             origin = source if source is not None else "flags"
             raise BioPropError(f"{origin}: unknown key {key!r}; known: {', '.join(sorted(hints))}")
         label = flag(key) if source is None else f"{source}: {key}"
-        out[key] = _coerce(label, value, hints[key])
+        out[key] = None if value is None and _optional(hints[key]) else parse_value(label, value, _kind(hints[key]))
         if key in paths and out[key] == "":
             raise BioPropError(f"{label} needs a path, not ''")
     return out
 
 
+def _optional(hint: Any) -> bool:
+    """Whether a field's type hint allows ``None`` (``int | None``)."""
+    return get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
+
+
 def _kind(hint: Any) -> type:
     """The type a field's hint holds, ``None`` aside: ``int | None`` is int, ``dict[str, Any]`` is dict."""
-    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
-    kind = next(a for a in get_args(hint) if a is not type(None)) if optional else hint
+    kind = next(a for a in get_args(hint) if a is not type(None)) if _optional(hint) else hint
     return get_origin(kind) or kind
-
-
-def _coerce(label: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against the field's type ``hint``; numbers as the module docstring says."""
-    optional = get_origin(hint) in (Union, types.UnionType) and type(None) in get_args(hint)
-    if value is None and optional:
-        return None
-    kind = _kind(hint)
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    if kind in (int, float) and isinstance(value, str):
-        return parse_number(label, value, kind)
-    if kind is float and is_number:
-        if not math.isfinite(value):
-            raise BioPropError(f"{label} must be a finite number, not {value!r}")
-        return float(value)
-    if kind is int and is_number and (isinstance(value, int) or value.is_integer()):
-        return _in_range(label, int(value))
-    if kind is str and is_number:
-        return str(value)  # e.g. a data_dir or arch that YAML read as a number
-    if kind in (int, float) or not isinstance(value, kind):
-        raise BioPropError(f"{label} must be {_kind_name(kind)}, not {value!r}")
-    return dict(value) if kind is dict else value
-
-
-def _kind_name(kind: type) -> str:
-    return {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}.get(
-        kind, kind.__name__
-    )

@@ -1,34 +1,78 @@
 """Rule options: one frozen, typed dataclass per rule, declared field by field with :func:`option`, parsed and
 validated once (:meth:`Options.parse`) and printed by ``bioprop rules NAME``.
 
-Values given as strings (``--rule-opt key=value``, YAML) are parsed by the field's type: booleans from
-true/false/yes/no/on/off/1/0, ints also from integral floats (YAML's ``steps: 5.0``), floats from ints; every
-float must be finite; choices, checks and maxima are applied after parsing. Every error is a
-:class:`~bioprop.errors.BioPropError` of one line naming the rule, the key and the value.
+Values, whether strings (``--rule-opt key=value``, YAML) or Python values, are read by :func:`coerce`, which
+:mod:`bioprop.config` uses too: pydantic's lax mode, finite floats and 64-bit ints; choices, checks and maxima are
+applied after parsing. Every error is a :class:`~bioprop.errors.BioPropError` of one line naming the rule, the key
+and the value.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from typing import Annotated, Any
+
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
 
 from bioprop.errors import BioPropError
 
 INT_RANGE = (-(2**63), 2**63 - 1)  # what torch's generators, safetensors' JSON and numpy all hold
 
+#: What a value of each kind is validated as, where it is not the kind itself: ints within 64 bits.
+VALIDATED_AS: dict[type, Any] = {int: Annotated[int, Field(ge=INT_RANGE[0], le=INT_RANGE[1])], dict: dict[str, Any]}
+#: pydantic's lax mode, with floats finite and a number given for a string turned into its text.
+LAX = ConfigDict(allow_inf_nan=False, coerce_numbers_to_str=True)
+
+
+@cache
+def adapter(kind: type) -> TypeAdapter:
+    """The pydantic validator of values of ``kind`` (int, float, bool, str or dict), built once."""
+    return TypeAdapter(VALIDATED_AS.get(kind, kind), config=LAX)
+
+
+def coerce(kind: type, value: Any) -> Any:
+    """``value`` as a ``kind`` (int, float, bool, str or dict), by pydantic's rules in lax mode
+    (https://docs.pydantic.dev/latest/concepts/conversion_table/), which the rule options and the run settings share:
+
+    - a bool from a bool, or from a string true/false, yes/no, on/off, 1/0, t/f, y/n (any case);
+    - an int from an int, a float that is a whole number (YAML's ``steps: 5.0``, not ``5.5``) or a string of
+      digits (``"1e3"`` is refused); from ``-2**63`` to ``2**63 - 1``;
+    - a float from a number or a numeric string (``"1e-3"``), finite only (``nan``, ``inf`` and ``1e999`` refused);
+    - a str from a string or a number (``5`` becomes ``"5"``); a dict from a mapping.
+
+    Strict where lax mode is laxer than these rules: a bool is no number, and a bool is not given as ``1`` or
+    ``0.0`` (only strings are parsed). Whitespace around a string is ignored for every kind but str.
+
+    Raises ``pydantic.ValidationError``; :func:`problem` says in a word what it found."""
+    if isinstance(value, str) and kind is not str:
+        value = value.strip()
+    strict = not isinstance(value, str) and (kind is bool or isinstance(value, bool))
+    return adapter(kind).validate_python(value, strict=strict)
+
+
+def problem(kind: type, error: ValidationError) -> str:
+    """What :func:`coerce` refused in a value of ``kind``: ``"finite"`` (a float that is nan or infinite, or
+    overflows to it), ``"range"`` (an int outside :data:`INT_RANGE`) or ``"type"`` (anything else)."""
+    found = error.errors()[0]["type"]
+    if found == "finite_number" and kind is float:
+        return "finite"
+    if found in ("greater_than_equal", "less_than_equal", "int_parsing_size"):
+        return "range"
+    return "type"
+
 
 @dataclass(frozen=True)
 class Option:
-    """A rule option: its default, type (used to parse ``--rule-opt key=value`` strings) and a one-line help.
-    ``maximum`` bounds a count that sets how much work a step does (inference steps, sweeps); the help says it.
-    Every float option must be finite."""
+    """A rule option: its default, type (int, float, bool or str: :func:`coerce` reads values as it) and a one-line
+    help. ``maximum`` bounds a count that sets how much work a step does (inference steps, sweeps); the help says
+    it. Every float option must be finite."""
 
     default: Any
     help: str
-    type: Callable[[str], Any] | None = None  # defaults to type(default)
+    type: type | None = None  # defaults to type(default)
     choices: tuple[Any, ...] | None = None
     check: Callable[[Any], bool] | None = None  # e.g. lambda v: v > 0
     check_says: str = ""
@@ -39,16 +83,18 @@ class Option:
             object.__setattr__(self, "help", f"{self.help} (at most {self.maximum})")
 
     def parse(self, rule: str, key: str, value: Any) -> Any:
+        """``value`` read as the option's type (:func:`coerce`), then checked against its choices, check and maximum;
+        a BioPropError naming ``rule``, ``key`` and the value otherwise."""
         kind = self.type or type(self.default)
-        parsed = _coerce(kind, value)
-        if parsed is _INVALID:
-            raise BioPropError(f"rule {rule}: option {key}={value!r} is not a valid {kind.__name__}")
-        value = parsed
-        if isinstance(value, float) and not math.isfinite(value):
-            raise BioPropError(f"rule {rule}: option {key}={value!r} must be a finite number")
-        if isinstance(value, int) and not isinstance(value, bool) and not INT_RANGE[0] <= value <= INT_RANGE[1]:
-            raise BioPropError(f"rule {rule}: option {key}={value!r} must be a 64-bit integer, from {INT_RANGE[0]} to "
-                               f"{INT_RANGE[1]}")  # fmt: skip
+        try:
+            value = coerce(kind, value)
+        except ValidationError as error:
+            says = {
+                "finite": "must be a finite number",
+                "range": f"must be a 64-bit integer, from {INT_RANGE[0]} to {INT_RANGE[1]}",
+                "type": f"is not a valid {kind.__name__}",
+            }[problem(kind, error)]
+            raise BioPropError(f"rule {rule}: option {key}={value!r} {says}") from None
         if self.choices is not None and value not in self.choices:
             choices = ", ".join(map(str, self.choices))
             raise BioPropError(f"rule {rule}: option {key}={value!r}; choose one of {choices}")
@@ -59,18 +105,6 @@ class Option:
         return value
 
 
-def _parse_bool(text: str) -> bool:
-    lowered = text.strip().lower()
-    if lowered in ("1", "true", "yes", "on"):
-        return True
-    if lowered in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-_INVALID = object()
-
-
 def say(value: Any) -> str:
     """An option value as ``--rule-opt`` would take it: floats in ``%g`` form, booleans lowercase."""
     if isinstance(value, bool):
@@ -78,30 +112,11 @@ def say(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _coerce(kind: Callable[[str], Any], value: Any) -> Any:
-    """``value`` as an option of type ``kind``: strings parsed, ints accepted for floats, integral floats for ints
-    (YAML's ``steps: 5.0``); anything else of the wrong type is ``_INVALID``."""
-    try:
-        if isinstance(value, str) and kind is not str:
-            return _parse_bool(value) if kind is bool else kind(value)
-    except (TypeError, ValueError):
-        return _INVALID
-    if kind is bool:
-        return value if isinstance(value, bool) else _INVALID
-    if kind in (int, float) and (isinstance(value, bool) or not isinstance(value, (int, float))):
-        return _INVALID
-    if kind is int and isinstance(value, float):
-        return int(value) if value.is_integer() else _INVALID
-    if kind is float:
-        return float(value)
-    return value
-
-
 def option(
     default: Any,
     help: str,
     *,
-    type: Callable[[str], Any] | None = None,
+    type: type | None = None,
     choices: tuple[Any, ...] | None = None,
     check: Callable[[Any], bool] | None = None,
     check_says: str = "",
