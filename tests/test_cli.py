@@ -217,10 +217,12 @@ def test_rules_name_shows_options_and_card(cli) -> None:
     assert_one_line_error(code, err, says="unknown rule 'nope'")
 
 
-def test_datasets_lists_the_five(cli) -> None:
+def test_datasets_lists_every_registered_dataset(cli) -> None:
     code, out, _ = cli("datasets")
     assert code == 0
-    assert set(DATASETS) == {"digits", "mnist", "fashion-mnist", "kmnist", "cifar10"}
+    images = {"digits", "mnist", "fashion-mnist", "kmnist", "cifar10"}
+    sequences = {"cue-accumulation", "pattern-generation", "periodic-target", "store-recall", "seq-fashion-mnist", "shd"}
+    assert set(DATASETS) == images | sequences
     for name in DATASETS:
         assert name in out
 

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+from bioprop.data.temporal import TASKS, Task
 from bioprop.errors import BioPropError
 
 # File names of the four IDX files shared by MNIST, Fashion-MNIST and KMNIST (each may also be gzipped).
@@ -36,8 +38,11 @@ class DatasetSpec:
     """What bioprop knows about one named dataset.
 
     ``kind`` selects the reader: ``"sklearn"`` (bundled with scikit-learn), ``"idx"`` (four IDX files,
-    raw or gzipped) or ``"cifar10-bin"`` (CIFAR-10 binary record files). ``base_url`` is the canonical
-    download location, to which each of ``files`` is appended.
+    raw or gzipped) or ``"cifar10-bin"`` (CIFAR-10 binary record files); for sequence datasets (``task`` set:
+    its keys and how it is made, :class:`bioprop.data.temporal.Task`) ``"generated"`` (made by a generator, no
+    files), ``"sequence"`` (the images of the registered dataset ``base`` as sequences) or ``"shd"`` (the user's
+    Spiking Heidelberg Digits files). ``base_url`` is the canonical download location, to which each of ``files``
+    is appended.
     """
 
     name: str
@@ -46,6 +51,8 @@ class DatasetSpec:
     base_url: str | None
     files: tuple[RemoteFile, ...]
     extra_how: str = ""
+    task: Task | None = None
+    base: str | None = None
 
 
 # Checksums. The SHA-256 values are those of the files as served by the canonical sources; each was
@@ -147,6 +154,40 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         ),
     ),
+    "cue-accumulation": DatasetSpec(
+        name="cue-accumulation", kind="generated", n_classes=2, base_url=None, files=(), task=TASKS["cue-accumulation"]
+    ),
+    "pattern-generation": DatasetSpec(
+        name="pattern-generation",
+        kind="generated",
+        n_classes=1,
+        base_url=None,
+        files=(),
+        task=TASKS["pattern-generation"],
+    ),
+    "periodic-target": DatasetSpec(
+        name="periodic-target", kind="generated", n_classes=1, base_url=None, files=(), task=TASKS["periodic-target"]
+    ),
+    "store-recall": DatasetSpec(
+        name="store-recall", kind="generated", n_classes=2, base_url=None, files=(), task=TASKS["store-recall"]
+    ),
+    "seq-fashion-mnist": DatasetSpec(
+        name="seq-fashion-mnist",
+        kind="sequence",
+        n_classes=10,
+        base_url=None,
+        files=(),
+        task=TASKS["seq-fashion-mnist"],
+        base="fashion-mnist",
+    ),
+    "shd": DatasetSpec(
+        name="shd",
+        kind="shd",
+        n_classes=20,
+        base_url="https://zenkelab.org/datasets/",
+        files=(),
+        task=TASKS["shd"],
+    ),
 }
 
 _ALIASES = {
@@ -156,6 +197,10 @@ _ALIASES = {
     "cifar-10": "cifar10",
     "k-mnist": "kmnist",
     "kuzushiji-mnist": "kmnist",
+    "evidence-accumulation": "cue-accumulation",
+    "sequential-fashion-mnist": "seq-fashion-mnist",
+    "seq-fmnist": "seq-fashion-mnist",
+    "spiking-heidelberg-digits": "shd",
 }
 
 
@@ -164,15 +209,56 @@ def known_names() -> str:
     return ", ".join(DATASETS)
 
 
-def canonical_name(name: str) -> str:
-    """The registry key for ``name`` (case and ``_``/``-`` insensitive, a few aliases); raises if unknown."""
-    key = str(name).strip().lower().replace("_", "-")
+def parse_name(name: str) -> tuple[DatasetSpec, dict[str, Any]]:
+    """The registry entry of ``name`` and its settings.
+
+    ``name`` is ``NAME`` or ``NAME:key=value,...`` (``NAME:flag`` sets a boolean key); the name is case and
+    ``_``/``-`` insensitive and may be an alias. The settings hold every key of the dataset's task
+    (:class:`bioprop.data.temporal.Task`), the default where not given. An unknown name, an unknown, repeated or
+    empty key and a bad value each raise one-line :class:`BioPropError` (an unknown key lists the known ones).
+    """
+    base, colon, items = str(name).strip().partition(":")
+    key = base.strip().lower().replace("_", "-")
     key = _ALIASES.get(key, key)
     if key not in DATASETS:
-        raise BioPropError(f"unknown dataset {name!r}; known datasets: {known_names()}")
-    return key
+        given_name = base.strip() if colon else name
+        raise BioPropError(f"unknown dataset {given_name!r}; known datasets: {known_names()}")
+    spec = DATASETS[key]
+    keys = {k.name: k for k in spec.task.keys} if spec.task is not None else {}
+    settings = {k: option.default for k, option in keys.items()}
+    given: set[str] = set()
+    for item in items.split(",") if colon else ():
+        word, equals, value = (part.strip() for part in item.lower().partition("="))
+        word = word.replace("-", "_")
+        if not word:
+            raise BioPropError(f"{spec.name}: empty key in {str(name).strip()!r}")
+        if word not in keys:
+            known = f"known keys: {', '.join(keys)}" if keys else "it takes none"
+            raise BioPropError(f"unknown key {word!r} for {spec.name}; {known}")
+        if word in given:
+            raise BioPropError(f"{spec.name}: key {word!r} given twice")
+        given.add(word)
+        settings[word] = keys[word].parse(value if equals else None, spec.name)
+    return spec, settings
+
+
+def canonical_name(name: str) -> str:
+    """The registry key for ``name`` (case and ``_``/``-`` insensitive, a few aliases), followed by
+    ``:key=value,...`` for the keys set to other than their defaults, in the task's order (``NAME:flag`` for a
+    boolean key set); raises as :func:`parse_name` does."""
+    spec, settings = parse_name(name)
+    changed = [k for k in (spec.task.keys if spec.task else ()) if settings[k.name] != k.default]
+    items = [_item(k.name, settings[k.name]) for k in changed]
+    return f"{spec.name}:{','.join(items)}" if items else spec.name
+
+
+def _item(key: str, value: Any) -> str:
+    if isinstance(value, bool):
+        return key if value else f"{key}=false"
+    return f"{key}={value}"
 
 
 def spec_for(name: str) -> DatasetSpec:
-    """The registry entry of ``name`` (looked up at call time, so tests may patch ``DATASETS``)."""
-    return DATASETS[canonical_name(name)]
+    """The registry entry of ``name`` (looked up at call time, so tests may patch ``DATASETS``); keys in the
+    name are checked as :func:`parse_name` does."""
+    return parse_name(name)[0]
