@@ -221,7 +221,8 @@ def test_datasets_lists_every_registered_dataset(cli) -> None:
     code, out, _ = cli("datasets")
     assert code == 0
     images = {"digits", "mnist", "fashion-mnist", "kmnist", "cifar10"}
-    sequences = {"cue-accumulation", "pattern-generation", "periodic-target", "store-recall", "seq-fashion-mnist", "shd"}
+    sequences = {"cue-accumulation", "pattern-generation", "periodic-target", "store-recall", "seq-fashion-mnist",
+                 "shd"}  # fmt: skip
     assert set(DATASETS) == images | sequences
     for name in DATASETS:
         assert name in out

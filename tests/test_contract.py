@@ -22,15 +22,20 @@ from conftest import tiny_config
 
 ENERGY = {name for name in rules.names() if "energy" in rules.entry(name).cls.networks
           and "feedforward" not in rules.entry(name).cls.networks}  # fmt: skip
+RECURRENT = {name for name in rules.names() if rules.entry(name).cls.networks == {"recurrent"}}
 #: Options that make a rule draw random numbers or keep per-example state, where it has them.
 STATEFUL = {
     "ep": {"nudge": "random-sign", "persistent": True},
     "microcircuit": {"noise": 0.05},
+    "eprop": {"feedback": "adaptive"},
 }
+STEPS = 8  # of the sequences the temporal rules get
 
 
 def net_for(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
+    if name in RECURRENT:
+        return nets.build("lsnn:3+3", (STEPS, 4), 3).double()
     arch = "ebm:12" if name in ENERGY else "mlp:12"
     act = "auto"
     from bioprop.config import RunConfig
@@ -39,8 +44,15 @@ def net_for(name: str, seed: int = 0) -> torch.nn.Module:
     return nets.build(arch, (1, 4, 4), 3, act).double()
 
 
-def batch(seed: int = 1, n: int = 6) -> tuple[Tensor, Tensor, Tensor]:
+def batch(seed: int = 1, n: int = 6, name: str | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """Images (n, 1, 4, 4) and labels (n,); for a temporal rule, spike trains (T, n, 4) with labels in the last half
+    of the steps (−1 before)."""
     g = torch.Generator().manual_seed(seed)
+    if name in RECURRENT:
+        x = (torch.rand(STEPS, n, 4, generator=g) < 0.4).double()
+        y = torch.randint(0, 3, (n,), generator=g).expand(STEPS, n).clone()
+        y[: STEPS // 2] = -1
+        return x, y, torch.randperm(20, generator=g)[:n]
     x = torch.rand(n, 1, 4, 4, generator=g, dtype=torch.float64)
     y = torch.randint(0, 3, (n,), generator=g)
     return x, y, torch.randperm(20, generator=g)[:n]
@@ -69,11 +81,11 @@ def test_grads_is_pure(name: str) -> None:
     optimizer = torch.optim.SGD(net.parameters(), lr=0.01)
     for seed in (1, 2):  # state moves on: particles written, a step counted
         optimizer.zero_grad()
-        rule.backward(*batch(seed))
+        rule.backward(*batch(seed, name=name))
         optimizer.step()
     before, rng = state(rule), torch.get_rng_state()
-    first = rule.grads(*batch(1))
-    second = rule.grads(*batch(1))
+    first = rule.grads(*batch(1, name=name))
+    second = rule.grads(*batch(1, name=name))
     assert torch.equal(torch.get_rng_state(), rng), "grads drew from the global random generator"
     assert same_state(before, state(rule)), "grads changed the rule's state"
     assert first.grads.keys() == second.grads.keys()
@@ -84,7 +96,7 @@ def test_grads_is_pure(name: str) -> None:
 @pytest.mark.parametrize("name", rules.names())
 def test_create_leaves_what_the_net_computes_unchanged(name: str) -> None:
     net = net_for(name)
-    x = batch()[0]
+    x = batch(name=name)[0]
     before = net(x).detach()
     rules.create(name, net, **options(name))
     assert torch.equal(net(x).detach(), before)

@@ -44,8 +44,14 @@ class Net:
     def energy(self) -> bool:
         return self.arch.startswith("ebm")
 
+    @property
+    def sequence(self) -> bool:
+        """A recurrent net: its batches are time-major spike trains (T, B, C) with labels in the last half."""
+        return self.arch.startswith("lsnn")
 
-NETS = (Net("mlp:16", (12,)), Net("ebm:16", (12,)), Net("lenet", (1, 28, 28)), Net("ebm-conv:2x2", (1, 16, 16)))
+
+NETS = (Net("mlp:16", (12,)), Net("ebm:16", (12,)), Net("lenet", (1, 28, 28)), Net("ebm-conv:2x2", (1, 16, 16)),
+        Net("lsnn:4+4", (20, 6)))  # fmt: skip
 
 #: Options that take other code paths than the defaults, on the first net the rule accepts unless one is named.
 #: (``ipc`` with its defaults diverges on LeNet with these inputs, on both devices; a smaller inner weight step
@@ -64,6 +70,10 @@ VARIANTS: list[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str]] = [
     ("pc", {"nudge": "centred", "output": "se"}),
     ("pc", {"predictions": "fixed"}),
     ("ipc", {"weight_lr": 1e-4}, "lenet"),
+    ("eprop", {"feedback": "random"}),
+    ("eprop", {"feedback": "adaptive", "rate_reg": 0.01}),
+    ("eprop", {"route": "autodiff"}),
+    ("tbptt", {"truncation": 5}),
 ]
 
 
@@ -117,9 +127,8 @@ def outcome(rule: str, net: Net, device: str, options: dict[str, Any] | None = N
     ``reference_grads`` and one ``backward``; everything they return (and the ``.grad`` the step wrote) on the CPU."""
     model = build(rule, net).to(device)
     learner = rules.create(rule, model, **(options or {}))
-    gen = torch.Generator().manual_seed(1)
-    x = torch.rand((BATCH, *net.shape), generator=gen, dtype=torch.float64).to(device)
-    y = torch.randint(0, N_CLASSES, (BATCH,), generator=gen).to(device)
+    x, y = batch(net)
+    x, y = x.to(device), y.to(device)
     torch.manual_seed(2)  # the same global state on both devices, should a rule draw from it
     result = Outcome()
 
@@ -139,6 +148,20 @@ def outcome(rule: str, net: Net, device: str, options: dict[str, Any] | None = N
     keep("step", {"loss": loss, "prediction": prediction})
     keep("step", {name: p.grad for name, p in model.named_parameters() if p.grad is not None})
     return result
+
+
+def batch(net: Net) -> tuple[torch.Tensor, torch.Tensor]:
+    """The cell's batch on the CPU: uniform inputs and labels, or for a recurrent net spike trains (T, B, C) and
+    labels (T, B) in the last half of the steps (−1 before)."""
+    gen = torch.Generator().manual_seed(1)
+    if net.sequence:
+        steps, channels = net.shape
+        x = (torch.rand((steps, BATCH, channels), generator=gen) < 0.3).double()
+        y = torch.randint(0, N_CLASSES, (BATCH,), generator=gen).expand(steps, BATCH).clone()
+        y[: steps // 2] = -1
+        return x, y
+    x = torch.rand((BATCH, *net.shape), generator=gen, dtype=torch.float64)
+    return x, torch.randint(0, N_CLASSES, (BATCH,), generator=gen)
 
 
 def relative_error(got: torch.Tensor, expected: torch.Tensor) -> float:

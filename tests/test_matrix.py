@@ -34,7 +34,9 @@ from bioprop import metrics, rules
 from bioprop.errors import BioPropError
 from bioprop.nets.energy import EnergyNet
 
-RULES = rules.names()
+#: The rules for recurrent networks train none of the matrix's networks (their checks: tests/test_eprop.py).
+TEMPORAL = tuple(name for name in rules.names() if rules.entry(name).cls.networks == {"recurrent"})
+RULES = [name for name in rules.names() if name not in TEMPORAL]
 ENERGY_RULES = ("ep", "chl", "generec")
 FA_RULES = ("fa", "dfa", "usf", "brsf", "frsf")
 SEED = 11  # the random state every call starts from (dropout masks)
@@ -232,15 +234,21 @@ CELLS: dict[str, Cell] = {
     "tied weights": Cell(
         tied, refused={"microcircuit": "layer 5 (Linear) shares its weights with layer 3", **NOT_ENERGY}
     ),
-    "mixed dtypes": Cell(mixed_dtypes, refused={n: "mixes parameter types: '1.weight' is torch.float64 on cpu, "
-                                                   "'3.weight' is torch.float32" for n in RULES} | NOT_ENERGY),
+    "mixed dtypes": Cell(
+        mixed_dtypes,
+        refused={
+            n: "mixes parameter types: '1.weight' is torch.float64 on cpu, '3.weight' is torch.float32" for n in RULES
+        }
+        | NOT_ENERGY,
+    ),
     "in-place activation": Cell(
         lambda: mlp(lambda: nn.ReLU(inplace=True)), refused=NOT_ENERGY, equivalent=not_in_place, pairs=same_names
     ),
     "in-place layer on the input": Cell(
         lambda: init(nn.Sequential(nn.Flatten(), nn.ReLU(inplace=True), nn.Linear(6, 4), nn.Tanh(), nn.Linear(4, 3))),
         refused={name: "layer 1 (ReLU) is not supported" for name in MLP_ONLY} | NOT_ENERGY,
-        equivalent=not_in_place, pairs=same_names,
+        equivalent=not_in_place,
+        pairs=same_names,
     ),  # fmt: skip
     # ipc's weights (a zero bias, an unfrozen layer) move during inference, so there the equivalence does not hold
     "bias-free layer": Cell(
@@ -250,8 +258,10 @@ CELLS: dict[str, Cell] = {
         lambda: mlp(dropout=0.5), refused={name: "layer 3 (Dropout) is not supported" for name in MLP_ONLY} | NOT_ENERGY
     ),
     "dropout (eval)": Cell(
-        dropout_eval, refused={name: "layer 3 (Dropout) is not supported" for name in MLP_ONLY} | NOT_ENERGY,
-        equivalent=without_dropout, pairs=by_order,
+        dropout_eval,
+        refused={name: "layer 3 (Dropout) is not supported" for name in MLP_ONLY} | NOT_ENERGY,
+        equivalent=without_dropout,
+        pairs=by_order,
     ),  # fmt: skip
     "conv and pooling": Cell(
         conv, shape=(1, 6, 6), refused={name: "layer 0 (Conv2d) is not supported" for name in MLP_ONLY} | NOT_ENERGY
@@ -264,11 +274,15 @@ CELLS: dict[str, Cell] = {
         refused={name: "layer 2 (BatchNorm1d) is not supported" for name in WALKING} | NOT_ENERGY,
     ),
     "frozen layer": Cell(frozen, refused=NOT_ENERGY, equivalent=unfrozen, pairs=same_names, unlike_for=("ipc",)),
-    "float32": Cell(mlp, refused=NOT_ENERGY, equivalent=copy.deepcopy, pairs=same_names, dtype=torch.float32,
-                    tolerance=1e-4),  # fmt: skip
+    "float32": Cell(
+        mlp, refused=NOT_ENERGY, equivalent=copy.deepcopy, pairs=same_names, dtype=torch.float32, tolerance=1e-4
+    ),  # fmt: skip
     "dtype changed after create": Cell(
-        lambda: mlp().float(), refused=NOT_ENERGY, after_create=lambda net: net.double(),
-        equivalent=lambda net: copy.deepcopy(net).double(), pairs=same_names,
+        lambda: mlp().float(),
+        refused=NOT_ENERGY,
+        after_create=lambda net: net.double(),
+        equivalent=lambda net: copy.deepcopy(net).double(),
+        pairs=same_names,
     ),  # fmt: skip
     "not a Sequential": Cell(Custom, refused={name: "got Custom" for name in WALKING} | NOT_ENERGY),
     "Sequential with its own forward": Cell(
@@ -277,22 +291,31 @@ CELLS: dict[str, Cell] = {
     ),
     "empty Sequential": Cell(
         nn.Sequential,
-        refused={"bp": "no parameters", **{n: "no Linear or Conv2d" for n in FA_RULES},
-                 **{n: "at least one Linear or Conv2d" for n in ("pc", "pc-fpa", "ipc")},
-                 **{n: "found no layers" for n in MLP_ONLY}, **NOT_ENERGY},
+        refused={
+            "bp": "no parameters",
+            **{n: "no Linear or Conv2d" for n in FA_RULES},
+            **{n: "at least one Linear or Conv2d" for n in ("pc", "pc-fpa", "ipc")},
+            **{n: "found no layers" for n in MLP_ONLY},
+            **NOT_ENERGY,
+        },
     ),  # fmt: skip
     "parameter outside the layers": Cell(
         with_extra_parameter,
         refused={name: "parameter 'extra' is not a weight or bias" for name in WALKING} | NOT_ENERGY,
     ),
     "energy-based net": Cell(energy_net, refused=ENERGY_ONLY),
-    "energy-based net, frozen synapse": Cell(energy_frozen, refused=ENERGY_ONLY, equivalent=unfrozen,
-                                             pairs=same_names),  # fmt: skip
-    "energy-based net, float32": Cell(energy_net, refused=ENERGY_ONLY, equivalent=copy.deepcopy, pairs=same_names,
-                                      dtype=torch.float32, tolerance=1e-4),  # fmt: skip
+    "energy-based net, frozen synapse": Cell(
+        energy_frozen, refused=ENERGY_ONLY, equivalent=unfrozen, pairs=same_names
+    ),  # fmt: skip
+    "energy-based net, float32": Cell(
+        energy_net, refused=ENERGY_ONLY, equivalent=copy.deepcopy, pairs=same_names, dtype=torch.float32, tolerance=1e-4
+    ),  # fmt: skip
     "energy-based net, dtype changed after create": Cell(
-        lambda: energy_net().float(), refused=ENERGY_ONLY, after_create=lambda net: net.double(),
-        equivalent=lambda net: copy.deepcopy(net).double(), pairs=same_names,
+        lambda: energy_net().float(),
+        refused=ENERGY_ONLY,
+        after_create=lambda net: net.double(),
+        equivalent=lambda net: copy.deepcopy(net).double(),
+        pairs=same_names,
     ),  # fmt: skip
     "energy-based net, parameter outside the synapses": Cell(
         energy_with_extra, refused={name: "parameter 'extra' is not a synapse" for name in ENERGY_RULES} | ENERGY_ONLY
@@ -590,3 +613,12 @@ def test_a_layer_replaced_after_create_is_an_error_not_a_stale_update(name: str)
     net[3] = init(nn.Linear(5, 4), seed=5)
     with pytest.raises(BioPropError, match=f"rule {name}: the network's layers were replaced; create the rule again"):
         rule.grads(*batch((6,), torch.float64))
+
+
+@pytest.mark.parametrize("name", TEMPORAL)
+def test_temporal_rules_refuse_every_network_that_is_not_recurrent(name: str) -> None:
+    for make in (mlp, conv):
+        with pytest.raises(BioPropError, match=f"rule {name} needs a recurrent network: --arch rnn:N"):
+            rules.create(name, make())
+    with pytest.raises(BioPropError, match=rf"rule {name}: energy-based networks \(ebm:...\) are trained by"):
+        rules.create(name, energy_net())

@@ -210,8 +210,11 @@ def fill_disk_at(monkeypatch: pytest.MonkeyPatch, out: Path, nth: int, full: boo
 # epoch 2's checkpoint, the 9th its metrics.csv, the 15th one of the final files. What failed, and how many
 # checkpoints were written before, is read from the log of writes, not assumed.
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names a file descriptor's file through /proc")
-@pytest.mark.parametrize(("nth", "full"), [(8, False), (9, True), (15, True)],
-                         ids=["8th-write-fails-once", "9th-write-disk-stays-full", "15th-write-disk-stays-full"])
+@pytest.mark.parametrize(
+    ("nth", "full"),
+    [(8, False), (9, True), (15, True)],
+    ids=["8th-write-fails-once", "9th-write-disk-stays-full", "15th-write-disk-stays-full"],
+)
 def test_a_full_disk_loses_nothing_and_resume_finishes_the_run(tmp_path: Path, monkeypatch, cli, nth, full) -> None:
     whole = tmp_path / "whole"
     train.run(tiny_config(epochs=3), whole, quiet=True)

@@ -46,7 +46,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from bioprop import nets, rules
+from bioprop import checks, nets, rules
 from bioprop.errors import BioPropError
 from bioprop.rules.options import INT_RANGE, coerce, problem
 
@@ -60,7 +60,7 @@ THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, 
 NOT_FINGERPRINTED = ("data_dir", "download", "threads")
 MAX_THREADS = 1024
 #: What ``arch: auto`` stands for, by the kind of network the rule trains.
-DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256"}
+DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256", "recurrent": "lsnn:50+50"}
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
 #: What a value of each kind of setting must be, as its errors say.
 KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
@@ -99,9 +99,10 @@ class RunConfig:
     arch: str = setting(
         "auto",
         "Network: mlp:H1xH2... (e.g. mlp:256x256), lenet (28x28 or 32x32 images), or the energy-based ebm:H1x... "
-        "and ebm-conv[:C1xC2[:H1x...]]; checked against the dataset's input shape when it is loaded. auto: "
-        f"{DEFAULT_ARCH['feedforward']}, or {DEFAULT_ARCH['energy']} for a rule that trains energy-based networks "
-        "only (recorded as such in config.yaml).",
+        "and ebm-conv[:C1xC2[:H1x...]], or for sequence data the recurrent rnn:N (rate), lif:N, alif:N and lsnn:N+M "
+        "(N LIF + M ALIF spiking neurons); checked against the dataset when it is loaded. auto: "
+        f"{DEFAULT_ARCH['feedforward']}, {DEFAULT_ARCH['energy']} for a rule that trains energy-based networks "
+        f"only, {DEFAULT_ARCH['recurrent']} for a temporal rule (recorded as such in config.yaml).",
         metavar="SPEC",
     )
     activation: str = setting(
@@ -193,8 +194,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         """``arch: auto`` becomes the network the rule trains (:data:`DEFAULT_ARCH`), so that the run records it."""
         if self.arch == "auto" and isinstance(self.rule, str) and self.rule in rules.names():
-            energy_only = "feedforward" not in rules.entry(self.rule).cls.networks
-            self.arch = DEFAULT_ARCH["energy" if energy_only else "feedforward"]
+            kinds = rules.entry(self.rule).cls.networks
+            self.arch = DEFAULT_ARCH[next(k for k in ("feedforward", "recurrent", "energy") if k in kinds)]
 
     def check(self, labels: dict[str, str] | None = None) -> RunConfig:
         """Raise BioPropError naming the first invalid value, quoted; returns self. ``labels`` say how each key was
@@ -238,21 +239,28 @@ class RunConfig:
             raise BioPropError("device cuda requested but CUDA is not available; use --device cpu")
         return self
 
-    def check_arch(self, in_shape: tuple[int, ...], n_classes: int) -> RunConfig:
+    def check_arch(self, in_shape: tuple[int, ...], n_classes: int, temporal: bool = False) -> RunConfig:
         """Raise BioPropError unless ``arch`` is a network for this run's dataset as it is: inputs of
         ``in_shape`` (C, H, W), e.g. (1, 8, 8) for digits, (1, 28, 28) for MNIST, (3, 32, 32) for CIFAR-10, and
         ``n_classes`` outputs (both from the loaded :class:`bioprop.data.Dataset`). The network is built on the
         ``meta`` device, so no weight is allocated; what the network cannot take (e.g. :func:`bioprop.nets.lenet`
         refuses any image that is not 28x28 or 32x32 rather than padding it) is refused by the network itself. The
-        one-line message names the arch and the dataset's shape. Returns self."""
+        one-line message names the arch and the dataset's shape. A ``temporal`` dataset (sequences, in_shape (T, C))
+        needs a recurrent arch, and an image dataset one that is not. Returns self."""
         shape = "x".join(str(int(size)) for size in in_shape)
         dataset = f"dataset {self.data} has {shape} inputs and {n_classes} classes"
         try:
             with torch.device("meta"):
-                nets.build(self.arch, in_shape, n_classes, self.resolved_activation())
+                net = nets.build(self.arch, in_shape, n_classes, self.resolved_activation())
         except BioPropError as exc:
             named = f"'{self.arch.strip().lower()}'" in str(exc)  # nets quotes the spec it cannot parse
             raise BioPropError(f"{exc} ({'' if named else f'arch {self.arch!r}; '}{dataset})") from None
+        if temporal and not checks.time_major(net):
+            raise BioPropError(f"dataset {self.data} is a sequence task ({shape}: steps x channels): use a "
+                               f"recurrent arch (rnn:N, lif:N, alif:N or lsnn:N+M), not {self.arch!r}")  # fmt: skip
+        if not temporal and checks.time_major(net):
+            raise BioPropError(f"arch {self.arch!r} is a recurrent network for sequence tasks; {dataset}: use a "
+                               "sequence dataset (e.g. cue-accumulation) or an mlp/lenet arch")  # fmt: skip
         return self
 
     def resolved_device(self) -> torch.device:

@@ -44,7 +44,7 @@ def counted_steps(y: Tensor) -> Tensor:
     return y >= 0 if not y.is_floating_point() else torch.ones(y.shape[:2], dtype=torch.bool, device=y.device)
 
 
-def _step_weights(y: Tensor, like: Tensor) -> Tensor:
+def step_weights(y: Tensor, like: Tensor) -> Tensor:
     """w_tb = 1/(n_b B) at counted steps, 0 elsewhere (T, B, 1): Σ_tb w_tb ℓ_tb is the batch-mean sequence loss."""
     counted = counted_steps(y).to(like.dtype)
     return (counted / (counted.sum(0).clamp_min(1) * counted.shape[1])).unsqueeze(2)
@@ -73,7 +73,7 @@ def _ce_per_example(z: Tensor, y: Tensor) -> Tensor:
 
 def _ce_error(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     if z.dim() == 3:  # softmax(z_t) − onehot(y_t), weighted by the counted steps
-        weights = _step_weights(y, z)
+        weights = step_weights(y, z)
         log_p = torch.log_softmax(z, dim=2)
         loss = -(log_p.gather(2, y.clamp_min(0).unsqueeze(2)) * weights).sum()
         return loss, (log_p.exp() - onehot(y, z)) * weights
@@ -96,7 +96,7 @@ def _se_per_example(z: Tensor, y: Tensor) -> Tensor:
 def _se_error(z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
     diff = z - _target(y, z)  # (B, K) or (T, B, K)
     if z.dim() == 3:
-        weighted = diff * _step_weights(y, z)
+        weighted = diff * step_weights(y, z)
         return 0.5 * (weighted * diff).sum(), weighted
     return 0.5 * diff.square().sum(1).mean(), diff.div_(len(y))
 

@@ -87,7 +87,7 @@ def build(config: RunConfig, run_dir: Path) -> Session:
     (including non-finite data and a network too large for the memory available, see :func:`check_memory`)."""
     device, dtype = config.resolved_device(), config.torch_dtype()
     dataset = data.load(config.data, config.data_dir, device, dtype, config.download, config.limit)
-    config.check_arch(dataset.in_shape, dataset.n_classes)  # the network for the data as it is, not as assumed
+    config.check_arch(dataset.in_shape, dataset.n_classes, dataset.temporal)  # for the data as it is, not as assumed
     bad = checks.first_nonfinite([("train_x", dataset.train_x), ("test_x", dataset.test_x)])
     if bad is not None:
         raise BioPropError(f"dataset {config.data} ({dataset.source}) has non-finite values in {bad}: they come "
@@ -98,6 +98,10 @@ def build(config: RunConfig, run_dir: Path) -> Session:
     entry, opts = rules.entry(config.rule), dict(config.rule_opts)
     if "seed" in entry.cls.options and "seed" not in opts and "seed" not in entry.presets:
         opts["seed"] = config.seed  # one seed for the whole run unless the rule's is given
+    if dataset.train_y.is_floating_point() and "output" in entry.cls.options and "output" not in entry.presets:
+        if opts.setdefault("output", "se") != "se":  # regression targets: squared error is the one loss they have
+            raise BioPropError(f"dataset {config.data} has float targets (regression): use --rule-opt output=se, "
+                               f"not output={opts['output']}")  # fmt: skip
     rule = rules.create(config.rule, net, **opts)
     params = net.parameters()
     if config.optimizer == "sgd":
@@ -107,8 +111,9 @@ def build(config: RunConfig, run_dir: Path) -> Session:
     else:
         optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     shuffle = torch.Generator().manual_seed(config.seed)
-    test = data.batches(dataset.test_x, dataset.test_y, config.probe_batch_size, shuffle=False)
-    probes = list(itertools.islice(test, config.probe_batches))
+    test = data.batches(dataset.test_x, dataset.test_y, config.probe_batch_size, shuffle=False,
+                        time_major=dataset.temporal)  # fmt: skip
+    probes = [(xb.to(dtype), yb) for xb, yb in itertools.islice(test, config.probe_batches)]
     return Session(config, run_dir, dataset, net, rule, optimizer, shuffle, probes)
 
 
@@ -216,7 +221,10 @@ def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
     n_batches = math.ceil(len(x) / c.batch_size)
     loss_sum, correct, seen, probe_seconds = 0.0, 0, 0, 0.0
     start = time.perf_counter()
-    for batch, (xb, yb, ib) in enumerate(data.batches(x, y, c.batch_size, generator=s.shuffle, with_index=True)):
+    sequence, dtype = s.dataset.temporal, c.torch_dtype()
+    batches = data.batches(x, y, c.batch_size, generator=s.shuffle, with_index=True, time_major=sequence)
+    for batch, (xb, yb, ib) in enumerate(batches):
+        xb = xb.to(dtype)  # spike trains are stored as uint8 (bioprop.data)
         s.optimizer.zero_grad(set_to_none=True)
         try:
             loss, logits = s.rule.backward(xb, yb, ib)
@@ -225,9 +233,10 @@ def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
         check_finite(s, xb, loss, epoch, batch, n_batches)
         s.optimizer.step()
         s.step += 1
-        loss_sum += float(loss) * len(yb)
-        correct += int((logits.argmax(1) == yb).sum())
-        seen += len(yb)
+        size = len(ib)
+        loss_sum += float(loss) * size
+        correct += metrics.sequence_correct(logits, yb) if sequence else int((logits.argmax(1) == yb).sum())
+        seen += size
         if c.probe_every and s.step % c.probe_every == 0:
             tic = time.perf_counter()
             angles = probe_angles(s)
@@ -242,7 +251,10 @@ def end_of_epoch(s: Session, epoch: int, lr: float, trained: dict[str, float]) -
     """The epoch's metrics.csv row."""
     diagnostics = s.rule.diagnostics()  # before probing, so they describe the last training step
     record_traces(s, epoch + 1, s.rule.epoch_traces())
-    test_loss, test_accuracy = metrics.evaluate(s.rule, s.dataset.test_x, s.dataset.test_y)
+    test_x, test_y = s.dataset.test_x, s.dataset.test_y
+    if s.dataset.temporal:  # stored (N, T, ...); the rules take time-major sequences
+        test_x, test_y = test_x.transpose(0, 1), test_y.transpose(0, 1)
+    test_loss, test_accuracy = metrics.evaluate(s.rule, test_x, test_y)
     row: dict[str, Any] = {"epoch": epoch + 1, "loss": s.rule.loss.name, "train_loss": trained["train_loss"],
                            "train_accuracy": trained["train_accuracy"], "test_loss": test_loss,
                            "test_accuracy": test_accuracy, "seconds": trained["seconds"], "lr": lr}  # fmt: skip

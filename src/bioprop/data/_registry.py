@@ -61,6 +61,11 @@ class DatasetSpec:
 # Debian's `dataset-fashion-mnist` package re-compressed its .gz files (gzip header without the file
 # name, new mtime), so they do NOT have the canonical checksums, although the deflate payload sizes match.
 # Reading a dataset never checks these; they are only used to verify downloads.
+def generated(name: str, outputs: int) -> DatasetSpec:
+    """The entry of a task generated from a seed (:mod:`bioprop.data.temporal`): no files, ``outputs`` readouts."""
+    return DatasetSpec(name=name, kind="generated", n_classes=outputs, base_url=None, files=(), task=TASKS[name])
+
+
 DATASETS: dict[str, DatasetSpec] = {
     "digits": DatasetSpec(
         name="digits",
@@ -154,23 +159,15 @@ DATASETS: dict[str, DatasetSpec] = {
             ),
         ),
     ),
-    "cue-accumulation": DatasetSpec(
-        name="cue-accumulation", kind="generated", n_classes=2, base_url=None, files=(), task=TASKS["cue-accumulation"]
-    ),
-    "pattern-generation": DatasetSpec(
-        name="pattern-generation",
-        kind="generated",
-        n_classes=1,
-        base_url=None,
-        files=(),
-        task=TASKS["pattern-generation"],
-    ),
-    "periodic-target": DatasetSpec(
-        name="periodic-target", kind="generated", n_classes=1, base_url=None, files=(), task=TASKS["periodic-target"]
-    ),
-    "store-recall": DatasetSpec(
-        name="store-recall", kind="generated", n_classes=2, base_url=None, files=(), task=TASKS["store-recall"]
-    ),
+    **{
+        name: generated(name, outputs)
+        for name, outputs in (
+            ("cue-accumulation", 2),
+            ("pattern-generation", 1),
+            ("periodic-target", 1),
+            ("store-recall", 2),
+        )
+    },  # fmt: skip
     "seq-fashion-mnist": DatasetSpec(
         name="seq-fashion-mnist",
         kind="sequence",

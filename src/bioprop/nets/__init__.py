@@ -27,7 +27,9 @@ from typing import NamedTuple
 from torch import nn
 
 from bioprop.errors import BioPropError
+from bioprop.nets import recurrent
 from bioprop.nets.energy import EnergyNet
+from bioprop.nets.recurrent import RecurrentNet
 
 
 class HardSigmoid(nn.Hardtanh):
@@ -56,6 +58,7 @@ ARCHS = {
     "ebm:H1xH2...": "energy-based network (symmetric weights, relaxes to a fixed point)",
     "ebm-conv[:C1xC2[:H1x...]]": "convolutional energy-based network (default ebm-conv:32x64)",
     "lenet": "LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120, fc 84-10)",
+    **recurrent.SPECS,
 }
 
 # Layers the rules know how to walk. Parameterless ones are differentiated exactly (they carry no weights, so no
@@ -126,8 +129,9 @@ def _sizes(body: str, spec: str, example: str, what: str = "hidden sizes") -> li
 
 def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto") -> nn.Module:
     """Build the network named by ``spec`` (see the module docstring) for inputs of shape ``in_shape`` (C, H, W)
-    or (features,), positive integers, and ``n_classes`` outputs, at least 2 (a classifier of one class has nothing
-    to learn: its cross-entropy is 0 for any input); ``act="auto"`` picks :func:`default_activation`.
+    or (features,) (a recurrent network: (T, C)), positive integers, and ``n_classes`` outputs, at least 2 (a
+    classifier of one class has nothing to learn: its cross-entropy is 0 for any input; a recurrent network's
+    readout may have 1, for regression); ``act="auto"`` picks :func:`default_activation`.
     Raises :class:`BioPropError` for an unknown spec or activation and for an invalid ``in_shape`` or
     ``n_classes``, before anything is built."""
     check_build_args(spec, in_shape, n_classes, act)
@@ -153,7 +157,10 @@ def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto")
             raise BioPropError("ebm-conv needs image inputs (C, H, W)")
         hidden = _sizes(parts[1], spec, "ebm-conv:32x64:256") if len(parts) > 1 else []
         return EnergyNet(in_shape, hidden, n_classes, act, channels=channels)
-    raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet, ebm:H1x..., ebm-conv")
+    if spec.partition(":")[0] in recurrent.KINDS:
+        return recurrent.from_spec(spec, in_shape, n_classes)
+    raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet, ebm:H1x..., ebm-conv, "
+                       "and for sequences rnn:N, lif:N, alif:N, lsnn:N+M")  # fmt: skip
 
 
 def _is_int(value: object) -> bool:
@@ -170,8 +177,9 @@ def check_build_args(spec: object, in_shape: object, n_classes: object, act: obj
                            f"not {in_shape!r}")  # fmt: skip
     if not all(_is_int(size) and size > 0 for size in in_shape):
         raise BioPropError(f"in_shape {tuple(in_shape)!r} must hold positive integers")
-    if not _is_int(n_classes) or n_classes < 2:
-        raise BioPropError(f"n_classes must be an integer of at least 2, not {n_classes!r}")
+    fewest = 1 if spec.strip().lower().partition(":")[0] in recurrent.KINDS else 2  # a recurrent readout may regress
+    if not _is_int(n_classes) or n_classes < fewest:
+        raise BioPropError(f"n_classes must be an integer of at least {fewest}, not {n_classes!r}")
 
 
 class Layer(NamedTuple):
@@ -271,6 +279,7 @@ __all__ = [
     "HardSigmoid",
     "EnergyNet",
     "Layer",
+    "RecurrentNet",
     "activation",
     "build",
     "default_activation",

@@ -16,6 +16,8 @@ from bioprop.rules import (  # noqa: F401, I001  (registration)
     dendritic,
     microcircuit,
     predictive_coding,
+    bptt,
+    eprop,
 )
 from bioprop.rules.base import IMPLAUSIBILITIES, CardEntry, Entry, Option, Options, Rule, Update
 from bioprop.rules.registry import create, entry, names
