@@ -81,13 +81,13 @@ def test_full_learning_signal_times_eligibility_equals_bptt(loss_name: str) -> N
     with torch.no_grad():  # the eligibility traces along the same trajectory
         run = net.run(x)
         n_lif = int((net.beta == 0).sum())
-        trace = eprop.Eligibility(x.new_zeros(batch, inputs + n), x.new_zeros(batch, n - n_lif, inputs + n))
+        trace = eprop.Eligibility(x.new_zeros(batch, inputs + n), x.new_zeros(n - n_lif, batch, inputs + n))
         total = x.new_zeros(n, inputs + n)
         for t in range(steps):
             z_prev = run.z[t - 1] if t else x.new_zeros(batch, n)
-            trace, e = eprop.eligibility_step(trace, torch.cat([x[t], z_prev], 1), run.psi[t], net.beta, n_lif,
-                                              p.alpha, p.rho)  # fmt: skip
-            total += torch.einsum("bj,bjp->jp", signal[t], e)
+            trace, adaptive = eprop.eligibility_step(trace, x[t], z_prev, run.psi[t], net.beta, n_lif, p.alpha, p.rho)
+            e = eprop.eligibility(trace, run.psi[t], adaptive, n_lif)  # (n, B, P)
+            total += torch.einsum("bj,jbp->jp", signal[t], e)
     assert relative(total[:, :inputs], expected["input.weight"]) < 1e-10
     assert relative(total[:, inputs:].fill_diagonal_(0.0), expected["recurrent.weight"]) < 1e-10
 

@@ -22,7 +22,7 @@ channel x_i^t, or a recurrent spike z_i^{t−1}):
 
 - ε^v (the same for every postsynaptic j): p̄_i^t = α p̄_i^{t−1} + (1−α) p_i^t  (the paper's z̄ / x̄);
 - ε^a (ALIF only, eq. 25 in this ordering): ε^{a,t+1}_ji = ρ ε^{a,t}_ji + e_ji^t, since da^{t+1}/dW = ρ da^t/dW +
-  dz^t/dW;
+  dz^t/dW (the paper's (ρ − ψβ) ε^a + ψ p̄, rearranged);
 - e_ji^t = ψ_j^t (p̄_i^t − β_j ε^{a,t}_ji) (LIF: β_j = 0, e = ψ_j p̄_i).
 
 The readout's own gradients are exact: ∂E/∂W_out = Σ_t (∂E/∂y^t) F_κ(z)^{tᵀ}, ∂E/∂b = Σ_t (∂E/∂y^t) F_κ(1)^t. The
@@ -70,7 +70,8 @@ CARD = make_card(
 
 class Eligibility(NamedTuple):
     """The per-synapse state of e-prop, carried online: ``pre`` p̄ (B, P), the presynaptic traces of the P = C + n
-    inputs [x, z] of every neuron (ε^v); ``adapt`` ε^a (B, n_alif, P), for the ALIF neurons (the last n_alif)."""
+    inputs [x, z] of every neuron (ε^v, the same for every postsynaptic neuron); ``adapt`` ε^a (n_alif, B, P), for
+    the ALIF neurons (the last n_alif), neuron-major."""
 
     pre: Tensor
     adapt: Tensor
@@ -84,25 +85,37 @@ class Readout(NamedTuple):
     ones: float
 
 
-def eligibility_step(trace: Eligibility, pre: Tensor, psi: Tensor, beta: Tensor, n_lif: int,
-                     alpha: float, rho: float) -> tuple[Eligibility, Tensor]:  # fmt: skip
-    """One step of the eligibility traces (module docstring): ``pre`` the step's presynaptic inputs [x^t, z^{t−1}]
-    (B, P), ``psi`` ψ^t (B, n), ``beta`` (n,) the adaptation strengths (0 for LIF); returns the new traces and
-    e^t (B, n, P)."""
-    bar = trace.pre * alpha + pre * (1.0 - alpha)  # p̄^t
-    e = psi.unsqueeze(2) * bar.unsqueeze(1)  # ψ_j p̄_i
-    adapt = trace.adapt
-    if adapt.shape[1]:
-        adaptive = e[:, n_lif:]
-        adaptive.sub_(psi[:, n_lif:].unsqueeze(2) * beta[n_lif:].view(1, -1, 1) * adapt)  # − ψ_j β_j ε^a
-        adapt = adapt * rho + adaptive  # ε^{a,t+1}
-    return Eligibility(bar, adapt), e
+def eligibility_step(trace: Eligibility, x_t: Tensor, z_prev: Tensor, psi: Tensor, beta: Tensor, n_lif: int,
+                     alpha: float, rho: float) -> tuple[Eligibility, Tensor | None]:  # fmt: skip
+    """One step of the eligibility traces (module docstring), in place: the inputs x^t (B, C) and z^{t−1} (B, n)
+    enter p̄; ``psi`` ψ^t (B, n), ``beta`` (n,) the adaptation strengths (0 for the first ``n_lif``, LIF). Returns
+    the traces and the ALIF neurons' e^t (n_alif, B, P) (None without ALIF neurons); a LIF neuron's is ψ_j p̄_i
+    (:func:`eligibility`)."""
+    bar, inputs = trace.pre, x_t.shape[1]
+    bar[:, :inputs].mul_(alpha).add_(x_t, alpha=1.0 - alpha)  # p̄^t = α p̄^{t−1} + (1 − α) p^t
+    bar[:, inputs:].mul_(alpha).add_(z_prev, alpha=1.0 - alpha)
+    if not trace.adapt.shape[0]:
+        return trace, None
+    psi_a = psi[:, n_lif:].t().unsqueeze(2)  # (n_alif, B, 1)
+    e = psi_a * (bar - beta[n_lif:].view(-1, 1, 1) * trace.adapt)  # ψ_j (p̄_i − β_j ε^a_ji)
+    trace.adapt.mul_(rho).add_(e)  # ε^{a,t+1} = ρ ε^{a,t} + e^t
+    return trace, e
+
+
+def eligibility(trace: Eligibility, psi: Tensor, adaptive: Tensor | None, n_lif: int) -> Tensor:
+    """Every neuron's e^t (n, B, P): ψ_j p̄_i for the LIF neurons, then the ALIF neurons' from
+    :func:`eligibility_step`."""
+    lif = psi[:, :n_lif].t().unsqueeze(2) * trace.pre
+    return lif if adaptive is None else torch.cat([lif, adaptive])
 
 
 def eprop_online(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: Tensor, rate_reg: float = 0.0,
                  rate_target: float = 0.0) -> tuple[dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
     """e-prop's update for the batch (x (T, B, C), targets y), online: per-parameter descent directions keyed like
-    ``net.named_parameters()``, the readout (T, B, K) and the population rate (T,) in Hz. ``feedback`` B (K, n)."""
+    ``net.named_parameters()``, the readout (T, B, K) and the population rate (T,) in Hz. ``feedback`` B (K, n).
+
+    The filtered eligibility F_κ(e) is held neuron-major, (n, B, P), so that Σ_b L_bj F_κ(e)_jbp is one batched
+    product per step, and a LIF neuron's part is updated without forming e (F ← κ F + ψ ⊗ p̄, one fused operation)."""
     p, steps, batch = net.params, x.shape[0], x.shape[1]
     w_in, w_rec = net.input.weight.detach(), net.recurrent_weight().detach()
     w_out, b_out = net.readout.weight.detach(), net.readout.bias.detach()
@@ -110,34 +123,40 @@ def eprop_online(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: Te
     n_lif = int((beta == 0).sum())  # LIF neurons first, then ALIF
     alpha, rho, kappa = p.alpha, p.rho, net.kappa
     weights = losses.step_weights(y, x) * batch  # (T, B, 1): the per-step loss's share of the batch mean
+    labels = y if y.is_floating_point() else y.clamp_min(0)
     state, out = net.initial_state(batch, x), x.new_zeros(batch, w_out.shape[0])
     n, inputs = w_rec.shape[0], w_in.shape[1]
-    trace = Eligibility(x.new_zeros(batch, inputs + n), x.new_zeros(batch, n - n_lif, inputs + n))
-    filtered = x.new_zeros(batch, n, inputs + n)  # F_κ(e)
+    trace = Eligibility(x.new_zeros(batch, inputs + n), x.new_zeros(n - n_lif, batch, inputs + n))
+    filtered = x.new_zeros(n, batch, inputs + n)  # F_κ(e)
     readout = Readout(x.new_zeros(batch, n), 0.0)
-    grad_w = x.new_zeros(n, inputs + n)
+    grad_w = x.new_zeros(n, 1, inputs + n)
     grad_out, grad_b = torch.zeros_like(w_out), torch.zeros_like(b_out)
     summed_e = x.new_zeros(n, inputs + n) if rate_reg else None
+    drives = (x @ w_in.t()).unbind(0)  # every step's W_in x^t at once
     spikes_total, outputs, population = x.new_zeros(n), [], []
     for t in range(steps):
         z_prev, ref_prev = state.z, state.ref
-        state = rnn.lif_step(x[t] @ w_in.t() + z_prev @ w_rec.t(), state, beta, p)
+        state = rnn.lif_step(drives[t] + z_prev @ w_rec.t(), state, beta, p)
         psi = rnn.pseudo_derivative(state.v, rnn.threshold(state.a, beta, p), ref_prev, p)  # ψ^t, r^{t−1}
-        trace, e = eligibility_step(trace, torch.cat([x[t], z_prev], 1), psi, beta, n_lif, alpha, rho)
-        filtered.mul_(kappa).add_(e)
+        trace, adaptive = eligibility_step(trace, x[t], z_prev, psi, beta, n_lif, alpha, rho)
+        filtered.mul_(kappa)
+        filtered[:n_lif].addcmul_(psi[:, :n_lif].t().unsqueeze(2), trace.pre)  # + ψ_j p̄_i (LIF)
+        if adaptive is not None:
+            filtered[n_lif:].add_(adaptive)
         out = rnn.readout_step(state.z, rnn.ReadoutState(out), w_out, b_out, kappa).y
         outputs.append(out)
-        error = loss.error(out, y[t].clamp_min(0) if not y.is_floating_point() else y[t])[1] * weights[t]
+        error = loss.error(out, labels[t])[1] * weights[t]  # ∂E/∂y^t (B, K)
         signal = error @ feedback  # L^t (B, n)
-        grad_w += torch.einsum("bj,bjp->jp", signal, filtered)
+        grad_w.baddbmm_(signal.t().unsqueeze(1), filtered)  # Σ_b L_bj F_κ(e)_jbp
         readout = Readout(readout.spikes * kappa + state.z, readout.ones * kappa + 1.0)
-        grad_out += error.t() @ readout.spikes
-        grad_b += error.sum(0) * readout.ones
+        grad_out.addmm_(error.t(), readout.spikes)
+        grad_b.add_(error.sum(0), alpha=readout.ones)
         spikes_total += state.z.sum(0)
         population.append(state.z.mean())
         if summed_e is not None:
-            summed_e += e.sum(0)
+            summed_e += eligibility(trace, psi, adaptive, n_lif).sum(1)
     rates = spikes_total * (1000.0 / (steps * batch * p.dt))  # f̄_j in Hz
+    grad_w = grad_w.squeeze(1)
     if summed_e is not None:  # ∂E_reg/∂z_j^t = 2 c (f̄_j − f*) · 1000/(T B dt), the same at every step
         grad_w += (2.0 * rate_reg * (rates - rate_target) * (1000.0 / (steps * batch * p.dt))).unsqueeze(1) * summed_e
     grads = {"input.weight": grad_w[:, :inputs], "recurrent.weight": grad_w[:, inputs:].fill_diagonal_(0.0),
