@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import os
 import re
 import sys
@@ -302,11 +303,12 @@ def resume(
 
 def _report(summary: dict[str, Any], run_dir: Path, quiet: bool) -> None:
     if not quiet:
-        typer.echo(
-            f"{summary['rule']} on {summary['dataset']}: test accuracy {summary['test_accuracy']:.4f} "
-            f"(best {summary['best_test_accuracy']:.4f}) after {summary['epochs_done']} "
-            f"epoch{'' if summary['epochs_done'] == 1 else 's'} -> {run_dir}"
-        )
+        accuracy = summary["test_accuracy"]
+        measured = (f"test loss {summary['test_loss']:.4g} ({summary['loss']}; regression: no accuracy)"
+                    if accuracy is None or math.isnan(accuracy)
+                    else f"test accuracy {accuracy:.4f} (best {summary['best_test_accuracy']:.4f})")  # fmt: skip
+        typer.echo(f"{summary['rule']} on {summary['dataset']}: {measured} after {summary['epochs_done']} "
+                   f"epoch{'' if summary['epochs_done'] == 1 else 's'} -> {run_dir}")  # fmt: skip
 
 
 @app.command("rules", cls=Command)

@@ -221,7 +221,7 @@ def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
     n_batches = math.ceil(len(x) / c.batch_size)
     loss_sum, correct, seen, probe_seconds = 0.0, 0, 0, 0.0
     start = time.perf_counter()
-    sequence, dtype = s.dataset.temporal, c.torch_dtype()
+    sequence, dtype, regression = s.dataset.temporal, c.torch_dtype(), y.is_floating_point()
     batches = data.batches(x, y, c.batch_size, generator=s.shuffle, with_index=True, time_major=sequence)
     for batch, (xb, yb, ib) in enumerate(batches):
         xb = xb.to(dtype)  # spike trains are stored as uint8 (bioprop.data)
@@ -242,9 +242,10 @@ def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
             angles = probe_angles(s)
             s.history["alignment"] += [[s.step, epoch + 1, name, angle] for name, angle in angles.items()]
             probe_seconds += time.perf_counter() - tic
-        bar.advance(epoch, batch + 1, n_batches, loss_sum / seen, correct / seen)
+        bar.advance(epoch, batch + 1, n_batches, loss_sum / seen, math.nan if regression else correct / seen)
     seconds = time.perf_counter() - start - probe_seconds
-    return {"train_loss": loss_sum / seen, "train_accuracy": correct / seen, "seconds": seconds}
+    accuracy = math.nan if regression else correct / seen  # float targets have no classes
+    return {"train_loss": loss_sum / seen, "train_accuracy": accuracy, "seconds": seconds}
 
 
 def end_of_epoch(s: Session, epoch: int, lr: float, trained: dict[str, float]) -> dict[str, Any]:
