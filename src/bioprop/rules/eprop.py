@@ -115,7 +115,10 @@ def eprop_online(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: Te
     ``net.named_parameters()``, the readout (T, B, K) and the population rate (T,) in Hz. ``feedback`` B (K, n).
 
     The filtered eligibility F_κ(e) is held neuron-major, (n, B, P), so that Σ_b L_bj F_κ(e)_jbp is one batched
-    product per step, and a LIF neuron's part is updated without forming e (F ← κ F + ψ ⊗ p̄, one fused operation)."""
+    product per step (skipped at steps without a target, whose learning signal is zero), and a LIF neuron's part is
+    updated without forming e (one fused operation). It is stored as F_κ(e) = d · G with d = κ^k a number: a step
+    adds e/d to G, and G is rescaled only when d falls below ``RESCALE`` (every ~276 steps at κ = e^{−1/20}), not
+    multiplied by κ at every step."""
     p, steps, batch = net.params, x.shape[0], x.shape[1]
     w_in, w_rec = net.input.weight.detach(), net.recurrent_weight().detach()
     w_out, b_out = net.readout.weight.detach(), net.readout.bias.detach()
@@ -124,10 +127,11 @@ def eprop_online(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: Te
     alpha, rho, kappa = p.alpha, p.rho, net.kappa
     weights = losses.step_weights(y, x) * batch  # (T, B, 1): the per-step loss's share of the batch mean
     labels = y if y.is_floating_point() else y.clamp_min(0)
+    targeted = weights.flatten(1).ne(0).any(1).tolist()  # (T,) the steps with a target in the batch
     state, out = net.initial_state(batch, x), x.new_zeros(batch, w_out.shape[0])
     n, inputs = w_rec.shape[0], w_in.shape[1]
     trace = Eligibility(x.new_zeros(batch, inputs + n), x.new_zeros(n - n_lif, batch, inputs + n))
-    filtered = x.new_zeros(n, batch, inputs + n)  # F_κ(e)
+    filtered, decay = x.new_zeros(n, batch, inputs + n), 1.0  # F_κ(e) = decay · filtered
     readout = Readout(x.new_zeros(batch, n), 0.0)
     grad_w = x.new_zeros(n, 1, inputs + n)
     grad_out, grad_b = torch.zeros_like(w_out), torch.zeros_like(b_out)
@@ -139,18 +143,22 @@ def eprop_online(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: Te
         state = rnn.lif_step(drives[t] + z_prev @ w_rec.t(), state, beta, p)
         psi = rnn.pseudo_derivative(state.v, rnn.threshold(state.a, beta, p), ref_prev, p)  # ψ^t, r^{t−1}
         trace, adaptive = eligibility_step(trace, x[t], z_prev, psi, beta, n_lif, alpha, rho)
-        filtered.mul_(kappa)
-        filtered[:n_lif].addcmul_(psi[:, :n_lif].t().unsqueeze(2), trace.pre)  # + ψ_j p̄_i (LIF)
+        decay *= kappa  # F_κ(e) = decay · filtered: the decay κ is applied to a number, not to (n, B, P) values
+        if decay < RESCALE:
+            filtered.mul_(decay)
+            decay = 1.0
+        filtered[:n_lif].addcmul_(psi[:, :n_lif].t().unsqueeze(2), trace.pre, value=1.0 / decay)  # + ψ_j p̄_i (LIF)
         if adaptive is not None:
-            filtered[n_lif:].add_(adaptive)
+            filtered[n_lif:].add_(adaptive, alpha=1.0 / decay)
         out = rnn.readout_step(state.z, rnn.ReadoutState(out), w_out, b_out, kappa).y
         outputs.append(out)
-        error = loss.error(out, labels[t])[1] * weights[t]  # ∂E/∂y^t (B, K)
-        signal = error @ feedback  # L^t (B, n)
-        grad_w.baddbmm_(signal.t().unsqueeze(1), filtered)  # Σ_b L_bj F_κ(e)_jbp
         readout = Readout(readout.spikes * kappa + state.z, readout.ones * kappa + 1.0)
-        grad_out.addmm_(error.t(), readout.spikes)
-        grad_b.add_(error.sum(0), alpha=readout.ones)
+        if targeted[t]:  # a step without any target has no learning signal: nothing to add
+            error = loss.error(out, labels[t])[1] * weights[t]  # ∂E/∂y^t (B, K)
+            signal = error @ feedback  # L^t (B, n)
+            grad_w.baddbmm_(signal.t().unsqueeze(1), filtered, alpha=decay)  # Σ_b L_bj F_κ(e)_jbp
+            grad_out.addmm_(error.t(), readout.spikes)
+            grad_b.add_(error.sum(0), alpha=readout.ones)
         spikes_total += state.z.sum(0)
         population.append(state.z.mean())
         if summed_e is not None:
@@ -209,6 +217,7 @@ def eprop_autodiff(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: 
 
 
 FEEDBACKS = ("symmetric", "random", "adaptive")
+RESCALE = 1e-6  # the smallest factor d of F_κ(e) = d · G before G is rescaled (eprop_online)
 ROUTES = ("online", "autodiff")
 
 
