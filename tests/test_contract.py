@@ -34,8 +34,9 @@ STEPS = 8  # of the sequences the temporal rules get
 
 def net_for(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
-    if name in RECURRENT:
-        return nets.build("lsnn:3+3", (STEPS, 4), 3).double()
+    if name in RECURRENT:  # a small one of the kind the rule trains (rflo: rate units only)
+        declared = rules.entry(name).cls.arch or ""
+        return nets.build("rnn:6" if declared.startswith("rnn") else "lsnn:3+3", (STEPS, 4), 3).double()
     arch = "ebm:12" if name in ENERGY else "mlp:12"
     act = "auto"
     from bioprop.config import RunConfig

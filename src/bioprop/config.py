@@ -102,7 +102,8 @@ class RunConfig:
         "and ebm-conv[:C1xC2[:H1x...]], or for sequence data the recurrent rnn:N (rate), lif:N, alif:N and lsnn:N+M "
         "(N LIF + M ALIF spiking neurons); checked against the dataset when it is loaded. auto: "
         f"{DEFAULT_ARCH['feedforward']}, {DEFAULT_ARCH['energy']} for a rule that trains energy-based networks "
-        f"only, {DEFAULT_ARCH['recurrent']} for a temporal rule (recorded as such in config.yaml).",
+        f"only, {DEFAULT_ARCH['recurrent']} for a temporal rule, unless the rule declares its own; recorded "
+        "as such in config.yaml.",
         metavar="SPEC",
     )
     activation: str = setting(
@@ -194,8 +195,9 @@ class RunConfig:
     def __post_init__(self) -> None:
         """``arch: auto`` becomes the network the rule trains (:data:`DEFAULT_ARCH`), so that the run records it."""
         if self.arch == "auto" and isinstance(self.rule, str) and self.rule in rules.names():
-            kinds = rules.entry(self.rule).cls.networks
-            self.arch = DEFAULT_ARCH[next(k for k in ("feedforward", "recurrent", "energy") if k in kinds)]
+            cls = rules.entry(self.rule).cls
+            kind = next(k for k in ("feedforward", "recurrent", "energy") if k in cls.networks)
+            self.arch = cls.arch or DEFAULT_ARCH[kind]
 
     def check(self, labels: dict[str, str] | None = None) -> RunConfig:
         """Raise BioPropError naming the first invalid value, quoted; returns self. ``labels`` say how each key was

@@ -18,6 +18,8 @@ from bioprop.rules import (  # noqa: F401, I001  (registration)
     predictive_coding,
     bptt,
     eprop,
+    rflo,
+    rtrl,
 )
 from bioprop.rules.base import IMPLAUSIBILITIES, CardEntry, Entry, Option, Options, Rule, Update
 from bioprop.rules.registry import create, entry, names

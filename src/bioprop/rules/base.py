@@ -119,6 +119,9 @@ class Rule:
     #: The hidden activation ``--activation auto`` picks for this rule on a feedforward net (None: relu); a rule
     #: whose dynamics need a particular nonlinearity declares it (dendritic: tanh). A rule never changes the net.
     activation: ClassVar[str | None] = None
+    #: The network ``--arch auto`` builds for this rule (None: the default of the kinds it trains,
+    #: ``bioprop.config.DEFAULT_ARCH``); e.g. rflo, which trains rate networks only, declares ``rnn:50``.
+    arch: ClassVar[str | None] = None
     #: The kinds of network the rule trains: "feedforward" (:func:`bioprop.nets.walk`), "energy" (EnergyNet).
     networks: ClassVar[frozenset[str]] = frozenset({"feedforward"})
     #: Per-step traces in ``Update.traces``, per-epoch diagnostics and the figures drawn from them.
