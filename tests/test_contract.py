@@ -36,7 +36,8 @@ def net_for(name: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     if name in RECURRENT:  # a small one of the kind the rule trains (rflo: rate units only)
         declared = rules.entry(name).cls.arch or ""
-        return nets.build("rnn:6" if declared.startswith("rnn") else "lsnn:3+3", (STEPS, 4), 3).double()
+        arch = {"rnn": "rnn:6", "sab": "sab:6:k_top=2,k_att=2"}.get(declared.partition(":")[0], "lsnn:3+3")
+        return nets.build(arch, (STEPS, 4), 3).double()
     arch = "ebm:12" if name in ENERGY else "mlp:12"
     act = "auto"
     from bioprop.config import RunConfig

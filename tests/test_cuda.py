@@ -47,11 +47,11 @@ class Net:
     @property
     def sequence(self) -> bool:
         """A recurrent net: its batches are time-major spike trains (T, B, C) with labels in the last half."""
-        return self.arch.startswith("lsnn")
+        return self.arch.partition(":")[0] in ("lsnn", "rnn", "sab")
 
 
 NETS = (Net("mlp:16", (12,)), Net("ebm:16", (12,)), Net("lenet", (1, 28, 28)), Net("ebm-conv:2x2", (1, 16, 16)),
-        Net("lsnn:4+4", (20, 6)))  # fmt: skip
+        Net("lsnn:4+4", (20, 6)), Net("rnn:6", (20, 6)), Net("sab:6:k_top=2,k_att=2", (20, 6)))  # fmt: skip
 
 #: Options that take other code paths than the defaults, on the first net the rule accepts unless one is named.
 #: (``ipc`` with its defaults diverges on LeNet with these inputs, on both devices; a smaller inner weight step

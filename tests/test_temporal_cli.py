@@ -20,7 +20,7 @@ SMALL = "store-recall:delay=4,n_train=48,n_test=16"
         (["--rule", "fa", "--data", SMALL], "is a sequence task (24x4: steps x channels): use a recurrent arch"),
         (
             ["--rule", "fa", "--data", SMALL, "--arch", "lsnn:4+4"],
-            "rule fa: recurrent networks (rnn:N, lif:N, alif:N, lsnn:N+M) are trained by bptt, tbptt or eprop",
+            "rule fa: recurrent networks (rnn:N, lif:N, alif:N, lsnn:N+M, sab:N) are trained by bptt, tbptt, eprop",
         ),  # fmt: skip
         (["--rule", "eprop", "--data", SMALL, "--arch", "rnn:8"], "rule eprop trains spiking networks"),
         (["--rule", "tbptt", "--data", SMALL, "--rule-opt", "truncation=0"], "option truncation=0 must be at least 1"),

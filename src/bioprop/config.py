@@ -258,8 +258,8 @@ class RunConfig:
             named = f"'{self.arch.strip().lower()}'" in str(exc)  # nets quotes the spec it cannot parse
             raise BioPropError(f"{exc} ({'' if named else f'arch {self.arch!r}; '}{dataset})") from None
         if temporal and not checks.time_major(net):
-            raise BioPropError(f"dataset {self.data} is a sequence task ({shape}: steps x channels): use a "
-                               f"recurrent arch (rnn:N, lif:N, alif:N or lsnn:N+M), not {self.arch!r}")  # fmt: skip
+            raise BioPropError(f"dataset {self.data} is a sequence task ({shape}: steps x channels): use a recurrent "
+                               f"arch (rnn:N, lif:N, alif:N, lsnn:N+M or sab:N), not {self.arch!r}")  # fmt: skip
         if not temporal and checks.time_major(net):
             raise BioPropError(f"arch {self.arch!r} is a recurrent network for sequence tasks; {dataset}: use a "
                                "sequence dataset (e.g. cue-accumulation) or an mlp/lenet arch")  # fmt: skip

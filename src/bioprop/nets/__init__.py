@@ -27,7 +27,7 @@ from typing import NamedTuple
 from torch import nn
 
 from bioprop.errors import BioPropError
-from bioprop.nets import recurrent
+from bioprop.nets import attention, recurrent
 from bioprop.nets.energy import EnergyNet
 from bioprop.nets.recurrent import RecurrentNet
 
@@ -59,6 +59,7 @@ ARCHS = {
     "ebm-conv[:C1xC2[:H1x...]]": "convolutional energy-based network (default ebm-conv:32x64)",
     "lenet": "LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120, fc 84-10)",
     **recurrent.SPECS,
+    **attention.SPECS,
 }
 
 # Layers the rules know how to walk. Parameterless ones are differentiated exactly (they carry no weights, so no
@@ -159,8 +160,10 @@ def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto")
         return EnergyNet(in_shape, hidden, n_classes, act, channels=channels)
     if spec.partition(":")[0] in recurrent.KINDS:
         return recurrent.from_spec(spec, in_shape, n_classes)
+    if spec.partition(":")[0] == "sab":
+        return attention.from_spec(spec, in_shape, n_classes)
     raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet, ebm:H1x..., ebm-conv, "
-                       "and for sequences rnn:N, lif:N, alif:N, lsnn:N+M")  # fmt: skip
+                       "and for sequences rnn:N, lif:N, alif:N, lsnn:N+M, sab:N")  # fmt: skip
 
 
 def _is_int(value: object) -> bool:
@@ -177,7 +180,8 @@ def check_build_args(spec: object, in_shape: object, n_classes: object, act: obj
                            f"not {in_shape!r}")  # fmt: skip
     if not all(_is_int(size) and size > 0 for size in in_shape):
         raise BioPropError(f"in_shape {tuple(in_shape)!r} must hold positive integers")
-    fewest = 1 if spec.strip().lower().partition(":")[0] in recurrent.KINDS else 2  # a recurrent readout may regress
+    sequence = spec.strip().lower().partition(":")[0] in (*recurrent.KINDS, "sab")
+    fewest = 1 if sequence else 2  # a recurrent readout may regress
     if not _is_int(n_classes) or n_classes < fewest:
         raise BioPropError(f"n_classes must be an integer of at least {fewest}, not {n_classes!r}")
 

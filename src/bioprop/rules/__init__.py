@@ -20,6 +20,7 @@ from bioprop.rules import (  # noqa: F401, I001  (registration)
     eprop,
     rflo,
     rtrl,
+    sab,
 )
 from bioprop.rules.base import IMPLAUSIBILITIES, CardEntry, Entry, Option, Options, Rule, Update
 from bioprop.rules.registry import create, entry, names

@@ -66,12 +66,12 @@ def entry(name: str) -> Entry:
 KINDS = {
     "feedforward": "feedforward networks (mlp:..., lenet)",
     "energy": "energy-based networks (ebm:...)",
-    "recurrent": "recurrent networks (rnn:N, lif:N, alif:N, lsnn:N+M)",
+    "recurrent": "recurrent networks (rnn:N, lif:N, alif:N, lsnn:N+M, sab:N)",
 }
 NEEDS = {
     "feedforward": "a feedforward network: --arch mlp:H1x... or lenet",
     "energy": "an energy-based network: --arch ebm:H1x... (e.g. ebm:500) or ebm-conv",
-    "recurrent": "a recurrent network: --arch rnn:N, lif:N, alif:N or lsnn:N+M (e.g. lsnn:50+50)",
+    "recurrent": "a recurrent network: --arch rnn:N, lif:N, alif:N, lsnn:N+M (e.g. lsnn:50+50) or sab:N",
 }
 
 

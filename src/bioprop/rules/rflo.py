@@ -137,7 +137,7 @@ class Rflo(Rule):
 
     def __init__(self, net: Any, entry: Entry, options: dict[str, Any]) -> None:
         super().__init__(net, entry, options)
-        if getattr(net, "cell", None) != "rate":
+        if not isinstance(net, rnn.RecurrentNet) or net.cell != "rate":
             raise BioPropError(f"rule {self.name} trains rate networks (--arch rnn:N); for a spiking network (lif:N, "
                                "alif:N, lsnn:N+M) use eprop, rtrl, bptt or tbptt")  # fmt: skip
         random = self.opts.feedback == "random"

@@ -43,7 +43,7 @@ from torch import Tensor
 from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
-from bioprop.rules.base import Options, Rule, Update, make_card, option, register
+from bioprop.rules.base import Entry, Options, Rule, Update, make_card, option, register
 
 CARD = make_card(
     linear=(False, "the influence tensor is carried through the exact Jacobian of the nonlinear dynamics"),
@@ -157,6 +157,12 @@ class RTRL(Rule):
     Options = RtrlOptions
     networks = frozenset({"recurrent"})
     opts: RtrlOptions
+
+    def __init__(self, net: Any, entry: Entry, options: dict[str, Any]) -> None:
+        super().__init__(net, entry, options)
+        if not isinstance(net, rnn.RecurrentNet):
+            raise BioPropError(f"rule {self.name} carries the influence tensor of rnn, lif, alif and lsnn networks, "
+                               f"not of {type(net).__name__}: use bptt or tbptt")  # fmt: skip
 
     def check_memory(self, x: Tensor) -> None:
         """Refuse, before any work, a batch x (T, B, C) whose influence tensor (:func:`influence_bytes`, times
