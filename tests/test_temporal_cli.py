@@ -46,8 +46,16 @@ def test_a_sequence_run_writes_a_run_directory_with_angles_to_bptt(cli, tmp_path
                        "--rule-opt", "truncation=4", "--optimizer", "adam", "--lr", "0.01", "--quiet",
                        "--out", run)  # fmt: skip
     assert code == 0, err
-    for name in ("config.yaml", "metrics.csv", "summary.json", "model.safetensors", "checkpoint.safetensors"):
+    for name in ("config.yaml", "metrics.csv", "summary.json", "model.safetensors", "checkpoint.safetensors",
+                 "example.png"):  # fmt: skip
         assert (run / name).is_file(), name
+    from safetensors.torch import load_file
+
+    example = load_file(run / "example.safetensors")  # the first test sequence through the trained network
+    steps = example["input"].shape[0]
+    assert example["input"].shape == (steps, 4) and example["target"].shape == (steps,)
+    assert example["state.z"].shape == example["state.v"].shape == (steps, 12) and example["state.y"].shape[1] == 2
+    assert set(example["state.z"].unique().tolist()) <= {0.0, 1.0}
     with (run / "metrics.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 2 and rows[0]["loss"] == "ce"

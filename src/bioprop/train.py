@@ -465,6 +465,7 @@ def loop(s: Session, quiet: bool, resumed: bool = False) -> dict[str, Any]:
             write_logs(s)
             logs.write_summary(s.run_dir, summary(s, "running"))
             bar.epoch_done(row)
+    write_example(s)
     write_plots(s.run_dir)
     model = {key: value.detach().cpu().contiguous() for key, value in s.net.state_dict().items()}
     about = {"bioprop_version": bioprop.__version__, "config_fingerprint": c.fingerprint(), "rule": c.rule,
@@ -555,6 +556,21 @@ def write_logs(s: Session) -> None:
         logs.write_traces(s.run_dir, s.history["traces"])
 
 
+def write_example(s: Session) -> None:
+    """For a recurrent network with a ``run`` method: the first test sequence through the trained network, as
+    ``example.safetensors`` (the input x (T, C), the target (T,) or (T, K), and every recorded state of
+    :class:`~bioprop.nets.recurrent.Trajectory` for that example, (T, n) or (T, K)), drawn as ``example.png``."""
+    if not (s.dataset.temporal and hasattr(s.net, "run")):
+        return
+    x = s.dataset.test_x[:1].transpose(0, 1).to(s.config.torch_dtype())  # (T, 1, C)
+    with torch.no_grad():
+        trajectory = s.net.run(x)
+    tensors = {f"state.{name}": value[:, 0] for name, value in trajectory._asdict().items() if value is not None}
+    tensors.update({"input": x[:, 0], "target": s.dataset.test_y[0]})
+    blob = safetensors.torch.save({k: v.detach().double().cpu().contiguous() for k, v in tensors.items()})
+    logs.write_atomic(s.run_dir / logs.EXAMPLE, blob)
+
+
 def write_plots(run_dir: Path) -> None:
     """Draw the run's plots; a file that cannot be written is a :class:`~bioprop.report.logs.WriteError`."""
     from bioprop.report import plots  # matplotlib is imported only when plots are drawn
@@ -564,6 +580,8 @@ def write_plots(run_dir: Path) -> None:
         plots.curves_plot(run_dir)
         for file in plots.declared_figures(run_dir):  # what the rule declares (energy.png, apical.png, ...)
             plots.declared_plot(run_dir, file)
+        if (run_dir / logs.EXAMPLE).is_file():
+            plots.example_plot(run_dir)
     except OSError as exc:
         raise logs.WriteError(f"cannot write {exc.filename or 'the plots'} in '{run_dir}': {exc.strerror or exc}"
                               ) from None  # fmt: skip

@@ -61,8 +61,9 @@ TRACES = "traces.csv"
 SUMMARY = "summary.json"
 CHECKPOINT = "checkpoint.safetensors"
 MODEL = "model.safetensors"
-ALIGNMENT_PNG, CURVES_PNG = PLOTS = ("alignment.png", "curves.png")
-RUN_FILES = frozenset({MARKER, LOCK, CONFIG, METRICS, ALIGNMENT, TRACES, SUMMARY, CHECKPOINT, MODEL, *PLOTS})
+EXAMPLE = "example.safetensors"  # recurrent networks: one test sequence run through the trained network
+ALIGNMENT_PNG, CURVES_PNG, EXAMPLE_PNG = PLOTS = ("alignment.png", "curves.png", "example.png")
+RUN_FILES = frozenset({MARKER, LOCK, CONFIG, METRICS, ALIGNMENT, TRACES, SUMMARY, CHECKPOINT, MODEL, EXAMPLE, *PLOTS})
 
 
 def run_files() -> frozenset[str]:

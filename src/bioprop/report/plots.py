@@ -484,3 +484,69 @@ def alignment_comparison_figure(run_dirs: Sequence[str | Path], output_layer: bo
 def alignment_comparison(run_dirs: Sequence[str | Path], path: str | Path, output_layer: bool = False) -> Path:
     """Draw :func:`alignment_comparison_figure` into ``path``; returns ``path``."""
     return save(alignment_comparison_figure(run_dirs, output_layer), path)
+
+
+# ------------------------------------------------------------------------------ one sequence (recurrent networks)
+
+
+def example_figure(run_dir: str | Path) -> Figure:
+    """One test sequence through the trained recurrent network (``example.safetensors``): the input (a spike raster
+    or the values), the hidden layer (spike raster, or the rate units' activity), the membrane potential v and the
+    threshold A of a few neurons (spiking networks), and the readout against the target over time (steps)."""
+    from safetensors.torch import load_file
+
+    run_dir = Path(run_dir)
+    tensors = {key: value.numpy() for key, value in load_file(run_dir / logs.EXAMPLE).items()}
+    x, target = tensors["input"], tensors["target"]
+    readout = tensors["state.y"]
+    spiking = "state.z" in tensors
+    rows = 4 if spiking else 3
+    fig = Figure(figsize=(8, 2.1 * rows), layout="constrained")
+    axes = fig.subplots(rows, 1, sharex=True)
+    steps = range(x.shape[0])
+
+    def raster(ax: Axes, values: Any, label: str) -> None:
+        times, units = values.nonzero()
+        ax.scatter(times, units, s=max(1.5, 60.0 / values.shape[1]), marker="|", color="black")
+        ax.set_ylabel(label)
+        ax.set_ylim(-0.5, values.shape[1] - 0.5)
+
+    binary = bool(((x == 0) | (x == 1)).all())
+    if binary:
+        raster(axes[0], x, "input channel")
+    else:
+        axes[0].imshow(x.T, aspect="auto", interpolation="nearest", cmap="viridis")
+        axes[0].set_ylabel("input channel")
+    axes[0].set_title(run_title(run_dir) + ": one test sequence", fontsize=9)
+    if spiking:
+        raster(axes[1], tensors["state.z"], "neuron (spikes)")
+        potential, threshold = tensors["state.v"], tensors["state.A"]
+        shown = list(range(min(3, potential.shape[1])))
+        if potential.shape[1] > 3:  # the last neuron too: an ALIF one in an lsnn net
+            shown.append(potential.shape[1] - 1)
+        for unit in shown:
+            line = axes[2].plot(steps, potential[:, unit], linewidth=0.8, label=f"v, neuron {unit}")[0]
+            axes[2].plot(steps, threshold[:, unit], linestyle="--", linewidth=0.8, color=line.get_color())
+        axes[2].set_ylabel("membrane v (solid),\nthreshold A (dashed)")
+        axes[2].legend(fontsize=7, loc="upper right", ncols=len(shown))
+    else:
+        axes[1].imshow(tensors["state.h"].T, aspect="auto", interpolation="nearest", cmap="coolwarm", vmin=-1, vmax=1)
+        axes[1].set_ylabel("unit (activity h)")
+    ax = axes[-1]
+    for k in range(readout.shape[1]):
+        line = ax.plot(steps, readout[:, k], linewidth=0.9, label=f"readout {k}")[0]
+        if target.ndim == 2:
+            ax.plot(steps, target[:, k], linestyle=":", color=line.get_color(), label=f"target {k}")
+    if target.ndim == 1:  # labels, −1 where a step has no target
+        counted = target >= 0
+        if counted.any():
+            first = int(counted.argmax())
+            ax.axvspan(first, len(target) - 1, color="0.9", zorder=0, label=f"target: class {int(target[counted][-1])}")
+    ax.set_ylabel("readout y")
+    ax.set_xlabel("time step")
+    ax.legend(fontsize=7, loc="upper left", ncols=min(readout.shape[1] + 1, 4))
+    return fig
+
+
+def example_plot(run_dir: str | Path) -> Path:
+    return save(example_figure(run_dir), Path(run_dir) / logs.EXAMPLE_PNG)
