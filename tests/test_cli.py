@@ -178,8 +178,18 @@ def test_keyboard_interrupt_exits_130(cli, tmp_path: Path, monkeypatch) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "run", interrupted)
-    code, _, err = cli("train", *TINY, "--out", tmp_path / "run")
-    assert code == 130 and "last checkpoint" in err and f"bioprop resume {tmp_path / 'run'}" in err
+    code, _, err = cli("train", *TINY, "--out", tmp_path / "run")  # before any checkpoint: nothing to resume
+    assert code == 130 and "interrupted before the first checkpoint" in err and "--overwrite" in err
+    assert len(err.strip().splitlines()) == 1
+
+    def interrupted_later(config, run_dir, *args, **kwargs):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoint.safetensors").write_bytes(b"")  # what a finished epoch leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(train, "run", interrupted_later)
+    code, _, err = cli("train", *TINY, "--out", tmp_path / "later")
+    assert code == 130 and "last checkpoint" in err and f"bioprop resume {tmp_path / 'later'}" in err
     assert len(err.strip().splitlines()) == 1
 
 

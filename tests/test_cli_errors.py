@@ -162,7 +162,9 @@ def test_sigterm_during_training_is_one_line(cli, tmp_path, monkeypatch) -> None
     class Terminated(KeyboardInterrupt):
         pass
 
-    def terminated(*args, **kwargs):
+    def terminated(config, run_dir, *args, **kwargs):
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "checkpoint.safetensors").write_bytes(b"")  # an epoch finished before the signal
         raise Terminated
 
     monkeypatch.setattr(train, "run", terminated)

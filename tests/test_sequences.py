@@ -138,3 +138,19 @@ def test_a_feedforward_rule_refuses_a_recurrent_network_naming_the_kinds() -> No
 
     with pytest.raises(BioPropError, match=r"rule fa: recurrent networks \(rnn:N, .*\) are trained by"):
         rules.create("fa", LeakyReadout())
+
+
+def test_the_rules_refuse_float_targets_under_cross_entropy_and_name_a_batch_major_layout() -> None:
+    from bioprop import nets, rules
+
+    torch.manual_seed(0)
+    net = nets.build("rnn:5", (6, 3), 2).double()
+    x = torch.rand(6, 4, 3, dtype=torch.float64)
+    with pytest.raises(BioPropError, match=r"float targets y \(regression\) need the squared error"):
+        rules.create("bptt", net).grads(x, torch.zeros(6, 4, 2, dtype=torch.float64))
+    rules.create("bptt", net, output="se").grads(x, torch.zeros(6, 4, 2, dtype=torch.float64))  # se takes them
+    labels = torch.zeros(4, 6, dtype=torch.int64)  # (B, T): batch-major
+    with pytest.raises(BioPropError, match=r"look batch-major \(B, T, ...\).*x.transpose\(0, 1\)"):
+        rules.create("bptt", net).grads(x, labels)
+    with pytest.raises(BioPropError, match="label -2 in y is out of range"):
+        rules.create("bptt", net).grads(x, torch.full((6, 4), -2))

@@ -75,3 +75,28 @@ def test_a_regression_task_trains_with_squared_error_and_reports_no_accuracy(cli
     assert "regression: no accuracy" in out
     summary = json.loads((run / "summary.json").read_text())
     assert summary["loss"] == "se" and summary["test_accuracy"] is None and math.isfinite(summary["test_loss"])
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data", SMALL, "--arch", "lsnn:4+4", "--activation", "tanh"], "fixes its nonlinearity (spike)"),
+        (["--data", "store-recall:delay=100000000"], "need more memory than there is"),
+    ],
+)
+def test_settings_a_recurrent_run_cannot_honour_are_refused(cli, tmp_path, args: list[str], message: str) -> None:
+    code, _, err = cli("train", "--rule", "bptt", *args, "--epochs", "1", "--quiet", "--out", tmp_path / "run")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_sequences_too_long_for_bptt_in_memory_are_refused_before_training(cli, tmp_path, monkeypatch) -> None:
+    """BPTT (every probe's reference) keeps ~12 values per neuron and step: 20,020 steps × 64 examples × 100 neurons
+    need ~6 GiB, refused at a stated 1 GiB available."""
+    from bioprop import train
+
+    monkeypatch.setattr(train, "available_memory", lambda device: 1 << 30)
+    code, _, err = cli("train", "--rule", "eprop", "--data", "store-recall:delay=20000,n_train=64,n_test=8",
+                       "--epochs", "1", "--quiet", "--out", tmp_path / "run")  # fmt: skip
+    assert code == 2 and "sequences of 20,020 steps are too long for 'lsnn:50+50'" in err and "1.0 GiB" in err, err
+    assert not (tmp_path / "run").exists()

@@ -96,8 +96,15 @@ def _check_sequence(x: Tensor, y: Tensor | None) -> None:
                                f"({x.shape[0]}, {x.shape[1]}, K)")  # fmt: skip
         return
     if y.dtype != torch.int64 or y.shape != x.shape[:2]:
+        flipped = y.shape == x.shape[:2][::-1] and x.shape[0] != x.shape[1]
+        hint = ("; x and y look batch-major (B, T, ...): the rules take time-major sequences, x.transpose(0, 1) and "
+                "y.transpose(0, 1) (a Dataset stores them batch-major)") if flipped else ""  # fmt: skip
         raise BioPropError(f"sequence labels y must be int64 of shape (T, B) = {tuple(x.shape[:2])}, −1 where a step "
-                           f"has no target; got {y.dtype} of shape {_shape(y)}")  # fmt: skip
+                           f"has no target; got {y.dtype} of shape {_shape(y)}{hint}")  # fmt: skip
+    low = int(y.min())
+    if low < -1:
+        raise BioPropError(f"label {low} in y is out of range: sequence labels are classes 0..K−1, or −1 where a step "
+                           "has no target")  # fmt: skip
     empty = ~(y >= 0).any(0)
     if bool(empty.any()):
         raise BioPropError(f"example {int(empty.nonzero()[0])} of the batch has no target at any step (all labels −1)")

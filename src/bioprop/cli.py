@@ -432,6 +432,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = app(args=args or ["--help"], prog_name="bioprop", standalone_mode=False)
     except Interrupted as stop:
+        if not (stop.run_dir / logs.CHECKPOINT).is_file():
+            _fail(f"interrupted before the first checkpoint: nothing to resume in {stop.run_dir}; start again with "
+                  "--overwrite", EXIT_INTERRUPTED)  # fmt: skip
         _fail(f"interrupted; the last checkpoint in {stop.run_dir} is kept; "
               f"continue with `bioprop resume {stop.run_dir}`", EXIT_INTERRUPTED)  # fmt: skip
     except BioPropError as err:

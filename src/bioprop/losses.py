@@ -117,7 +117,9 @@ class Loss(NamedTuple):
 
 LOSSES: dict[str, Loss] = {
     "ce": Loss("ce", "cross-entropy (nats)", _sequence(_ce_per_example), _ce_error),
-    "se": Loss("se", "squared error ½‖z − onehot(y)‖²", _sequence(_se_per_example), _se_error),
+    "se": Loss(
+        "se", "squared error ½‖z − target‖² (target onehot(y) for labels)", _sequence(_se_per_example), _se_error
+    ),
 }
 
 

@@ -92,7 +92,7 @@ def build(config: RunConfig, run_dir: Path) -> Session:
     if bad is not None:
         raise BioPropError(f"dataset {config.data} ({dataset.source}) has non-finite values in {bad}: they come "
                            f"from the data, before any training")  # fmt: skip
-    check_memory(config, dataset.in_shape, dataset.n_classes)
+    check_memory(config, dataset.in_shape, dataset.n_classes, max(len(dataset.train_x), len(dataset.test_x)))
     torch.manual_seed(config.seed)
     net = nets.build(config.arch, dataset.in_shape, dataset.n_classes, config.resolved_activation()).to(device, dtype)
     entry, opts = rules.entry(config.rule), dict(config.rule_opts)
@@ -147,10 +147,16 @@ def available_memory(device: torch.device) -> int | None:
     return available
 
 
-def check_memory(config: RunConfig, in_shape: tuple[int, ...], n_classes: int) -> None:
+#: Values autograd keeps per neuron and time step for BPTT through a spiking cell (v, z, a, A, ψ, the input
+#: current and their products): the memory estimate of a recurrent run (:func:`check_memory`).
+STATES_KEPT = 12
+
+
+def check_memory(config: RunConfig, in_shape: tuple[int, ...], n_classes: int, examples: int | None = None) -> None:
     """Refuse a network whose weights, counted on the ``meta`` device (nothing is allocated), need more memory
-    than is available: at least :func:`weight_copies` times the weights' bytes. The dataset is already in memory
-    when this runs, so the memory available excludes it."""
+    than is available: at least :func:`weight_copies` times the weights' bytes; for a recurrent network also the
+    states BPTT keeps (T × batch × n × :data:`STATES_KEPT`). The dataset is already in memory when this runs, so the
+    memory available excludes it. ``examples``: the larger split's size, which bounds a batch."""
     with torch.device("meta"):
         net = nets.build(config.arch, in_shape, n_classes, config.resolved_activation())
         n_params = sum(p.numel() for p in net.parameters())
@@ -164,6 +170,18 @@ def check_memory(config: RunConfig, in_shape: tuple[int, ...], n_classes: int) -
             f"gradients, optimizer state, the update probes) but {available / GIB:.1f} GiB of memory is available "
             f"on {config.resolved_device()}"
         )
+    if available is not None and checks.time_major(net):  # BPTT (the reference every probe computes) keeps every step
+        steps, hidden = in_shape[0], getattr(net, "n_hidden", 0)
+        batch = max(config.batch_size, config.probe_batch_size)
+        batch = batch if examples is None else min(batch, examples)  # a batch holds at most the split's examples
+        kept = steps * batch * hidden * STATES_KEPT * config.torch_dtype().itemsize
+        if kept > available:
+            raise BioPropError(
+                f"sequences of {steps:,} steps are too long for {config.arch!r}: backprop through time (the reference "
+                f"gradient of every probe) keeps ~{STATES_KEPT} values per neuron and step, {kept / GIB:.1f} GiB for "
+                f"a batch of {batch}, but {available / GIB:.1f} GiB is available; use shorter sequences or a smaller "
+                "--batch-size and --probe-batch-size"
+            )
 
 
 # ------------------------------------------------------------------------------------------------ measuring

@@ -310,7 +310,13 @@ def _load_sequences(
     assert task is not None
     if spec.kind == "generated":
         find(spec.name, data_dir)  # checks a data_dir given, which a generator does not read
-        splits, source = task.make(settings), f"bioprop.data.temporal.{task.generator.__name__}"
+        try:
+            splits = task.make(settings)
+        except MemoryError as exc:  # numpy's ArrayMemoryError says how much it wanted
+            said = str(exc).split(";")[0].strip() or "out of memory"
+            raise BioPropError(f"{spec.name}: these settings need more memory than there is ({said}); use smaller "
+                               "n_train, n_test or sequence lengths") from None  # fmt: skip
+        source = f"bioprop.data.temporal.{task.generator.__name__}"
     elif spec.kind == "shd":
         paths = _shd_files(spec, data_dir)
         options = {key: settings[key] for key in ("bins", "duration", "target")}

@@ -133,8 +133,11 @@ def describe_layers(shapes: Sequence[tuple[str, Sequence[int]]]) -> dict[str, st
     has_conv = any(len(shape) == 4 for _, shape in weights)
     labels: dict[str, str] = {}
     counts = {"conv": 0, "linear": 0}
+    roles = {"input.weight": "input", "recurrent.weight": "recurrent", "readout.weight": "readout"}
     for index, (name, shape) in enumerate(weights):
-        if len(shape) == 4:
+        if name in roles:  # a recurrent network (bioprop.nets.recurrent): W_in, W_rec, W_out by their roles
+            text = f"{roles[name]}, {shape[1]}→{shape[0]}"
+        elif len(shape) == 4:
             counts["conv"] += 1
             text = f"conv {counts['conv']}, {shape[1]}→{shape[0]} ({shape[2]}×{shape[3]})"
         elif index == len(weights) - 1:
@@ -253,13 +256,18 @@ def alignment_plot(run_dir: str | Path) -> Path:
 
 def curves_figure(run_dir: str | Path) -> Figure:
     """Accuracy and loss per epoch, train (a running mean over the epoch) and test (after the epoch); the loss is the
-    run's one output loss, named on its axis (``loss_label`` in summary.json)."""
+    run's one output loss, named on its axis (``loss_label`` in summary.json). A regression run (float targets, no
+    accuracy) has the loss panel only."""
     run_dir = Path(run_dir)
     rows = _rows(run_dir)
     epochs = [row["epoch"] for row in rows]
-    fig = Figure(figsize=(10, 4), layout="constrained")
     loss = _read_json(run_dir / logs.SUMMARY).get("loss_label") or "loss"  # the run's one output loss
-    for ax, what in zip(fig.subplots(1, 2), ("accuracy", "loss"), strict=True):
+    accuracies = [row.get("test_accuracy") for row in rows]
+    regression = bool(rows) and all(v is None or (isinstance(v, float) and math.isnan(v)) for v in accuracies)
+    panels = ("loss",) if regression else ("accuracy", "loss")  # float targets (regression) have no accuracy
+    fig = Figure(figsize=(5 * len(panels), 4), layout="constrained")
+    axes = fig.subplots(1, len(panels))
+    for ax, what in zip([axes] if len(panels) == 1 else axes, panels, strict=True):
         for split, label in (("train", TRAIN_LABEL), ("test", TEST_LABEL)):
             ax.plot(epochs, [row[f"{split}_{what}"] for row in rows], marker="o" if len(rows) < 30 else None,
                     markersize=3, label=label)  # fmt: skip

@@ -232,6 +232,9 @@ class Rule:
         only (:meth:`predict`). The network is run on one example only when the input's shape, dtype or device (or
         the network's) differ from the last batch."""
         checks.check_batch(x, y, inputs_only=y is None, sequence=self.sequence)
+        if y is not None and y.is_floating_point() and self.loss.name != "se":
+            raise BioPropError(f"rule {self.name}: float targets y (regression) need the squared error: create the "
+                               f"rule with output='se' (its loss is {self.loss.name})")  # fmt: skip
         param = self._first_param  # the same object after net.double() / net.to(...), which change its dtype
         shape = (x.shape[0], *x.shape[2:]) if self.sequence else x.shape[1:]  # without the batch dimension
         key = (shape, x.dtype, x.device, param.dtype, param.device)

@@ -51,7 +51,7 @@ from torch import Tensor
 from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
-from bioprop.rules.base import Entry, Options, Rule, Trace, Update, make_card, option, register
+from bioprop.rules.base import Entry, FigureSpec, Options, Rule, Trace, Update, make_card, option, register
 from bioprop.rules.options import non_negative
 
 CARD = make_card(
@@ -244,6 +244,7 @@ class Eprop(Rule):
     Options = EpropOptions
     networks = frozenset({"recurrent"})
     trace_specs = (Trace("rate", "population firing rate (Hz) at each step of the trial"),)
+    figures = (FigureSpec("rate.png", "e-prop: the population's firing rate through the trial", traces=("rate",)),)
     opts: EpropOptions
 
     def __init__(self, net: Any, entry: Entry, options: dict[str, Any]) -> None:
