@@ -309,7 +309,7 @@ def summary(s: Session, status: str, message: str | None = None) -> dict[str, An
         "diagnostics": {k[5:]: [row.get(k) for row in rows] for k in columns if k.startswith("diag/")},
         "rule_options": s.rule.opts.as_dict(), "parameters": sum(p.numel() for p in s.net.parameters()),
         "n_train": len(s.dataset.train_y), "n_test": len(s.dataset.test_y), "data_source": s.dataset.source,
-        "in_shape": list(s.dataset.in_shape), "n_classes": s.dataset.n_classes,
+        "in_shape": list(s.dataset.in_shape), "n_classes": s.dataset.n_classes, "task": s.dataset.task or None,
         "bioprop_version": bioprop.__version__, "torch_version": torch.__version__,
         "device": str(c.resolved_device()), "dtype": c.dtype,
     }  # fmt: skip

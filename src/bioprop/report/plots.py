@@ -318,7 +318,11 @@ def _trace_panels(rows: list[dict], names: Sequence[str] | None, declared: Seque
 
 
 def _draw_trace_panel(
-    ax: Axes, name: str, by_epoch: dict[int, tuple[list[int], list[float]]], ylabel: str = ""
+    ax: Axes,
+    name: str,
+    by_epoch: dict[int, tuple[list[int], list[float]]],
+    ylabel: str = "",
+    steps: str = "inference step",
 ) -> None:
     import matplotlib as mpl
 
@@ -328,7 +332,7 @@ def _draw_trace_panel(
         show = epoch in (min(by_epoch), last) or len(by_epoch) <= 6
         ax.plot(xs, ys, color=colours(0.0 if last <= 1 else (epoch - 1) / (last - 1) * 0.9),
                 label=label if show else None)  # fmt: skip
-    ax.set(xlabel="step" if "preparation" in name else "inference step", ylabel=ylabel or name, title=name)
+    ax.set(xlabel="step" if "preparation" in name else steps, ylabel=ylabel or name, title=name)
     _value_y(ax, [y for _, ys in by_epoch.values() for y in ys])
     _integer_x(ax)
     ax.grid(alpha=0.3)
@@ -346,8 +350,9 @@ def traces_figure(run_dir: str | Path) -> Figure:
     panels = _trace_panels(rows, None, rule.trace_specs if rule is not None else ())
     fig = Figure(figsize=(5.5 * len(panels), 4.2), layout="constrained")
     labels = {t.name: t.label for t in (rule.trace_specs if rule is not None else ())}
+    step_axes = {t.name: t.steps for t in (rule.trace_specs if rule is not None else ())}
     for ax, (name, by_epoch) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels.items(), strict=True):
-        _draw_trace_panel(ax, name, by_epoch, labels.get(name, ""))
+        _draw_trace_panel(ax, name, by_epoch, labels.get(name, ""), step_axes.get(name, "inference step"))
     fig.suptitle(run_title(run_dir))
     return fig
 
@@ -405,11 +410,12 @@ def declared_figure(run_dir: str | Path, file: str) -> Figure:
     if not panels and not phase and not columns:
         raise BioPropError(f"nothing of {file} is recorded in '{run_dir}'")
     labels = {t.name: t.label for t in rule.trace_specs}
+    step_axes = {t.name: t.steps for t in rule.trace_specs}
     count = len(panels) + bool(spec.preparation) + bool(spec.diagnostics)
     fig = Figure(figsize=(5.5 * count, 4.2), layout="constrained")
     axes = list(fig.subplots(1, count, squeeze=False)[0])
     for name, by_epoch in panels.items():
-        _draw_trace_panel(axes.pop(0), name, by_epoch, labels.get(name, ""))
+        _draw_trace_panel(axes.pop(0), name, by_epoch, labels.get(name, ""), step_axes.get(name, "inference step"))
     if spec.preparation:
         ax = axes.pop(0)
         if phase:

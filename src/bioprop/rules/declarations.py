@@ -32,11 +32,13 @@ def make_card(**entries: tuple[bool, str]) -> dict[str, CardEntry]:
 class Trace(NamedTuple):
     """A per-step quantity of a rule's inner dynamics, recorded in ``traces.csv`` (the mean over an epoch's batches
     at each step): its ``name`` (the key in ``Update.traces``), axis ``label`` and whether a panel of the value
-    relative to step 0 is drawn too (how much of it the dynamics remove)."""
+    relative to step 0 is drawn too (how much of it the dynamics remove); ``steps`` names the step axis (an
+    inference step of a relaxation, a time step of a sequence)."""
 
     name: str
     label: str
     relative: bool = False
+    steps: str = "inference step"
 
 
 class Diagnostic(NamedTuple):

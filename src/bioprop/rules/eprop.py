@@ -243,7 +243,7 @@ class Eprop(Rule):
 
     Options = EpropOptions
     networks = frozenset({"recurrent"})
-    trace_specs = (Trace("rate", "population firing rate (Hz) at each step of the trial"),)
+    trace_specs = (Trace("rate", "population firing rate (Hz)", steps="time step of the trial"),)
     figures = (FigureSpec("rate.png", "e-prop: the population's firing rate through the trial", traces=("rate",)),)
     opts: EpropOptions
 
