@@ -26,10 +26,18 @@ import torch
 from torch import Tensor
 
 from bioprop import losses
-from bioprop.rules.backprop import CARD, Backprop, BackpropOptions
+from bioprop.rules.backprop import Backprop, BackpropOptions
 from bioprop.rules.base import Rule, Update, make_card, register
 from bioprop.rules.options import count
 
+BPTT_CARD = make_card(
+    linear=(False, "errors flow through a purely linear backward pass"),
+    derivatives=(False, "the backward pass multiplies by the exact (surrogate) derivatives"),
+    weight_transport=(False, "the backward pass uses the transposed forward and recurrent weights"),
+    spikes=(False, "real-valued errors through a surrogate derivative of the spikes"),
+    clock=(False, "a backward sweep through the whole sequence follows its forward sweep"),
+    targets=(False, "needs a supervised target at the readout"),
+)
 TBPTT_CARD = make_card(
     linear=(False, "errors flow through a purely linear backward pass"),
     derivatives=(False, "the backward pass multiplies by the exact (surrogate) derivatives"),
@@ -43,7 +51,7 @@ MAX_TRUNCATION = 1_000_000
 
 
 @register("bptt", family="temporal", paper="Werbos 1990; Bellec et al. 2018", summary="backprop through time",
-          card=CARD)  # fmt: skip
+          card=BPTT_CARD)  # fmt: skip
 class BPTT(Backprop):
     """Backprop through time: :class:`~bioprop.rules.backprop.Backprop` on a recurrent network (time-major
     sequences, the sequence loss); its update equals :meth:`reference_grads`."""

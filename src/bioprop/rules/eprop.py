@@ -61,7 +61,10 @@ CARD = make_card(
         "nonlinear dynamics",
     ),  # fmt: skip
     derivatives=(False, "the eligibility traces use the neuron's own pseudo-derivative ψ"),
-    weight_transport=(True, "with feedback=random or adaptive, B is not W_outᵀ (symmetric: it is)"),
+    weight_transport=(
+        False,
+        "the default feedback B = W_outᵀ transports the readout weights; feedback=random or adaptive removes it",
+    ),
     spikes=(True, "trains spiking LIF/ALIF networks through their spikes and a surrogate derivative"),
     clock=(True, "online: traces and learning signal at every step, no backward phase in time"),
     targets=(False, "needs a supervised target at the readout"),
