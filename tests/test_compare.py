@@ -309,3 +309,14 @@ def test_cli_compare_of_a_demo_layout(cli, tmp_path: Path, finished_run: Path) -
     assert err.startswith(f"bioprop: error: run directory '{demo / 'fa'}' is given twice")
     code, out, err = cli("compare", tmp_path / "runs" / "demo" / "alignment.png")
     assert code == 2 and err.startswith("bioprop: error: ") and "alignment.png' is not a run directory" in err
+
+
+def test_the_test_loss_column_gives_mean_and_std_with_the_losss_name(tmp_path: Path) -> None:
+    """Regression runs have no accuracy: the final test loss is their figure (mean ± std over seeds, named)."""
+    runs = [write_run(tmp_path / f"s{s}", seed=s, acc=0.5) for s in range(2)]
+    for path, loss in zip(runs, (0.2, 0.4), strict=True):
+        summary = json.loads((path / "summary.json").read_text())
+        summary.update(test_loss=loss, loss="se")
+        (path / "summary.json").write_text(json.dumps(summary))
+    [row] = rows_of(runs)
+    assert row["test loss"] == f"{statistics.fmean([0.2, 0.4]):.4g} ± {statistics.stdev([0.2, 0.4]):.3g} se"

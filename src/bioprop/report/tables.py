@@ -16,8 +16,9 @@ included, from ``summary.json``). Runs that differ in anything else get rows of 
 then says what tells the rows apart: each setting that is not the same in every row, and each rule option that
 differs between rows of the same rule (the ``epochs`` column already shows the epochs).
 
-Test and best accuracy (mean ± sample standard deviation, in %), the final angle to the rule's reference gradient
-per weight tensor and the seconds per epoch are over a row's *finished* runs. Runs that diverged, failed, were
+Test and best accuracy (mean ± sample standard deviation, in %), the final test loss (mean ± standard deviation,
+with the run's loss: the figure of a regression run, which has no accuracy), the final angle to the rule's
+reference gradient per weight tensor and the seconds per epoch are over a row's *finished* runs. Runs that diverged, failed, were
 interrupted or are still running are counted in the ``runs`` column (``3 (1 diverged)``) and left out of those
 numbers; a row with no finished run shows ``–`` there.
 
@@ -333,6 +334,16 @@ def _mean_std(values: Sequence[float | None]) -> str:
     return f"{100 * mean:.2f} ± {100 * statistics.stdev(values):.2f}"
 
 
+def _loss(summaries: Sequence[dict[str, Any]]) -> str:
+    """The final test loss, mean ± sample standard deviation, with the loss's name (``ce``, ``se``)."""
+    values = [s["test_loss"] for s in summaries if isinstance(s.get("test_loss"), (int, float))]
+    if not values:
+        return "–"
+    name = summaries[0].get("loss") or ""
+    spread = f" ± {statistics.stdev(values):.3g}" if len(values) > 1 else ""
+    return f"{statistics.fmean(values):.4g}{spread} {name}".strip()
+
+
 def _final_angles(summaries: Sequence[dict[str, Any]]) -> str:
     """Mean over the runs of each weight tensor's last measured angle (biases left out when weights exist)."""
     finals: dict[str, list[float]] = {}
@@ -362,7 +373,7 @@ def table(paths: Sequence[str | Path]) -> tuple[tuple[str, ...], list[tuple[str,
     settings = distinguishing(groups)
     with_settings = any(settings)
     header = ("rule", "dataset", "arch", *(("settings",) if with_settings else ()), "runs", "epochs",
-              "test acc (%)", "best acc (%)", "final angle to reference (°)", "s/epoch")  # fmt: skip
+              "test acc (%)", "best acc (%)", "test loss", "final angle to reference (°)", "s/epoch")  # fmt: skip
     body = []
     for runs, shown in zip(groups, settings, strict=True):
         first = runs[0].summary
@@ -375,6 +386,7 @@ def table(paths: Sequence[str | Path]) -> tuple[tuple[str, ...], list[tuple[str,
             _runs(runs), ", ".join(epochs),
             _mean_std([s.get("test_accuracy") for s in done]),
             _mean_std([s.get("best_test_accuracy") for s in done]),
+            _loss(done),
             _final_angles(done),
             f"{statistics.fmean(seconds):.2f}" if seconds else "–",
         ))  # fmt: skip
