@@ -18,9 +18,9 @@ differs between rows of the same rule (the ``epochs`` column already shows the e
 
 Test and best accuracy (mean ± sample standard deviation, in %), the final test loss (mean ± standard deviation,
 with the run's loss: the figure of a regression run, which has no accuracy), the final angle to the rule's
-reference gradient per weight tensor and the seconds per epoch are over a row's *finished* runs. Runs that diverged, failed, were
-interrupted or are still running are counted in the ``runs`` column (``3 (1 diverged)``) and left out of those
-numbers; a row with no finished run shows ``–`` there.
+reference gradient per weight tensor and the seconds per epoch are over a row's *finished* runs. Runs that
+diverged, failed, were interrupted or are still running are counted in the ``runs`` column (``3 (1 diverged)``)
+and left out of those numbers; a row with no finished run shows ``–`` there.
 
 Two runs with the same settings *and* the same seed (a run directory copied, or a run repeated) are refused, naming
 both: they are not independent seeds, and counting both would shrink the standard deviation and inflate the count.

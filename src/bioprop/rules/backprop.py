@@ -20,10 +20,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets.energy import EnergyNet, Relaxation, free_prediction
-from bioprop.rules.base import Entry, Options, Rule, Update, backprop_update, make_card, option, register
+from bioprop.rules.base import Entry, Options, Rule, Update, backprop_update, make_card, register
+from bioprop.rules.options import output_loss
 
 CARD = make_card(
     linear=(False, "errors flow through a purely linear backward pass"),
@@ -37,8 +37,7 @@ CARD = make_card(
 
 @dataclass(frozen=True)
 class BackpropOptions(Options):
-    output: str = option("ce", "output loss: ce (cross-entropy) or se (squared error to the one-hot target)",
-                         choices=tuple(losses.LOSSES))  # fmt: skip
+    output: str = output_loss()
 
 
 @register("bp", family="backprop", paper="Rumelhart, Hinton & Williams 1986", summary="exact gradient", card=CARD)

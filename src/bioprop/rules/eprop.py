@@ -52,7 +52,7 @@ from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
 from bioprop.rules.base import Entry, FigureSpec, Options, Rule, Trace, Update, make_card, option, register
-from bioprop.rules.options import non_negative
+from bioprop.rules.options import non_negative, output_loss
 
 CARD = make_card(
     linear=(
@@ -187,36 +187,26 @@ def eprop_autodiff(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: 
     recurrent input and the reset (the neuron's own adaptation keeps it), the readout's error carried back to the
     spikes through ``feedback`` instead of W_out. Memory linear in T; the check of the online route."""
     p, batch = net.params, x.shape[1]
+    names = ("input.weight", "recurrent.weight", "readout.weight", "readout.bias")
     named = dict(net.named_parameters())
     with torch.enable_grad():
-        w_in, w_rec = net.input.weight, net.recurrent_weight()
+        w_in, w_rec, w_out, b_out = net.input.weight, net.recurrent_weight(), net.readout.weight, net.readout.bias
         state, outs, spikes = net.initial_state(batch, x), [], []
-        out = x.new_zeros(batch, net.readout.weight.shape[0])
-        w_out_d, b_out = net.readout.weight.detach(), net.readout.bias.detach()
+        out = x.new_zeros(batch, w_out.shape[0])
         for x_t in x:
             z_prev = state.z.detach()
             state = rnn.lif_step(x_t @ w_in.t() + z_prev @ w_rec.t(), state, net.beta, p, reset=z_prev)
             spikes.append(state.z)
-            # the readout's error reaches z through B: z → y with weight Bᵀ in the backward pass only
-            routed = state.z.detach() @ w_out_d.t() + (state.z - state.z.detach()) @ feedback.t()
+            # W_out's gradient is the exact one (z held); the readout's error reaches z through B, not through W_out
+            routed = state.z.detach() @ w_out.t() + (state.z - state.z.detach()) @ feedback.t()
             out = net.kappa * out + routed + b_out
             outs.append(out)
         z = torch.stack(spikes)
         objective = loss.value(torch.stack(outs), y)
-        if rate_reg:
+        if rate_reg:  # depends on the spikes only: the readout's gradients stay the loss's
             objective = objective + rate_penalty(z, p.dt, rate_reg, rate_target)
-        grads = torch.autograd.grad(objective, [named["input.weight"], named["recurrent.weight"]])
-    readout = net.readout.weight.detach()
-    with torch.enable_grad():  # the readout's exact gradients, from the same spikes
-        w_out, b = net.readout.weight, net.readout.bias
-        y_hat, outs = x.new_zeros(batch, readout.shape[0]), []
-        for z_t in z.detach():
-            y_hat = net.kappa * y_hat + z_t @ w_out.t() + b
-            outs.append(y_hat)
-        out_grads = torch.autograd.grad(loss.value(torch.stack(outs), y), [w_out, b])
-    result = {"input.weight": grads[0], "recurrent.weight": grads[1],
-              "readout.weight": out_grads[0], "readout.bias": out_grads[1]}  # fmt: skip
-    return result, torch.stack(outs).detach(), z.detach().mean((1, 2)) * (1000.0 / p.dt)
+        grads = torch.autograd.grad(objective, [named[name] for name in names])
+    return dict(zip(names, grads, strict=True)), torch.stack(outs).detach(), z.detach().mean((1, 2)) * (1000.0 / p.dt)
 
 
 FEEDBACKS = ("symmetric", "random", "adaptive")
@@ -226,8 +216,7 @@ ROUTES = ("online", "autodiff")
 
 @dataclass(frozen=True)
 class EpropOptions(Options):
-    output: str = option("ce", "output loss: ce (cross-entropy) or se (squared error; regression targets need it)",
-                         choices=tuple(losses.LOSSES))  # fmt: skip
+    output: str = output_loss()
     feedback: str = option("symmetric", "learning signal's feedback B: symmetric (W_outᵀ), random (fixed, drawn "
                            "from seed) or adaptive (follows W_out's updates)", choices=FEEDBACKS)  # fmt: skip
     route: str = option("online", "online eligibility traces (memory flat in T) or autodiff (BPTT with "

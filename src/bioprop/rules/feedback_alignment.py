@@ -45,7 +45,6 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.metrics import angle_deg
 from bioprop.nets import layer_parameters
@@ -63,7 +62,7 @@ from bioprop.rules.base import (
     register,
 )
 from bioprop.rules.layerwise import forward_cached, layer_backward, parameterised_indices, through_parameterless
-from bioprop.rules.options import positive
+from bioprop.rules.options import output_loss, positive
 
 INITS = ("xavier", "kaiming", "uniform")
 FEEDBACKS = ("random", "direct", "usf", "brsf", "frsf")
@@ -167,8 +166,7 @@ class FeedbackAlignmentOptions(Options):
     scale: float = positive(1.0, "factor s on every feedback weight")
     seed: int = option(0, "seed of the random feedback weights (drawn once, or, where redrawn each step, from the "
                           "seed and the step count)")  # fmt: skip
-    output: str = option("ce", "output loss: ce (cross-entropy) or se (squared error to the one-hot target)",
-                         choices=tuple(losses.LOSSES))  # fmt: skip
+    output: str = output_loss()
 
 
 def same_kind(a: Tensor, b: Tensor) -> bool:

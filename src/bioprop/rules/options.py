@@ -173,6 +173,15 @@ def non_negative(default: float, help: str, kind: type = float, maximum: int | N
     return option(default, help, type=kind, check=is_non_negative, check_says="must be non-negative", maximum=maximum)
 
 
+def output_loss() -> Any:
+    """The ``output`` option of a rule that trains with either loss of :mod:`bioprop.losses` (cross-entropy by
+    default): the run's one output loss."""
+    from bioprop import losses  # here: the losses module needs nothing of the rules
+
+    return option("ce", "output loss: ce (cross-entropy) or se (squared error to the one-hot target, or to float "
+                  "targets: regression)", choices=tuple(losses.LOSSES))  # fmt: skip
+
+
 def count(default: int, help: str, maximum: int, says: str = "must be at least 1") -> Any:
     """A count that sets how much work a step does (inference steps, sweeps, a batch): an int in [1, ``maximum``]."""
     return option(default, help, type=int, check=is_positive, check_says=says, maximum=maximum)

@@ -116,10 +116,10 @@ def gelu_and_slope(x: Tensor, out: Tensor | None = None) -> tuple[Tensor, Tensor
     (one erfc, no erf + 1), and the factor 2 saves another (:meth:`Chain.vjp_add` halves it); φ(x) is written
     into ``out`` when given."""
     zero = _zero(x)  # broadcast: addcmul(0, a, b, value=v) is v·a·b in one operation
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # the same 2Φ(x) = 1 + erf(x/√2): inductor fuses erf, not an in-place erfc
         twice_cdf = torch.erf(x * _SQRT_HALF).add_(1.0)
     else:
-        twice_cdf = torch.mul(x, -_SQRT_HALF).erfc_()  # 2Φ(x)
+        twice_cdf = torch.mul(x, -_SQRT_HALF).erfc_()  # 2Φ(x), one operation fewer in eager mode
     bell = torch.addcmul(zero, x, x, value=-0.5).exp_()  # e^{−x²/2}
     slope = torch.addcmul(twice_cdf, x, bell, value=2 * _INV_SQRT_2PI)
     return torch.addcmul(zero, x, twice_cdf, value=0.5, out=out), slope

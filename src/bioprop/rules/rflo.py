@@ -48,6 +48,7 @@ from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
 from bioprop.rules.base import Diagnostic, Entry, Options, Rule, Update, make_card, option, register
+from bioprop.rules.options import output_loss
 
 CARD = make_card(
     linear=(True, "the learning signal is a linear projection B ε of the output error, no backward pass"),
@@ -116,8 +117,7 @@ FEEDBACKS = ("random", "symmetric")
 
 @dataclass(frozen=True)
 class RfloOptions(Options):
-    output: str = option("ce", "output loss: ce (cross-entropy) or se (squared error; regression targets need it)",
-                         choices=tuple(losses.LOSSES))  # fmt: skip
+    output: str = output_loss()
     feedback: str = option("random", "feedback B of the output error: random (fixed, drawn from seed) or "
                            "symmetric (W_outᵀ)", choices=FEEDBACKS)  # fmt: skip
     seed: int = option(0, "seed of the random feedback matrix")

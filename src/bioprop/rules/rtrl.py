@@ -43,7 +43,8 @@ from torch import Tensor
 from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
-from bioprop.rules.base import Entry, Options, Rule, Update, make_card, option, register
+from bioprop.rules.base import Entry, Options, Rule, Update, make_card, register
+from bioprop.rules.options import output_loss
 
 CARD = make_card(
     linear=(False, "the influence tensor is carried through the exact Jacobian of the nonlinear dynamics"),
@@ -143,8 +144,7 @@ def rtrl(net: Any, x: Tensor, y: Tensor, loss: losses.Loss) -> tuple[dict[str, T
 
 @dataclass(frozen=True)
 class RtrlOptions(Options):
-    output: str = option("ce", "output loss: ce (cross-entropy) or se (squared error; regression targets need it)",
-                         choices=tuple(losses.LOSSES))  # fmt: skip
+    output: str = output_loss()
 
 
 @register("rtrl", family="temporal", paper="Williams & Zipser 1989", summary="real-time recurrent learning (exact)",
