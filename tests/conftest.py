@@ -75,6 +75,19 @@ def cli(capsys: pytest.CaptureFixture[str]) -> Callable[..., tuple[int, str, str
     return call
 
 
+def busy_lsnn(n_lif: int = 3, n_alif: int = 3, seed: int = 0) -> nn.Module:
+    """A small float64 LSNN (4 inputs, n_lif LIF then n_alif ALIF neurons, 3 outputs) busy enough that spikes,
+    refractory steps, resets and adaptation all shape the gradient (the temporal rules' tests)."""
+    from bioprop.nets import recurrent as rnn
+
+    torch.manual_seed(seed)
+    params = rnn.LIFParameters(tau_m=10.0, tau_a=40.0, tau_out=15.0, v_th=0.3, beta=0.4, n_ref=2, gamma=0.3)
+    net = rnn.RecurrentNet(4, n_lif + n_alif, 3, cell="spiking", n_alif=n_alif, params=params).double()
+    with torch.no_grad():
+        net.input.weight.mul_(2.0)
+    return net
+
+
 def tanh_mlp(sizes: tuple[int, ...], seed: int = 0, act: type[nn.Module] = nn.Tanh) -> nn.Sequential:
     """Flatten, Linear-φ pairs, Linear readout (layer indices 1, 3, 5 for 12-7-5-3), float64, parameters drawn
     from an explicit generator (std 1.2/√fan-in; biases 1.2/2)."""

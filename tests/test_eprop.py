@@ -15,16 +15,7 @@ import torch
 from bioprop import losses, rules
 from bioprop.nets import recurrent as rnn
 from bioprop.rules import eprop
-
-
-def spiking_net(n_lif: int = 3, n_alif: int = 3, seed: int = 0) -> rnn.RecurrentNet:
-    """A small LSNN whose neurons spike often enough for ψ, refractoriness and adaptation to matter."""
-    torch.manual_seed(seed)
-    params = rnn.LIFParameters(tau_m=10.0, tau_a=40.0, tau_out=15.0, v_th=0.3, beta=0.4, n_ref=2, gamma=0.3)
-    net = rnn.RecurrentNet(4, n_lif + n_alif, 3, cell="spiking", n_alif=n_alif, params=params).double()
-    with torch.no_grad():
-        net.input.weight.mul_(2.0)
-    return net
+from conftest import busy_lsnn as spiking_net
 
 
 def sequence(steps: int = 40, batch: int = 3, channels: int = 4, classes: int = 3, seed: int = 1):

@@ -21,21 +21,12 @@ from bioprop.config import RunConfig
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
 from bioprop.rules import rflo, rtrl
+from conftest import busy_lsnn as spiking_net
 
 
 def rate_net(tau: float = 3.0, n: int = 5, seed: int = 0) -> rnn.RecurrentNet:
     torch.manual_seed(seed)
     return rnn.RecurrentNet(4, n, 3, cell="rate", params=rnn.RateParameters(tau=tau)).double()
-
-
-def spiking_net(n_lif: int, n_alif: int, seed: int = 0) -> rnn.RecurrentNet:
-    """Small, and busy enough that spikes, refractory steps, resets and adaptation all shape the gradient."""
-    torch.manual_seed(seed)
-    params = rnn.LIFParameters(tau_m=10.0, tau_a=40.0, tau_out=15.0, v_th=0.3, beta=0.4, n_ref=2, gamma=0.3)
-    net = rnn.RecurrentNet(4, n_lif + n_alif, 3, cell="spiking", n_alif=n_alif, params=params).double()
-    with torch.no_grad():
-        net.input.weight.mul_(2.0)
-    return net
 
 
 def sequence(steps: int = 30, batch: int = 3, spikes: bool = False, seed: int = 1):

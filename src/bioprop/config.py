@@ -60,8 +60,6 @@ THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, 
 NOT_FINGERPRINTED = ("data_dir", "download", "threads")
 MAX_THREADS = 1024
 #: What ``arch: auto`` stands for, by the kind of network the rule trains.
-#: The nonlinearity a recurrent arch fixes (``--activation`` must be left at auto): tanh rate units, spikes.
-RECURRENT_NONLINEARITY = {"rnn": "tanh", "sab": "tanh", "lif": "spike", "alif": "spike", "lsnn": "spike"}
 DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256", "recurrent": "lsnn:50+50"}
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
 #: What a value of each kind of setting must be, as its errors say.
@@ -259,7 +257,7 @@ class RunConfig:
         except BioPropError as exc:
             named = f"'{self.arch.strip().lower()}'" in str(exc)  # nets quotes the spec it cannot parse
             raise BioPropError(f"{exc} ({'' if named else f'arch {self.arch!r}; '}{dataset})") from None
-        fixed = RECURRENT_NONLINEARITY.get(self.arch.strip().lower().partition(":")[0])
+        fixed = nets.fixed_nonlinearity(self.arch)
         if fixed is not None and self.activation not in ("auto", fixed):
             raise BioPropError(f"--activation {self.activation}: arch {self.arch!r} fixes its nonlinearity ({fixed}); "
                                "leave --activation at auto")  # fmt: skip
@@ -280,7 +278,7 @@ class RunConfig:
     def resolved_activation(self) -> str:
         """What ``activation="auto"`` stands for: hard_sigmoid on an energy-based net, else the rule's declared
         activation (:attr:`bioprop.rules.Rule.activation`; tanh for ``dendritic``), else relu."""
-        fixed = RECURRENT_NONLINEARITY.get(self.arch.strip().lower().partition(":")[0])
+        fixed = nets.fixed_nonlinearity(self.arch)
         if fixed is not None:  # a recurrent network's nonlinearity is part of its cell
             return fixed
         if self.activation != "auto":

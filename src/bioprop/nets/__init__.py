@@ -75,6 +75,15 @@ PARAMETERLESS = (
 )
 
 
+#: The nonlinearity each recurrent arch fixes in its cell (``--activation`` does not apply): tanh rate units, spikes.
+RECURRENT_NONLINEARITY = {"rnn": "tanh", "sab": "tanh", **dict.fromkeys(("lif", "alif", "lsnn"), "spike")}
+
+
+def fixed_nonlinearity(spec: str) -> str | None:
+    """``tanh`` or ``spike`` for a recurrent arch spec (its cell's own nonlinearity), else None."""
+    return RECURRENT_NONLINEARITY.get(spec.strip().lower().partition(":")[0])
+
+
 def default_activation(spec: str) -> str:
     """The activation ``auto`` stands for: hard_sigmoid for energy-based networks, relu otherwise."""
     return "hard_sigmoid" if spec.strip().lower().startswith("ebm") else "relu"
@@ -180,8 +189,7 @@ def check_build_args(spec: object, in_shape: object, n_classes: object, act: obj
                            f"not {in_shape!r}")  # fmt: skip
     if not all(_is_int(size) and size > 0 for size in in_shape):
         raise BioPropError(f"in_shape {tuple(in_shape)!r} must hold positive integers")
-    sequence = spec.strip().lower().partition(":")[0] in (*recurrent.KINDS, "sab")
-    fewest = 1 if sequence else 2  # a recurrent readout may regress
+    fewest = 1 if fixed_nonlinearity(spec) else 2  # a recurrent readout may regress
     if not _is_int(n_classes) or n_classes < fewest:
         raise BioPropError(f"n_classes must be an integer of at least {fewest}, not {n_classes!r}")
 
