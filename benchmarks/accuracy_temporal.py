@@ -2,6 +2,8 @@
 
     taskset -c 1 .venv/bin/python benchmarks/accuracy_temporal.py                        # store-recall, ~10 min
     .venv/bin/python benchmarks/accuracy_temporal.py --suite pattern-generation --seeds 0
+    .venv/bin/python benchmarks/accuracy_temporal.py --suite cue-accumulation --entries eprop-alif,eprop-lif
+    .venv/bin/python benchmarks/accuracy_temporal.py --suite seq-fashion-mnist
 
 Suites (one budget per suite, shared by its rules; only the rule, its options and its network change):
 
@@ -13,16 +15,27 @@ Suites (one budget per suite, shared by its rules; only the rule, its options an
 - ``pattern-generation``: Bellec et al. 2020, Fig. S7 (one frozen input, a sum of four sines as target, regression):
   ``bptt`` and ``eprop`` on ``lif:50``, ``rflo`` on ``rnn:50`` (rate networks only). The table gives the final
   test loss; each run's ``metrics.csv`` holds its curve.
+- ``cue-accumulation``: Bellec et al. 2020, Fig. 3, with the official code's settings (Adam 5e-3, batch 64, the
+  rate regulariser for e-prop, 2,000 iterations = 100 epochs of 20 batches): e-prop and BPTT on the LSNN
+  (``lsnn:50+50``, ALIF) and on LIF neurons only (``lif:100``). The table adds the best test error and the first
+  iteration at which the test error (512 trials) fell below 7 %, Bellec et al.'s stopping criterion.
+- ``seq-fashion-mnist``: rows as 28 steps, the label at the last one: ``bptt``, ``tbptt`` (k = 7) and ``rflo`` on a
+  rate network ``rnn:100``; ``bptt`` and ``eprop`` on a spiking ``lsnn:50+50`` (each rule trains the networks it
+  can; e-prop against BPTT on the same network).
 
-Each (suite, rule, seed) is an ordinary run directory under ``--out`` (kept); a directory already there is
-overwritten. The script prints the command line, a machine line (torch version, threads, load average before and
-after) and a Markdown table: rule, network, mean ± std over seeds of the final test accuracy (or loss), and the
-median seconds per epoch.
+Each (suite, entry, seed) is an ordinary run directory under ``--out`` (kept): rerunning the script reads a
+finished run, resumes an interrupted one from its checkpoint (an hours-long suite survives a stop) and starts the
+rest. The script prints the command line, a machine line (torch version, threads, load average before and after), a
+Markdown table (entry, rule, network, mean ± std over seeds of the final test accuracy or loss, the median seconds
+per epoch) and draws ``curves.png`` in the suite's directory: test error (or loss) and the hidden weights' update
+angle to BPTT against training iterations, mean over seeds with their range.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import math
 import os
 import shlex
 import statistics
@@ -36,30 +49,54 @@ from bioprop import train
 from bioprop.config import RunConfig
 from bioprop.errors import BioPropError
 
-# suite -> (the budget every rule of the suite shares, {rule: (arch, rule options)}, data spec with {delay} to fill)
-SUITES: dict[str, tuple[dict, dict[str, tuple[str, dict]], str]] = {
+# suite -> (the budget every entry of the suite shares, {entry: (rule, arch, rule options)}, data spec with {delay})
+SUITES: dict[str, tuple[dict, dict[str, tuple[str, str, dict]], str]] = {
     "store-recall": (
-        dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=25),
-        {"sab": ("sab:32", {"truncation": 20}), "tbptt": ("rnn:32", {"truncation": 20}), "bptt": ("rnn:32", {})},
+        dict(optimizer="adam", lr=3e-3, batch_size=64, epochs=25, clip=1.0),
+        {"sab": ("sab", "sab:32", {"truncation": 20}), "tbptt": ("tbptt", "rnn:32", {"truncation": 20}),
+         "bptt": ("bptt", "rnn:32", {})},
         "store-recall:delay={delay},values=8,n_train=1024,n_test=512",
     ),
     "pattern-generation": (
         dict(optimizer="adam", lr=3e-3, batch_size=1, epochs=100),
-        {"bptt": ("lif:50", {}), "eprop": ("lif:50", {}), "rflo": ("rnn:50", {})},
+        {"bptt": ("bptt", "lif:50", {}), "eprop": ("eprop", "lif:50", {}), "rflo": ("rflo", "rnn:50", {})},
         "pattern-generation",
     ),
+    # Bellec et al. 2020, Fig. 3 (the official code's settings: Adam 5e-3, batch 64, rate regulariser 1 on rates in
+    # kHz, i.e. 1e-6 on rates in Hz, target 10 Hz; 2,000 iterations): 20 batches an epoch, 100 epochs
+    "cue-accumulation": (
+        dict(optimizer="adam", lr=5e-3, batch_size=64, epochs=100, probe_batches=1, probe_batch_size=64),
+        {"eprop-alif": ("eprop", "lsnn:50+50", {"rate_reg": 1e-6}),
+         "eprop-lif": ("eprop", "lif:100", {"rate_reg": 1e-6}),
+         "bptt-alif": ("bptt", "lsnn:50+50", {}), "bptt-lif": ("bptt", "lif:100", {})},
+        "cue-accumulation:n_train=1280,n_test=512",
+    ),
+    # 28 rows of 28 pixels, the label at the last step; the rate network for bptt, tbptt and rflo (rate networks only),
+    # the spiking one for bptt and eprop (spiking networks only)
+    "seq-fashion-mnist": (
+        dict(optimizer="adam", lr=2e-3, batch_size=64, epochs=3, probe_batches=1, probe_batch_size=64),
+        {"bptt-rnn": ("bptt", "rnn:100", {}), "tbptt-rnn": ("tbptt", "rnn:100", {"truncation": 7}),
+         "rflo-rnn": ("rflo", "rnn:100", {}), "bptt-lsnn": ("bptt", "lsnn:50+50", {}),
+         "eprop-lsnn": ("eprop", "lsnn:50+50", {})},
+        "seq-fashion-mnist",
+    ),
 }  # fmt: skip
+ERROR_CRITERION = 0.07  # cue accumulation: Bellec et al.'s stopping criterion, test error below 7 %
 
 
-def run_one(run_dir: Path, suite: str, rule: str, seed: int, epochs: int | None, delay: int, threads: int) -> dict:
-    """Train one (suite, rule, seed) from scratch into ``run_dir`` and return its summary."""
-    budget, rules, data = SUITES[suite]
-    arch, opts = rules[rule]
+def run_one(run_dir: Path, suite: str, entry: str, seed: int, epochs: int | None, delay: int, threads: int) -> dict:
+    """Train one (suite, entry, seed) into ``run_dir`` and return its summary: a finished run there is only read, an
+    interrupted one resumed from its checkpoint, anything else (no checkpoint yet) started afresh."""
+    budget, entries, data = SUITES[suite]
+    rule, arch, opts = entries[entry]
     settings = dict(budget, rule=rule, arch=arch, rule_opts=opts, seed=seed, data=data.format(delay=delay),
                     threads=threads, device="cpu")  # fmt: skip
     if epochs:
         settings["epochs"] = epochs
-    return train.run(RunConfig(**settings), run_dir, overwrite=True, quiet=True)
+    config = RunConfig(**settings)
+    if (run_dir / train.CHECKPOINT).is_file() and RunConfig.from_yaml(run_dir / train.CONFIG) == config:
+        return train.resume(run_dir, quiet=True)
+    return train.run(config, run_dir, overwrite=True, quiet=True)
 
 
 def mean_std(values: list[float]) -> str:
@@ -68,18 +105,80 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.fmean(values):.4g} ± {std:.2g}"
 
 
-def table(suite: str, summaries: dict[str, list[dict]]) -> str:
-    """The Markdown table: one row per rule, mean ± std over its seeds."""
+def curve(run_dir: Path, column: str) -> list[float]:
+    """One column of a run's ``metrics.csv`` per epoch (NaN where empty)."""
+    with open(run_dir / "metrics.csv", newline="") as handle:
+        return [float(row[column]) if row.get(column) else math.nan for row in csv.DictReader(handle)]
+
+
+def iterations_to_criterion(run_dir: Path, per_epoch: int) -> int | None:
+    """The first iteration (epoch end) at which the test error is below :data:`ERROR_CRITERION`, or None."""
+    for epoch, accuracy in enumerate(curve(run_dir, "test_accuracy"), start=1):
+        if 1.0 - accuracy < ERROR_CRITERION:
+            return epoch * per_epoch
+    return None
+
+
+def table(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int) -> str:
+    """The Markdown table: one row per entry, mean ± std over its seeds."""
     regression = suite == "pattern-generation"
     what = "final test loss (½ squared error)" if regression else "final test accuracy (%)"
-    lines = [f"| rule | arch | rule options | seeds | {what} | s/epoch (median) |", "|---|---|---|---|---|---|"]
-    for rule, runs in summaries.items():
-        arch, opts = SUITES[suite][1][rule]
-        values = [r["test_loss"] if regression else 100 * r["test_accuracy"] for r in runs]
-        seconds = statistics.median(s for r in runs for s in r["epoch_seconds"])
+    cue = suite == "cue-accumulation"
+    extra = " best test error (%) | iterations to < 7 % error |" if cue else ""
+    lines = [f"| entry | rule | arch | rule options | seeds | {what} |{extra} s/epoch (median) |",
+             "|---|---|---|---|---|---|" + ("---|---|" if cue else "") + "---|"]  # fmt: skip
+    for entry, done in runs.items():
+        rule, arch, opts = SUITES[suite][1][entry]
+        values = [r["test_loss"] if regression else 100 * r["test_accuracy"] for _, r in done]
+        seconds = statistics.median(s for _, r in done for s in r["epoch_seconds"])
         options = ", ".join(f"{k}={v}" for k, v in opts.items()) or "-"
-        lines.append(f"| {rule} | {arch} | {options} | {len(runs)} | {mean_std(values)} | {seconds:.2f} |")
+        row = f"| {entry} | {rule} | {arch} | {options} | {len(done)} | {mean_std(values)} |"
+        if cue:
+            best = [100 * (1 - r["best_test_accuracy"]) for _, r in done]
+            reached = [iterations_to_criterion(d, per_epoch) for d, _ in done]
+            said = ", ".join("not reached" if it is None else str(it) for it in reached)
+            row += f" {mean_std(best)} | {said} |"
+        lines.append(row + f" {seconds:.2f} |")
     return "\n".join(lines)
+
+
+def figure(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int, path: Path) -> None:
+    """Test error (or loss) and the hidden weights' update angle to BPTT against training iterations, one line per
+    entry (mean over seeds, the band their range)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regression = suite == "pattern-generation"
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
+    for entry, done in runs.items():
+        if regression:
+            series = [curve(d, "test_loss") for d, _ in done]
+        else:
+            series = [[100 * (1 - a) for a in curve(d, "test_accuracy")] for d, _ in done]
+        angles = [[statistics.fmean(pair) for pair in zip(curve(d, "angle/input.weight"),
+                                                          curve(d, "angle/recurrent.weight"), strict=True)]
+                  for d, _ in done]  # fmt: skip
+        for axis, values in ((left, series), (right, angles)):
+            length = min(len(v) for v in values)
+            x = [per_epoch * (k + 1) for k in range(length)]
+            columns = [[v[k] for v in values] for k in range(length)]
+            line = axis.plot(x, [statistics.fmean(c) for c in columns], label=f"{entry} ({len(values)} seeds)")[0]
+            axis.fill_between(x, [min(c) for c in columns], [max(c) for c in columns], alpha=0.2,
+                              color=line.get_color())  # fmt: skip
+    left.set_ylabel("test loss (½ squared error)" if regression else "test error (%)")
+    if suite == "cue-accumulation":
+        left.axhline(100 * ERROR_CRITERION, color="grey", linestyle=":", label="7 % (Bellec et al.'s criterion)")
+    if regression:
+        left.set_yscale("log")
+    right.set_ylabel("update angle to BPTT, W_in and W_rec (degrees)")
+    for axis in (left, right):
+        axis.set_xlabel("training iterations (batches)")
+        axis.legend(fontsize=8)
+    fig.suptitle(f"{suite}: temporal rules against BPTT")
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
 
 
 def main() -> None:
@@ -90,29 +189,37 @@ def main() -> None:
     parser.add_argument("--delay", type=int, default=200, help="store-recall's silent steps between store and recall")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-temporal"))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--entries", default=None, help="comma-separated entries of the suite (default: all)")
     args = parser.parse_args()
     command = "python " + shlex.join(sys.argv)
     load_before, start = os.getloadavg(), time.perf_counter()
-    summaries: dict[str, list[dict]] = {rule: [] for rule in SUITES[args.suite][1]}
+    budget, entries, data = SUITES[args.suite]
+    chosen = args.entries.split(",") if args.entries else list(entries)
+    unknown = [e for e in chosen if e not in entries]
+    if unknown:
+        sys.exit(f"accuracy_temporal: error: unknown entry {unknown[0]!r} of {args.suite}; known: {', '.join(entries)}")
+    runs: dict[str, list[tuple[Path, dict]]] = {entry: [] for entry in chosen}
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
         for seed in seeds:
-            for rule in summaries:
-                summary = run_one(args.out / args.suite / f"{rule}-s{seed}", args.suite, rule, seed, args.epochs,
-                                  args.delay, args.threads)  # fmt: skip
-                summaries[rule].append(summary)
-                print(f"{args.suite} {rule} seed {seed}: accuracy {summary['test_accuracy']}, "
+            for entry in runs:
+                run_dir = args.out / args.suite / f"{entry}-s{seed}"
+                summary = run_one(run_dir, args.suite, entry, seed, args.epochs, args.delay, args.threads)
+                runs[entry].append((run_dir, summary))
+                print(f"{args.suite} {entry} seed {seed}: accuracy {summary['test_accuracy']}, "
                       f"loss {summary['test_loss']:.4g}", file=sys.stderr)  # fmt: skip
     except (BioPropError, ValueError) as err:
         sys.exit(f"accuracy_temporal: error: {err}")
     load_after = os.getloadavg()
-    budget, _, data = SUITES[args.suite]
+    per_epoch = math.ceil(runs[chosen[0]][0][1]["n_train"] / budget["batch_size"])
     print(f"\n{command}\n")
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average (1/5/15 min) before "
           f"{'/'.join(f'{v:.2f}' for v in load_before)}, after {'/'.join(f'{v:.2f}' for v in load_after)}; "
           f"wall {time.perf_counter() - start:.0f} s\n")  # fmt: skip
     print(f"{data.format(delay=args.delay)}; {budget | ({'epochs': args.epochs} if args.epochs else {})}\n")
-    print(table(args.suite, summaries))
+    print(table(args.suite, runs, per_epoch))
+    figure(args.suite, runs, per_epoch, args.out / args.suite / "curves.png")
+    print(f"\nfigure: {args.out / args.suite / 'curves.png'}")
 
 
 if __name__ == "__main__":

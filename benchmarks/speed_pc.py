@@ -34,7 +34,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -108,35 +107,13 @@ class Ours:
         self.opt.step()
 
 
-class PCX:
+def pcx_harness(python: str, args: argparse.Namespace, group: Group, env: dict[str, str]) -> timing.JsonLinesProcess:
     """The PCX harness as a subprocess in its own venv, speaking JSON lines."""
-
-    def __init__(self, python: str, args: argparse.Namespace, group: Group, env: dict[str, str]) -> None:
-        cmd = [python, str(HARNESS), "--hidden", *group.hidden.split("x"), "--batch", str(group.batch)]
-        cmd += ["--steps", str(args.steps), "--gamma", str(args.gamma), "--lr", str(args.lr)]
-        cmd += ["--weight-decay", str(args.weight_decay), "--gelu", args.pcx_gelu, "--warmup", str(args.warmup)]
-        cmd += ["--weight-lr", str(args.weight_lr), "--systems", *sorted({system for _, system in group.pcx_systems})]
-        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
-        self.hello = self.read()
-        if not self.hello.get("ready"):
-            raise RuntimeError(f"PCX harness failed to start: {self.hello}")
-
-    def read(self) -> dict:
-        line = self.proc.stdout.readline()
-        if not line:
-            raise RuntimeError(f"PCX harness exited (status {self.proc.wait()}); its stderr is above")
-        return json.loads(line)
-
-    def ask(self, **request: object) -> dict:
-        self.proc.stdin.write(json.dumps(request) + "\n")
-        self.proc.stdin.flush()
-        return self.read()
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
-            self.proc.stdin.close()
-            self.proc.wait(timeout=30)
+    cmd = [python, str(HARNESS), "--hidden", *group.hidden.split("x"), "--batch", str(group.batch)]
+    cmd += ["--steps", str(args.steps), "--gamma", str(args.gamma), "--lr", str(args.lr)]
+    cmd += ["--weight-decay", str(args.weight_decay), "--gelu", args.pcx_gelu, "--warmup", str(args.warmup)]
+    cmd += ["--weight-lr", str(args.weight_lr), "--systems", *sorted({system for _, system in group.pcx_systems})]
+    return timing.JsonLinesProcess(cmd, env, "PCX", quit_timeout=30.0)
 
 
 def thread_env(threads: int) -> dict[str, str]:
@@ -161,7 +138,7 @@ def losses(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, 
     }
 
 
-def sanity(args: argparse.Namespace, group: Group, pcx: PCX | None) -> dict:
+def sanity(args: argparse.Namespace, group: Group, pcx: timing.JsonLinesProcess | None) -> dict:
     """Train fresh networks of every contender of ``group`` for ``--sanity-steps`` steps on the same 16 batches."""
     gen = torch.Generator().manual_seed(99)
     x, y, _ = timing.linear_teacher_task(16 * group.batch, IN_SHAPE, N_CLASSES, gen)
@@ -214,11 +191,11 @@ def run(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     os.environ["OMP_NUM_THREADS"] = str(args.threads)
     groups = groups_of(args)
-    pcx: dict[str, PCX] = {}
+    pcx: dict[str, timing.JsonLinesProcess] = {}
     if args.pcx_python:
         for group in groups:
             log(f"starting the PCX harness for {group.name} with {args.pcx_python} (JIT compilation: seconds)")
-            pcx[group.name] = PCX(args.pcx_python, args, group, thread_env(args.threads))
+            pcx[group.name] = pcx_harness(args.pcx_python, args, group, thread_env(args.threads))
     else:
         log(PCX_HINT)
 
@@ -254,7 +231,7 @@ def run(args: argparse.Namespace) -> dict:
         harness = pcx.get(group.name)
         for name, system in group.pcx_systems if harness is not None else ():
 
-            def ask(system: str = system, harness: PCX = harness) -> tuple[float, float]:
+            def ask(system: str = system, harness: timing.JsonLinesProcess = harness) -> tuple[float, float]:
                 reply = harness.ask(cmd="time", system=system, inner=args.inner)
                 return reply["ms"], reply["cpu"]
 

@@ -16,8 +16,10 @@ so a sample times the work of its steps, not their launch.
 
 from __future__ import annotations
 
+import json
 import math
 import statistics
+import subprocess
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -144,3 +146,33 @@ def linear_teacher_task(
     if teacher is None:
         teacher = torch.randn(math.prod(in_shape), n_classes, generator=gen)
     return x, ((x.flatten(1) - 0.5) @ teacher).argmax(1), teacher
+
+
+class JsonLinesProcess:
+    """An anchor's harness as a subprocess (in the anchor's own venv), spoken to in JSON lines: one request per line
+    on its stdin, one reply per line on its stdout (its stderr passes through). The first line it writes must hold
+    ``"ready": true``; ``hello`` keeps it (versions, compile times)."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str], name: str, quit_timeout: float = 60.0) -> None:
+        self.name, self.quit_timeout = name, quit_timeout
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+        self.hello = self.read()
+        if not self.hello.get("ready"):
+            raise RuntimeError(f"the {name} harness failed to start: {self.hello}")
+
+    def read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"the {self.name} harness exited (status {self.proc.wait()}); its stderr is above")
+        return json.loads(line)
+
+    def ask(self, **request: object) -> dict:
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        return self.read()
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write(json.dumps({"cmd": "quit"}) + "\n")
+            self.proc.stdin.close()
+            self.proc.wait(timeout=self.quit_timeout)

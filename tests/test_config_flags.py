@@ -95,9 +95,9 @@ def sample(item: Field, folder: Path) -> Any:
     if kind is int:
         return (default or 0) + 2
     if kind is float:
-        return default / 2  # stays inside every float range (momentum must stay below 1)
+        return default / 2 if default is not None else 0.5  # inside every float range (momentum stays below 1)
     if kind is dict:
-        return {"seed": "7"}
+        return {"output": "se"}  # an option of the default rule, bp
     if item.metadata.get("path"):
         return str(folder)
     return NAMED[item.name]
@@ -176,6 +176,8 @@ def test_probe_settings_given_as_flags_land_in_the_runs_config(cli, tmp_path) ->
         ),
         (["--probe-every", "-2"], "probe_every: -2\n", "probe_every must be 0 or a positive integer, not '-2'"),
         (["--data-dir", ""], "data_dir: ''\n", "data_dir needs a path, not ''"),
+        (["--clip", "0.0"], "clip: 0.0\n", "clip must be a positive finite number, not '0.0'"),
+        (["--clip", "-1.5"], "clip: -1.5\n", "clip must be a positive finite number, not '-1.5'"),
     ],
 )
 def test_bad_setting_is_named_as_it_was_given(cli, tmp_path, flags, text, says) -> None:

@@ -98,15 +98,18 @@ def test_online_eprop_equals_the_autodiff_route(n_lif: int, n_alif: int, feedbac
     torch.testing.assert_close(online.traces["rate"], autodiff.traces["rate"], rtol=1e-12, atol=0)
 
 
-def test_online_eprop_rescaling_of_its_filtered_traces_changes_nothing(monkeypatch) -> None:
-    """F_κ(e) is stored as d·G with G rescaled when d falls below eprop.RESCALE: rescaling at (almost) every step
-    gives the autodiff route's update too."""
+@pytest.mark.parametrize("options", [{}, {"rate_reg": 0.3}, {"feedback": "random"}])
+def test_online_eprop_in_blocks_of_any_length_is_the_step_by_step_update(options: dict) -> None:
+    """The traces advance a block of steps at a time (block = 1: one step, the recursion of eligibility_step): blocks
+    that split the 40 steps unevenly (3, 7), at the target onset (20) or not at all (1000) all give the autodiff
+    route's update, and so the same update as each other."""
     net, (x, y) = spiking_net(), sequence()
-    monkeypatch.setattr(eprop, "RESCALE", 0.99)
-    online = rules.create("eprop", net).grads(x, y)
-    autodiff = rules.create("eprop", net, route="autodiff").grads(x, y)
-    for name, grad in autodiff.grads.items():
-        assert relative(online.grads[name], grad) < 1e-10, name
+    autodiff = rules.create("eprop", net, route="autodiff", **options).grads(x, y)
+    for block in (1, 3, 7, 20, 1000):
+        online = rules.create("eprop", net, block=block, **options).grads(x, y)
+        for name, grad in autodiff.grads.items():
+            assert relative(online.grads[name], grad) < 1e-10, (block, name)
+        torch.testing.assert_close(online.prediction, autodiff.prediction, rtol=1e-12, atol=1e-12)
 
 
 def test_eprop_readout_gradients_are_exact_and_hidden_ones_approximate_bptt() -> None:

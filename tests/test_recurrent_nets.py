@@ -176,7 +176,8 @@ def test_rate_step_and_run_equal_the_hand_formula() -> None:
 
 @pytest.mark.parametrize("spec", ["rnn:5", "lsnn:3+2"])
 def test_forward_equals_the_readout_of_run(spec: str) -> None:
-    """``net(x)`` (the lean loop the trainer and BPTT use) and ``run(x).y`` (the recording loop rules read)."""
+    """``net(x)`` (``unroll``, which the trainer and BPTT use) and ``run(x).y`` (the record rules read) agree; for
+    spiking networks both run the fused loop, whose values ``run``'s hand simulation above checks."""
     torch.manual_seed(2)
     net = build(spec, (30, 4), 3).to(D)
     x = (torch.rand(30, 2, 4, dtype=D) < 0.3).to(D) * 3.0

@@ -105,6 +105,19 @@ def test_evaluate_takes_time_major_sequences_and_uint8_spikes() -> None:
     assert math.isnan(regression_accuracy)
 
 
+def test_update_angles_take_uint8_spikes_as_evaluate_does() -> None:
+    from bioprop import rules
+    from conftest import busy_lsnn
+
+    rule = rules.create("eprop", busy_lsnn())
+    spikes = (torch.rand(30, 3, 4, generator=torch.Generator().manual_seed(2)) < 0.3).to(torch.uint8)
+    y = torch.full((30, 3), -1, dtype=torch.int64)
+    y[-5:] = 1
+    from_bytes = metrics.update_angles(rule, [(spikes, y)])
+    assert from_bytes == metrics.update_angles(rule, [(spikes.double(), y)])
+    assert 0.0 < from_bytes["input.weight"] < 90.0  # e-prop's approximation, measured
+
+
 @pytest.mark.parametrize(
     ("x", "y", "message"),
     [

@@ -40,6 +40,20 @@ def test_mismatches_are_one_line_errors(cli, tmp_path, args: list[str], message:
     assert not (tmp_path / "run").exists()  # refused before anything is written
 
 
+def test_rule_options_are_refused_before_the_data_are_loaded(cli, tmp_path, monkeypatch) -> None:
+    from bioprop import data
+
+    def loaded(*args, **kwargs):
+        raise AssertionError("the data were loaded before the rule's options were checked")
+
+    monkeypatch.setattr(data, "load", loaded)
+    for option, message in (("block=0", "option block=0 must be at least 1"), ("blocks=2", "unknown option 'blocks'")):
+        code, _, err = cli("train", "--rule", "eprop", "--data", "cue-accumulation", "--rule-opt", option, "--out",
+                           tmp_path / "run")  # fmt: skip
+        assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "run").exists()
+
+
 def test_a_sequence_run_writes_a_run_directory_with_angles_to_bptt(cli, tmp_path) -> None:
     run = tmp_path / "run"
     code, _, err = cli("train", "--rule", "tbptt", "--data", SMALL, "--arch", "lsnn:6+6", "--epochs", "2",

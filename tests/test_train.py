@@ -433,6 +433,7 @@ def test_sigterm_is_handled_as_ctrl_c_and_resumes_bit_identically(tmp_path: Path
     assert summary["status"] == "interrupted" and "SIGTERM" in summary["message"] and summary["epochs_done"] == 2
     assert checkpoint_epoch(stopped) == 2 and not (stopped / ".bioprop-lock").exists()
     assert not list(stopped.glob("*.tmp"))
+    assert (stopped / "curves.png").is_file()  # the two finished epochs drawn, before any resume
     code, _, err = cli("resume", stopped, "--quiet")
     assert code == 0, err
     assert_same_results(brsf_whole, stopped)
@@ -560,3 +561,21 @@ def test_a_divergence_names_the_options_the_user_set_before_the_learning_rate(tm
     message = str(caught.value)
     assert "suspects, first the options you set: scale=1e+30 (default 1); then try a smaller --lr" in message
     assert "seed=" not in message
+
+
+def test_clip_scales_the_update_to_its_norm_before_the_optimizer_step(tmp_path: Path) -> None:
+    """One full batch of plain SGD with --clip c: the weights move by −lr · g · c/‖g‖ (‖g‖ over all parameters) when
+    ‖g‖ > c, g the rule's update at the initial weights (the same network: build seeds it)."""
+    config = RunConfig(rule="bp", data="digits", arch="mlp:8", epochs=1, batch_size=64, limit=64, optimizer="sgd",
+                       momentum=0.0, lr=0.5, clip=0.01, probe_batches=1, probe_batch_size=16, threads=1)  # fmt: skip
+    session = train.build(config, tmp_path / "unused")
+    start = {name: p.detach().clone() for name, p in session.net.named_parameters()}
+    g = rules.create("bp", session.net).grads(session.dataset.train_x, session.dataset.train_y).grads
+    norm = math.sqrt(sum(float(v.double().square().sum()) for v in g.values()))
+    assert norm > 10 * config.clip  # the clipping acts
+    train.run(config, tmp_path / "run", quiet=True)
+    trained = safetensors.torch.load_file(tmp_path / "run" / "model.safetensors")
+    for name, before in start.items():
+        expected = before - config.lr * g[name] * (config.clip / norm)
+        torch.testing.assert_close(trained[name], expected, rtol=0, atol=1e-6)
+    assert RunConfig(**{**config.to_dict(), "clip": None}).fingerprint() != config.fingerprint()

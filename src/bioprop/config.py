@@ -58,6 +58,9 @@ THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, 
 # Fields that say where inputs live or how many threads compute, not what the run computes: left out of the
 # fingerprint, so a run can be resumed with another --data-dir or --threads.
 NOT_FINGERPRINTED = ("data_dir", "download", "threads")
+#: Settings added after runs were first written: left out of the fingerprint while at their default, so that those
+#: runs still resume.
+ADDED_LATER = {"clip": None}
 MAX_THREADS = 1024
 #: What ``arch: auto`` stands for, by the kind of network the rule trains.
 DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256", "recurrent": "lsnn:50+50"}
@@ -132,6 +135,10 @@ class RunConfig:
         choices=SCHEDULES,
     )  # fmt: skip
     step_size: int = setting(0, "Epochs per x0.1 decay of --schedule step; 0 means max(1, epochs // 3).")
+    clip: float | None = setting(
+        None, "Clip the update's global L2 norm to this before each optimizer step, as recurrent networks are often "
+        "trained (e.g. 1.0).", unset="no clipping",
+    )  # fmt: skip
     # reproducibility and hardware
     seed: int = setting(0, "Seed of the initialisation, the shuffling order and, unless --rule-opt seed=N, the rule.")
     device: str = setting("auto", "Device; auto is cuda when available, else cpu.", choices=DEVICES)
@@ -187,7 +194,8 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """SHA-256 of everything that determines what the run computes (not where its data files live)."""
-        what = {k: v for k, v in self.to_dict().items() if k not in NOT_FINGERPRINTED}
+        what = {k: v for k, v in self.to_dict().items()
+                if k not in NOT_FINGERPRINTED and not (k in ADDED_LATER and v == ADDED_LATER[k])}  # fmt: skip
         return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
     # -------------------------------------------------------------------------------------------- validation
@@ -204,8 +212,8 @@ class RunConfig:
         given (``--lr``, ``config 'run.yaml': lr``; see :func:`source_labels`), the key itself by default.
 
         Checks what needs no data: ranges, choices (``metadata["choices"]`` of each field), the rule's name. The
-        network is checked by :meth:`check_arch` once the dataset's shape is known; the rule's options when the
-        rule is created (see :func:`bioprop.train.build`)."""
+        network is checked by :meth:`check_arch` once the dataset's shape is known; the rule's options here too (what
+        depends on the network, when the rule is created: :func:`bioprop.train.build`)."""
         labels = labels or {}
 
         def bad(name: str, rule: str) -> BioPropError:
@@ -227,6 +235,8 @@ class RunConfig:
         for name in ("step_size", "probe_every"):
             if getattr(self, name) < 0:
                 raise bad(name, "0 or a positive integer")
+        if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):
+            raise bad("clip", "a positive finite number")
         if self.limit is not None and self.limit < 1:
             raise bad("limit", "a positive number of examples")
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
@@ -236,7 +246,11 @@ class RunConfig:
             if choices and getattr(self, item.name) not in choices:
                 raise BioPropError(f"unknown {labels.get(item.name, item.name)} {getattr(self, item.name)!r}; "
                                    f"choose one of {', '.join(choices)}")  # fmt: skip
-        rules.entry(self.rule)  # unknown rule: BioPropError listing the known ones
+        entry = rules.entry(self.rule)  # unknown rule: BioPropError listing the known ones
+        fixed = sorted(set(self.rule_opts) & set(entry.presets))
+        if fixed:
+            raise BioPropError(f"rule {self.rule}: option {fixed[0]!r} is fixed by the rule's name")
+        entry.cls.Options.parse(self.rule, {**entry.presets, **self.rule_opts})  # before the data, not after it
         if self.device == "cuda" and not torch.cuda.is_available():
             raise BioPropError("device cuda requested but CUDA is not available; use --device cpu")
         return self

@@ -30,9 +30,10 @@ def angle_deg(a: Tensor, b: Tensor) -> float:
 
 def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, float]:
     """Per parameter tensor: the mean over ``probes`` (held-out batches, an iterable of ``(x, y)`` pairs with x of
-    shape (B, ...) and y (B,) int64) of the angle in degrees between the rule's update ``rule.grads`` and
-    ``rule.reference_grads``. Leaves ``.grad`` and the global random state untouched: both start from the same random
-    state, so a stochastic layer (dropout) draws one mask per probe batch that serves both, and it is restored after.
+    shape (B, ...) and y (B,) int64, or sequences as a recurrent network takes them, uint8 spike trains converted) of
+    the angle in degrees between the rule's update ``rule.grads`` and ``rule.reference_grads``. Leaves ``.grad`` and
+    the global random state untouched: both start from the same random state, so a stochastic layer (dropout) draws
+    one mask per probe batch that serves both, and it is restored after.
 
     Raises :class:`BioPropError` before any work if ``rule`` is not a rule (from ``bioprop.rules.create``), if
     ``probes`` is not an iterable of ``(x, y)`` pairs (a single pair must be wrapped, ``[(x, y)]``) or is empty,
@@ -41,7 +42,7 @@ def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, fl
 
     if not isinstance(rule, Rule):
         raise BioPropError(f"update_angles needs a rule from bioprop.rules.create(...), not {type(rule).__name__}")
-    probes = probe_batches(probes)
+    probes = [(spikes_as_float(rule.net, x), y) for x, y in probe_batches(probes)]
     for x, y in probes:
         rule.check_batch(x, y)
     sums: dict[str, list[float]] = {}
@@ -53,6 +54,15 @@ def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, fl
         for name, exact in reference.items():
             sums.setdefault(name, []).append(angle_deg(update[name], exact))
     return {name: sum(values) / len(values) for name, values in sums.items()}
+
+
+def spikes_as_float(net: object, x: object) -> object:
+    """x in the network's dtype when it is a recurrent network's uint8 spike train (stored as 0/1 bytes by
+    :mod:`bioprop.data`); anything else as it is (checked by the caller)."""
+    kind = checks.network_dtype(net)
+    if isinstance(x, Tensor) and x.dtype == torch.uint8 and checks.time_major(net) and kind is not None:
+        return x.to(kind[0])
+    return x
 
 
 def probe_batches(probes: object) -> list[tuple[Tensor, Tensor]]:
@@ -108,9 +118,7 @@ def evaluate(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise BioPropError(f"batch_size must be a positive integer, not {batch_size!r}")
     sequence = checks.time_major(net)
-    kind = checks.network_dtype(net)
-    if sequence and x.dtype == torch.uint8 and kind is not None:  # spike trains stored as 0/1 bytes (bioprop.data)
-        x = x.to(kind[0])
+    x = spikes_as_float(net, x)
     checks.check_batch(x, y, sequence=sequence)
     checks.check_labels(y, checks.fit_input(net, x))
     total_loss, correct, n = 0.0, 0, x.shape[1] if sequence else len(x)

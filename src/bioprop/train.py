@@ -249,6 +249,8 @@ def train_epoch(s: Session, epoch: int, bar: Progress) -> dict[str, float]:
         except DivergenceError as exc:  # the rule's own guard: say where, and whether the data or a step caused it
             raise diverged(s, xb, epoch, batch, n_batches, str(exc), by_rule=True) from None
         check_finite(s, xb, loss, epoch, batch, n_batches)
+        if c.clip is not None:
+            torch.nn.utils.clip_grad_norm_(s.net.parameters(), c.clip)
         s.optimizer.step()
         s.step += 1
         size = len(ib)
@@ -523,13 +525,14 @@ def sigterm_interrupts() -> Iterator[None]:
 @contextmanager
 def recorded(s: Session) -> Iterator[None]:
     """Record how a run that stops early ended: ``summary.json`` with its status and message, the metrics, and
-    the plots of a diverged run. What cannot be written (a full disk) is added to the error's message."""
+    the plots of a diverged or interrupted run (its epochs so far). What cannot be written (a full disk) is added
+    to the error's message."""
     try:
         yield
     except BaseException as exc:
         status, message = ending(s, exc)
         writes = [lambda: logs.write_summary(s.run_dir, summary(s, status, message)), lambda: write_logs(s)]
-        if status == "diverged" and s.history["rows"]:
+        if status in ("diverged", "interrupted") and s.history["rows"]:  # the epochs so far, drawn
             writes.append(lambda: write_plots(s.run_dir))
         failures = []
         for write in writes:  # each on its own: a summary that cannot be written must not stop the metrics

@@ -27,6 +27,22 @@ so a neuron that spikes at step t cannot spike at steps t+1 … t+n_ref. Autogra
 differentiated. The readout is a leaky integrator of the spikes: y^t = κ y^{t−1} + W_out z^t + b_out. Spiking
 networks have no self-connections: W_rec's diagonal is held at zero (:meth:`RecurrentNet.recurrent_weight`).
 
+**Fused loop.** :func:`lif_step` and :class:`SpikeFunction` are the definition (RTRL, e-prop's autodiff route and
+the tests step them); :meth:`RecurrentNet.unroll` and :meth:`RecurrentNet.run` of a spiking network run the same
+steps as one fused loop instead, :func:`lif_sequence` (a few in-place operations a step into preallocated (T, B, n)
+records, no autograd graph), wrapped by :func:`lif_unroll` in :class:`LIFSequenceFunction`, whose backward is BPTT
+derived by hand from steps 1–5 (G^t = ∂L/∂z^t, ∂L/∂v^t, ∂L/∂a^t arriving from outside, the final state's included;
+δ the adjoints, δ^{T+1} = 0, m_j = 1 for an ALIF neuron, t = T … 1)::
+
+    δz^t = G^t + (1 − α) δv^{t+1} W_rec − v_th δv^{t+1} + m ⊙ δa^{t+1}      recurrent input, reset, adaptation
+    δv^t = ∂L/∂v^t + α δv^{t+1} + ψ^t ⊙ δz^t
+    δa^t = ∂L/∂a^t + ρ δa^{t+1} − β ⊙ ψ^t ⊙ δz^t
+    ∂L/∂(W_in x^t) = (1 − α) δv^t,   ∂L/∂W_rec = Σ_t ((1 − α) δv^t)ᵀ z^{t−1},   and for the state before step 1
+    ∂L/∂v^0 = α δv^1,   ∂L/∂z^0 = δz^0 (the first line without G),   ∂L/∂a^0 = ρ δa^1
+
+It is tested against autograd through :func:`lif_step` (``tests/test_lif_sequence.py``). The readout of the whole
+sequence is one matmul W_out z^t + b and the κ filter (:func:`leaky_readout`).
+
 Defaults are those of the e-prop cue-accumulation task (Fig. 3; the official code's
 ``tutorial_evidence_accumulation_with_alif.py``): τ_m = 20 ms, τ_a = 2000 ms, τ_out = 20 ms, dt = 1 ms,
 v_th = 0.6, n_ref = 5, γ = 0.3 and β = 1.7 (1 − ρ) / (1 − α) ≈ 0.0174, the code's value for this τ_a and τ_m.
@@ -43,6 +59,7 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+from torch.autograd.function import once_differentiable
 
 from bioprop.checks import all_finite
 from bioprop.errors import BioPropError, DivergenceError
@@ -218,6 +235,52 @@ def lif_step(i: Tensor, state: LIFState, beta: Tensor, p: LIFParameters, reset: 
     return LIFState(v, z, ref.detach(), a)
 
 
+class LIFRecord(NamedTuple):
+    """A spiking run's record from :func:`lif_sequence`, each (T, B, n), entry t after the input of step t: ``v``
+    membrane, ``z`` spikes, ``a`` adaptation, ``gap`` v − A (the distance to the threshold), ``free`` 1 where the
+    neuron was not refractory before the step (r^{t−1} = 0, the gate of z and ψ), ``ref`` refractory steps left."""
+
+    v: Tensor
+    z: Tensor
+    a: Tensor
+    gap: Tensor
+    free: Tensor
+    ref: Tensor
+
+    def psi(self, p: LIFParameters) -> Tensor:
+        """ψ (T, B, n): (γ/v_th) max(0, 1 − |v − A|/v_th), 0 while refractory (:func:`pseudo_derivative`)."""
+        return (p.gamma / p.v_th) * torch.clamp(1.0 - self.gap.abs() / p.v_th, min=0.0) * self.free
+
+
+def lif_sequence(drives: Tensor, w_rec: Tensor, beta: Tensor, state: LIFState, p: LIFParameters) -> tuple[
+        LIFRecord, LIFState]:  # fmt: skip
+    """Steps 1–5 of :func:`lif_step` for a whole sequence, without autograd, into preallocated records: ``drives``
+    (T, B, n) every step's W_in x^t, ``w_rec`` (n, n), ``beta`` (n,), ``state`` the state before the first step.
+    Returns the :class:`LIFRecord` and the state after the last step. The same arithmetic as :func:`lif_step`
+    (z^t = H(v^t − A^t) gated by r^{t−1} = 0), ~14 in-place operations per step instead of an autograd graph."""
+    steps, batch, n = drives.shape
+    record = LIFRecord(*(drives.new_empty(steps, batch, n) for _ in range(6)))
+    v, z, ref, a = (part.detach() for part in state)
+    alif, one = (beta != 0).to(drives.dtype), drives.new_ones(())
+    adaptive, w_t, alpha, rho, v_th, n_ref = bool(alif.any()), w_rec.detach().t(), p.alpha, p.rho, p.v_th, p.n_ref
+    with torch.no_grad():  # float arithmetic only: a comparison to a bool tensor or masked_fill_ costs 2-5× more
+        for drive, v_t, z_t, a_t, gap, free, ref_t in zip(drives, *(field.unbind(0) for field in record), strict=True):
+            torch.lerp(torch.addmm(drive, z, w_t), v, alpha, out=v_t)  # 1. α v + (1 − α) i
+            v_t.sub_(z, alpha=v_th)  # − v_th z (reset by subtraction)
+            if adaptive:
+                torch.mul(a, rho, out=a_t).addcmul_(z, alif)  # 2. a = ρ a + z (ALIF)
+                torch.addcmul(v_t, a_t, beta, value=-1.0, out=gap).sub_(v_th)  # 3. v − A, A = v_th + β a
+            else:
+                torch.mul(a, rho, out=a_t)  # a^0 decays (0 from rest), as in lif_step
+                torch.sub(v_t, v_th, out=gap)
+            torch.sub(one, ref, out=free).clamp_(min=0.0)  # 1 where r^{t−1} = 0 (r is a whole count)
+            torch.gt(gap, 0.0, out=z_t).mul_(free)  # 4. z = H(v − A), H(0) = 0, gated
+            # 5. r = n_ref after a spike, else max(r − 1, 0), which is 0 where a neuron can spike
+            ref = torch.sub(ref, 1.0, out=ref_t).clamp_(min=0.0).add_(z_t, alpha=float(n_ref))
+            v, z, a = v_t, z_t, a_t
+    return record, LIFState(v, z, ref, a)
+
+
 def readout_step(z: Tensor, state: ReadoutState, w_out: Tensor, b_out: Tensor | None, kappa: float) -> ReadoutState:
     """y^t = κ y^{t−1} + W_out z^t + b_out: z (B, n), y (B, K), W_out (K, n), b_out (K,) or None. κ = 0 for the rate
     network (y = W_out h + b)."""
@@ -225,6 +288,122 @@ def readout_step(z: Tensor, state: ReadoutState, w_out: Tensor, b_out: Tensor | 
     if b_out is not None:
         y = y + b_out
     return ReadoutState(kappa * state.y + y if kappa else y)
+
+
+# ------------------------------------------------------------------------------------------ the fused time loop
+
+
+class LIFSequenceFunction(torch.autograd.Function):
+    """:func:`lif_sequence` forward; BPTT through it backward, derived by hand (module docstring, "Fused loop").
+
+    Inputs: ``drives`` (T, B, n), ``w_rec`` (n, n), the initial v, z, a (B, n) (differentiated), r (B, n) and
+    ``beta`` (n,) (not), ``p``. Outputs: the six fields of :class:`LIFRecord`; z, v and a carry gradients (any of
+    them may receive one, the last rows included: that is the final state), gap, free and ref do not."""
+
+    @staticmethod
+    def forward(ctx, drives, w_rec, v, z, a, ref, beta, p):  # type: ignore[override]
+        record, _ = lif_sequence(drives, w_rec, beta, LIFState(v, z, ref, a), p)
+        scale = (1.0 - p.alpha) * p.gamma / p.v_th  # (1 − α) ψ: the backward runs on (1 − α) δv, the drives' gradient
+        psi = record.gap.abs().mul_(-1.0 / p.v_th).add_(1.0).clamp_(min=0.0).mul_(record.free).mul_(scale)  # (T, B, n)
+        ctx.mark_non_differentiable(record.gap, record.free, record.ref)
+        ctx.save_for_backward(w_rec, z, record.z, psi, beta)
+        ctx.p = p
+        ctx.set_materialize_grads(False)
+        return tuple(record)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_v, grad_z, grad_a, *_):  # type: ignore[override]
+        w_rec, z0, z, psi, beta = ctx.saved_tensors
+        p, steps = ctx.p, z.shape[0]
+        alpha, rho, leak = p.alpha, p.rho, 1.0 - p.alpha
+        alif = (beta != 0).to(z.dtype)  # (n,)
+        adaptive = bool(alif.any())
+        # δz^t = G^t + (1 − α) δv^{t+1} W_rec − v_th δv^{t+1} + m δa^{t+1}, written with e = (1 − α) δv
+        w_back = w_rec.detach() - torch.diag_embed(w_rec.new_full(w_rec.shape[:1], p.v_th / leak))  # (n, n)
+        lean = -beta / leak  # δa^t ∋ −β ψ δz^t = −β/(1 − α) · (1 − α) ψ δz^t
+        e = torch.empty_like(psi)  # (T, B, n): e^t = (1 − α) δv^t, the drives' gradient
+        e_next = z0.new_zeros(z0.shape)  # e^{T+1} = 0
+        da = z0.new_zeros(z0.shape) if adaptive or grad_a is not None else None  # δa^{t+1}
+        dz = torch.empty_like(e_next)  # (B, n)
+        with torch.no_grad():
+            for t in range(steps - 1, -1, -1):
+                if grad_z is None:
+                    torch.mm(e_next, w_back, out=dz)
+                else:
+                    torch.addmm(grad_z[t], e_next, w_back, out=dz)  # δz^t
+                if adaptive:
+                    dz.addcmul_(da, alif)
+                dz.mul_(psi[t])  # (1 − α) ψ^t δz^t
+                e_t = torch.add(dz, e_next, alpha=alpha, out=e[t])  # e^t = α e^{t+1} + (1 − α) ψ^t δz^t
+                if grad_v is not None:
+                    e_t.add_(grad_v[t], alpha=leak)
+                if da is not None:
+                    da.mul_(rho)  # δa^t = ρ δa^{t+1} − β ψ^t δz^t (+ dL/da^t)
+                    if adaptive:
+                        da.addcmul_(dz, lean)
+                    if grad_a is not None:
+                        da.add_(grad_a[t])
+                e_next = e_t
+            d_drives = e if ctx.needs_input_grad[0] else None
+            d_w = None
+            if ctx.needs_input_grad[1]:  # Σ_t (e^t)ᵀ z^{t−1}, (n, n)
+                n = z.shape[-1]
+                d_w = torch.mm(e[0].t(), z0)
+                if steps > 1:
+                    d_w.addmm_(e[1:].reshape(-1, n).t(), z[:-1].reshape(-1, n))
+            d_v = e[0] * (alpha / leak) if ctx.needs_input_grad[2] else None  # α δv^1
+            d_z0 = None
+            if ctx.needs_input_grad[3]:  # as δz^t without G: (1 − α) δv^1 W_rec − v_th δv^1 + m δa^1
+                d_z0 = e[0] @ w_back
+                if adaptive:
+                    d_z0.addcmul_(da, alif)
+            d_a = None
+            if ctx.needs_input_grad[4]:
+                d_a = da * rho if da is not None else torch.zeros_like(z0)
+        return d_drives, d_w, d_v, d_z0, d_a, None, None, None
+
+
+def lif_unroll(drives: Tensor, w_rec: Tensor, beta: Tensor, state: LIFState, p: LIFParameters) -> tuple[
+        LIFRecord, LIFState]:  # fmt: skip
+    """:func:`lif_sequence` (same arguments, same :class:`LIFRecord` and final state), differentiable: in ``drives``
+    (T, B, n), ``w_rec`` (n, n) and the initial v, z, a (B, n), through :class:`LIFSequenceFunction`'s hand-derived
+    BPTT (the surrogate ψ, the reset's gradient included). The record's v, z and a carry gradients; the final state
+    is their last rows. Without grad mode, or when nothing requires a gradient, it is :func:`lif_sequence` itself."""
+    inputs = (drives, w_rec, state.v, state.z, state.a)
+    if not (torch.is_grad_enabled() and any(part.requires_grad for part in inputs)):
+        return lif_sequence(drives, w_rec, beta, state, p)
+    record = LIFRecord(*LIFSequenceFunction.apply(drives, w_rec, state.v, state.z, state.a, state.ref, beta, p))
+    return record, LIFState(record.v[-1], record.z[-1], record.ref[-1], record.a[-1])
+
+
+class LeakyIntegral(torch.autograd.Function):
+    """y^t = κ y^{t−1} + u^t from y^0 forward; ∂L/∂u^t = Σ_{s ≥ t} κ^{s−t} ∂L/∂y^s (the same filter run backwards in
+    time) and ∂L/∂y^0 = κ ∂L/∂u^1 backward. u (T, B, K), y^0 (B, K) → y (T, B, K): one in-place op a step each way."""
+
+    @staticmethod
+    def forward(ctx, u, y0, kappa):  # type: ignore[override]
+        y, previous = torch.empty_like(u), y0
+        for u_t, y_t in zip(u, y, strict=True):
+            previous = torch.add(u_t, previous, alpha=kappa, out=y_t)
+        ctx.kappa = kappa
+        return y
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):  # type: ignore[override]
+        d_u = torch.empty_like(grad)
+        following = d_u[-1].copy_(grad[-1])
+        for t in range(grad.shape[0] - 2, -1, -1):
+            following = torch.add(grad[t], following, alpha=ctx.kappa, out=d_u[t])
+        return d_u, ctx.kappa * d_u[0], None
+
+
+def leaky_readout(z: Tensor, y0: Tensor, w_out: Tensor, b_out: Tensor | None, kappa: float) -> Tensor:
+    """:func:`readout_step` for a whole sequence: y^t = κ y^{t−1} + W_out z^t + b_out, z (T, B, n), y^0 (B, K) →
+    y (T, B, K); one matmul for every step's W_out z^t + b_out, then the κ filter (:class:`LeakyIntegral`)."""
+    u = z @ w_out.T if b_out is None else torch.addmm(b_out, z.flatten(0, 1), w_out.T).view(*z.shape[:2], -1)
+    return LeakyIntegral.apply(u, y0, kappa)  # (T, B, K)
 
 
 # ------------------------------------------------------------------------------------------------- the module
@@ -324,7 +503,7 @@ class RecurrentNet(nn.Module):
         """Run x (T, B, C) from ``carry`` (None: the zero state) and return the readout y (T, B, K) and the
         :class:`Carry` to continue from: two calls on x[:k] and x[k:] give the readout of one call on x (truncated
         BPTT detaches the carry between them). Checks and errors as :meth:`forward`; a divergence names the step
-        within this x."""
+        within this x. A spiking network runs the fused loop (module docstring), the carry differentiable too."""
         self.check_sequence(x)
         batch = x.shape[1]
         if carry is None:
@@ -332,45 +511,43 @@ class RecurrentNet(nn.Module):
         else:
             state, out = (RateState if self.cell == "rate" else LIFState)(*carry.cell), ReadoutState(carry.y)
         w_in, w_rec, w_out, b_out = self.input.weight, self.recurrent_weight(), self.readout.weight, self.readout.bias
-        beta = self.beta if self.cell == "spiking" else None
+        if self.cell == "spiking":
+            record, state = lif_unroll(x @ w_in.T, w_rec, self.beta, state, self.params)  # (T, B, n) each
+            check_membranes(record.v, "v")
+            y = leaky_readout(record.z, out.y, w_out, b_out, self.kappa)  # (T, B, K)
+            return y, Carry(torch.stack(tuple(state)), y[-1])  # ((F, B, n), (B, K))
         drives = (x @ w_in.T).unbind(0)  # T × (B, n): every step's W_in x_t at once (unbind: one backward, not T)
         ys, membranes = [], []
         for drive in drives:
-            if self.cell == "rate":
-                state = rate_step(drive + state.h @ w_rec.T, state, self.params)
-                hidden, membrane = state.h, state.h
-            else:
-                state = lif_step(drive + state.z @ w_rec.T, state, beta, self.params)
-                hidden, membrane = state.z, state.v
-            out = readout_step(hidden, out, w_out, b_out, self.kappa)
+            state = rate_step(drive + state.h @ w_rec.T, state, self.params)
+            out = readout_step(state.h, out, w_out, b_out, self.kappa)
             ys.append(out.y)
-            membranes.append(membrane)
-        check_membranes(membranes, "h" if self.cell == "rate" else "v")
+            membranes.append(state.h)
+        check_membranes(membranes, "h")
         return torch.stack(ys), Carry(torch.stack(tuple(state)), out.y)  # (T, B, K), ((F, B, n), (B, K))
 
     def run(self, x: Tensor) -> Trajectory:
         """Run x (T, B, C) from the zero state and record every step (:class:`Trajectory`); same checks and errors
-        as :meth:`forward`, differentiable as it is."""
+        as :meth:`forward`, differentiable as it is (ψ too, through v and A, as :func:`pseudo_derivative`)."""
         self.check_sequence(x)
         state, out = self.initial_state(x.shape[1], x), ReadoutState(x.new_zeros(x.shape[1], self.n_out))
-        w_rec, beta = self.recurrent_weight(), self.beta if self.cell == "spiking" else None
+        w_rec = self.recurrent_weight()
+        if self.cell == "spiking":
+            p, beta = self.params, self.beta
+            record, _ = lif_unroll(x @ self.input.weight.T, w_rec, beta, state, p)  # (T, B, n) each
+            check_membranes(record.v, "v")
+            y = leaky_readout(record.z, out.y, self.readout.weight, self.readout.bias, self.kappa)  # (T, B, K)
+            A = threshold(record.a, beta, p)  # (T, B, n)
+            psi = (p.gamma / p.v_th) * torch.clamp(1.0 - (record.v - A).abs() / p.v_th, min=0.0) * record.free
+            return Trajectory(y, v=record.v, z=record.z, a=record.a, A=A, psi=psi, ref=record.ref)
         rows: dict[str, list[Tensor]] = {}
         for x_t in x.unbind(0):
-            if self.cell == "rate":
-                u = self.input(x_t) + state.h @ w_rec.T  # (B, n)
-                state = rate_step(u, state, self.params)
-                record, hidden = {"h": state.h, "u": u}, state.h
-            else:
-                ref = state.ref  # r^t gates ψ^{t+1}
-                state = lif_step(self.input(x_t) + state.z @ w_rec.T, state, beta, self.params)
-                A = threshold(state.a, beta, self.params)
-                psi = pseudo_derivative(state.v, A, ref, self.params)
-                record, hidden = {**state._asdict(), "A": A, "psi": psi}, state.z
-            out = readout_step(hidden, out, self.readout.weight, self.readout.bias, self.kappa)
-            for key, value in {**record, "y": out.y}.items():
+            u = self.input(x_t) + state.h @ w_rec.T  # (B, n)
+            state = rate_step(u, state, self.params)
+            out = readout_step(state.h, out, self.readout.weight, self.readout.bias, self.kappa)
+            for key, value in {"h": state.h, "u": u, "y": out.y}.items():
                 rows.setdefault(key, []).append(value)
-        membrane = "h" if self.cell == "rate" else "v"
-        check_membranes(rows[membrane], membrane)
+        check_membranes(rows["h"], "h")
         return Trajectory(**{key: torch.stack(values) for key, values in rows.items()})  # each (T, B, ·)
 
     def check_sequence(self, x: object) -> None:
@@ -394,10 +571,11 @@ class RecurrentNet(nn.Module):
         return f"cell={self.cell}, n_alif={n_alif}, params={self.params}"
 
 
-def check_membranes(membranes: Sequence[Tensor], name: str) -> None:
-    """A :class:`DivergenceError` naming the first step whose membrane state (list over time of (B, n)) is not
-    finite. Reads only the last step unless it is not finite: a NaN or infinite membrane never returns to finite
-    values (α·v, h + (tanh(u) − h)/τ and the reset keep it non-finite), so the last step shows any earlier one."""
+def check_membranes(membranes: Sequence[Tensor] | Tensor, name: str) -> None:
+    """A :class:`DivergenceError` naming the first step whose membrane state (a list over time of (B, n), or the
+    stacked (T, B, n)) is not finite. Reads only the last step unless it is not finite: a NaN or infinite membrane
+    never returns to finite values (α·v, h + (tanh(u) − h)/τ and the reset keep it non-finite), so the last step
+    shows any earlier one."""
     if all_finite(membranes[-1]):
         return
     step = next(t for t, m in enumerate(membranes) if not bool(torch.isfinite(m).all()))
@@ -451,7 +629,10 @@ __all__ = [
     "Carry",
     "KINDS",
     "LIFParameters",
+    "LIFRecord",
+    "LIFSequenceFunction",
     "LIFState",
+    "LeakyIntegral",
     "RateParameters",
     "RateState",
     "ReadoutState",
@@ -461,7 +642,10 @@ __all__ = [
     "Trajectory",
     "check_membranes",
     "from_spec",
+    "leaky_readout",
+    "lif_sequence",
     "lif_step",
+    "lif_unroll",
     "pseudo_derivative",
     "rate_step",
     "readout_step",

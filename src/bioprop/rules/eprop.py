@@ -29,11 +29,14 @@ The readout's own gradients are exact: ∂E/∂W_out = Σ_t (∂E/∂y^t) F_κ(z
 optional firing-rate regulariser E_reg = c_reg Σ_j (f̄_j − f_target)² (f̄_j the neuron's mean rate over the batch and
 trial, in Hz) adds the learning signal ∂E_reg/∂z_j^t (the same at every step), contracted with Σ_t e^t.
 
-Everything is **online** (``route=online``): the traces are carried step by step, memory (B × n × (C + n)) does not
-grow with the sequence length T. ``route=autodiff`` gets the same update by backprop through time on a graph with
-stop-gradients on z in the recurrent and reset paths (the check of the official code; memory linear in T). The
-reference gradient is BPTT of the run's loss (plus the regulariser when it is on) with the network's surrogate
-derivative ψ.
+Everything is **online** (``route=online``): the traces are carried forward, memory (B × n × (C + n)) does not grow
+with the sequence length T. They advance ``block`` steps at a time (:func:`eprop_block`): within a block, once its
+spikes and ψ are known, the traces are linear, so the block's contributions are a few large matrix products instead
+of ~8 passes over the (B, n, C + n) traces per step; the update is the step-by-step recursion's (``block=1``) to
+rounding, and a learning signal is never taken from a later block than the step it weighs. ``route=autodiff`` gets
+the same update by backprop through time on a graph with stop-gradients on z in the recurrent and reset paths (the
+check of the official code; memory linear in T). The reference gradient is BPTT of the run's loss (plus the
+regulariser when it is on) with the network's surrogate derivative ψ.
 
 Shapes: x (T, B, C) time-major, y (T, B) labels with −1 where a step has no target, or (T, B, K) float targets
 (:mod:`bioprop.losses`, sequences); W_in (n, C), W_rec (n, n) with a zero diagonal, W_out (K, n).
@@ -41,6 +44,7 @@ Shapes: x (T, B, C) time-major, y (T, B) labels with −1 where a step has no ta
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -52,7 +56,7 @@ from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
 from bioprop.rules.base import Entry, FigureSpec, Options, Rule, Trace, Update, make_card, option, register
-from bioprop.rules.options import non_negative, output_loss
+from bioprop.rules.options import count, non_negative, output_loss
 
 CARD = make_card(
     linear=(
@@ -112,67 +116,168 @@ def eligibility(trace: Eligibility, psi: Tensor, adaptive: Tensor | None, n_lif:
     return lif if adaptive is None else torch.cat([lif, adaptive])
 
 
+class Carried(NamedTuple):
+    """What :func:`eprop_online` carries from one block of steps to the next (nothing grows with T): the network's
+    ``cell`` state and readout ``y`` (B, K); the traces ``pre`` p̄ (B, P), ``filtered`` F_κ(e) (B, n, P) and ``adapt``
+    ε^a (B, n_alif, P), the ALIF trace entering the next step; the readout's ``spikes`` F_κ(z) (B, n) and ``ones``
+    F_κ(1)."""
+
+    cell: rnn.LIFState
+    y: Tensor
+    pre: Tensor
+    filtered: Tensor
+    adapt: Tensor
+    spikes: Tensor
+    ones: float
+
+
+class Totals(NamedTuple):
+    """What :func:`eprop_online` sums over blocks: ``w`` Σ_t Σ_b L F_κ(e) (n, P), the readout's ``out`` (K, n) and
+    ``bias`` (K,) gradients, ``spikes`` per neuron (n,), and ``e`` Σ_t Σ_b e (n, P) when the regulariser needs it."""
+
+    w: Tensor
+    out: Tensor
+    bias: Tensor
+    spikes: Tensor
+    e: Tensor | None
+
+
+def leaky(inputs: Tensor, start: Tensor, decay: float, gain: float = 1.0) -> Tensor:
+    """s^k = decay · s^{k−1} + gain · inputs^k along dim 0, from s^{−1} = ``start``: inputs (K, …) → (K, …)."""
+    out, previous = torch.empty_like(inputs), start
+    for k in range(inputs.shape[0]):
+        previous = torch.add(inputs[k] * gain if gain != 1.0 else inputs[k], previous, alpha=decay, out=out[k])
+    return out
+
+
+def reverse_leaky(inputs: Tensor, decay: float) -> Tensor:
+    """Λ^k = inputs^k + decay · Λ^{k+1} along dim 0 from Λ^K = 0 (a filter of the block's own future)."""
+    return leaky(inputs.flip(0), torch.zeros_like(inputs[0]), decay).flip(0)
+
+
+def adjoint(u: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """μ^k = Σ_{r>k} u^r Π_{k<m<r} c^m for k = 0 … K−1 and μ^{−1} = u^0 + c^0 μ^0 (the weight of the trace that
+    entered the block), by μ^k = u^{k+1} + c^{k+1} μ^{k+1}: u (S, K, B, m) for S signals, c (K, B, m)."""
+    mu = torch.zeros_like(u)
+    for k in range(u.shape[1] - 2, -1, -1):
+        torch.addcmul(u[:, k + 1], c[k + 1], mu[:, k + 1], out=mu[:, k])
+    return mu, torch.addcmul(u[:, 0], c[0], mu[:, 0])
+
+
+def weigh(signals: Tensor, psi: Tensor, beta_a: Tensor, c: Tensor, n_lif: int) -> tuple[Tensor, Tensor]:
+    """For signals λ (S, K, B, n): w (S, K, B, n) and μ^{−1} (S, B, n_alif) with Σ_k λ^k_bj e^k_bji =
+    Σ_k w^k_bj p̄^k_bi − μ^{−1}_bj ε^{a,in}_bji (per example b; :func:`eprop_online`), e never formed:
+    w = ψ (λ − μ), μ the :func:`adjoint` of u = β ψ λ over the ALIF neurons (μ = 0 for LIF ones)."""
+    weights = signals * psi
+    mu, mu_in = adjoint(weights[..., n_lif:] * beta_a, c)
+    weights[..., n_lif:].sub_(mu * psi[:, :, n_lif:])
+    return weights, mu_in
+
+
 def eprop_online(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: Tensor, rate_reg: float = 0.0,
-                 rate_target: float = 0.0) -> tuple[dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
+                 rate_target: float = 0.0, block: int = 50) -> tuple[dict[str, Tensor], Tensor, Tensor]:  # fmt: skip
     """e-prop's update for the batch (x (T, B, C), targets y), online: per-parameter descent directions keyed like
     ``net.named_parameters()``, the readout (T, B, K) and the population rate (T,) in Hz. ``feedback`` B (K, n).
 
-    The filtered eligibility F_κ(e) is held neuron-major, (n, B, P), so that Σ_b L_bj F_κ(e)_jbp is one batched
-    product per step (skipped at steps without a target, whose learning signal is zero), and a LIF neuron's part is
-    updated without forming e (one fused operation). It is stored as F_κ(e) = d · G with d = κ^k a number: a step
-    adds e/d to G, and G is rescaled only when d falls below ``RESCALE`` (every ~276 steps at κ = e^{−1/20}), not
-    multiplied by κ at every step."""
+    The traces advance ``block`` steps at a time (:func:`eprop_block`); only :class:`Carried` passes between
+    blocks, so memory is O(block · B · (C + n) + B · n · (C + n)) whatever T, and the update is that of the
+    step-by-step recursion (:func:`eligibility_step` at every step, ``block=1``) to rounding."""
     p, steps, batch = net.params, x.shape[0], x.shape[1]
-    w_in, w_rec = net.input.weight.detach(), net.recurrent_weight().detach()
-    w_out, b_out = net.readout.weight.detach(), net.readout.bias.detach()
-    beta = net.beta
-    n_lif = int((beta == 0).sum())  # LIF neurons first, then ALIF
-    alpha, rho, kappa = p.alpha, p.rho, net.kappa
-    weights = losses.step_weights(y, x) * batch  # (T, B, 1): the per-step loss's share of the batch mean
+    n, inputs, classes = net.n_hidden, net.n_in, net.n_out
+    weights = losses.step_weights(y, x)  # (T, B, 1): the per-step loss's share of the batch mean
     labels = y if y.is_floating_point() else y.clamp_min(0)
-    targeted = weights.flatten(1).ne(0).any(1).tolist()  # (T,) the steps with a target in the batch
-    state, out = net.initial_state(batch, x), x.new_zeros(batch, w_out.shape[0])
-    n, inputs = w_rec.shape[0], w_in.shape[1]
-    trace = Eligibility(x.new_zeros(batch, inputs + n), x.new_zeros(n - n_lif, batch, inputs + n))
-    filtered, decay = x.new_zeros(n, batch, inputs + n), 1.0  # F_κ(e) = decay · filtered
-    readout = Readout(x.new_zeros(batch, n), 0.0)
-    grad_w = x.new_zeros(n, 1, inputs + n)
-    grad_out, grad_b = torch.zeros_like(w_out), torch.zeros_like(b_out)
-    summed_e = x.new_zeros(n, inputs + n) if rate_reg else None
-    drives = (x @ w_in.t()).unbind(0)  # every step's W_in x^t at once
-    spikes_total, outputs, population = x.new_zeros(n), [], []
-    for t in range(steps):
-        z_prev, ref_prev = state.z, state.ref
-        state = rnn.lif_step(drives[t] + z_prev @ w_rec.t(), state, beta, p)
-        psi = rnn.pseudo_derivative(state.v, rnn.threshold(state.a, beta, p), ref_prev, p)  # ψ^t, r^{t−1}
-        trace, adaptive = eligibility_step(trace, x[t], z_prev, psi, beta, n_lif, alpha, rho)
-        decay *= kappa  # F_κ(e) = decay · filtered: the decay κ is applied to a number, not to (n, B, P) values
-        if decay < RESCALE:
-            filtered.mul_(decay)
-            decay = 1.0
-        filtered[:n_lif].addcmul_(psi[:, :n_lif].t().unsqueeze(2), trace.pre, value=1.0 / decay)  # + ψ_j p̄_i (LIF)
-        if adaptive is not None:
-            filtered[n_lif:].add_(adaptive, alpha=1.0 / decay)
-        out = rnn.readout_step(state.z, rnn.ReadoutState(out), w_out, b_out, kappa).y
+    zeros = x.new_zeros
+    n_alif = int(net.alif.sum())
+    carried = Carried(net.initial_state(batch, x), zeros(batch, classes), zeros(batch, inputs + n),
+                      zeros(batch, n, inputs + n), zeros(batch, n_alif, inputs + n), zeros(batch, n), 0.0)  # fmt: skip
+    totals = Totals(zeros(n, inputs + n), zeros(classes, n), zeros(classes), zeros(n),
+                    zeros(n, inputs + n) if rate_reg else None)  # fmt: skip
+    outputs, population = [], []
+    for start in range(0, steps, block):
+        span = slice(start, start + block)
+        carried, out, rate = eprop_block(net, carried, totals, x[span], labels[span], weights[span], loss, feedback)
         outputs.append(out)
-        readout = Readout(readout.spikes * kappa + state.z, readout.ones * kappa + 1.0)
-        if targeted[t]:  # a step without any target has no learning signal: nothing to add
-            error = loss.error(out, labels[t])[1] * weights[t]  # ∂E/∂y^t (B, K)
-            signal = error @ feedback  # L^t (B, n)
-            grad_w.baddbmm_(signal.t().unsqueeze(1), filtered, alpha=decay)  # Σ_b L_bj F_κ(e)_jbp
-            grad_out.addmm_(error.t(), readout.spikes)
-            grad_b.add_(error.sum(0), alpha=readout.ones)
-        spikes_total += state.z.sum(0)
-        population.append(state.z.mean())
-        if summed_e is not None:
-            summed_e += eligibility(trace, psi, adaptive, n_lif).sum(1)
-    rates = spikes_total * (1000.0 / (steps * batch * p.dt))  # f̄_j in Hz
-    grad_w = grad_w.squeeze(1)
-    if summed_e is not None:  # ∂E_reg/∂z_j^t = 2 c (f̄_j − f*) · 1000/(T B dt), the same at every step
-        grad_w += (2.0 * rate_reg * (rates - rate_target) * (1000.0 / (steps * batch * p.dt))).unsqueeze(1) * summed_e
+        population.append(rate)
+    rates = totals.spikes * (1000.0 / (steps * batch * p.dt))  # f̄_j in Hz
+    grad_w = totals.w
+    if totals.e is not None:  # ∂E_reg/∂z_j^t = 2 c (f̄_j − f*) · 1000/(T B dt), the same at every step
+        grad_w += (2.0 * rate_reg * (rates - rate_target) * (1000.0 / (steps * batch * p.dt))).unsqueeze(1) * totals.e
     grads = {"input.weight": grad_w[:, :inputs], "recurrent.weight": grad_w[:, inputs:].fill_diagonal_(0.0),
-             "readout.weight": grad_out, "readout.bias": grad_b}  # fmt: skip
-    return grads, torch.stack(outputs), torch.stack(population) * (1000.0 / p.dt)
+             "readout.weight": totals.out, "readout.bias": totals.bias}  # fmt: skip
+    return grads, torch.cat(outputs), torch.cat(population)
+
+
+def flush_subnormal(trace: Tensor) -> None:
+    """Zero, in place, the entries of ``trace`` below the dtype's smallest normal number: a silent neuron's or
+    input's trace decays geometrically into subnormals after ~1,800 steps (α^t), and products with subnormals run
+    several times slower on a CPU (the block products slowed 7× at T = 10,000). Changes no value above 1e-38."""
+    trace.masked_fill_(trace.abs() < torch.finfo(trace.dtype).tiny, 0.0)
+
+
+def eprop_block(net: Any, carried: Carried, totals: Totals, x: Tensor, labels: Tensor, weights: Tensor,
+                loss: losses.Loss, feedback: Tensor) -> tuple[Carried, Tensor, Tensor]:  # fmt: skip
+    """One block of K steps of :func:`eprop_online`, x (K, B, C), ``labels`` (K, B[, K_out]) and ``weights``
+    (K, B, 1) the steps' shares of the loss: adds the block's contributions to ``totals`` (in place) and returns
+    the carried state after it, the readout (K, B, K_out) and the population rate (K,) in Hz.
+
+    The block's spikes and ψ^k come first (:func:`~bioprop.nets.recurrent.lif_sequence`); everything else is linear
+    in the traces. With p̄^k = α p̄^{k−1} + (1 − α) [x^k, z^{k−1}], c^k = ρ − β ψ^k the ALIF trace's decay
+    (ε^{a,k+1} = c^k ε^{a,k} + ψ^k p̄^k, :func:`eligibility_step`) and Λ^k = Σ_{s≥k} κ^{s−k} L^s the learning signal
+    filtered backwards within the block (the block's own steps only; later blocks see F_κ(e) carried):
+
+    - Σ_k Σ_b L^k F_κ(e)^k = Σ_b κ Λ^0 F_κ(e)^{in} + Σ_k Σ_b ψ^k (Λ^k − μ^k) p̄^k − Σ_b μ^{−1} ε^{a,in}, μ the
+      :func:`adjoint` of β ψ Λ (:func:`weigh`): one (n, K·B) × (K·B, P) product;
+    - F_κ(e)^{out} = κ^K F_κ(e)^{in} + Σ_k ψ^k (κ^{K−1−k} − μ'^k) p̄^k − μ'^{−1} ε^{a,in} with μ' the adjoint of
+      β ψ κ^{K−1−k}, and ε^{a,out} = Π_k c^k ε^{a,in} + Σ_k ψ^k (Π_{k<m<K} c^m) p̄^k: products batched over b,
+
+    a few large products per block instead of ~8 passes over the (B, n, P) traces per step."""
+    p, steps, batch = net.params, x.shape[0], x.shape[1]
+    w_rec, w_out, b_out = net.recurrent_weight().detach(), net.readout.weight.detach(), net.readout.bias.detach()
+    beta, n_lif, kappa = net.beta, net.n_hidden - carried.adapt.shape[1], net.kappa
+    record, cell = rnn.lif_sequence(x @ net.input.weight.detach().t(), w_rec, beta, carried.cell, p)
+    z, psi = record.z, record.psi(p)  # (K, B, n)
+    pre = torch.cat([x, torch.cat([carried.cell.z.unsqueeze(0), z[:-1]])], 2)  # [x^k, z^{k−1}] (K, B, P)
+    bar = leaky(pre, carried.pre, p.alpha, 1.0 - p.alpha)  # p̄^k
+    out = leaky(torch.addmm(b_out, z.flatten(0, 1), w_out.t()).view(steps, batch, -1), carried.y, kappa)
+    spikes = leaky(z, carried.spikes, kappa)  # F_κ(z)^k
+    ones = list(itertools.accumulate(range(steps), lambda f, _: kappa * f + 1.0, initial=kappa * carried.ones + 1.0))
+    ones = ones[:steps]  # F_κ(1)^k
+    c = p.rho - beta[n_lif:] * psi[..., n_lif:]  # (K, B, n_alif)
+    decays = kappa ** torch.arange(steps - 1, -1, -1, dtype=x.dtype, device=x.device)  # κ^{K−1−k}
+    signals = [decays.view(-1, 1, 1).expand(psi.shape)]
+    if totals.e is not None:
+        signals.append(torch.ones_like(psi))
+    targeted = bool(weights.ne(0).any())
+    if targeted:  # ∂E/∂y^k, its learning signal L^k = B^T ∂E/∂y^k, and the readout's exact gradients
+        count = steps * batch
+        flat = labels.reshape(count, *labels.shape[2:])
+        error = loss.error(out.reshape(count, -1), flat)[1] * (weights.reshape(count, 1) * count)  # (K·B, K_out)
+        totals.out.addmm_(error.t(), spikes.reshape(count, -1))
+        totals.bias.add_((error.view(steps, batch, -1).sum(1) * error.new_tensor(ones).unsqueeze(1)).sum(0))
+        signals.append(reverse_leaky((error @ feedback).view(psi.shape), kappa))  # Λ^k
+    w, mu_in = weigh(torch.stack(signals), psi, beta[n_lif:], c, n_lif)
+    flat_bar = bar.reshape(steps * batch, -1)
+    alif = slice(n_lif, None)
+    if targeted:  # Σ_k Σ_b L^k F_κ(e)^k
+        lam0 = signals[-1][0] * kappa
+        totals.w.addmm_(w[-1].reshape(steps * batch, -1).t(), flat_bar)
+        totals.w.add_(torch.einsum("bj,bjp->jp", lam0, carried.filtered))
+        totals.w[alif].sub_(torch.einsum("bj,bjp->jp", mu_in[-1], carried.adapt))
+    if totals.e is not None:  # Σ_k Σ_b e^k
+        totals.e.addmm_(w[1].reshape(steps * batch, -1).t(), flat_bar)
+        totals.e[alif].sub_(torch.einsum("bj,bjp->jp", mu_in[1], carried.adapt))
+    bar_b = bar.transpose(0, 1)  # (B, K, P)
+    filtered = torch.baddbmm(carried.filtered, w[0].permute(1, 2, 0), bar_b, beta=kappa**steps)
+    filtered[:, alif].sub_(mu_in[0].unsqueeze(2) * carried.adapt)
+    through = torch.cumprod(c.flip(0), 0).flip(0)  # Π_{m≥k} c^m
+    after = torch.cat([through[1:], torch.ones_like(c[:1])])  # Π_{k<m<K} c^m
+    adapt = torch.baddbmm(carried.adapt * through[0].unsqueeze(2), (psi[..., n_lif:] * after).permute(1, 2, 0), bar_b)
+    totals.spikes.add_(z.sum((0, 1)))
+    pre, spikes = bar[-1].clone(), spikes[-1].clone()
+    for trace in (pre, filtered, adapt, spikes):  # a silent input's trace decays into subnormal numbers
+        flush_subnormal(trace)
+    carried = Carried(cell, out[-1], pre, filtered, adapt, spikes, ones[-1])
+    return carried, out, z.mean((1, 2)) * (1000.0 / p.dt)
 
 
 def rate_penalty(z: Tensor, dt: float, rate_reg: float, rate_target: float) -> Tensor:
@@ -210,8 +315,8 @@ def eprop_autodiff(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: 
 
 
 FEEDBACKS = ("symmetric", "random", "adaptive")
-RESCALE = 1e-6  # the smallest factor d of F_κ(e) = d · G before G is rescaled (eprop_online)
 ROUTES = ("online", "autodiff")
+MAX_BLOCK = 100_000
 
 
 @dataclass(frozen=True)
@@ -224,6 +329,8 @@ class EpropOptions(Options):
     rate_reg: float = non_negative(0.0, "firing-rate regulariser's weight c_reg (0: off)")
     rate_target: float = non_negative(10.0, "the regulariser's target rate f_target (Hz)")
     seed: int = option(0, "seed of the random feedback matrix")
+    block: int = count(50, "steps the online traces advance at once (memory ∝ block, not T; 1: step by step; the "
+                       "update is the same)", MAX_BLOCK)  # fmt: skip
 
 
 @register("eprop", family="temporal", paper="Bellec et al. 2020", summary="eligibility traces × learning signal",
@@ -267,8 +374,9 @@ class Eprop(Rule):
         feedback, seen = self.feedback_matrix()
         route = eprop_online if self.opts.route == "online" else eprop_autodiff
         with torch.no_grad() if self.opts.route == "online" else torch.enable_grad():
+            extra = {"block": self.opts.block} if self.opts.route == "online" else {}
             grads, outputs, rates = route(self.net, x, y, self.loss, feedback, self.opts.rate_reg,
-                                          self.opts.rate_target)  # fmt: skip
+                                          self.opts.rate_target, **extra)  # fmt: skip
         state = (feedback, seen) if self.opts.feedback != "symmetric" else None
         return Update(grads, self.loss.value(outputs, y).detach(), outputs.detach(), {"rate": rates}, state)
 
