@@ -14,6 +14,7 @@ from bioprop.nets.recurrent import (
     LIFState,
     ReadoutState,
     RecurrentNet,
+    flush_subnormal,
     leaky_readout,
     lif_step,
     lif_unroll,
@@ -232,3 +233,11 @@ def test_leaky_readout_is_readout_step_in_a_loop() -> None:
     for a, b_ in zip(torch.autograd.grad((g * y).sum(), (z, w_out, b, y0)),
                      torch.autograd.grad((g * expected).sum(), (z, w_out, b, y0)), strict=True):  # fmt: skip
         assert relative(a, b_) < 1e-12
+
+
+def test_flush_subnormal_zeroes_only_what_is_below_the_smallest_normal_number() -> None:
+    tiny = torch.finfo(torch.float32).tiny  # 1.18e-38
+    values = torch.tensor([1e-39, -1e-40, tiny, -2 * tiny, 0.5, 0.0], dtype=torch.float32)
+    assert bool((values[:2] != 0).all())  # subnormal, not zero
+    flush_subnormal(values)
+    assert values.tolist() == torch.tensor([0.0, 0.0, tiny, -2 * tiny, 0.5, 0.0], dtype=torch.float32).tolist()

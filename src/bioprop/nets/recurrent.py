@@ -293,6 +293,17 @@ def readout_step(z: Tensor, state: ReadoutState, w_out: Tensor, b_out: Tensor | 
 # ------------------------------------------------------------------------------------------ the fused time loop
 
 
+FLUSH_EVERY = 32  # steps between flushes of the backward's adjoints to zero below the smallest normal number
+
+
+def flush_subnormal(values: Tensor) -> None:
+    """Zero, in place, the entries of ``values`` below the dtype's smallest normal number (~1e-38 in float32). A
+    silent neuron's adjoint or trace decays geometrically (α^k, κ^k) into subnormals, and arithmetic on subnormals
+    runs several times slower on a CPU (BPTT on lif:100 over the 2,250 cue-accumulation steps: 1.5× slower). No
+    value that is a normal number changes."""
+    values.masked_fill_(values.abs() < torch.finfo(values.dtype).tiny, 0.0)
+
+
 class LIFSequenceFunction(torch.autograd.Function):
     """:func:`lif_sequence` forward; BPTT through it backward, derived by hand (module docstring, "Fused loop").
 
@@ -344,6 +355,10 @@ class LIFSequenceFunction(torch.autograd.Function):
                         da.addcmul_(dz, lean)
                     if grad_a is not None:
                         da.add_(grad_a[t])
+                if t % FLUSH_EVERY == 0:  # a silent LIF neuron's δv decays as α^k: no subnormal stretch outlasts this
+                    flush_subnormal(e_t)
+                    if da is not None:
+                        flush_subnormal(da)
                 e_next = e_t
             d_drives = e if ctx.needs_input_grad[0] else None
             d_w = None
@@ -641,6 +656,7 @@ __all__ = [
     "SpikeFunction",
     "Trajectory",
     "check_membranes",
+    "flush_subnormal",
     "from_spec",
     "leaky_readout",
     "lif_sequence",

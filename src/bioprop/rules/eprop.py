@@ -207,13 +207,6 @@ def eprop_online(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: Te
     return grads, torch.cat(outputs), torch.cat(population)
 
 
-def flush_subnormal(trace: Tensor) -> None:
-    """Zero, in place, the entries of ``trace`` below the dtype's smallest normal number: a silent neuron's or
-    input's trace decays geometrically into subnormals after ~1,800 steps (α^t), and products with subnormals run
-    several times slower on a CPU (the block products slowed 7× at T = 10,000). Changes no value above 1e-38."""
-    trace.masked_fill_(trace.abs() < torch.finfo(trace.dtype).tiny, 0.0)
-
-
 def eprop_block(net: Any, carried: Carried, totals: Totals, x: Tensor, labels: Tensor, weights: Tensor,
                 loss: losses.Loss, feedback: Tensor) -> tuple[Carried, Tensor, Tensor]:  # fmt: skip
     """One block of K steps of :func:`eprop_online`, x (K, B, C), ``labels`` (K, B[, K_out]) and ``weights``
@@ -275,7 +268,7 @@ def eprop_block(net: Any, carried: Carried, totals: Totals, x: Tensor, labels: T
     totals.spikes.add_(z.sum((0, 1)))
     pre, spikes = bar[-1].clone(), spikes[-1].clone()
     for trace in (pre, filtered, adapt, spikes):  # a silent input's trace decays into subnormal numbers
-        flush_subnormal(trace)
+        rnn.flush_subnormal(trace)
     carried = Carried(cell, out[-1], pre, filtered, adapt, spikes, ones[-1])
     return carried, out, z.mean((1, 2)) * (1000.0 / p.dt)
 
