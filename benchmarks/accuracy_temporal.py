@@ -1,6 +1,6 @@
 """Temporal rules against backprop through time on sequence tasks, measured in one run (issue 11).
 
-    taskset -c 1 .venv/bin/python benchmarks/accuracy_temporal.py                        # store-recall, ~10 min
+    taskset -c 1 .venv/bin/python benchmarks/accuracy_temporal.py                        # store-recall, ~30 min
     .venv/bin/python benchmarks/accuracy_temporal.py --suite pattern-generation --seeds 0
     .venv/bin/python benchmarks/accuracy_temporal.py --suite cue-accumulation --entries eprop-alif,eprop-lif
     .venv/bin/python benchmarks/accuracy_temporal.py --suite seq-fashion-mnist
@@ -9,7 +9,8 @@ Suites (one budget per suite, shared by its rules; only the rule, its options an
 
 - ``store-recall`` (default): Ke et al. 2018's copy task with ``--delay`` silent steps (T = 20 + delay): ``sab``
   (``sab:32``, k_trunc = 20) should solve it where ``tbptt`` (``rnn:32``, k = 20) cannot reach back to the store
-  cue; ``bptt`` (``rnn:32``) is the reference. Adam, the final test accuracy over ``--seeds``. Eight values
+  cue; ``bptt`` (``rnn:32``) is the reference. Adam, the update clipped to norm 1, the final test accuracy over
+  ``--seeds``. Eight values
   (chance 12.5 %): with the task's default of two, all three reached 100 % after one epoch (seed 0, 512 examples),
   the untrained leaky network keeping one bit over 200 steps well enough for the readout alone.
 - ``pattern-generation``: Bellec et al. 2020, Fig. S7 (one frozen input, a sum of four sines as target, regression):
@@ -210,6 +211,8 @@ def main() -> None:
                       f"loss {summary['test_loss']:.4g}", file=sys.stderr)  # fmt: skip
     except (BioPropError, ValueError) as err:
         sys.exit(f"accuracy_temporal: error: {err}")
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (bioprop.train.Terminated): every run kept its last checkpoint
+        sys.exit(f"accuracy_temporal: interrupted; the same command resumes where the runs stopped ({args.out})")
     load_after = os.getloadavg()
     per_epoch = math.ceil(runs[chosen[0]][0][1]["n_train"] / budget["batch_size"])
     print(f"\n{command}\n")
