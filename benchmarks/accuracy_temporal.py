@@ -49,6 +49,7 @@ import torch
 from bioprop import train
 from bioprop.config import RunConfig
 from bioprop.errors import BioPropError
+from bioprop.report import logs
 
 # suite -> (the budget every entry of the suite shares, {entry: (rule, arch, rule options)}, data spec with {delay})
 SUITES: dict[str, tuple[dict, dict[str, tuple[str, str, dict]], str]] = {
@@ -126,14 +127,17 @@ def table(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int) 
     what = "final test loss (½ squared error)" if regression else "final test accuracy (%)"
     cue = suite == "cue-accumulation"
     extra = " best test error (%) | iterations to < 7 % error |" if cue else ""
-    lines = [f"| entry | rule | arch | rule options | seeds | {what} |{extra} s/epoch (median) |",
-             "|---|---|---|---|---|---|" + ("---|---|" if cue else "") + "---|"]  # fmt: skip
+    lines = [f"| entry | rule | arch | rule options | seeds | iterations done | {what} |{extra} s/epoch (median) |",
+             "|---|---|---|---|---|---|---|" + ("---|---|" if cue else "") + "---|"]  # fmt: skip
     for entry, done in runs.items():
+        if not done:
+            continue
         rule, arch, opts = SUITES[suite][1][entry]
         values = [r["test_loss"] if regression else 100 * r["test_accuracy"] for _, r in done]
         seconds = statistics.median(s for _, r in done for s in r["epoch_seconds"])
         options = ", ".join(f"{k}={v}" for k, v in opts.items()) or "-"
-        row = f"| {entry} | {rule} | {arch} | {options} | {len(done)} | {mean_std(values)} |"
+        iterations = ", ".join(str(r["epochs_done"] * per_epoch) for _, r in done)
+        row = f"| {entry} | {rule} | {arch} | {options} | {len(done)} | {iterations} | {mean_std(values)} |"
         if cue:
             best = [100 * (1 - r["best_test_accuracy"]) for _, r in done]
             reached = [iterations_to_criterion(d, per_epoch) for d, _ in done]
@@ -154,6 +158,8 @@ def figure(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int,
     regression = suite == "pattern-generation"
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True)
     for entry, done in runs.items():
+        if not done:
+            continue
         if regression:
             series = [curve(d, "test_loss") for d, _ in done]
         else:
@@ -165,7 +171,8 @@ def figure(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int,
             length = min(len(v) for v in values)
             x = [per_epoch * (k + 1) for k in range(length)]
             columns = [[v[k] for v in values] for k in range(length)]
-            line = axis.plot(x, [statistics.fmean(c) for c in columns], label=f"{entry} ({len(values)} seeds)")[0]
+            seeds = f"{len(values)} seed{'' if len(values) == 1 else 's'}"
+            line = axis.plot(x, [statistics.fmean(c) for c in columns], label=f"{entry} ({seeds})")[0]
             axis.fill_between(x, [min(c) for c in columns], [max(c) for c in columns], alpha=0.2,
                               color=line.get_color())  # fmt: skip
     left.set_ylabel("test loss (½ squared error)" if regression else "test error (%)")
@@ -191,6 +198,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-temporal"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--entries", default=None, help="comma-separated entries of the suite (default: all)")
+    parser.add_argument("--report-only", action="store_true", help="train nothing: the table and figure of the runs "
+                        "under --out as far as they got (a run not started is left out)")  # fmt: skip
     args = parser.parse_args()
     command = "python " + shlex.join(sys.argv)
     load_before, start = os.getloadavg(), time.perf_counter()
@@ -205,7 +214,12 @@ def main() -> None:
         for seed in seeds:
             for entry in runs:
                 run_dir = args.out / args.suite / f"{entry}-s{seed}"
-                summary = run_one(run_dir, args.suite, entry, seed, args.epochs, args.delay, args.threads)
+                if args.report_only:
+                    if not (run_dir / "metrics.csv").is_file():
+                        continue
+                    summary = logs.read_summary(run_dir)
+                else:
+                    summary = run_one(run_dir, args.suite, entry, seed, args.epochs, args.delay, args.threads)
                 runs[entry].append((run_dir, summary))
                 print(f"{args.suite} {entry} seed {seed}: accuracy {summary['test_accuracy']}, "
                       f"loss {summary['test_loss']:.4g}", file=sys.stderr)  # fmt: skip
@@ -214,7 +228,10 @@ def main() -> None:
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (bioprop.train.Terminated): every run kept its last checkpoint
         sys.exit(f"accuracy_temporal: interrupted; the same command resumes where the runs stopped ({args.out})")
     load_after = os.getloadavg()
-    per_epoch = math.ceil(runs[chosen[0]][0][1]["n_train"] / budget["batch_size"])
+    started = [summary for done in runs.values() for _, summary in done]
+    if not started:
+        sys.exit(f"accuracy_temporal: no run of {args.suite} under {args.out} has finished an epoch yet")
+    per_epoch = math.ceil(started[0]["n_train"] / budget["batch_size"])
     print(f"\n{command}\n")
     print(f"torch {torch.__version__}, {args.threads} thread(s), load average (1/5/15 min) before "
           f"{'/'.join(f'{v:.2f}' for v in load_before)}, after {'/'.join(f'{v:.2f}' for v in load_after)}; "
