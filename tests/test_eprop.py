@@ -112,6 +112,18 @@ def test_online_eprop_in_blocks_of_any_length_is_the_step_by_step_update(options
         torch.testing.assert_close(online.prediction, autodiff.prediction, rtol=1e-12, atol=1e-12)
 
 
+def test_online_eprop_past_the_trace_flushes_is_the_autodiff_update() -> None:
+    """Every ``FLUSH_EVERY`` steps the carried traces are flushed (entries below the smallest normal number zeroed,
+    in place): over a sequence that crosses two flushes, unevenly blocked, the update is still the autodiff route's."""
+    net = spiking_net()
+    x, y = sequence(steps=2 * eprop.FLUSH_EVERY + 13)
+    autodiff = rules.create("eprop", net, route="autodiff", rate_reg=0.3).grads(x, y)
+    for block in (7, 50):
+        online = rules.create("eprop", net, block=block, rate_reg=0.3).grads(x, y)
+        for name, grad in autodiff.grads.items():
+            assert relative(online.grads[name], grad) < 1e-10, (block, name)
+
+
 def test_eprop_readout_gradients_are_exact_and_hidden_ones_approximate_bptt() -> None:
     net, (x, y) = spiking_net(), sequence()
     rule = rules.create("eprop", net)

@@ -158,7 +158,8 @@ def reverse_leaky(inputs: Tensor, decay: float) -> Tensor:
 def adjoint(u: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """μ^k = Σ_{r>k} u^r Π_{k<m<r} c^m for k = 0 … K−1 and μ^{−1} = u^0 + c^0 μ^0 (the weight of the trace that
     entered the block), by μ^k = u^{k+1} + c^{k+1} μ^{k+1}: u (S, K, B, m) for S signals, c (K, B, m)."""
-    mu = torch.zeros_like(u)
+    mu = torch.empty_like(u)
+    mu[:, -1] = 0.0
     for k in range(u.shape[1] - 2, -1, -1):
         torch.addcmul(u[:, k + 1], c[k + 1], mu[:, k + 1], out=mu[:, k])
     return mu, torch.addcmul(u[:, 0], c[0], mu[:, 0])
@@ -192,12 +193,17 @@ def eprop_online(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: Te
                       zeros(batch, n, inputs + n), zeros(batch, n_alif, inputs + n), zeros(batch, n), 0.0)  # fmt: skip
     totals = Totals(zeros(n, inputs + n), zeros(classes, n), zeros(classes), zeros(n),
                     zeros(n, inputs + n) if rate_reg else None)  # fmt: skip
-    outputs, population = [], []
+    outputs, population, unflushed = [], [], 0
     for start in range(0, steps, block):
         span = slice(start, start + block)
         carried, out, rate = eprop_block(net, carried, totals, x[span], labels[span], weights[span], loss, feedback)
         outputs.append(out)
         population.append(rate)
+        unflushed += out.shape[0]
+        if unflushed >= FLUSH_EVERY:  # a silent input's traces decay into subnormal numbers (slow arithmetic)
+            unflushed = 0
+            for trace in (carried.pre, carried.filtered, carried.adapt, carried.spikes):
+                rnn.flush_subnormal(trace)
     rates = totals.spikes * (1000.0 / (steps * batch * p.dt))  # f̄_j in Hz
     grad_w = totals.w
     if totals.e is not None:  # ∂E_reg/∂z_j^t = 2 c (f̄_j − f*) · 1000/(T B dt), the same at every step
@@ -251,25 +257,28 @@ def eprop_block(net: Any, carried: Carried, totals: Totals, x: Tensor, labels: T
     w, mu_in = weigh(torch.stack(signals), psi, beta[n_lif:], c, n_lif)
     flat_bar = bar.reshape(steps * batch, -1)
     alif = slice(n_lif, None)
+    first = carried.ones == 0.0  # the first block: the carried traces are still zero, their terms are skipped
     if targeted:  # Σ_k Σ_b L^k F_κ(e)^k
-        lam0 = signals[-1][0] * kappa
         totals.w.addmm_(w[-1].reshape(steps * batch, -1).t(), flat_bar)
-        totals.w.add_(torch.einsum("bj,bjp->jp", lam0, carried.filtered))
-        totals.w[alif].sub_(torch.einsum("bj,bjp->jp", mu_in[-1], carried.adapt))
+        if not first:
+            totals.w.add_(torch.einsum("bj,bjp->jp", signals[-1][0] * kappa, carried.filtered))
+            totals.w[alif].sub_(torch.einsum("bj,bjp->jp", mu_in[-1], carried.adapt))
     if totals.e is not None:  # Σ_k Σ_b e^k
         totals.e.addmm_(w[1].reshape(steps * batch, -1).t(), flat_bar)
-        totals.e[alif].sub_(torch.einsum("bj,bjp->jp", mu_in[1], carried.adapt))
+        if not first:
+            totals.e[alif].sub_(torch.einsum("bj,bjp->jp", mu_in[1], carried.adapt))
     bar_b = bar.transpose(0, 1)  # (B, K, P)
-    filtered = torch.baddbmm(carried.filtered, w[0].permute(1, 2, 0), bar_b, beta=kappa**steps)
-    filtered[:, alif].sub_(mu_in[0].unsqueeze(2) * carried.adapt)
     through = torch.cumprod(c.flip(0), 0).flip(0)  # Π_{m≥k} c^m
     after = torch.cat([through[1:], torch.ones_like(c[:1])])  # Π_{k<m<K} c^m
-    adapt = torch.baddbmm(carried.adapt * through[0].unsqueeze(2), (psi[..., n_lif:] * after).permute(1, 2, 0), bar_b)
+    alif_w = (psi[..., n_lif:] * after).permute(1, 2, 0)
+    if first:
+        filtered, adapt = torch.bmm(w[0].permute(1, 2, 0), bar_b), torch.bmm(alif_w, bar_b)
+    else:
+        filtered = torch.baddbmm(carried.filtered, w[0].permute(1, 2, 0), bar_b, beta=kappa**steps)
+        filtered[:, alif].sub_(mu_in[0].unsqueeze(2) * carried.adapt)
+        adapt = torch.baddbmm(carried.adapt * through[0].unsqueeze(2), alif_w, bar_b)
     totals.spikes.add_(z.sum((0, 1)))
-    pre, spikes = bar[-1].clone(), spikes[-1].clone()
-    for trace in (pre, filtered, adapt, spikes):  # a silent input's trace decays into subnormal numbers
-        rnn.flush_subnormal(trace)
-    carried = Carried(cell, out[-1], pre, filtered, adapt, spikes, ones[-1])
+    carried = Carried(cell, out[-1], bar[-1].clone(), filtered, adapt, spikes[-1].clone(), ones[-1])
     return carried, out, z.mean((1, 2)) * (1000.0 / p.dt)
 
 
@@ -310,6 +319,7 @@ def eprop_autodiff(net: Any, x: Tensor, y: Tensor, loss: losses.Loss, feedback: 
 FEEDBACKS = ("symmetric", "random", "adaptive")
 ROUTES = ("online", "autodiff")
 MAX_BLOCK = 100_000
+FLUSH_EVERY = 256  # steps between flushes of the carried traces to zero below the smallest normal number
 
 
 @dataclass(frozen=True)
