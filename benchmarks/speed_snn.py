@@ -227,6 +227,7 @@ def run(args: argparse.Namespace) -> dict:
             versions |= anchor.hello["versions"]
             anchor.close()
 
+    cpu_ms = {name: [ms * util for ms, util in zip(samples[name], cpu[name], strict=True)] for name in contenders}
     results = {}
     for name in contenders:
         q1, med, q3 = timing.quartiles(samples[name])
@@ -239,6 +240,7 @@ def run(args: argparse.Namespace) -> dict:
         entry |= {"cpu_per_wall": statistics.median(cpu[name]), "loss_f32": losses[name][-1], "rate_hz": rates[name]}
         if name not in OURS:
             entry["ours_over_this"] = {o: timing.paired(samples[o], samples[name]) for o in OURS}
+            entry["ours_over_this_cpu"] = {o: timing.paired(cpu_ms[o], cpu_ms[name]) for o in OURS}
         results[name] = entry
     return {
         "config": {"batch": args.batch, "steps": x.shape[0], "inputs": x.shape[2], "hidden": N_HIDDEN}
@@ -267,16 +269,20 @@ def report(out: dict) -> None:
         "norse: LIFRecurrent, resets to 0; norse-box: LIFBoxCell in a loop, our reset (snn_harness.py)"
     )
     head = (f"{'system':<16} | {'s/update [IQR]':>21} | {'CPU/wall':>8} | {'loss f32':>8} | {'rate Hz':>7} | "
-            f"{'ours ÷ this':>11} | {'nref5 ÷ this':>12}")  # fmt: skip
+            f"{'ours ÷ this':>11} | {'nref5 ÷ this':>12} | {'ours ÷ this, CPU':>16}")  # fmt: skip
     print(head)
     print("-" * len(head))
     for name, r in res.items():
         cell = f"{r['median_s']:6.2f} [{r['q1_s']:.2f}-{r['q3_s']:.2f}]"
         ratio = r.get("ours_over_this", {})
         mine, default = (f"{ratio[o]:.2f}" if o in ratio else "" for o in OURS)
+        by_cpu = f"{r['ours_over_this_cpu'][OURS[0]]:.2f}" if "ours_over_this_cpu" in r else ""
         print(f"{name:<16} | {cell:>21} | {r['cpu_per_wall']:8.2f} | {r['loss_f32']:8.4f} | {r['rate_hz']:7.1f} | "
-              f"{mine:>11} | {default:>12}")  # fmt: skip
-    print("ours ÷ this: paired ratio, ours/bptt's time over this system's (< 1: ours faster)")
+              f"{mine:>11} | {default:>12} | {by_cpu:>16}")  # fmt: skip
+    print(
+        "ours ÷ this: paired ratio, ours/bptt's time over this system's (< 1: ours faster); CPU: the same ratio of"
+        " CPU times (process time; on a shared core, another job's share of it does not count)"
+    )
     if out["sanity"]:
         print(f"sanity, float64, same weights: on the whole batch loss, rate and ‖gradient‖; on its last "
               f"{out['sanity_steps']} steps (from rest) the gradient against ours/bptt's and against our step "
