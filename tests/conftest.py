@@ -38,6 +38,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 TINY = {"data": "digits", "arch": "mlp:32", "epochs": 2, "limit": 300, "device": "cpu", "lr": 0.05}
 
 
+def energy_rules() -> tuple[str, ...]:
+    """The registered rules that train energy-based networks only (ep, chl, generec, stdp, and any added later)."""
+    from bioprop import rules
+
+    return tuple(name for name in rules.names() if rules.entry(name).cls.networks == frozenset({"energy"}))
+
+
 def tiny_config(**overrides) -> RunConfig:
     """A run of a few seconds at most: 300 digits, a 32-unit MLP, 2 epochs, on the CPU."""
     return RunConfig(**{**TINY, **overrides})

@@ -20,11 +20,12 @@ from torch import nn
 from bioprop import metrics, nets, rules
 from bioprop.errors import BioPropError
 from bioprop.nets.energy import EnergyNet
+from conftest import energy_rules
 
 #: The rules for image batches; those for recurrent networks (time-major sequences) are checked in
 #: tests/test_sequences.py and tests/test_eprop.py.
 RULES = [name for name in rules.names() if rules.entry(name).cls.networks != {"recurrent"}]
-ENERGY_RULES = ("ep", "chl", "generec")
+ENERGY_RULES = energy_rules()
 LAYERED_RULES = [name for name in RULES if name not in ENERGY_RULES]
 
 

@@ -26,6 +26,7 @@ RECURRENT = {name for name in rules.names() if rules.entry(name).cls.networks ==
 #: Options that make a rule draw random numbers or keep per-example state, where it has them.
 STATEFUL = {
     "ep": {"nudge": "random-sign", "persistent": True},
+    "stdp": {"nudge": "random-sign", "persistent": True},
     "microcircuit": {"noise": 0.05},
     "eprop": {"feedback": "adaptive"},
 }

@@ -378,7 +378,7 @@ def test_contrastive_rules_need_an_energy_net_and_energy_nets_a_bounded_activati
         rules.create("ep", nets.build("mlp:8", (8,), 4))
     with pytest.raises(BioPropError, match="bounded activation"):
         nets.build("ebm:8", (8,), 4, "relu")
-    with pytest.raises(BioPropError, match="trained by bp, ep, chl or generec, not by this rule"):
+    with pytest.raises(BioPropError, match="trained by bp, ep, chl, generec or stdp, not by this rule"):
         rules.create("fa", nets.build("ebm:8", (8,), 4))
     with pytest.raises(BioPropError, match="max-pooling"):
         rules.create("generec", conv_net())

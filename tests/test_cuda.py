@@ -57,6 +57,9 @@ NETS = (Net("mlp:16", (12,)), Net("ebm:16", (12,)), Net("lenet", (1, 28, 28)), N
 #: (``ipc`` with its defaults diverges on LeNet with these inputs, on both devices; a smaller inner weight step
 #: lets its update be compared there too.)
 VARIANTS: list[tuple[str, dict[str, Any]] | tuple[str, dict[str, Any], str]] = [
+    ("stdp", {"spikes": "rate"}),  # Bernoulli spikes: CUDA's generator draws other numbers than the CPU's
+    ("dtp", {"pretrain_batches": 0}),
+    ("ddtp", {"pretrain_batches": 0, "feedback_activation": "tanh"}),
     ("ep", {"nudge": "one-sided"}),
     ("ep", {"nudge": "random-sign"}),
     ("ep", {"output": "se"}),

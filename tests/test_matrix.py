@@ -33,11 +33,12 @@ from torch import Tensor, nn
 from bioprop import metrics, rules
 from bioprop.errors import BioPropError
 from bioprop.nets.energy import EnergyNet
+from conftest import energy_rules
 
 #: The rules for recurrent networks train none of the matrix's networks (their checks: tests/test_eprop.py).
 TEMPORAL = tuple(name for name in rules.names() if rules.entry(name).cls.networks == {"recurrent"})
 RULES = [name for name in rules.names() if name not in TEMPORAL]
-ENERGY_RULES = ("ep", "chl", "generec")
+ENERGY_RULES = energy_rules()
 FA_RULES = ("fa", "dfa", "usf", "brsf", "frsf")
 SEED = 11  # the random state every call starts from (dropout masks)
 
@@ -46,6 +47,8 @@ OPTIONS: dict[str, dict] = {
     "pc": {"steps": 8, "gamma": 0.1},
     "ipc": {"steps": 5, "gamma": 0.1, "weight_lr": 0.05},
     "dendritic": {"beta": 1e-4, "tol": 1e-11, "max_steps": 3000},
+    "dtp": {"pretrain_batches": 0},  # otherwise the first batches' forward update is zero by design
+    "ddtp": {"pretrain_batches": 0},
 }
 #: The tolerance of each expectation (relative error per tensor).
 TOLERANCE = {"dendritic": 3e-3, "pc": 1e-9, "ipc": 1e-9}
@@ -222,7 +225,7 @@ def as_float32(net: nn.Module) -> nn.Module:
 
 
 WALKING = [name for name in RULES if name not in ENERGY_RULES and name != "bp"]
-MLP_ONLY = ("dendritic", "microcircuit")
+MLP_ONLY = ("dendritic", "microcircuit", "dtp", "ddtp")
 NOT_ENERGY = {name: "needs an energy-based network" for name in ENERGY_RULES}
 ENERGY_ONLY = {name: "energy-based networks (ebm:...) are trained by" for name in WALKING}
 

@@ -1,10 +1,11 @@
-"""The ``bioprop`` command line: train, resume, list rules and datasets, compare runs.
+"""The ``bioprop`` command line: train, resume, list rules and datasets, compare runs, run experiments.
 
     bioprop train --rule fa --data fashion-mnist --arch mlp:256x256 --epochs 20 --lr 0.05
     bioprop resume runs/fa-fashion-mnist-mlp-256x256-s0
     bioprop rules fa
     bioprop datasets --check fashion-mnist
     bioprop compare runs/*
+    bioprop experiment --list
 
 Every error ends with ONE line on stderr, ``bioprop: error: <message>``, that quotes the offending token, and an
 exit code: 2 for bad input (a value, a file, an unknown option or command, a missing or extra argument), 3 when
@@ -314,12 +315,21 @@ def _report(summary: dict[str, Any], run_dir: Path, quiet: bool) -> None:
 @app.command("rules", cls=Command)
 def list_rules(
     name: Annotated[str | None, typer.Argument(help="Show only this rule.", show_default=False)] = None,
+    table: Annotated[
+        bool, _flag("One table instead: rule × implausibility, each mark (✓/✗) with its reason.", "--table")
+    ] = False,
 ) -> None:
     """List the learning rules with their options and rule cards.
 
     For each rule: family, paper, summary, options (name, default, help) and the card, which says for each of
     the six implausibilities of backprop (Bengio et al. 2015) whether the rule removes it (✓) or not (✗), and why.
+    With --table, the cards alone as one table (the README's, as text; scripts/readme_tables.py writes it there).
     """
+    if table:
+        from bioprop.report import tables
+
+        typer.echo(tables.implausibility_table(markdown=False, names=None if name is None else [name]))
+        return
     entries = [rules.entry(name)] if name is not None else [rules.entry(n) for n in rules.names()]
     console = Console()
     for entry in entries:
@@ -403,6 +413,45 @@ def compare(
     from bioprop.report import tables
 
     typer.echo(tables.compare([_path(text, "DIR") for text in run_dirs]))
+
+
+@app.command("experiment", cls=Command)
+def run_experiment(
+    name: Annotated[
+        str | None, typer.Argument(help="The experiment to run (see --list).", show_default=False, metavar="NAME")
+    ] = None,
+    out: Annotated[str, _opt("Folder for its figures and NAME.json. [default: runs/experiments]", metavar="DIR")] = (
+        "runs/experiments"
+    ),
+    seed: Annotated[str, _int_opt("Seed of every random draw. [default: 0]", "--seed")] = "0",
+    quick: Annotated[bool, _flag("A smaller version of the same computation, for a first look.", "--quick")] = False,
+    threads: Annotated[str | None, _int_opt("Torch CPU threads. [default: as for train]", "--threads")] = None,
+    show: Annotated[bool, _flag("List the experiments (name, source, summary) and exit.", "--list")] = False,
+) -> None:
+    """Run one experiment: it writes its figures and NAME.json (its numbers, seed, time) into --out.
+
+    Without NAME, or with --list, lists the experiments. Only files of the names the experiment writes are
+    written; one of those names that bioprop did not write is refused before any work.
+    """
+    from bioprop import experiments
+
+    if show or name is None:
+        table = Table(header_style="bold")
+        for column in ("experiment", "source", "what it shows"):
+            table.add_column(column, overflow="fold")
+        for key in experiments.names():
+            item = experiments.get(key)
+            table.add_row(key, escape(item.source), escape(item.summary))
+        Console().print(table)
+        return
+    folder = _path(out, "--out")
+    count = default_threads() if threads is None else parse_number("--threads", threads, int)
+    if not 1 <= count <= MAX_THREADS:
+        raise BioPropError(f"--threads must be between 1 and {MAX_THREADS}, not {threads!r}")
+    with torch_threads(count):
+        record = experiments.run_experiment(name, folder, seed=parse_number("--seed", seed, int), quick=quick)
+    figures = ", ".join(record["figures"]) or "no figure"
+    typer.echo(f"{name}: {record['seconds']:.1f} s; wrote {folder / (name + '.json')} and {figures}")
 
 
 # ------------------------------------------------------------------------------------------------- entry point

@@ -32,6 +32,10 @@ seconds ≥ 0; ``alignment_deg`` an object of lists (one per weight tensor) of a
 an object; in ``config.yaml``, ``rule`` is text, ``seed`` an integer and ``rule_opts`` a mapping. Every number is
 finite, and every field but rule, dataset and arch may be null or absent (a list's entries may be null). Anything
 else is a one-line :class:`~bioprop.errors.BioPropError` naming the file and the field and quoting the value.
+
+:func:`implausibility_table` renders every rule's card (rule × the six implausibilities of backprop, Bengio et al.
+2015, each cell a mark, ✓ removed or ✗ not, and the card's reason) as Markdown, as in the README, or as plain
+text for a terminal (``bioprop rules --table``).
 """
 
 from __future__ import annotations
@@ -402,3 +406,49 @@ def compare(paths: Sequence[str | Path]) -> str:
         return "| " + " | ".join(cell.ljust(width) for cell, width in zip(cells, widths, strict=True)) + " |"
 
     return "\n".join([line(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|", *map(line, body)])
+
+
+# ------------------------------------------------------------------------------------ the implausibility table
+
+MARKS = {True: "✓", False: "✗"}  # removed, not removed
+IMPLAUSIBILITY_SOURCE = "Bengio et al. 2015, arXiv:1502.04156"
+
+
+def _cell(text: str) -> str:
+    """``text`` as one Markdown table cell: ``|`` escaped, line breaks as spaces."""
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def implausibility_table(markdown: bool = True, names: Sequence[str] | None = None) -> str:
+    """Every rule's card, rule × implausibility (the six of :data:`bioprop.rules.IMPLAUSIBILITIES`, in that
+    order), each cell the mark (✓ the rule removes it, ✗ it does not) and the card's reason; ``names`` picks and
+    orders the rules (default: every registered rule, in :func:`bioprop.rules.names` order; an unknown name raises
+    :class:`BioPropError`).
+
+    ``markdown=True``: a legend of the six (one bullet each), then a Markdown table with a row per rule and a
+    column per implausibility (the README's table, ``scripts/readme_tables.py``). ``markdown=False``, for a
+    terminal: the legend, a compact table of the marks (a column per implausibility), then per rule one line per
+    implausibility with its mark and reason."""
+    entries = [rules.entry(name) for name in (rules.names() if names is None else names)]
+    keys = list(rules.IMPLAUSIBILITIES)
+    if markdown:
+        legend = [f"- **{key}**: {_cell(about)}" for key, about in rules.IMPLAUSIBILITIES.items()]
+        header = "| rule | " + " | ".join(keys) + " |"
+        rows = [f"| `{entry.name}` | " + " | ".join(f"{MARKS[entry.card[key].removed]} {_cell(entry.card[key].why)}"
+                                                   for key in keys) + " |" for entry in entries]  # fmt: skip
+        intro = f"✓: the rule removes the implausibility, ✗: it does not ({IMPLAUSIBILITY_SOURCE}):"
+        return "\n".join([intro, "", *legend, "", header, "|" + "---|" * (len(keys) + 1), *rows])
+    width = max(map(len, keys))
+    legend = [f"  {key.ljust(width)}  {about}" for key, about in rules.IMPLAUSIBILITIES.items()]
+    rule_width = max([len("rule"), *(len(entry.name) for entry in entries)])
+    marks = [("rule".ljust(rule_width), *keys)]
+    marks += [(entry.name.ljust(rule_width), *(MARKS[entry.card[key].removed] for key in keys)) for entry in entries]
+    widths = [max(len(row[i]) for row in marks) for i in range(len(keys) + 1)]
+    matrix = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in marks]
+    reasons = []
+    for entry in entries:
+        reasons += ["", entry.name]
+        reasons += [f"  {MARKS[entry.card[key].removed]} {key.ljust(width)}  {' '.join(entry.card[key].why.split())}"
+                    for key in keys]  # fmt: skip
+    intro = f"✓ the rule removes the implausibility, ✗ it does not ({IMPLAUSIBILITY_SOURCE}):"
+    return "\n".join([intro, *legend, "", *matrix, *reasons])

@@ -60,16 +60,16 @@ from bioprop.rules.options import count, non_negative, output_loss
 
 CARD = make_card(
     linear=(
-        True,
-        "the learning signal is a linear projection of the output error, no backward pass through the "
-        "nonlinear dynamics",
+        False,
+        "the learning signal L_j = Σ_k B_jk ∂E/∂y_k is a linear projection of the output error: no backward pass "
+        "in time, but linear feedback (as in dfa)",
     ),  # fmt: skip
     derivatives=(False, "the eligibility traces use the neuron's own pseudo-derivative ψ"),
     weight_transport=(
         False,
         "the default feedback B = W_outᵀ transports the readout weights; feedback=random or adaptive removes it",
     ),
-    spikes=(True, "trains spiking LIF/ALIF networks through their spikes and a surrogate derivative"),
+    spikes=(False, "the neurons spike (LIF/ALIF), but the learning signal each neuron receives is a real value"),
     clock=(True, "online: traces and learning signal at every step, no backward phase in time"),
     targets=(False, "needs a supervised target at the readout"),
 )

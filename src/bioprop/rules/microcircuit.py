@@ -123,9 +123,9 @@ CARD_MICROCIRCUIT = make_card(
     weight_transport=(True, "W^down is fixed random (or learned by a local rule), never a copy of W^upᵀ"),
     spikes=(False, "real-valued rates and potentials"),
     clock=(
-        True,
-        "one continuous dynamics with plasticity on, no backward phase (the default baseline=free "
-        "compares with a settling without target, a second phase; baseline=none has none)",
+        False,
+        "the default baseline=free settles a second time without the target, a phase to switch into; "
+        "baseline=none (the paper's) is one continuous dynamics with plasticity on, no backward phase",
     ),  # fmt: skip
     targets=(False, "needs a teaching current at the output layer"),
 )

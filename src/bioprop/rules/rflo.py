@@ -51,7 +51,11 @@ from bioprop.rules.base import Diagnostic, Entry, Options, Rule, Update, make_ca
 from bioprop.rules.options import output_loss
 
 CARD = make_card(
-    linear=(True, "the learning signal is a linear projection B ε of the output error, no backward pass"),
+    linear=(
+        False,
+        "the learning signal B ε is a linear projection of the output error: no backward pass in time, but linear "
+        "feedback (as in dfa)",
+    ),
     derivatives=(False, "the traces use the unit's own derivative φ'(u_j), locally"),
     weight_transport=(True, "B is a fixed random matrix, not W_outᵀ (feedback=symmetric: it is)"),
     spikes=(False, "real-valued rate units"),

@@ -1,0 +1,171 @@
+"""Experiments: small, self-contained reproductions, each one command that writes its figures and a JSON of its
+numbers (issue 12).
+
+    bioprop experiment --list
+    bioprop experiment variational-bound --out runs/experiments
+
+An experiment is a function ``run(out, seed, quick) -> dict`` registered under a name with :func:`register`, in a
+module of this package (imported by :data:`MODULES`). It writes its figures into ``out`` through :func:`figure_path`
+(a name it declared, so that bioprop only ever writes and overwrites files it knows are its own) and returns its
+numbers: JSON-able values (floats, ints, strings, lists and dicts of them; non-finite floats become ``null``).
+``quick=True`` is a smaller version of the same computation, for tests and for a first look; the JSON says which.
+
+:func:`run_experiment` checks the name and the output folder first, writes ``out/<name>.json`` with
+``"status": "running"`` and the figure names (so that a run stopped half-way still owns what it wrote), runs the
+experiment, and rewrites ``out/<name>.json`` with ``"status": "finished"``, the numbers under ``"results"`` and
+``"experiment"``, ``"seed"``, ``"quick"``, ``"figures"`` (those written), ``"seconds"``, ``"torch"``, ``"bioprop"``.
+A file in ``out`` of one of the names it would write that bioprop did not write (no ``<name>.json`` of the same
+experiment lists it) is refused before any work, and nothing else in ``out`` is touched.
+
+Errors: an unknown name or a bad ``out`` raise :class:`~bioprop.errors.BioPropError` (the CLI's one-line error,
+exit 2); a file that cannot be written, :class:`~bioprop.report.logs.WriteError` (exit 74).
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import math
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bioprop.errors import BioPropError
+
+#: The modules that register experiments, imported on first use (so that ``import bioprop`` stays light).
+MODULES: tuple[str, ...] = ("variational_bound", "stdp")
+
+Runner = Callable[[Path, int, bool], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Experiment:
+    """A registered experiment: ``name`` (the CLI's NAME), a one-line ``summary``, the ``source`` it reproduces
+    (paper, figure or equation), the ``figures`` it writes (file names in ``out``) and its ``run`` function."""
+
+    name: str
+    summary: str
+    source: str
+    figures: tuple[str, ...]
+    run: Runner
+
+
+_REGISTRY: dict[str, Experiment] = {}
+
+
+def register(name: str, summary: str, source: str, figures: tuple[str, ...]) -> Callable[[Runner], Runner]:
+    """Decorator: register ``run(out, seed, quick) -> dict`` as the experiment ``name``, writing ``figures``."""
+
+    def wrap(run: Runner) -> Runner:
+        if name in _REGISTRY:
+            raise ValueError(f"experiment {name!r} registered twice")
+        _REGISTRY[name] = Experiment(name, summary, source, tuple(figures), run)
+        return run
+
+    return wrap
+
+
+def _load() -> None:
+    for module in MODULES:
+        importlib.import_module(f"{__name__}.{module}")
+
+
+def names() -> list[str]:
+    """The registered experiments' names, sorted."""
+    _load()
+    return sorted(_REGISTRY)
+
+
+def get(name: str) -> Experiment:
+    """The experiment ``name``; an unknown name raises :class:`BioPropError` listing the known ones."""
+    _load()
+    if name not in _REGISTRY:
+        raise BioPropError(f"unknown experiment {name!r}; known: {', '.join(sorted(_REGISTRY)) or 'none'}")
+    return _REGISTRY[name]
+
+
+def figure_path(out: Path, name: str, figure: str) -> Path:
+    """Where experiment ``name`` writes its figure ``figure`` (one it declared at :func:`register`)."""
+    if figure not in get(name).figures:
+        raise ValueError(f"experiment {name!r} did not declare the figure {figure!r}")
+    return out / figure
+
+
+def own_files(out: Path, experiment: Experiment) -> list[Path]:
+    """The files :func:`run_experiment` writes for ``experiment`` in ``out``: its JSON and its figures."""
+    return [out / f"{experiment.name}.json", *(out / figure for figure in experiment.figures)]
+
+
+def _written_by_us(out: Path, experiment: Experiment) -> set[str]:
+    """The file names an earlier run of ``experiment`` recorded in ``out/<name>.json`` (empty if there is none, or
+    if that file is not such a record)."""
+    record = out / f"{experiment.name}.json"
+    try:
+        data = json.loads(record.read_text())
+    except (OSError, ValueError):
+        return set()
+    if not isinstance(data, dict) or data.get("experiment") != experiment.name:
+        return set()
+    figures = data.get("figures", [])
+    return {record.name, *(f for f in figures if isinstance(f, str))}
+
+
+def check_out(out: Path, experiment: Experiment) -> None:
+    """Refuse an ``out`` that is a file, or that holds a file of a name this experiment writes which an earlier
+    run of it did not write (:class:`BioPropError`, naming the file)."""
+    if out.exists() and not out.is_dir():
+        raise BioPropError(f"--out {str(out)!r} is a file, not a folder")
+    if not out.is_dir():
+        return
+    ours = _written_by_us(out, experiment)
+    for path in own_files(out, experiment):
+        if (path.exists() or path.is_symlink()) and path.name not in ours:
+            raise BioPropError(f"refusing to overwrite {str(path)!r}: bioprop did not write it (choose another --out)")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if hasattr(value, "item"):  # a 0-d tensor or numpy scalar
+        return _jsonable(value.item())
+    raise TypeError(f"not JSON-able: {type(value).__name__}")
+
+
+def run_experiment(name: str, out: Path, seed: int = 0, quick: bool = False) -> dict[str, Any]:
+    """Run the experiment ``name`` into the folder ``out`` (created if missing) with ``seed``; returns the record
+    written to ``out/<name>.json`` (module docstring)."""
+    import torch
+
+    import bioprop
+    from bioprop.report import logs
+
+    experiment = get(name)
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
+        raise BioPropError(f"--seed must be an integer in [0, 2**63), not {seed!r}")
+    check_out(out, experiment)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise logs.WriteError(f"cannot create '{out}': {err.strerror or err}") from None
+    # Claim the names first: a run that stops after writing a figure leaves a record that says the figure is ours.
+    claim = {"experiment": name, "status": "running", "figures": list(experiment.figures)}
+    logs.write_atomic(out / f"{name}.json", (json.dumps(claim, indent=2) + "\n").encode())
+    started = time.perf_counter()
+    results = experiment.run(out, seed, quick)
+    record = {
+        "experiment": name, "status": "finished", "summary": experiment.summary, "source": experiment.source,
+        "seed": seed, "quick": quick, "figures": [f for f in experiment.figures if (out / f).is_file()],
+        "seconds": time.perf_counter() - started, "torch": torch.__version__, "bioprop": bioprop.__version__,
+        "machine": platform.machine(), "results": _jsonable(results),
+    }  # fmt: skip
+    logs.write_atomic(out / f"{name}.json", (json.dumps(record, indent=2) + "\n").encode())
+    return record
