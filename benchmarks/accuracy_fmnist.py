@@ -7,6 +7,7 @@
     python benchmarks/accuracy_fmnist.py --suite microcircuit --seeds 0 1 2
     python benchmarks/accuracy_fmnist.py --suite ep-mlp --seeds 0 1 2    # ep, chl; bp = BPTT on the same net
     python benchmarks/accuracy_fmnist.py --suite ep-conv --seeds 0 1 2   # conv: 3.5-4.5 min per epoch and run
+    python benchmarks/accuracy_fmnist.py --suite tp-mlp --seeds 0 1 2    # dtp, ddtp
 
 Each (suite, rule, seed) is an ordinary bioprop run directory under ``--out``; finished runs are reused and
 interrupted ones resumed, so the script can be stopped and restarted without losing work. At the end it
@@ -63,6 +64,11 @@ SUITES: dict[str, tuple[dict, dict[str, dict]]] = {
     "ep-conv": (dict(arch="ebm-conv:16x32", optimizer="adam", lr=1e-3, schedule="cosine", batch_size=64,
                      epochs=3),
                 {"bp": {"output": "ce"}, "ep": {"free_steps": 30, "nudged_steps": 8, "output": "se"}}),
+    # Target propagation (Lee et al. 2015; Meulemans et al. 2020) on a tanh 784-256-256-10 MLP, Adam; the feedback
+    # pre-trained on the first 200 batches (a fifth of an epoch), then trained one SGD step per batch.
+    "tp-mlp": (dict(arch="mlp:256x256", activation="tanh", optimizer="adam", lr=1e-3, schedule="cosine",
+                    batch_size=64, epochs=10),
+               {"bp": {}, "dtp": {"pretrain_batches": 200}, "ddtp": {"pretrain_batches": 200}}),
 }  # fmt: skip
 # Entries named RULE/VARIANT run RULE with these settings in place of the suite's (same budget otherwise): here
 # backprop on the feedforward network of the same sizes (hard-sigmoid hidden layer, linear output, cross-entropy).
