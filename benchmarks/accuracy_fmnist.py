@@ -65,9 +65,11 @@ SUITES: dict[str, tuple[dict, dict[str, dict]]] = {
                      epochs=3),
                 {"bp": {"output": "ce"}, "ep": {"free_steps": 30, "nudged_steps": 8, "output": "se"}}),
     # Target propagation (Lee et al. 2015; Meulemans et al. 2020) on a tanh 784-256-256-10 MLP, Adam; the feedback
-    # pre-trained on the first 200 batches (a fifth of an epoch), then trained one SGD step per batch.
+    # pre-trained on the first 200 batches (a fifth of an epoch), then trained one SGD step per batch. Seed 0 over
+    # 10 epochs: bp 89.39, dtp 87.90, ddtp 88.80 %; dtp with target_lr 0.3 87.48 %, with 3 feedback iterations no
+    # better by epoch 7; so 20 epochs.
     "tp-mlp": (dict(arch="mlp:256x256", activation="tanh", optimizer="adam", lr=1e-3, schedule="cosine",
-                    batch_size=64, epochs=10),
+                    batch_size=64, epochs=20),
                {"bp": {}, "dtp": {"pretrain_batches": 200}, "ddtp": {"pretrain_batches": 200}}),
 }  # fmt: skip
 # Entries named RULE/VARIANT run RULE with these settings in place of the suite's (same budget otherwise): here

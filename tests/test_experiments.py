@@ -117,10 +117,43 @@ def test_a_run_stopped_after_writing_a_figure_can_be_run_again(toy, tmp_path: Pa
     monkeypatch.setitem(experiments._REGISTRY, "toy", dataclasses.replace(original, run=crash))
     with pytest.raises(KeyboardInterrupt):
         experiments.run_experiment("toy", tmp_path)
-    assert json.loads((tmp_path / "toy.json").read_text())["status"] == "running"
+    assert json.loads((tmp_path / "toy.json").read_text())["status"] == "interrupted"
     monkeypatch.setitem(experiments._REGISTRY, "toy", original)
     record = experiments.run_experiment("toy", tmp_path, seed=2)
     assert record["status"] == "finished" and (tmp_path / "toy.bin").read_bytes() == b"seed 2"
+
+
+def test_a_users_file_that_looks_like_a_record_is_still_the_users(toy, tmp_path: Path) -> None:
+    """Ownership needs a record in the form bioprop writes (status, figures, version), not just the name."""
+    fake = tmp_path / "toy.json"
+    fake.write_text('{"experiment": "toy", "status": "finished"}')
+    with pytest.raises(BioPropError, match="bioprop did not write it"):
+        experiments.run_experiment("toy", tmp_path)
+    assert fake.read_text() == '{"experiment": "toy", "status": "finished"}' and toy == []
+
+
+def test_a_folder_named_like_a_figure_is_refused_before_any_work(toy, tmp_path: Path) -> None:
+    experiments.run_experiment("toy", tmp_path, seed=1)
+    before = (tmp_path / "toy.json").read_bytes()
+    (tmp_path / "toy.bin").unlink()
+    (tmp_path / "toy.bin").mkdir()
+    with pytest.raises(BioPropError, match="is a folder or a link"):
+        experiments.run_experiment("toy", tmp_path, seed=2)
+    assert (tmp_path / "toy.json").read_bytes() == before and toy == [(1, False)]
+
+
+@pytest.mark.parametrize("out, quick, says", [(None, False, "--out must be a folder"), ("", False, "--out must be"),
+                                              ("x", "no", "quick must be True or False")])  # fmt: skip
+def test_bad_arguments_of_the_api_are_one_line_errors(toy, tmp_path: Path, monkeypatch, out, quick, says) -> None:
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(BioPropError, match=says):
+        experiments.run_experiment("toy", out, quick=quick)
+    assert toy == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_path_given_as_text_is_accepted(toy, tmp_path: Path) -> None:
+    experiments.run_experiment("toy", str(tmp_path / "out"), seed=5)
+    assert (tmp_path / "out" / "toy.bin").read_bytes() == b"seed 5"
 
 
 def test_the_json_record(toy, tmp_path: Path) -> None:

@@ -75,8 +75,18 @@ class _NoFlagTypes:
         return option
 
 
+def reflow(text: str) -> str:
+    """A docstring as help: its paragraphs (separated by blank lines) each joined into one line, which the help
+    formatter wraps to the terminal (it keeps a docstring's own line breaks otherwise)."""
+    paragraphs = inspect.cleandoc(text).split("\n\n")
+    return "\n\n".join(" ".join(line.strip() for line in p.splitlines()) for p in paragraphs)
+
+
 class Command(_NoFlagTypes, TyperCommand):
-    pass
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("help"):
+            kwargs["help"] = reflow(kwargs["help"])
+        super().__init__(*args, **kwargs)
 
 
 class Group(_NoFlagTypes, TyperGroup):
@@ -420,21 +430,24 @@ def run_experiment(
     name: Annotated[
         str | None, typer.Argument(help="The experiment to run (see --list).", show_default=False, metavar="NAME")
     ] = None,
-    out: Annotated[str, _opt("Folder for its figures and NAME.json. [default: runs/experiments]", metavar="DIR")] = (
-        "runs/experiments"
-    ),
-    seed: Annotated[str, _int_opt("Seed of every random draw. [default: 0]", "--seed")] = "0",
+    out: Annotated[
+        str, _opt(escape("Folder for its figures and NAME.json. [default: runs/experiments]"), metavar="DIR")
+    ] = "runs/experiments",
+    seed: Annotated[str, _int_opt(escape("Seed of every random draw. [default: 0]"), "--seed")] = "0",
     quick: Annotated[bool, _flag("A smaller version of the same computation, for a first look.", "--quick")] = False,
-    threads: Annotated[str | None, _int_opt("Torch CPU threads. [default: as for train]", "--threads")] = None,
+    threads: Annotated[str | None, _int_opt(escape("Torch CPU threads. [default: as for train]"), "--threads")] = None,
     show: Annotated[bool, _flag("List the experiments (name, source, summary) and exit.", "--list")] = False,
 ) -> None:
     """Run one experiment: it writes its figures and NAME.json (its numbers, seed, time) into --out.
 
-    Without NAME, or with --list, lists the experiments. Only files of the names the experiment writes are
-    written; one of those names that bioprop did not write is refused before any work.
+    Without NAME, or with --list, lists the experiments. Only files of the names the experiment writes are written;
+    one of those names that bioprop did not write is refused before any work.
     """
     from bioprop import experiments
+    from bioprop.train import sigterm_interrupts
 
+    if show and name is not None:
+        raise BioPropError(f"give NAME ({name!r}) or --list, not both")
     if show or name is None:
         table = Table(header_style="bold")
         for column in ("experiment", "source", "what it shows"):
@@ -448,7 +461,7 @@ def run_experiment(
     count = default_threads() if threads is None else parse_number("--threads", threads, int)
     if not 1 <= count <= MAX_THREADS:
         raise BioPropError(f"--threads must be between 1 and {MAX_THREADS}, not {threads!r}")
-    with torch_threads(count):
+    with torch_threads(count), sigterm_interrupts():
         record = experiments.run_experiment(name, folder, seed=parse_number("--seed", seed, int), quick=quick)
     figures = ", ".join(record["figures"]) or "no figure"
     typer.echo(f"{name}: {record['seconds']:.1f} s; wrote {folder / (name + '.json')} and {figures}")

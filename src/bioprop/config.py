@@ -101,7 +101,8 @@ class RunConfig:
     data: str = setting("digits", "Dataset; see `bioprop datasets`.", metavar="NAME")
     arch: str = setting(
         "auto",
-        "Network: mlp:H1xH2... (e.g. mlp:256x256), lenet (28x28 or 32x32 images), or the energy-based ebm:H1x... "
+        "Network: mlp:H1xH2... (e.g. mlp:256x256; mlp:256:lateral adds learned lateral inhibition), lenet "
+        "(28x28 or 32x32 images), or the energy-based ebm:H1x... "
         "and ebm-conv[:C1xC2[:H1x...]], or for sequence data the recurrent rnn:N (rate), lif:N, alif:N and lsnn:N+M "
         "(N LIF + M ALIF spiking neurons); checked against the dataset when it is loaded. auto: "
         f"{DEFAULT_ARCH['feedforward']}, {DEFAULT_ARCH['energy']} for a rule that trains energy-based networks "

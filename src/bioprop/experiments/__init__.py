@@ -11,11 +11,12 @@ numbers: JSON-able values (floats, ints, strings, lists and dicts of them; non-f
 ``quick=True`` is a smaller version of the same computation, for tests and for a first look; the JSON says which.
 
 :func:`run_experiment` checks the name and the output folder first, writes ``out/<name>.json`` with
-``"status": "running"`` and the figure names (so that a run stopped half-way still owns what it wrote), runs the
-experiment, and rewrites ``out/<name>.json`` with ``"status": "finished"``, the numbers under ``"results"`` and
-``"experiment"``, ``"seed"``, ``"quick"``, ``"figures"`` (those written), ``"seconds"``, ``"torch"``, ``"bioprop"``.
-A file in ``out`` of one of the names it would write that bioprop did not write (no ``<name>.json`` of the same
-experiment lists it) is refused before any work, and nothing else in ``out`` is touched.
+``"status": "running"`` and the figure names (so that a run stopped half-way still owns what it wrote; Ctrl-C
+marks it ``"interrupted"``), runs the experiment, and rewrites ``out/<name>.json`` with ``"status": "finished"``,
+the numbers under ``"results"`` and ``"experiment"``, ``"seed"``, ``"quick"``, ``"figures"`` (those written),
+``"seconds"``, ``"torch"``, ``"bioprop"``. A file in ``out`` of one of the names it would write that bioprop did
+not write (no ``<name>.json`` of the same experiment, in the form bioprop writes, lists it), or a folder or link
+there, is refused before any work, and nothing else in ``out`` is touched.
 
 Errors: an unknown name or a bad ``out`` raise :class:`~bioprop.errors.BioPropError` (the CLI's one-line error,
 exit 2); a file that cannot be written, :class:`~bioprop.report.logs.WriteError` (exit 74).
@@ -26,6 +27,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -36,7 +38,7 @@ from typing import Any
 from bioprop.errors import BioPropError
 
 #: The modules that register experiments, imported on first use (so that ``import bioprop`` stays light).
-MODULES: tuple[str, ...] = ("variational_bound", "stdp")
+MODULES: tuple[str, ...] = ("variational_bound", "stdp", "lateral")
 
 Runner = Callable[[Path, int, bool], dict[str, Any]]
 
@@ -54,6 +56,7 @@ class Experiment:
 
 
 _REGISTRY: dict[str, Experiment] = {}
+STATUSES = ("running", "interrupted", "finished")
 
 
 def register(name: str, summary: str, source: str, figures: tuple[str, ...]) -> Callable[[Runner], Runner]:
@@ -107,10 +110,10 @@ def _written_by_us(out: Path, experiment: Experiment) -> set[str]:
         data = json.loads(record.read_text())
     except (OSError, ValueError):
         return set()
-    if not isinstance(data, dict) or data.get("experiment") != experiment.name:
-        return set()
-    figures = data.get("figures", [])
-    return {record.name, *(f for f in figures if isinstance(f, str))}
+    if (not isinstance(data, dict) or data.get("experiment") != experiment.name or "bioprop" not in data
+            or data.get("status") not in STATUSES or not isinstance(data.get("figures"), list)):  # fmt: skip
+        return set()  # not a record of this experiment in the form bioprop writes it: the user's file
+    return {record.name, *(f for f in data["figures"] if isinstance(f, str))}
 
 
 def check_out(out: Path, experiment: Experiment) -> None:
@@ -122,7 +125,9 @@ def check_out(out: Path, experiment: Experiment) -> None:
         return
     ours = _written_by_us(out, experiment)
     for path in own_files(out, experiment):
-        if (path.exists() or path.is_symlink()) and path.name not in ours:
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise BioPropError(f"refusing to write {str(path)!r}: it is a folder or a link (choose another --out)")
+        if path.exists() and path.name not in ours:
             raise BioPropError(f"refusing to overwrite {str(path)!r}: bioprop did not write it (choose another --out)")
 
 
@@ -151,16 +156,27 @@ def run_experiment(name: str, out: Path, seed: int = 0, quick: bool = False) -> 
     experiment = get(name)
     if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
         raise BioPropError(f"--seed must be an integer in [0, 2**63), not {seed!r}")
+    if not isinstance(quick, bool):
+        raise BioPropError(f"quick must be True or False, not {quick!r}")
+    if not isinstance(out, str | os.PathLike) or not str(out):
+        raise BioPropError(f"--out must be a folder's path, not {out!r}")
+    out = Path(out)
     check_out(out, experiment)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise logs.WriteError(f"cannot create '{out}': {err.strerror or err}") from None
     # Claim the names first: a run that stops after writing a figure leaves a record that says the figure is ours.
-    claim = {"experiment": name, "status": "running", "figures": list(experiment.figures)}
+    claim = {"experiment": name, "status": "running", "figures": list(experiment.figures),
+             "bioprop": bioprop.__version__, "seed": seed, "quick": quick}  # fmt: skip
     logs.write_atomic(out / f"{name}.json", (json.dumps(claim, indent=2) + "\n").encode())
     started = time.perf_counter()
-    results = experiment.run(out, seed, quick)
+    try:
+        results = experiment.run(out, seed, quick)
+    except KeyboardInterrupt:  # Ctrl-C (the CLI turns SIGTERM into one too): the record says so, then stop
+        claim["status"] = "interrupted"
+        logs.write_atomic(out / f"{name}.json", (json.dumps(claim, indent=2) + "\n").encode())
+        raise
     record = {
         "experiment": name, "status": "finished", "summary": experiment.summary, "source": experiment.source,
         "seed": seed, "quick": quick, "figures": [f for f in experiment.figures if (out / f).is_file()],

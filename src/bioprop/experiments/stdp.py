@@ -1,7 +1,7 @@
 """STDP as approximate gradient descent (Bengio et al. 2015, arXiv:1502.04156, Sec. 1 and Fig. 1): three experiments
 with the rule ``ΔW_ij ∝ S_i V̇_j`` (:func:`bioprop.rules.stdp.spike_voltage_update`) and the ``stdp`` rule.
 
-``stdp-window`` (``stdp_window.png``): the classic STDP window out of S_i V̇_j alone. A presynaptic spike at t = 0
+``stdp-window`` (``stdp-window.png``): the classic STDP window out of S_i V̇_j alone. A presynaptic spike at t = 0
 meets a postsynaptic potential passing its resting value 0 with a slope a of random sign, V_j(t) = a t (a uniform
 in ±``slope`` per ms, dt = 1 ms); the postsynaptic neuron fires with escape noise, with probability
 ``p_max``·σ((V_j(t) − θ)/κ) per ms (threshold θ = 1). Each trial's weight change is S_i V̇_j = a; its spike-time
@@ -14,7 +14,7 @@ mean is smaller: the JSON gives where each fit starts). This is
 our reading of the simulation behind Bengio et al.'s Fig. 1 (a presynaptic spike at 0, postsynaptic voltage slopes
 of random sign); the neuron model and its constants are ours.
 
-``stdp-gradient`` (``stdp_gradient.png``): one layer, the digits' 64 pixels clamped as input and 10 output units
+``stdp-gradient`` (``stdp-gradient.png``): one layer, the digits' 64 pixels clamped as input and 10 output units
 (``EnergyNet((64,), [], 10)``, squared-error output, so J = ½‖s − y‖² at the free fixed point), trained by
 ``stdp`` with one-sided nudging: in the nudged phase the output potentials start moving as V̇ = −β ∂J/∂V. At every
 step, the cosine between the update (Σ S_i V̇_j over the phase, Bernoulli spikes) and −∂J/∂W (the rule's reference
@@ -23,7 +23,7 @@ initial weights against the spike probability per step ``p_max`` (fewer spikes, 
 dips, look for an output unit just outside the hard sigmoid's range with a target that pulls it inside
 (:func:`kinked`): the gradient through the clip is 0, the nudged dynamics still move it. The JSON counts them.
 
-``stdp-network`` (``stdp_network.png``): ``bioprop.train`` runs ``stdp`` on ``ebm:256`` (one hidden layer and a
+``stdp-network`` (``stdp-network.png``): ``bioprop.train`` runs ``stdp`` on ``ebm:256`` (one hidden layer and a
 softmax readout: two layers of synapses) with the rule's defaults (Bernoulli spikes, symmetric nudging) on digits,
 then on Fashion-MNIST (skipped with ``quick``, or when its files are not found: the JSON says which). Test accuracy
 per epoch and the update's angle to backprop through the free phase are drawn.
@@ -137,7 +137,7 @@ def window_figure(dt: Tensor, dw: Tensor, bins: dict[str, Any], fits: dict[str, 
     WINDOW,
     "presynaptic spike at 0, postsynaptic slopes of random sign: mean S_i·V̇_j against ΔT gives the STDP window",
     SOURCE,
-    figures=("stdp_window.png",),
+    figures=("stdp-window.png",),
 )
 def run_window(out: Path, seed: int, quick: bool) -> dict[str, Any]:
     """The ``stdp-window`` experiment (module docstring)."""
@@ -172,7 +172,7 @@ def run_window(out: Path, seed: int, quick: bool) -> dict[str, Any]:
             "mean_abs_dw_nearest_third": float(near.abs().mean()),
             "mean_abs_dw_farthest_third": float(far.abs().mean()),
         }
-    plots.save(window_figure(dt, dw, bins, fits, setting), experiments.figure_path(out, WINDOW, "stdp_window.png"))
+    plots.save(window_figure(dt, dw, bins, fits, setting), experiments.figure_path(out, WINDOW, "stdp-window.png"))
     return {
         "setting": setting._asdict(),
         "trials_with_post_spike": len(dt),
@@ -258,7 +258,7 @@ def gradient_figure(record: dict[str, Any], setting: Gradient) -> Figure:
     GRADIENT,
     "one layer: cosine between accumulated S_i·V̇_j and −∂J/∂W, and J falling over training",
     SOURCE,
-    figures=("stdp_gradient.png",),
+    figures=("stdp-gradient.png",),
 )
 def run_gradient(out: Path, seed: int, quick: bool) -> dict[str, Any]:
     """The ``stdp-gradient`` experiment (module docstring)."""
@@ -312,7 +312,7 @@ def run_gradient(out: Path, seed: int, quick: bool) -> dict[str, Any]:
             record["j_steps"].append(k + 1)
             record["j"].append(objective())
     record["cosine_vs_p_max"] = sweep
-    plots.save(gradient_figure(record, setting), experiments.figure_path(out, GRADIENT, "stdp_gradient.png"))
+    plots.save(gradient_figure(record, setting), experiments.figure_path(out, GRADIENT, "stdp-gradient.png"))
     j, cos, kinks = record["j"], record["cosine"], record["kinked"]
     low = [k for k, c in enumerate(cos) if c < 0.95]
     high = [k for k, c in enumerate(cos) if c >= 0.95]
@@ -401,7 +401,7 @@ def network_figure(results: list[dict[str, Any]]) -> Figure:
     NETWORK,
     "a two-layer network trained with stdp under nudged dynamics on digits and Fashion-MNIST",
     SOURCE,
-    figures=("stdp_network.png",),
+    figures=("stdp-network.png",),
 )
 def run_network(out: Path, seed: int, quick: bool) -> dict[str, Any]:
     """The ``stdp-network`` experiment (module docstring)."""
@@ -411,5 +411,5 @@ def run_network(out: Path, seed: int, quick: bool) -> dict[str, Any]:
         [Network("digits", 2, limit=400, probes=1)] if quick else [Network("digits", 20), Network("fashion-mnist", 5)]
     )
     results = [train_run(run, seed) for run in runs]
-    plots.save(network_figure(results), experiments.figure_path(out, NETWORK, "stdp_network.png"))
+    plots.save(network_figure(results), experiments.figure_path(out, NETWORK, "stdp-network.png"))
     return {"runs": results}

@@ -28,7 +28,7 @@ The experiment (``bioprop experiment variational-bound``):
    - categorical q, mirror ascent on the bound (:func:`mirror_step`): q ← q^{1−α} p(x, h)^α / Z, whose
      KL(q ‖ p(h|x)) falls at every step (proof at :func:`mirror_step`) to 0: the bound reaches log p(x).
 
-   ``variational_bound.png`` draws the bound per step, log p(x) as a line and KL on a second axis.
+   ``variational-bound.png`` draws the bound per step, log p(x) as a line and KL on a second axis.
 
 Units: nats. Everything is float64 on the CPU.
 """
@@ -47,7 +47,7 @@ from torch.nn import functional as F  # noqa: N812
 from bioprop import experiments
 
 NAME = "variational-bound"
-FIGURE = "variational_bound.png"
+FIGURE = "variational-bound.png"
 MAX_LATENT = 12  # 2^12 states: beyond this, enumeration is not what this experiment is for
 KL_FLOOR = 1e-17  # where the log axis of KL stops: a KL of 0 (or −1e-17, rounding) is drawn there
 
@@ -317,7 +317,7 @@ def figure(inference: dict[str, Any], setting: Setting) -> Figure:
     figures=(FIGURE,),
 )
 def run(out: Path, seed: int, quick: bool) -> dict[str, Any]:
-    """The experiment (module docstring): returns its numbers and writes ``variational_bound.png`` into ``out``."""
+    """The experiment (module docstring): returns its numbers and writes ``variational-bound.png`` into ``out``."""
     from bioprop.report import plots
 
     setting = QUICK if quick else FULL

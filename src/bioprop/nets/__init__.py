@@ -4,6 +4,8 @@ Feedforward networks are built from a spec string by :func:`build`:
 
 - ``mlp:256x256``: a multilayer perceptron with those hidden sizes (``mlp`` or ``mlp:`` alone is a linear
   classifier); the activation is an option (``tanh``, ``relu``, ``sigmoid``, ``gelu``, ...).
+- ``mlp:256x256:lateral``: the same with learned lateral inhibition on every hidden layer (Földiák 1990; settings
+  as ``mlp:256:lateral:steps=50,damping=0.5``): :mod:`bioprop.nets.lateral`. Only ``bp`` trains it.
 - ``ebm:500``, ``ebm:256x256``, ``ebm-conv``: energy-based networks with symmetric connections that relax to a
   fixed point (:mod:`bioprop.nets.energy`), trained by the contrastive rules ``ep``, ``chl``, ``generec`` (or by
   ``bp``, which is then backprop through time over the relaxation); their activation is bounded (default
@@ -27,7 +29,7 @@ from typing import NamedTuple
 from torch import nn
 
 from bioprop.errors import BioPropError
-from bioprop.nets import attention, recurrent
+from bioprop.nets import attention, lateral, recurrent
 from bioprop.nets.energy import EnergyNet
 from bioprop.nets.recurrent import RecurrentNet
 
@@ -55,6 +57,7 @@ ACTIVATIONS: dict[str, type[nn.Module]] = {
 
 ARCHS = {
     "mlp:H1xH2...": "multilayer perceptron with the given hidden sizes, e.g. mlp:256x256",
+    **lateral.SPECS,
     "ebm:H1xH2...": "energy-based network (symmetric weights, relaxes to a fixed point)",
     "ebm-conv[:C1xC2[:H1x...]]": "convolutional energy-based network (default ebm-conv:32x64)",
     "lenet": "LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120, fc 84-10)",
@@ -153,7 +156,9 @@ def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto")
             raise BioPropError("lenet needs image inputs (C, H, W)")
         return lenet(in_shape, n_classes, act)
     if spec == "mlp" or spec.startswith("mlp:"):
-        return mlp(math.prod(in_shape), _sizes(spec[4:], spec, "mlp:256x256"), n_classes, act)
+        body, colon, suffix = spec[4:].partition(":")  # mlp:H1x...[:lateral[:key=value,...]]
+        net = mlp(math.prod(in_shape), _sizes(body, spec, "mlp:256x256"), n_classes, act)
+        return lateral.from_suffix(net, suffix, spec) if colon else net
     if spec.startswith("ebm:"):
         return EnergyNet((math.prod(in_shape),), _sizes(spec[4:], spec, "ebm:500"), n_classes, act)
     if spec == "ebm-conv" or spec.startswith("ebm-conv:"):

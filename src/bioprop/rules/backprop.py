@@ -73,8 +73,10 @@ class Backprop(Rule):
         return self.update(x, y).grads
 
     def backward(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """``loss.backward()`` itself (autograd accumulates into ``.grad``), after the batch checks."""
+        """``loss.backward()`` itself (autograd accumulates into ``.grad``), after the batch checks; the network's
+        local updates (:meth:`Rule.local_grads`) are added to their parameters' ``.grad``."""
         x, _ = self.check_batch(x, y, index)
+        local = self.local_grads(x)  # the network's own plastic modules (lateral inhibition), which autograd skips
         with torch.enable_grad():
             prediction = self.prediction(x)
             loss = self.loss.value(prediction, y)
@@ -82,5 +84,6 @@ class Backprop(Rule):
                 self.blame_nonfinite(x)
             if loss.requires_grad:  # False when every parameter is frozen
                 loss.backward()
+        self.accumulate_grads(local)
         self.step += 1
         return loss.detach(), prediction.detach()

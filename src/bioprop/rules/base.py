@@ -168,15 +168,17 @@ class Rule:
         and leaves the rule's state and the global random state as they were (module docstring). ``index`` (B,)
         int64: the examples' positions in the training set, for rules with per-example state."""
         x, index = self.check_batch(x, y, index)
+        local = self.local_grads(x)
         update = self.guarded(self.update, x, y, index)
-        return update._replace(grads=self.trainable(update.grads), state=None)
+        return update._replace(grads=self.trainable({**update.grads, **local}), state=None)
 
     def backward(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Accumulate the rule's update into ``.grad``, adopt the state it leads to (:meth:`commit`) and count the
         step; returns the loss (scalar) and prediction (B, n_classes)."""
         x, index = self.check_batch(x, y, index)
+        local = self.local_grads(x)
         update = self.guarded(self.train_update, x, y, index)
-        result = self.apply_update(update)
+        result = self.apply_update(update._replace(grads={**update.grads, **local}))
         self.commit(update)
         self.step += 1
         return result
@@ -223,6 +225,28 @@ class Rule:
         seed = int(getattr(self.opts, "seed", 0))
         digest = hashlib.sha256(f"{seed}/{self.step}/{stream}".encode()).digest()
         return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+
+    def local_grads(self, x: Tensor) -> dict[str, Tensor]:
+        """The updates the network's own plastic modules make for the batch (:func:`local_grads`), computed before
+        the rule's update (so that a dropout layer draws the mask the update's ``net(x)`` draws): in :meth:`grads` and
+        :meth:`backward` they take the place of the rule's entries for those parameters (zero: the modules read
+        them detached). A divergence is explained as the rule's own (:meth:`explain`)."""
+        try:
+            return local_grads(self.net, x)
+        except DivergenceError as exc:
+            raise self.explain(exc, x) from None
+
+    def accumulate_grads(self, grads: dict[str, Tensor]) -> None:
+        """Add ``grads`` (some parameters' updates, keyed like ``net.named_parameters()``) into the trainable
+        parameters' ``.grad``: for a rule whose :meth:`backward` leaves ``.grad`` to autograd, the
+        :meth:`local_grads` autograd does not compute."""
+        for name, param in self.net.named_parameters():
+            if name not in grads or not param.requires_grad:
+                continue
+            if param.grad is None:
+                param.grad = grads[name].detach().clone()
+            else:
+                param.grad.add_(grads[name])
 
     # ---------------------------------------------------------------------------------------------- the checks
 
@@ -369,6 +393,42 @@ class Rule:
             raise BioPropError(f"rule {self.name}: unexpected state {sorted(state)[0]!r} in checkpoint")
         if step is not None:
             self.step = int(step)
+
+
+def local_grads(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
+    """The hook through which a network's own plastic modules learn under any rule: every module of ``net`` with a
+    method ``local_grads(inputs, output) -> dict[str, Tensor]`` (e.g. the lateral inhibition of
+    :mod:`bioprop.nets.lateral`, whose weights follow an anti-Hebbian rule, not the loss) is handed the inputs and
+    output of each of its calls in one forward pass of ``x`` (B, ...), run here without autograd, with the global
+    random state and the network's buffers (running statistics) restored after it. Its entries (descent directions,
+    keyed by its own parameter names) come back keyed like ``net.named_parameters()``, summed over the module's
+    calls. Pure; ``{}`` (and no forward pass) when no module has the method. A rule whose layer-wise walk cannot
+    carry such a module refuses it at create."""
+    plastic = {id(m): path for path, m in net.named_modules() if callable(getattr(m, "local_grads", None))}
+    if not plastic:
+        return {}
+    seen: list[tuple[str, nn.Module, tuple, Tensor]] = []
+
+    def record(module: nn.Module, inputs: tuple, output: Tensor) -> None:
+        seen.append((plastic[id(module)], module, inputs, output))
+
+    handles = [m.register_forward_hook(record) for m in net.modules() if id(m) in plastic]
+    devices = [x.device] if x.device.type == "cuda" else []
+    buffers = [(buffer, buffer.clone()) for buffer in net.buffers()]
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=devices):
+            net(x)
+            grads: dict[str, Tensor] = {}
+            for path, module, inputs, output in seen:
+                found = module.local_grads(inputs, output)
+                add_grads(grads, [f"{path}.{key}" if path else key for key in found], list(found.values()))
+    finally:
+        for handle in handles:
+            handle.remove()
+        with torch.no_grad():
+            for buffer, kept in buffers:
+                buffer.copy_(kept)
+    return grads
 
 
 def add_grads(grads: dict[str, Tensor], names: list[str], values: list[Tensor]) -> None:
