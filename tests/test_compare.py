@@ -320,3 +320,13 @@ def test_the_test_loss_column_gives_mean_and_std_with_the_losss_name(tmp_path: P
         (path / "summary.json").write_text(json.dumps(summary))
     [row] = rows_of(runs)
     assert row["test loss"] == f"{statistics.fmean([0.2, 0.4]):.4g} ± {statistics.stdev([0.2, 0.4]):.3g} se"
+
+
+def test_auto_counts_as_the_activation_the_run_recorded(tmp_path: Path) -> None:
+    """A spiking run's `auto` is `spike` (recorded in summary.json), not the feedforward default relu; a run from
+    before the summary recorded it falls back to the arch's default."""
+    from bioprop.report.tables import settings_of
+
+    config = {"rule": "eprop", "arch": "lsnn:50+50", "activation": "auto", "data": "cue-accumulation", "seed": 0}
+    assert settings_of(config, {"activation": "spike"})["activation"] == "spike"
+    assert settings_of({**config, "rule": "fa", "arch": "mlp:8"}, {})["activation"] == "relu"

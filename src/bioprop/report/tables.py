@@ -253,7 +253,10 @@ def settings_of(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
     settings = {key: value for key, value in config.items() if key not in ("seed", "rule_opts", *NOT_FINGERPRINTED)}
     settings["data"] = _canonical_dataset(settings.get("data"))
     settings["arch"] = str(settings.get("arch", "")).strip().lower()
-    if settings.get("activation", "auto") == "auto":
+    recorded = summary.get("activation")
+    if settings.get("activation", "auto") == "auto" and isinstance(recorded, str) and recorded != "auto":
+        settings["activation"] = recorded  # what the run resolved auto to (e.g. spike, tanh for recurrent nets)
+    elif settings.get("activation", "auto") == "auto":
         settings["activation"] = nets.default_activation(settings["arch"])
         declared = rules.entry(config["rule"]).cls.activation if config.get("rule") in rules.names() else None
         if settings["activation"] == "relu" and declared:
