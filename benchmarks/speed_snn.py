@@ -227,7 +227,7 @@ def run(args: argparse.Namespace) -> dict:
             versions |= anchor.hello["versions"]
             anchor.close()
 
-    cpu_ms = {name: [ms * util for ms, util in zip(samples[name], cpu[name], strict=True)] for name in contenders}
+    cpu_ms = timing.cpu_ms(samples, cpu)
     results = {}
     for name in contenders:
         q1, med, q3 = timing.quartiles(samples[name])

@@ -65,7 +65,7 @@ def run(args: argparse.Namespace) -> dict:
     sampled = {name: timing.timed(step, x, y, args.inner) for name, step in steps.items()}
     samples, cpu = timing.round_robin(sampled, args.repeats, args.budget, log)
     load.append(os.getloadavg()[0])
-    cpu_ms = {n: [ms * u for ms, u in zip(samples[n], cpu[n], strict=True)] for n in RULES}
+    cpu_ms = timing.cpu_ms(samples, cpu)
     results = {}
     for name in RULES:
         q1, med, q3 = timing.quartiles(samples[name])

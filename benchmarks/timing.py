@@ -124,6 +124,12 @@ def round_robin(
     return result.samples, result.cpu
 
 
+def cpu_ms(samples: dict[str, list[float]], cpu: dict[str, list[float]]) -> dict[str, list[float]]:
+    """CPU milliseconds per step of each sample: its ms/step times its CPU time / wall time (what
+    :func:`round_robin` returns); on a shared core another job's share of it does not count here."""
+    return {name: [ms * util for ms, util in zip(samples[name], cpu[name], strict=True)] for name in samples}
+
+
 def quartiles(values: list[float]) -> tuple[float, float, float]:
     """First quartile, median, third quartile (all three the value itself for a single sample)."""
     if len(values) == 1:

@@ -137,6 +137,15 @@ def _path(text: str | None, name: str) -> Path | None:
 # ----------------------------------------------------------------------------------------------------- threads
 
 
+def thread_count(label: str, text: str) -> int:
+    """``text`` (a flag's or an environment variable's value) as a thread count from 1 to MAX_THREADS; anything
+    else is a BioPropError naming ``label`` and quoting ``text``."""
+    count = parse_number(label, text, int)
+    if not 1 <= count <= MAX_THREADS:
+        raise BioPropError(f"{label} must be between 1 and {MAX_THREADS}, not {text!r}")
+    return int(count)
+
+
 def default_threads() -> int:
     """Threads for torch when ``--threads`` is not given: ``$BIOPROP_THREADS``, else ``$OMP_NUM_THREADS`` (its
     first entry; OpenMP allows one count per nesting level, ``4,2``), else half the CPUs this process may use, at
@@ -144,10 +153,7 @@ def default_threads() -> int:
     for name in THREADS_ENV:
         text = os.environ.get(name, "").split(",")[0]
         if text.strip():
-            count = parse_number(name, text, int)
-            if not 1 <= count <= MAX_THREADS:
-                raise BioPropError(f"{name} must be between 1 and {MAX_THREADS}, not {text!r}")
-            return int(count)
+            return thread_count(name, text)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cpus // 2)
 
@@ -458,9 +464,7 @@ def run_experiment(
         Console().print(table)
         return
     folder = _path(out, "--out")
-    count = default_threads() if threads is None else parse_number("--threads", threads, int)
-    if not 1 <= count <= MAX_THREADS:
-        raise BioPropError(f"--threads must be between 1 and {MAX_THREADS}, not {threads!r}")
+    count = default_threads() if threads is None else thread_count("--threads", threads)
     with torch_threads(count), sigterm_interrupts():
         record = experiments.run_experiment(name, folder, seed=parse_number("--seed", seed, int), quick=quick)
     figures = ", ".join(record["figures"]) or "no figure"
