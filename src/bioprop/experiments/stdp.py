@@ -24,9 +24,13 @@ dips, look for an output unit just outside the hard sigmoid's range with a targe
 (:func:`kinked`): the gradient through the clip is 0, the nudged dynamics still move it. The JSON counts them.
 
 ``stdp-network`` (``stdp-network.png``): ``bioprop.train`` runs ``stdp`` on ``ebm:256`` (one hidden layer and a
-softmax readout: two layers of synapses) with the rule's defaults (Bernoulli spikes, symmetric nudging) on digits,
-then on Fashion-MNIST (skipped with ``quick``, or when its files are not found: the JSON says which). Test accuracy
-per epoch and the update's angle to backprop through the free phase are drawn.
+softmax readout: two layers of synapses) with symmetric nudging, with two neuron models: ``neurons=rate`` (the rule's
+defaults: units drive each other with their rates, Bernoulli spikes in the plasticity) and ``neurons=spiking``
+(units communicate by spikes alone: leaky potentials, ε = 0.2, integrate-and-fire spike generation,
+``spikes=threshold``; 60 free and 30 nudged steps), on digits (20 epochs), then on Fashion-MNIST (5 epochs; skipped
+with ``quick``, or when its files are not found: the JSON says which and why). Test accuracy (of the rule's
+prediction path, the mean-field relaxation) per epoch and the update's angle to backprop through the free phase
+are drawn.
 """
 
 from __future__ import annotations
@@ -341,11 +345,17 @@ def run_gradient(out: Path, seed: int, quick: bool) -> dict[str, Any]:
 # ----------------------------------------------------------------------------------------------- stdp-network
 
 
+#: The rule's options for each neuron model of ``stdp-network``.
+NEURONS = {"rate": {}, "spiking": {"neurons": "spiking", "spikes": "threshold", "eps": 0.2, "free_steps": 60,
+                                   "nudged_steps": 30}}  # fmt: skip
+
+
 class Network(NamedTuple):
-    """One ``bioprop.train`` run of the experiment: dataset, epochs, learning rate, example limit (None: all), test
-    batches on which the update angles are measured."""
+    """One ``bioprop.train`` run of the experiment: dataset, neuron model (a key of :data:`NEURONS`), epochs,
+    learning rate, example limit (None: all), test batches on which the update angles are measured."""
 
     data: str
+    neurons: str
     epochs: int
     lr: float = 0.01
     limit: int | None = None
@@ -361,17 +371,18 @@ def train_run(run: Network, seed: int) -> dict[str, Any]:
     from bioprop.report import logs
 
     config = RunConfig(rule="stdp", data=run.data, arch="ebm:256", epochs=run.epochs, lr=run.lr, seed=seed,
-                       limit=run.limit, probe_batches=run.probes)  # fmt: skip
+                       limit=run.limit, probe_batches=run.probes, rule_opts=NEURONS[run.neurons])  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bioprop-stdp-") as folder:
         try:
             summary = train.run(config, Path(folder) / "run", quiet=True)
         except BioPropError as err:
-            return {"data": run.data, "skipped": str(err)}
+            return {"data": run.data, "neurons": run.neurons, "skipped": str(err)}
         rows = logs.read_metrics(Path(folder) / "run")
     angles = [float(sum(v for k, v in row.items() if k.startswith("angle/") and "weight" in k)
                     / sum(1 for k in row if k.startswith("angle/") and "weight" in k)) for row in rows]  # fmt: skip
     return {
-        "data": run.data, "arch": "ebm:256", "epochs": run.epochs, "lr": run.lr, "limit": run.limit,
+        "data": run.data, "neurons": run.neurons, "rule_options": NEURONS[run.neurons], "arch": "ebm:256",
+        "epochs": run.epochs, "lr": run.lr, "limit": run.limit,
         "test_accuracy": summary["test_accuracy"], "best_test_accuracy": summary["best_test_accuracy"],
         "train_accuracy": summary["train_accuracy"], "test_accuracy_per_epoch": [r["test_accuracy"] for r in rows],
         "mean_weight_angle_deg_per_epoch": angles, "seconds_per_epoch": summary["epoch_seconds"],
@@ -379,16 +390,18 @@ def train_run(run: Network, seed: int) -> dict[str, Any]:
 
 
 def network_figure(results: list[dict[str, Any]]) -> Figure:
-    """Test accuracy and the update's mean angle to backprop (weights) per epoch, one line per dataset."""
+    """Test accuracy and the update's mean angle to backprop (weights) per epoch, one line per dataset (colour) and
+    neuron model (solid: rate, dashed: spiking)."""
     fig = Figure(figsize=(10, 4), layout="constrained")
     left, right = fig.subplots(1, 2)
-    for i, result in enumerate(r for r in results if "skipped" not in r):
+    for result in (r for r in results if "skipped" not in r):
         epochs = range(1, len(result["test_accuracy_per_epoch"]) + 1)
-        left.plot(epochs, result["test_accuracy_per_epoch"], marker="o", markersize=3, color=f"C{i}",
-                  label=f"{result['data']}: {result['test_accuracy']:.1%}")  # fmt: skip
-        right.plot(epochs, result["mean_weight_angle_deg_per_epoch"], marker="o", markersize=3, color=f"C{i}",
-                   label=result["data"])  # fmt: skip
-    left.set(xlabel="epoch", ylabel="test accuracy", title="stdp on ebm:256 (Bernoulli spikes, ±β nudging)")
+        color = "C0" if result["data"] == "digits" else "C1"
+        style = dict(marker="o", markersize=3, color=color, linestyle="-" if result["neurons"] == "rate" else "--")
+        label = f"{result['data']}, {result['neurons']} neurons"
+        left.plot(epochs, result["test_accuracy_per_epoch"], label=f"{label}: {result['test_accuracy']:.1%}", **style)
+        right.plot(epochs, result["mean_weight_angle_deg_per_epoch"], label=label, **style)
+    left.set(xlabel="epoch", ylabel="test accuracy", title="stdp on ebm:256 (±β nudging)")
     right.set(xlabel="epoch", ylabel="angle to backprop (°, mean over weights)", title="update against backprop")
     for ax in (left, right):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -407,9 +420,14 @@ def run_network(out: Path, seed: int, quick: bool) -> dict[str, Any]:
     """The ``stdp-network`` experiment (module docstring)."""
     from bioprop.report import plots
 
-    runs = (
-        [Network("digits", 2, limit=400, probes=1)] if quick else [Network("digits", 20), Network("fashion-mnist", 5)]
-    )
+    if quick:
+        runs = [Network("digits", neurons, 2, limit=400, probes=1) for neurons in NEURONS]
+    else:
+        runs = [Network(data, neurons, epochs) for data, epochs in (("digits", 20), ("fashion-mnist", 5))
+                for neurons in NEURONS]  # fmt: skip
     results = [train_run(run, seed) for run in runs]
+    if quick:
+        results += [{"data": "fashion-mnist", "neurons": neurons, "skipped": "quick run: digits only"}
+                    for neurons in NEURONS]  # fmt: skip
     plots.save(network_figure(results), experiments.figure_path(out, NETWORK, "stdp-network.png"))
     return {"runs": results}
