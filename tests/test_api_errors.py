@@ -206,7 +206,7 @@ def test_a_step_budget_above_its_maximum_is_one_line_naming_option_value_and_max
     rules.create(name, net, **{key: str(option.maximum)})  # the maximum itself is allowed
     with pytest.raises(BioPropError) as info:
         rules.create(name, net, **{key: str(option.maximum + 1)})
-    assert str(info.value) == f"rule {name}: option {key}={option.maximum + 1} is above its maximum, {option.maximum}"
+    assert str(info.value) == f"rule {name}: option {key}='{option.maximum + 1}' is above its maximum, {option.maximum}"
     assert f"at most {option.maximum}" in option.help  # documented where `bioprop rules NAME` shows it
 
 

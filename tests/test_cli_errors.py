@@ -46,7 +46,7 @@ BAD_INPUTS = [
     (["train", "--lr", "inf"], "inf", "--lr must be a finite number"),
     (["train", "--lr", "-inf"], "-inf", "finite"),
     (["train", "--momentum", "1e999"], "1e999", "--momentum must be a finite number"),  # overflows to inf
-    (["train", "--momentum", "2"], "2.0", "--momentum must be below 1"),  # never forgets a step: diverges later
+    (["train", "--momentum", "2"], "2", "--momentum must be below 1"),  # never forgets a step: diverges later
     (["train", "--weight-decay", "0x10"], "0x10", "--weight-decay must be a number"),
     (["train", "--limit", "10k"], "10k", "--limit must be an integer"),
     (["train", "--probe-every", "99999999999999999999"], "99999999999999999999", "9223372036854775807"),
@@ -65,7 +65,7 @@ BAD_INPUTS = [
     # settings that would be silently ignored
     (["train", "--optimizer", "adam", "--momentum", "0.5"], "0.5", "--momentum '0.5' has no effect without"),
     (["train", "--step-size", "2"], "2", "--step-size '2' has no effect without --schedule step"),
-    (["train", "--lr", "-1"], "-1.0", "--lr must be positive"),  # the value as read
+    (["train", "--lr", "-1"], "-1", "--lr must be positive"),  # the token as typed, not the -1.0 it reads as
     (["train", "--epochs", "0"], "0", "--epochs must be a positive integer"),
     # arguments: extra, missing, empty paths
     (["train", "--download", "maybe"], "maybe", "unexpected extra argument"),  # a bool flag takes no value

@@ -201,11 +201,12 @@ def test_unknown_settings_are_refused_listing_the_known_ones() -> None:
 
 
 def test_choices_checks_and_maximum_apply_to_the_parsed_value() -> None:
-    """Parsing comes first: a string is checked as the number it writes, and the message shows that number."""
-    with pytest.raises(BioPropError, match=r"^rule fa: option scale=-1\.0 must be positive$"):
+    """Parsing comes first: a string is checked as the number it writes, and the message quotes the value as given
+    (the token typed, not the number it reads as)."""
+    with pytest.raises(BioPropError, match=r"^rule fa: option scale='-1' must be positive$"):
         Option(1.0, "help", check=is_positive, check_says="must be positive").parse("fa", "scale", "-1")
-    with pytest.raises(BioPropError, match=r"^rule pc: option steps=11 is above its maximum, 10$"):
+    with pytest.raises(BioPropError, match=r"^rule pc: option steps='11\.0' is above its maximum, 10$"):
         Option(3, "help", maximum=10).parse("pc", "steps", "11.0")
     assert Option(3, "help", maximum=10).parse("pc", "steps", "10") == 10
-    with pytest.raises(BioPropError, match=r"^rule fa: option init='5'; choose one of xavier, kaiming$"):
+    with pytest.raises(BioPropError, match=r"^rule fa: option init=5; choose one of xavier, kaiming$"):
         Option("xavier", "help", choices=("xavier", "kaiming")).parse("fa", "init", 5)

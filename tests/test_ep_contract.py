@@ -208,7 +208,7 @@ def test_a_batch_without_index_starts_from_rest_and_keeps_nothing():
     x, y = batch(net)
     rule = rules.create("ep", net, output="se", free_steps=1, max_residual=10.0, persistent=True)
     rule.backward(x, y)
-    assert set(rule.state_dict()) == {"step"}
+    assert set(rule.state_dict()) == {"step", "rule_name"}
     rule.backward(x, y, torch.arange(5))
     one_step = reference_free(net, x, y, 1)[-1]
     torch.testing.assert_close(rule.grads(x, y).prediction, one_step, rtol=1e-10, atol=1e-12)
@@ -340,4 +340,4 @@ def test_an_index_beyond_any_training_set_is_refused_before_any_work(offset: int
     for call in (rule.grads, rule.backward):
         with pytest.raises(BioPropError, match=rf"index {offset + 3} "):
             call(x, y, torch.arange(4) + offset)
-    assert all(p.grad is None for p in net.parameters()) and rule.state_dict().keys() == {"step"}
+    assert all(p.grad is None for p in net.parameters()) and rule.state_dict().keys() == {"step", "rule_name"}

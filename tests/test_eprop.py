@@ -140,7 +140,7 @@ def test_eprop_grads_is_pure_and_adaptive_feedback_follows_the_readout() -> None
     first, second = rule.grads(x, y), rule.grads(x, y)
     for name in first.grads:
         assert torch.equal(first.grads[name], second.grads[name])
-    assert rule.state_dict().keys() == {"step"}
+    assert rule.state_dict().keys() == {"step", "rule_name"}
     rule.backward(x, y)
     b0 = rule.state_dict()["feedback"].clone()
     with torch.no_grad():

@@ -98,7 +98,7 @@ def test_rtrl_refuses_a_batch_whose_influence_tensor_does_not_fit(monkeypatch: p
         rule.grads(x, y)
     message = str(refused.value)
     assert "\n" not in message and f"{estimate / 2**30:.3g} GiB" in message and "rule rtrl" in message
-    assert rule.state_dict().keys() == {"step"}
+    assert rule.state_dict().keys() == {"step", "rule_name"}
     monkeypatch.setattr(train, "available_memory", lambda device: 3 * estimate)
     rule.grads(x, y)
     monkeypatch.setattr(train, "available_memory", lambda device: None)

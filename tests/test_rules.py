@@ -628,15 +628,15 @@ def test_state_round_trip_reproduces_the_update(name):
 
 
 def test_bp_state_is_its_step_count_and_rejects_foreign_state():
-    """bp has no state but the step count every rule keeps; loading another rule's state into it is a mix-up that
-    must be reported."""
+    """bp has no state but what every rule keeps, the step count and its name; loading another rule's state into it
+    is a mix-up that must be reported."""
     net = mlp()
     bp = rules.create("bp", net)
     x, y = torch.randn(4, 12, dtype=torch.float64), torch.tensor([0, 1, 2, 0])
     bp.backward(x, y)
-    assert {k: int(v) for k, v in bp.state_dict().items()} == {"step": 1}
+    assert bp.state_dict().keys() == {"step", "rule_name"} and int(bp.state_dict()["step"]) == 1
     bp.load_state_dict({})
-    with pytest.raises(BioPropError):
+    with pytest.raises(BioPropError, match="^rule bp: cannot load the state of rule fa"):
         bp.load_state_dict(rules.create("fa", net).state_dict())
 
 

@@ -214,5 +214,5 @@ def test_sab_grads_is_pure_and_leaves_the_network_alone() -> None:
     first, second = rule.grads(x, y), rule.grads(x, y)
     for name in first.grads:
         assert torch.equal(first.grads[name], second.grads[name])
-    assert rule.state_dict().keys() == {"step"}
+    assert rule.state_dict().keys() == {"step", "rule_name"}
     assert torch.equal(rule.predict(x), before) and torch.equal(first.prediction, before)

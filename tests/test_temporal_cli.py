@@ -23,7 +23,7 @@ SMALL = "store-recall:delay=4,n_train=48,n_test=16"
             "rule fa: recurrent networks (rnn:N, lif:N, alif:N, lsnn:N+M, sab:N) are trained by bptt, tbptt, eprop",
         ),  # fmt: skip
         (["--rule", "eprop", "--data", SMALL, "--arch", "rnn:8"], "rule eprop trains spiking networks"),
-        (["--rule", "tbptt", "--data", SMALL, "--rule-opt", "truncation=0"], "option truncation=0 must be at least 1"),
+        (["--rule", "tbptt", "--data", SMALL, "--rule-opt", "truncation=0"], "truncation='0' must be at least 1"),
         (["--rule", "bptt", "--data", "store-recall:delay=-1"], "delay must be an integer >= 0, not '-1'"),
         (["--rule", "bptt", "--data", SMALL, "--arch", "lsnn:5"], "give the LIF and ALIF counts as lsnn:N+M"),
         (
@@ -47,7 +47,7 @@ def test_rule_options_are_refused_before_the_data_are_loaded(cli, tmp_path, monk
         raise AssertionError("the data were loaded before the rule's options were checked")
 
     monkeypatch.setattr(data, "load", loaded)
-    for option, message in (("block=0", "option block=0 must be at least 1"), ("blocks=2", "unknown option 'blocks'")):
+    for option, message in (("block=0", "block='0' must be at least 1"), ("blocks=2", "unknown option 'blocks'")):
         code, _, err = cli("train", "--rule", "eprop", "--data", "cue-accumulation", "--rule-opt", option, "--out",
                            tmp_path / "run")  # fmt: skip
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err

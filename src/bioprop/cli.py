@@ -7,12 +7,13 @@
     bioprop compare runs/*
     bioprop experiment --list
 
-Every error ends with ONE line on stderr, ``bioprop: error: <message>``, that quotes the offending token, and an
-exit code: 2 for bad input (a value, a file, an unknown option or command, a missing or extra argument), 3 when
-training diverged, 74 when a file cannot be read or written (disk full, I/O error); an interrupted command exits
-with 130 (a run keeps its last checkpoint). ``--help`` prints help; ``bioprop`` alone prints the same as
-``bioprop --help``. Numbers in flags are read as in a config file (see :mod:`bioprop.config`): ``--lr 1e-3`` is
-accepted, ``--lr nan`` and ``--epochs 1e3`` are not.
+Every error ends with ONE line on stderr, ``bioprop: error: <message>``, that quotes the offending token as typed,
+and an exit code: 2 for bad input (a value, a file, an unknown option or command, a missing or extra argument), 3
+when training diverged, 74 when a file cannot be read or written (disk full, I/O error); an interrupted command exits
+with 130 (a run keeps its last checkpoint). A run about to do other than it seems (a rule's pre-training as long as
+the run) is said before its first step as one line ``bioprop: warning: <message>`` (:func:`warnings_as_lines`).
+``--help`` prints help; ``bioprop`` alone prints the same as ``bioprop --help``. Numbers in flags are read as in a
+config file (see :mod:`bioprop.config`): ``--lr 1e-3`` is accepted, ``--lr nan`` and ``--epochs 1e3`` are not.
 
 The settings of ``bioprop train`` are not declared here: one option per field of
 :class:`~bioprop.config.RunConfig` is generated from the field (:func:`setting_option`), so a new setting is a new
@@ -34,6 +35,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator
 from dataclasses import Field, fields
 from pathlib import Path
@@ -50,9 +52,18 @@ from typer.core import TyperCommand, TyperGroup
 import bioprop
 from bioprop import config as settings
 from bioprop import data, rules
-from bioprop.config import MAX_THREADS, THREADS_ENV, RunConfig, parse_number, parse_rule_opts, source_labels
+from bioprop.config import (
+    MAX_THREADS,
+    THREADS_ENV,
+    RunConfig,
+    parse_number,
+    parse_rule_opts,
+    parse_seed,
+    source_labels,
+)
 from bioprop.errors import BioPropError
 from bioprop.report import logs
+from bioprop.rules.base import PlanWarning
 from bioprop.rules.options import say
 
 try:
@@ -260,7 +271,7 @@ def train(**given: Any) -> None:
         run_config.threads = default_threads()
     labels = source_labels(config_path, overrides)
     run_config.check(labels)
-    run_config.data = data.canonical_name(run_config.data)  # `fashion_mnist` is recorded as `fashion-mnist`
+    run_config.data = settings.dataset_name(run_config.data)  # `Store_Recall` as `store-recall:n_train=4096,...`
     for key, applies in (("momentum", run_config.optimizer == "sgd"), ("step_size", run_config.schedule == "step")):
         if key in overrides and not applies:
             needs = "--optimizer sgd" if key == "momentum" else "--schedule step"
@@ -439,7 +450,9 @@ def run_experiment(
     out: Annotated[
         str, _opt(escape("Folder for its figures and NAME.json. [default: runs/experiments]"), metavar="DIR")
     ] = "runs/experiments",
-    seed: Annotated[str, _int_opt(escape("Seed of every random draw. [default: 0]"), "--seed")] = "0",
+    seed: Annotated[
+        str, _int_opt(escape(f"Seed of every random draw, 0 to {settings.SEED_MAX}. [default: 0]"), "--seed")
+    ] = "0",
     quick: Annotated[bool, _flag("A smaller version of the same computation, for a first look.", "--quick")] = False,
     threads: Annotated[str | None, _int_opt(escape("Torch CPU threads. [default: as for train]"), "--threads")] = None,
     show: Annotated[bool, _flag("List the experiments (name, source, summary) and exit.", "--list")] = False,
@@ -466,7 +479,7 @@ def run_experiment(
     folder = _path(out, "--out")
     count = default_threads() if threads is None else thread_count("--threads", threads)
     with torch_threads(count), sigterm_interrupts():
-        record = experiments.run_experiment(name, folder, seed=parse_number("--seed", seed, int), quick=quick)
+        record = experiments.run_experiment(name, folder, seed=parse_seed("--seed", seed), quick=quick)
     figures = ", ".join(record["figures"]) or "no figure"
     typer.echo(f"{name}: {record['seconds']:.1f} s; wrote {folder / (name + '.json')} and {figures}")
 
@@ -487,6 +500,25 @@ def usage_message(err: click_errors.ClickException) -> str:
     return "; ".join(s[:1].lower() + s[1:] for s in sentences)
 
 
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Inside the block, each :class:`~bioprop.rules.base.PlanWarning` (a run about to do other than it seems, said
+    before its first step) is printed as one line on stderr, ``bioprop: warning: <message>``, every time it is given;
+    other warnings as Python shows them. The warning filters and ``warnings.showwarning`` are restored after."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("always", PlanWarning)
+        shown = warnings.showwarning
+
+        def show(message: Warning | str, category: type[Warning], *where: Any, **more: Any) -> None:
+            if issubclass(category, PlanWarning):
+                typer.echo(f"bioprop: warning: {' '.join(str(message).split())}", err=True)
+            else:
+                shown(message, category, *where, **more)
+
+        warnings.showwarning = show
+        yield
+
+
 def _fail(message: str, code: int) -> None:
     typer.echo(f"bioprop: {message}", err=True)
     sys.exit(code)
@@ -496,7 +528,8 @@ def main(argv: list[str] | None = None) -> None:
     """Entry point: runs the app, turning every error into one line on stderr and its exit code."""
     args = sys.argv[1:] if argv is None else list(argv)
     try:
-        code = app(args=args or ["--help"], prog_name="bioprop", standalone_mode=False)
+        with warnings_as_lines():
+            code = app(args=args or ["--help"], prog_name="bioprop", standalone_mode=False)
     except Interrupted as stop:
         if not (stop.run_dir / logs.CHECKPOINT).is_file():
             _fail(f"interrupted before the first checkpoint: nothing to resume in {stop.run_dir}; start again with "

@@ -23,8 +23,17 @@ of the rules' options, :func:`bioprop.rules.options.coerce` (pydantic's lax mode
   a bool or a word such as ``true`` or ``no``;
 - a path field (``data_dir``) refuses the empty string, which would silently mean the current directory;
 - every error is a :class:`~bioprop.errors.BioPropError` of one line naming the key (``--lr`` for a flag,
-  ``config 'run.yaml': lr`` for a file) and quoting the value; a file that is missing, binary, empty, not YAML
-  or not a mapping is named the same way.
+  ``config 'run.yaml': lr`` for a file) and quoting the value as it was written (``--lr -1`` is refused quoting
+  ``'-1'``, not the ``-1.0`` it reads as; :meth:`RunConfig.written`); a file that is missing, binary, empty, not YAML
+  or not a mapping is named the same way;
+- a seed is an integer from 0 to 2**32 − 1 (:func:`parse_seed`, the one validator of ``bioprop train`` and
+  ``bioprop experiment``): torch's CPU generator keeps 32 bits of a seed, so a larger or negative one would repeat
+  the draws of another.
+
+The dataset is recorded with every setting of its task, defaults included (:func:`dataset_name`: ``store-recall`` is
+recorded as ``store-recall:n_train=4096,n_test=1024,delay=50,values=2,seed=0``), so that config.yaml says what ran.
+A config.yaml written before (the short name) still loads with the same meaning, and its checkpoint is still
+recognised: :meth:`RunConfig.fingerprints` holds the fingerprint bioprop computed then, from the name as written.
 
 The network is checked in two steps: :meth:`RunConfig.check` checks what needs no data (the rule, the activation,
 the choices, the ranges); :meth:`RunConfig.check_arch` builds the network, without allocating its weights, for
@@ -46,7 +55,7 @@ import torch
 import yaml
 from pydantic import ValidationError
 
-from bioprop import checks, nets, rules
+from bioprop import checks, data, nets, rules
 from bioprop.errors import BioPropError
 from bioprop.rules.options import INT_RANGE, coerce, problem
 
@@ -67,6 +76,52 @@ DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256", "recurrent": "lsn
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
 #: What a value of each kind of setting must be, as its errors say.
 KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
+#: The largest seed: torch's CPU generator (Mersenne Twister) keeps the low 32 bits of a seed, so 0 and 2**32, or −1
+#: and 2**32 − 1, draw the same weights and the same order (:func:`parse_seed`).
+SEED_MAX = 2**32 - 1
+
+
+def parse_seed(label: str, value: Any) -> int:
+    """``value`` (a flag's text, a YAML value or a Python int) as a seed, an integer from 0 to :data:`SEED_MAX`: the
+    one validator of ``bioprop train --seed`` (the setting ``seed``, :meth:`RunConfig.check`) and ``bioprop
+    experiment --seed``. Anything else is a one-line BioPropError naming ``label`` and quoting ``value``, the same
+    for every reason (not a number, not whole, negative, too large)."""
+    try:
+        seed = coerce(int, value)
+    except ValidationError:
+        seed = None
+    if seed is None or not 0 <= seed <= SEED_MAX:
+        hint = _whole_number_hint(value, int, (0, SEED_MAX)) if seed is None else ""  # `1e3`: write 1000
+        raise BioPropError(f"{label} must be an integer from 0 to {SEED_MAX} (torch's CPU generator keeps 32 bits), "
+                           f"not {value!r}{hint}")  # fmt: skip
+    return seed
+
+
+def dataset_name(name: str) -> str:
+    """The dataset ``name`` as a run records it: the registry's name (:func:`bioprop.data.parse_name`: case, ``_`` and
+    aliases do not matter) followed, for a sequence task, by every setting of its name in the task's order, defaults
+    included: ``store-recall`` and ``Store_Recall:seed=0`` are both
+    ``store-recall:n_train=4096,n_test=1024,delay=50,values=2,seed=0``, ``digits`` stays ``digits``. The recorded name
+    says what ran even where a default changes later; :func:`bioprop.data.canonical_name` of it is the short form.
+    Raises as :func:`bioprop.data.parse_name` (an unknown name, key or value)."""
+    spec, values = data.parse_name(name)
+    keys = spec.task.keys if spec.task is not None else ()
+    items = [f"{key.name}={_say_setting(values[key.name])}" for key in keys]
+    return f"{spec.name}:{','.join(items)}" if items else spec.name
+
+
+def short_dataset_name(name: str) -> str:
+    """``name`` with only the settings away from their defaults (:func:`bioprop.data.canonical_name`), for messages
+    and folder names; ``name`` itself when it is no dataset's."""
+    try:
+        return data.canonical_name(name)
+    except BioPropError:
+        return name
+
+
+def _say_setting(value: Any) -> str:
+    """A task setting as its name writes it: booleans as true/false (a key alone also means true), others as text."""
+    return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
 def setting(
@@ -79,15 +134,20 @@ def setting(
     choices: tuple[str, ...] = (),
     unset: str | None = None,
     path: bool = False,
+    check: Any = None,
 ) -> Any:
     """A :class:`RunConfig` field with what the command line and its ``--help`` need, in ``field.metadata``:
 
     ``help`` (one sentence or two, without the default: :func:`help_text` adds it from the field), ``flag`` (the
     long flag when it is not ``--`` + the name with ``-`` for ``_``), ``metavar`` (the value's placeholder in the
     help; else the choices, else ``<int>``, ``<float>``, ``<str>``), ``choices`` (the only values
-    :meth:`RunConfig.check` accepts), ``unset`` (what a ``None`` or empty default means, shown as the default) and
-    ``path`` (an empty string is refused). ``default`` or ``factory`` is the dataclass default."""
-    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "unset": unset, "path": path}
+    :meth:`RunConfig.check` accepts), ``unset`` (what a ``None`` or empty default means, shown as the default),
+    ``path`` (an empty string is refused) and ``check`` (the setting's own validator, ``check(label, value)``, which
+    returns the value or raises its one message: :func:`parse_seed`; applied by :meth:`RunConfig.check`, and in
+    place of the type's message where a value does not even parse). ``default`` or ``factory`` is the dataclass
+    default."""
+    metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "unset": unset, "path": path,
+                "check": check}  # fmt: skip
     return field(default=default, default_factory=factory, metadata=metadata)
 
 
@@ -141,7 +201,10 @@ class RunConfig:
         "trained (e.g. 1.0).", unset="no clipping",
     )  # fmt: skip
     # reproducibility and hardware
-    seed: int = setting(0, "Seed of the initialisation, the shuffling order and, unless --rule-opt seed=N, the rule.")
+    seed: int = setting(
+        0, f"Seed of the initialisation, the shuffling order and, unless --rule-opt seed=N, the rule; 0 to {SEED_MAX}.",
+        check=parse_seed,
+    )  # fmt: skip
     device: str = setting("auto", "Device; auto is cuda when available, else cpu.", choices=DEVICES)
     threads: int | None = setting(  # None from Python: torch's count as it stands; the CLI chooses one and records it
         None,
@@ -170,7 +233,9 @@ class RunConfig:
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> RunConfig:
         """A config from a plain mapping (``source`` names it in errors); unknown keys and values of the wrong type
         are a BioPropError (see the module docstring for how numbers are read)."""
-        return cls(**_checked_values(values, source))
+        config = cls(**_checked_values(values, source))
+        config._typed = dict(values)
+        return config
 
     @classmethod
     def from_yaml(cls, path: str | Path) -> RunConfig:
@@ -181,11 +246,14 @@ class RunConfig:
     def from_sources(cls, path: str | Path | None, overrides: dict[str, Any]) -> RunConfig:
         """The YAML file at ``path`` (if any) with ``overrides`` (flags given on the command line, named in errors
         as ``--key``) on top; ``rule_opts`` are merged key by key, the override winning."""
-        values = _checked_values(read_yaml(path), _file_source(path)) if path is not None else {}
+        written = read_yaml(path) if path is not None else {}
+        values = _checked_values(written, _file_source(path)) if path is not None else {}
         flags = _checked_values(overrides, source=None)
         if "rule_opts" in flags:
             flags["rule_opts"] = {**values.get("rule_opts", {}), **flags["rule_opts"]}
-        return cls(**{**values, **flags})
+        config = cls(**{**values, **flags})
+        config._typed = {**written, **overrides}
+        return config
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -195,14 +263,40 @@ class RunConfig:
 
     def fingerprint(self) -> str:
         """SHA-256 of everything that determines what the run computes (not where its data files live)."""
-        what = {k: v for k, v in self.to_dict().items()
-                if k not in NOT_FINGERPRINTED and not (k in ADDED_LATER and v == ADDED_LATER[k])}  # fmt: skip
-        return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
+        return _fingerprint(self.to_dict())
+
+    def fingerprints(self) -> tuple[str, ...]:
+        """The fingerprints a checkpoint of this config may carry (what ``resume`` accepts): :meth:`fingerprint`, then
+        the one bioprop computed before the dataset was recorded with every setting of its task, from the name as
+        written (e.g. ``store-recall:delay=200`` in a config.yaml of then; the same meaning: :func:`dataset_name`)."""
+        written = getattr(self, "_written_data", self.data)
+        return tuple(dict.fromkeys((self.fingerprint(), _fingerprint({**self.to_dict(), "data": written}))))
+
+    def written(self, name: str) -> Any:
+        """What was written for setting ``name`` (a flag's text, a YAML value), for errors to quote as typed (``'-1'``,
+        not ``-1.0``), when it still reads as the value held; else the value."""
+        value = getattr(self, name)
+        typed = getattr(self, "_typed", {}).get(name, _UNSET)
+        if typed is _UNSET or typed is None or isinstance(typed, dict):
+            return value
+        try:
+            same = parse_value(name, typed, value_kind(name)) == value
+        except BioPropError:
+            same = False
+        return typed if same else value
 
     # -------------------------------------------------------------------------------------------- validation
 
     def __post_init__(self) -> None:
-        """``arch: auto`` becomes the network the rule trains (:data:`DEFAULT_ARCH`), so that the run records it."""
+        """``arch: auto`` becomes the network the rule trains (:data:`DEFAULT_ARCH`) and ``data`` the dataset's name
+        with every setting of its task (:func:`dataset_name`), so that the run records them. An unknown dataset is
+        left as given, to be refused when the data are loaded (the CLI refuses it first)."""
+        self._written_data = self.data
+        if isinstance(self.data, str):
+            try:
+                self.data = dataset_name(self.data)
+            except BioPropError:
+                pass
         if self.arch == "auto" and isinstance(self.rule, str) and self.rule in rules.names():
             cls = rules.entry(self.rule).cls
             kind = next(k for k in ("feedforward", "recurrent", "energy") if k in cls.networks)
@@ -218,7 +312,7 @@ class RunConfig:
         labels = labels or {}
 
         def bad(name: str, rule: str) -> BioPropError:
-            return BioPropError(f"{labels.get(name, name)} must be {rule}, not '{getattr(self, name)}'")
+            return BioPropError(f"{labels.get(name, name)} must be {rule}, not '{self.written(name)}'")
 
         for name in ("epochs", "batch_size", "probe_batches", "probe_batch_size"):
             if getattr(self, name) < 1:
@@ -243,6 +337,10 @@ class RunConfig:
         if self.threads is not None and not 1 <= self.threads <= MAX_THREADS:
             raise bad("threads", f"between 1 and {MAX_THREADS}")
         for item in fields(self):
+            validate = item.metadata.get("check")
+            if validate is not None:
+                validate(labels.get(item.name, item.name), self.written(item.name))
+        for item in fields(self):
             choices = item.metadata.get("choices")
             if choices and getattr(self, item.name) not in choices:
                 raise BioPropError(f"unknown {labels.get(item.name, item.name)} {getattr(self, item.name)!r}; "
@@ -265,7 +363,8 @@ class RunConfig:
         one-line message names the arch and the dataset's shape. A ``temporal`` dataset (sequences, in_shape (T, C))
         needs a recurrent arch, and an image dataset one that is not. Returns self."""
         shape = "x".join(str(int(size)) for size in in_shape)
-        dataset = f"dataset {self.data} has {shape} inputs and {n_classes} classes"
+        name = short_dataset_name(self.data)
+        dataset = f"dataset {name} has {shape} inputs and {n_classes} classes"
         try:
             with torch.device("meta"):
                 net = nets.build(self.arch, in_shape, n_classes, self.resolved_activation())
@@ -277,7 +376,7 @@ class RunConfig:
             raise BioPropError(f"--activation {self.activation}: arch {self.arch!r} fixes its nonlinearity ({fixed}); "
                                "leave --activation at auto")  # fmt: skip
         if temporal and not checks.time_major(net):
-            raise BioPropError(f"dataset {self.data} is a sequence task ({shape}: steps x channels): use a recurrent "
+            raise BioPropError(f"dataset {name} is a sequence task ({shape}: steps x channels): use a recurrent "
                                f"arch (rnn:N, lif:N, alif:N, lsnn:N+M or sab:N), not {self.arch!r}")  # fmt: skip
         if not temporal and checks.time_major(net):
             raise BioPropError(f"arch {self.arch!r} is a recurrent network for sequence tasks; {dataset}: use a "
@@ -318,8 +417,9 @@ class RunConfig:
         return self.lr
 
     def default_out(self) -> str:
-        """``runs/<rule>-<data>-<arch>-s<seed>`` with characters unsafe in file names (such as ':') replaced."""
-        name = f"{self.rule}-{self.data}-{self.arch}-s{self.seed}"
+        """``runs/<rule>-<data>-<arch>-s<seed>`` with characters unsafe in file names (such as ':') replaced; the data
+        by its short name (:func:`short_dataset_name`), as before it was recorded in full."""
+        name = f"{self.rule}-{short_dataset_name(self.data)}-{self.arch}-s{self.seed}"
         return str(Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "-", name))
 
 
@@ -462,16 +562,16 @@ def parse_value(label: str, value: Any, kind: type) -> Any:
 parse_number = parse_value  # the name bioprop.cli reads the thread variables with
 
 
-def _whole_number_hint(value: Any, kind: type) -> str:
-    """`` (write 1000)`` when ``value`` is a string that writes a 64-bit whole number in another notation (``1e3``)
-    and ``kind`` is int."""
+def _whole_number_hint(value: Any, kind: type, bounds: tuple[int, int] = INT_RANGE) -> str:
+    """`` (write 1000)`` when ``value`` is a string that writes a whole number within ``bounds`` (64 bits by default)
+    in another notation (``1e3``) and ``kind`` is int."""
     if kind is not int or not isinstance(value, str):
         return ""
     try:
         number = coerce(float, value)
     except ValidationError:
         return ""
-    return f" (write {int(number)})" if number.is_integer() and abs(number) < 2**63 else ""
+    return f" (write {int(number)})" if number.is_integer() and bounds[0] <= number <= bounds[1] else ""
 
 
 def _checked_values(values: dict[str, Any], source: str | None) -> dict[str, Any]:
@@ -480,16 +580,34 @@ def _checked_values(values: dict[str, Any], source: str | None) -> dict[str, Any
     flags, named by their flag (``--lr``)."""
     hints = get_type_hints(RunConfig)
     paths = {f.name for f in fields(RunConfig) if f.metadata.get("path")}
+    validators = {f.name: f.metadata["check"] for f in fields(RunConfig) if f.metadata.get("check")}
     out = {}
     for key, value in values.items():
         if key not in hints:
             origin = source if source is not None else "flags"
             raise BioPropError(f"{origin}: unknown key {key!r}; known: {', '.join(sorted(hints))}")
         label = flag(key) if source is None else f"{source}: {key}"
-        out[key] = None if value is None and _optional(hints[key]) else parse_value(label, value, _kind(hints[key]))
+        try:
+            out[key] = None if value is None and _optional(hints[key]) else parse_value(label, value, _kind(hints[key]))
+        except BioPropError:
+            if key in validators:  # the setting's own message (the seed's range), for every reason it is refused
+                validators[key](label, value)
+            raise
         if key in paths and out[key] == "":
             raise BioPropError(f"{label} needs a path, not ''")
     return out
+
+
+_UNSET = object()
+
+
+def _fingerprint(values: dict[str, Any]) -> str:
+    """SHA-256 of a config's values (:meth:`RunConfig.to_dict`) as sorted JSON, without the fields that do not change
+    what a run computes (:data:`NOT_FINGERPRINTED`) and those added later while at their default
+    (:data:`ADDED_LATER`)."""
+    what = {k: v for k, v in values.items()
+            if k not in NOT_FINGERPRINTED and not (k in ADDED_LATER and v == ADDED_LATER[k])}  # fmt: skip
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def _optional(hint: Any) -> bool:

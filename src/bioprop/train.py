@@ -21,6 +21,11 @@ such. Nothing is lost: every input (config, data, network size against the memor
 checked before anything is written; a run directory is held by one process at a time and cleared only of what
 bioprop wrote (see :mod:`bioprop.report.logs`); a run that stops early (Ctrl-C, SIGTERM, a divergence, a file that
 cannot be written) records why in ``summary.json``, keeps its last checkpoint and can be resumed.
+
+Before the first step (of a fresh run, or of a resumed one) the rule is told how many steps the run will make, and
+what it says a run of that length does other than it seems (:meth:`bioprop.rules.Rule.plan_warnings`, e.g. a
+pre-training of the feedback that lasts the whole run) is given as a :class:`~bioprop.rules.base.PlanWarning`
+(:func:`warn_plan`), which the CLI prints as ``bioprop: warning: ...``.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -46,10 +52,11 @@ from torch import Tensor, nn
 
 import bioprop
 from bioprop import checks, data, metrics, nets, rules
-from bioprop.config import NOT_FINGERPRINTED, RunConfig
+from bioprop.config import NOT_FINGERPRINTED, RunConfig, dataset_name, short_dataset_name
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.report import logs
 from bioprop.report.progress import Progress
+from bioprop.rules.base import PlanWarning
 
 CHECKPOINT = logs.CHECKPOINT
 MODEL = logs.MODEL
@@ -187,6 +194,15 @@ def check_memory(config: RunConfig, in_shape: tuple[int, ...], n_classes: int, e
 # ------------------------------------------------------------------------------------------------ measuring
 
 
+def warn_plan(s: Session) -> None:
+    """Give each line of :meth:`bioprop.rules.Rule.plan_warnings` for the steps the run has left (the rest of its
+    epochs, from the rule's step count as it stands) as a :class:`~bioprop.rules.base.PlanWarning`, pointing at the
+    caller of :func:`run` or :func:`resume`. Before the first step and before anything is written."""
+    steps = (s.config.epochs - s.epoch) * math.ceil(len(s.dataset.train_x) / s.config.batch_size)
+    for message in s.rule.plan_warnings(steps):
+        warnings.warn(message, PlanWarning, stacklevel=3)
+
+
 def probe_angles(s: Session) -> dict[str, float]:
     """Update angles to the reference gradient on the probe batches. ``rule.grads`` is pure and
     :func:`~bioprop.metrics.update_angles` leaves the global random state as it found it, so probing never changes
@@ -297,9 +313,9 @@ def summary(s: Session, status: str, message: str | None = None) -> dict[str, An
     columns = logs.metric_columns(rows)
     accuracies = [row["test_accuracy"] for row in rows]
     return {
-        "rule": c.rule, "dataset": c.data, "arch": c.arch, "activation": c.resolved_activation(), "seed": c.seed,
-        "optimizer": c.optimizer, "lr": c.lr, "epochs": c.epochs, "epochs_done": s.epoch, "steps_done": s.step,
-        "status": status, "message": message,
+        "rule": c.rule, "dataset": short_dataset_name(c.data), "arch": c.arch, "activation": c.resolved_activation(),
+        "seed": c.seed, "optimizer": c.optimizer, "lr": c.lr, "epochs": c.epochs, "epochs_done": s.epoch,
+        "steps_done": s.step, "status": status, "message": message,
         "test_accuracy": accuracies[-1] if rows else None,
         "best_test_accuracy": max(accuracies) if rows else None,
         "loss": s.rule.loss.name, "loss_label": s.rule.loss.label,
@@ -407,6 +423,7 @@ def run(config: RunConfig, out_dir: str | Path, overwrite: bool = False, quiet: 
     out = Path(out_dir)
     logs.check_out_dir(out, overwrite)
     s = build(config, out)  # every input error surfaces here, before anything is written
+    warn_plan(s)
     with logs.open_run(out, overwrite) as lock, sigterm_interrupts(), recorded(s):
         note_takeover(lock, quiet)
         logs.write_atomic(out / CONFIG, config.to_yaml().encode())
@@ -432,9 +449,10 @@ def resume(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
     checkpoint = run_dir / CHECKPOINT
     read = checkpoint.stat() if checkpoint.is_file() else None
     tensors, meta = read_checkpoint(checkpoint)
-    if meta["fingerprint"] != config.fingerprint():
+    if meta["fingerprint"] not in config.fingerprints():  # the current one, or that of a config.yaml written before
+        was = recorded_config(meta)
         differ = [key for key, value in config.to_dict().items()
-                  if key not in NOT_FINGERPRINTED and meta.get("config", {}).get(key, value) != value]  # fmt: skip
+                  if key not in NOT_FINGERPRINTED and was.get(key, value) != value]  # fmt: skip
         which = f" ({', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'})" if differ else ""
         raise BioPropError(
             f"checkpoint is from another config than '{run_dir / CONFIG}'{which}: that file was edited, or the "
@@ -444,12 +462,25 @@ def resume(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
         return {**logs.read_summary(run_dir), "resumed_from": meta["epoch"]}
     s = build(config, run_dir)
     restore(s, tensors, meta)
+    warn_plan(s)
     with logs.claim_run(run_dir) as lock, sigterm_interrupts(), recorded(s):
         now = checkpoint.stat()
         if read is None or (now.st_ino, now.st_mtime_ns, now.st_size) != (read.st_ino, read.st_mtime_ns, read.st_size):
             raise BioPropError(f"{checkpoint} changed while it was being resumed; run `bioprop resume` again")
         note_takeover(lock, quiet)
         return {**loop(s, quiet, resumed=True), "resumed_from": meta["epoch"]}
+
+
+def recorded_config(meta: dict[str, Any]) -> dict[str, Any]:
+    """The config a checkpoint's metadata holds, its dataset written with every setting (:func:`dataset_name`), as
+    :class:`RunConfig` holds it now: what a differing key is told by."""
+    was = dict(meta.get("config") or {})
+    if isinstance(was.get("data"), str):
+        try:
+            was["data"] = dataset_name(was["data"])
+        except BioPropError:
+            pass
+    return was
 
 
 def finished(run_dir: Path, epochs_done: int, epochs: int) -> bool:

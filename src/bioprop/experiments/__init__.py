@@ -151,11 +151,11 @@ def run_experiment(name: str, out: Path, seed: int = 0, quick: bool = False) -> 
     import torch
 
     import bioprop
+    from bioprop.config import parse_seed
     from bioprop.report import logs
 
     experiment = get(name)
-    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63:
-        raise BioPropError(f"--seed must be an integer in [0, 2**63), not {seed!r}")
+    seed = parse_seed("--seed", seed)  # the one validator and message of bioprop train and bioprop experiment
     if not isinstance(quick, bool):
         raise BioPropError(f"quick must be True or False, not {quick!r}")
     if not isinstance(out, str | os.PathLike) or not str(out):

@@ -36,7 +36,9 @@ would from the same random state; :func:`bioprop.metrics.update_angles` replays 
 Rules with an inner dynamics return per-step traces in ``Update.traces`` (declared in ``trace_specs``);
 ``backward`` accumulates them and ``rule.epoch_traces()`` hands the training loop their mean since the last call.
 ``rule.prepare()`` runs once before a fresh run's first epoch (a phase without targets, e.g. reaching a
-self-predicting state) and returns its traces. What the report draws for a rule is what it declares
+self-predicting state) and returns its traces. ``rule.plan_warnings(steps)`` is what a trainer about to make ``steps``
+calls of ``backward`` says first (as a :class:`PlanWarning`): a setting that makes such a run do other than it seems,
+e.g. a pre-training of the feedback that lasts the whole run. What the report draws for a rule is what it declares
 (``trace_specs``, ``diagnostic_specs``, ``figures``).
 
 Subclasses declare an :class:`Options` dataclass and implement :meth:`Rule.update`; :meth:`Rule.commit` when a step
@@ -45,6 +47,7 @@ leads to state of their own; :meth:`Rule.reference` and :meth:`Rule.prediction` 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 from collections.abc import Callable
@@ -66,6 +69,47 @@ from bioprop.rules.declarations import (  # noqa: F401  (re-exported: the names 
 )
 from bioprop.rules.options import Option, Options, option, say  # noqa: F401  (re-exported)
 from bioprop.rules.registry import _REGISTRY, Entry, create, register  # noqa: F401  (re-exported)
+
+
+class PlanWarning(UserWarning):
+    """A line of :meth:`Rule.plan_warnings`, given by the trainer (:mod:`bioprop.train`) through :mod:`warnings` before
+    a run's first step; the CLI prints it as ``bioprop: warning: <message>``."""
+
+
+#: The key of :meth:`Rule.state_dict` that names the rule (its registered name as UTF-8 bytes, a uint8 tensor):
+#: :meth:`Rule.load_state_dict` refuses the state of another rule.
+STATE_NAME = "rule_name"
+
+
+def name_tensor(name: str) -> Tensor:
+    """``name`` as the uint8 tensor of its UTF-8 bytes (state dicts and checkpoints hold tensors only)."""
+    return torch.tensor(list(name.encode()), dtype=torch.uint8)
+
+
+def tensor_name(tensor: Tensor) -> str:
+    """The text :func:`name_tensor` wrote (bytes that are not UTF-8 replaced, so a damaged name still reads)."""
+    return bytes(tensor.detach().cpu().reshape(-1).to(torch.uint8).tolist()).decode("utf-8", "replace")
+
+
+def refuses_other_rules(load: Callable[[Any, dict[str, Tensor]], None]) -> Callable[[Any, dict[str, Tensor]], None]:
+    """``load_state_dict`` that first takes the rule's name (:data:`STATE_NAME`) out of the state and refuses, in one
+    line naming both and before anything changes, the state of another rule (``dtp``'s loaded into ``ddtp``: the
+    same class, another rule); a state without the name (checkpoints written before it was recorded) is taken as
+    it is. Applied by :class:`Rule` to every ``load_state_dict`` a rule class defines, so a subclass's own checks
+    never see another rule's state."""
+
+    @functools.wraps(load)
+    def checked(self: Rule, state: dict[str, Tensor]) -> None:
+        if STATE_NAME in state:
+            state = dict(state)
+            owner = tensor_name(state.pop(STATE_NAME))
+            if owner != self.name:
+                raise BioPropError(f"rule {self.name}: cannot load the state of rule {owner} (a checkpoint or "
+                                   f"state_dict of another rule); create rule {owner} to use it")  # fmt: skip
+        load(self, state)
+
+    checked.refuses_other_rules = True  # type: ignore[attr-defined]
+    return checked
 
 
 class Unstable(DivergenceError):
@@ -132,6 +176,9 @@ class Rule:
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.options = cls.Options.declared()
+        load = cls.__dict__.get("load_state_dict")
+        if load is not None and not getattr(load, "refuses_other_rules", False):
+            cls.load_state_dict = refuses_other_rules(load)  # type: ignore[method-assign]
 
     def __init__(self, net: nn.Module, entry: Entry, options: dict[str, Any]) -> None:
         self.net = net
@@ -380,13 +427,23 @@ class Rule:
         """Rule-specific numbers logged per epoch (e.g. W–B angles); none by default."""
         return {}
 
-    def state_dict(self) -> dict[str, Tensor]:
-        """Rule state that must survive a checkpoint (the step count, feedback weights, particles); subclasses add
-        theirs to ``super().state_dict()``."""
-        return {"step": torch.tensor(self.step, dtype=torch.int64)}
+    def plan_warnings(self, steps: int) -> list[str]:
+        """What a caller about to make ``steps`` calls of :meth:`backward` (counted from the rule's step count as it
+        stands, so a resumed run's are the rest of it) must be told before the first: each a one-line message naming
+        the option and the numbers, for a setting that makes such a run do other than it seems (a warm-up or
+        pre-training as long as the run, which then trains nothing it seems to). The trainer gives them as
+        :class:`PlanWarning`. None by default."""
+        return []
 
+    def state_dict(self) -> dict[str, Tensor]:
+        """Rule state that must survive a checkpoint (the step count, feedback weights, particles) and the rule's name
+        (:data:`STATE_NAME`, so that another rule refuses it); subclasses add theirs to ``super().state_dict()``."""
+        return {"step": torch.tensor(self.step, dtype=torch.int64), STATE_NAME: name_tensor(self.name)}
+
+    @refuses_other_rules
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
-        """Restore :meth:`state_dict`'s tensors; subclasses take theirs out and pass the rest here."""
+        """Restore :meth:`state_dict`'s tensors; subclasses take theirs out and pass the rest here. The state of
+        another rule is refused first (:func:`refuses_other_rules`, which wraps every subclass's method too)."""
         state = dict(state)
         step = state.pop("step", None)
         if state:

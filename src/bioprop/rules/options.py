@@ -4,7 +4,7 @@ validated once (:meth:`Options.parse`) and printed by ``bioprop rules NAME``.
 Values, whether strings (``--rule-opt key=value``, YAML) or Python values, are read by :func:`coerce`, which
 :mod:`bioprop.config` uses too: pydantic's lax mode, finite floats and 64-bit ints; choices, checks and maxima are
 applied after parsing. Every error is a :class:`~bioprop.errors.BioPropError` of one line naming the rule, the key
-and the value.
+and the value as given (the token typed, not the number it was read as).
 """
 
 from __future__ import annotations
@@ -84,8 +84,9 @@ class Option:
 
     def parse(self, rule: str, key: str, value: Any) -> Any:
         """``value`` read as the option's type (:func:`coerce`), then checked against its choices, check and maximum;
-        a BioPropError naming ``rule``, ``key`` and the value otherwise."""
-        kind = self.type or type(self.default)
+        a BioPropError naming ``rule`` and ``key`` and quoting ``value`` as given (the token typed, ``'-1'``, not the
+        number it reads as, ``-1.0``) otherwise."""
+        kind, given = self.type or type(self.default), value
         try:
             value = coerce(kind, value)
         except ValidationError as error:
@@ -94,14 +95,14 @@ class Option:
                 "range": f"must be a 64-bit integer, from {INT_RANGE[0]} to {INT_RANGE[1]}",
                 "type": f"is not a valid {kind.__name__}",
             }[problem(kind, error)]
-            raise BioPropError(f"rule {rule}: option {key}={value!r} {says}") from None
+            raise BioPropError(f"rule {rule}: option {key}={given!r} {says}") from None
         if self.choices is not None and value not in self.choices:
             choices = ", ".join(map(str, self.choices))
-            raise BioPropError(f"rule {rule}: option {key}={value!r}; choose one of {choices}")
+            raise BioPropError(f"rule {rule}: option {key}={given!r}; choose one of {choices}")
         if self.check is not None and not self.check(value):
-            raise BioPropError(f"rule {rule}: option {key}={value!r} {self.check_says or 'is out of range'}")
+            raise BioPropError(f"rule {rule}: option {key}={given!r} {self.check_says or 'is out of range'}")
         if self.maximum is not None and value > self.maximum:
-            raise BioPropError(f"rule {rule}: option {key}={value!r} is above its maximum, {self.maximum}")
+            raise BioPropError(f"rule {rule}: option {key}={given!r} is above its maximum, {self.maximum}")
         return value
 
 

@@ -43,7 +43,8 @@ the feedback trains on it), dtp's reconstruction error of the first hidden layer
 0.079 at the 20th (0.047 at the 50th, 0.024 at the 200th). ddtp's direct feedback starts as random feedback, which
 carries a useful signal from the start (as in direct feedback alignment); its error falls from 1.0 to 0.98 in 200
 batches, near its floor of about 1 − 10/256 ≈ 0.96 (below). Longer runs may set pretrain_batches to a few hundred
-(Meulemans et al. pre-train ddtp's feedback for several epochs).
+(Meulemans et al. pre-train ddtp's feedback for several epochs). A run of no more batches than ``pretrain_batches``
+trains no forward weight at all: :meth:`TargetProp.plan_warnings` says so before its first step.
 
 State and randomness. The feedback weights V_k (n_k × n_{k+1} for dtp, n_k × K for ddtp) are drawn once at create,
 uniform Xavier (:func:`~bioprop.rules.feedback_alignment.draw_feedback`) on the CPU in float64 from a generator seeded
@@ -445,6 +446,16 @@ class TargetProp(Rule):
         for k, error in enumerate(step.errors):
             self._error_sums[k] += error
         self._error_count += 1
+
+    def plan_warnings(self, steps: int) -> list[str]:
+        """One line when the feedback pre-training lasts the whole run: the forward update of step s (0-based, the
+        step count) is zero while s < ``pretrain_batches``, so a run whose steps end at step count
+        ``self.step + steps`` ≤ ``pretrain_batches`` never moves a forward weight."""
+        total, pretrain = self.step + steps, self.opts.pretrain_batches
+        if steps < 1 or total > pretrain:
+            return []
+        return [f"rule {self.name}: pretrain_batches={pretrain} ≥ the run's {total} batches: the forward weights will "
+                "not be trained (only the feedback is); lower pretrain_batches or train longer"]  # fmt: skip
 
     def diagnostics(self) -> dict[str, float]:
         """Per hidden layer k (1-based), ``reconstruction_error_lk``: the mean over the epoch's ``backward`` calls of
