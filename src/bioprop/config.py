@@ -164,7 +164,8 @@ class RunConfig:
         "Network: mlp:H1xH2... (e.g. mlp:256x256; mlp:256:lateral adds learned lateral inhibition), lenet "
         "(28x28 or 32x32 images), or the energy-based ebm:H1x... "
         "and ebm-conv[:C1xC2[:H1x...]], or for sequence data the recurrent rnn:N (rate), lif:N, alif:N and lsnn:N+M "
-        "(N LIF + M ALIF spiking neurons); checked against the dataset when it is loaded. auto: "
+        "(N LIF + M ALIF spiking neurons; lsnn:50+50:lateral adds learned lateral inhibition); checked against "
+        "the dataset when it is loaded. auto: "
         f"{DEFAULT_ARCH['feedforward']}, {DEFAULT_ARCH['energy']} for a rule that trains energy-based networks "
         f"only, {DEFAULT_ARCH['recurrent']} for a temporal rule, unless the rule declares its own; recorded "
         "as such in config.yaml.",

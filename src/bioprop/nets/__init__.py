@@ -10,6 +10,9 @@ Feedforward networks are built from a spec string by :func:`build`:
   fixed point (:mod:`bioprop.nets.energy`), trained by the contrastive rules ``ep``, ``chl``, ``generec`` (or by
   ``bp``, which is then backprop through time over the relaxation); their activation is bounded (default
   ``hard_sigmoid``).
+- ``lif:N``, ``alif:N``, ``lsnn:N+M`` (spiking) and ``rnn:N`` (rate): recurrent networks for sequences
+  (:mod:`bioprop.nets.recurrent`); ``lsnn:50+50:lateral`` (any spiking one) adds learned lateral inhibition, an
+  anti-Hebbian rule on spike counts (settings ``:lateral:rate=R,p=P,decay=L``; :mod:`bioprop.nets.lateral`).
 - ``lenet``: the LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120 with 5x5 kernels, ReLU, 2x2
   max-pooling, fully connected 120-84-10 with no activation between the two linear layers, as there). BioTorch
   resizes 28x28 images to 32x32; here the first convolution pads by 2 instead, which gives the same shapes and
@@ -62,6 +65,7 @@ ARCHS = {
     "ebm-conv[:C1xC2[:H1x...]]": "convolutional energy-based network (default ebm-conv:32x64)",
     "lenet": "LeNet-5 of BioTorch's Fashion-MNIST benchmark (conv 6-16-120, fc 84-10)",
     **recurrent.SPECS,
+    **lateral.SPIKING_SPECS,
     **attention.SPECS,
 }
 
@@ -175,6 +179,9 @@ def build(spec: str, in_shape: Sequence[int], n_classes: int, act: str = "auto")
     if spec.partition(":")[0] in recurrent.KINDS:
         return recurrent.from_spec(spec, in_shape, n_classes)
     if spec.partition(":")[0] == "sab":
+        if spec.split(":")[2:3] and spec.split(":")[2].startswith("lateral"):  # sab:N:lateral[:...]
+            raise BioPropError(f"bad arch {spec!r}: lateral inhibition is for the spiking networks (lif:N:lateral, "
+                               "alif:N:lateral, lsnn:N+M:lateral) and mlp:H:lateral, not sab:N")  # fmt: skip
         return attention.from_spec(spec, in_shape, n_classes)
     raise BioPropError(f"unknown arch {spec!r}; known: mlp:H1xH2... (e.g. mlp:256x256), lenet, ebm:H1x..., ebm-conv, "
                        "and for sequences rnn:N, lif:N, alif:N, lsnn:N+M, sab:N")  # fmt: skip

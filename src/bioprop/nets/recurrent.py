@@ -48,7 +48,10 @@ Defaults are those of the e-prop cue-accumulation task (Fig. 3; the official cod
 v_th = 0.6, n_ref = 5, γ = 0.3 and β = 1.7 (1 − ρ) / (1 − α) ≈ 0.0174, the code's value for this τ_a and τ_m.
 
 Specs for :func:`bioprop.nets.build` (inputs (T, C)): ``rnn:N`` (rate, N tanh units), ``lif:N`` (N LIF neurons),
-``alif:N`` (N ALIF neurons), ``lsnn:N+M`` (N LIF then M ALIF neurons, e.g. ``lsnn:50+50``).
+``alif:N`` (N ALIF neurons), ``lsnn:N+M`` (N LIF then M ALIF neurons, e.g. ``lsnn:50+50``); a spiking one with
+``:lateral[:rate=R,p=P,decay=L]`` adds learned lateral inhibition (:class:`~bioprop.nets.lateral.SpikingLateral`,
+``net.lateral``): W_rec − relu(M) is the recurrent matrix (:meth:`RecurrentNet.recurrent_weight`), M learns by an
+anti-Hebbian rule on spike counts (:mod:`bioprop.nets.lateral`).
 """
 
 from __future__ import annotations
@@ -63,6 +66,7 @@ from torch.autograd.function import once_differentiable
 
 from bioprop.checks import all_finite
 from bioprop.errors import BioPropError, DivergenceError
+from bioprop.nets.lateral import SpikingLateral, spiking_from_suffix
 
 # ------------------------------------------------------------------------------------------------ parameters
 
@@ -436,8 +440,11 @@ class RecurrentNet(nn.Module):
     N(0, 1/n) for v^{t+1} = α v^t + i^{t+1} − v_th z^t, which is step 1 here with the weights divided by (1 − α), so
     the network starts with the code's voltages (≈ 7 Hz on cue accumulation; undivided, it is silent). The readout
     is initialised as ``nn.Linear``.
+    ``lateral``: a :class:`~bioprop.nets.lateral.SpikingLateral` of ``n_hidden`` neurons (spiking only), held as
+    ``net.lateral`` (None without): its W = relu(M) is subtracted from W_rec (:meth:`recurrent_weight`) and it sees
+    the spike trains of every :meth:`unroll` and :meth:`run`.
     Raises :class:`BioPropError` for an unknown ``cell``, sizes that are not positive, ``n_alif`` outside
-    [0, n_hidden] and bad ``params``."""
+    [0, n_hidden], bad ``params`` and a ``lateral`` that does not fit."""
 
     time_major = True  # bioprop.checks.time_major: x (T, B, C) → y (T, B, K)
     gain = 1.5  # g of the rate network's W_rec (Murray 2019)
@@ -450,6 +457,7 @@ class RecurrentNet(nn.Module):
         cell: str = "rate",
         n_alif: int = 0,
         params: RateParameters | LIFParameters | None = None,
+        lateral: SpikingLateral | None = None,
     ) -> None:
         super().__init__()
         if cell not in ("rate", "spiking"):
@@ -478,6 +486,11 @@ class RecurrentNet(nn.Module):
             alif = torch.zeros(n_hidden, dtype=torch.bool)
             alif[n_hidden - n_alif :] = True
             self.register_buffer("alif", alif)
+        fits = isinstance(lateral, SpikingLateral) and lateral.n == n_hidden and cell == "spiking"
+        if lateral is not None and not fits:
+            raise BioPropError(f"lateral={type(lateral).__name__} does not fit: lateral inhibition is a SpikingLateral "
+                               f"of n_hidden={n_hidden} neurons in a spiking network (cell={cell!r})")  # fmt: skip
+        self.add_module("lateral", lateral)
 
     @property
     def beta(self) -> Tensor:
@@ -490,9 +503,13 @@ class RecurrentNet(nn.Module):
 
     def recurrent_weight(self) -> Tensor:
         """W_rec (n, n) as the dynamics use it: the diagonal zeroed for spiking networks (no self-connections, and
-        no gradient on the diagonal); the rate network's W_rec as it is."""
+        no gradient on the diagonal), minus the lateral inhibition W = relu(M) (zero diagonal, no gradient) when the
+        network has one; the rate network's W_rec as it is."""
         w = self.recurrent.weight
-        return w - torch.diag_embed(torch.diagonal(w)) if self.cell == "spiking" else w
+        if self.cell != "spiking":
+            return w
+        w = w - torch.diag_embed(torch.diagonal(w))
+        return w if self.lateral is None else w - self.lateral.weight()
 
     def initial_state(self, batch: int, like: Tensor) -> RateState | LIFState:
         """The zero state for ``batch`` examples, in ``like``'s dtype and on its device: RateState or LIFState."""
@@ -529,7 +546,8 @@ class RecurrentNet(nn.Module):
         if self.cell == "spiking":
             record, state = lif_unroll(x @ w_in.T, w_rec, self.beta, state, self.params)  # (T, B, n) each
             check_membranes(record.v, "v")
-            y = leaky_readout(record.z, out.y, w_out, b_out, self.kappa)  # (T, B, K)
+            z = record.z if self.lateral is None else self.lateral(record.z)  # where its rule sees the spikes
+            y = leaky_readout(z, out.y, w_out, b_out, self.kappa)  # (T, B, K)
             return y, Carry(torch.stack(tuple(state)), y[-1])  # ((F, B, n), (B, K))
         drives = (x @ w_in.T).unbind(0)  # T × (B, n): every step's W_in x_t at once (unbind: one backward, not T)
         ys, membranes = [], []
@@ -551,10 +569,11 @@ class RecurrentNet(nn.Module):
             p, beta = self.params, self.beta
             record, _ = lif_unroll(x @ self.input.weight.T, w_rec, beta, state, p)  # (T, B, n) each
             check_membranes(record.v, "v")
-            y = leaky_readout(record.z, out.y, self.readout.weight, self.readout.bias, self.kappa)  # (T, B, K)
+            z = record.z if self.lateral is None else self.lateral(record.z)  # where its rule sees the spikes
+            y = leaky_readout(z, out.y, self.readout.weight, self.readout.bias, self.kappa)  # (T, B, K)
             A = threshold(record.a, beta, p)  # (T, B, n)
             psi = (p.gamma / p.v_th) * torch.clamp(1.0 - (record.v - A).abs() / p.v_th, min=0.0) * record.free
-            return Trajectory(y, v=record.v, z=record.z, a=record.a, A=A, psi=psi, ref=record.ref)
+            return Trajectory(y, v=record.v, z=z, a=record.a, A=A, psi=psi, ref=record.ref)
         rows: dict[str, list[Tensor]] = {}
         for x_t in x.unbind(0):
             u = self.input(x_t) + state.h @ w_rec.T  # (B, n)
@@ -618,9 +637,18 @@ def _count(text: str, spec: str, example: str) -> int:
 
 
 def from_spec(spec: str, in_shape: Sequence[int], n_classes: int) -> RecurrentNet:
-    """The network of ``spec`` (``rnn:N``, ``lif:N``, ``alif:N``, ``lsnn:N+M``; lower case, stripped) for inputs of
-    ``in_shape`` (T, C) and ``n_classes`` readout units. One-line :class:`BioPropError` with an example otherwise."""
+    """The network of ``spec`` (``rnn:N``, ``lif:N``, ``alif:N``, ``lsnn:N+M``, a spiking one with
+    ``:lateral[:key=value,...]`` (:func:`~bioprop.nets.lateral.spiking_from_suffix`); lower case, stripped) for
+    inputs of ``in_shape`` (T, C) and ``n_classes`` readout units. One-line :class:`BioPropError` with an example
+    otherwise."""
     kind, _, body = spec.partition(":")
+    body, colon, suffix = body.partition(":")
+    if colon and kind == "rnn":
+        named = suffix.partition(":")[0]
+        why = (f"unknown suffix {named!r}; rnn:N takes none" if named != "lateral" else "lateral inhibition is for the "
+               "spiking networks (lif:N:lateral, alif:N:lateral, lsnn:N+M:lateral) and mlp:H:lateral, not the rate "
+               "network rnn:N")  # fmt: skip
+        raise BioPropError(f"bad arch {spec!r}: {why}")
     if kind not in KINDS:
         raise BioPropError(f"unknown recurrent arch {spec!r}; known: {', '.join(SPECS)}")
     if len(in_shape) != 2:
@@ -632,11 +660,14 @@ def from_spec(spec: str, in_shape: Sequence[int], n_classes: int) -> RecurrentNe
         if not plus:
             raise BioPropError(f"bad arch {spec!r}: give the LIF and ALIF counts as lsnn:N+M, e.g. lsnn:50+50")
         n_lif, n_alif = _count(lif, spec, "lsnn:50+50"), _count(alif, spec, "lsnn:50+50")
-        return RecurrentNet(n_in, n_lif + n_alif, n_classes, "spiking", n_alif)
-    n = _count(body, spec, f"{kind}:100")
+        n = n_lif + n_alif
+    else:
+        n = _count(body, spec, f"{kind}:100")
+        n_alif = n if kind == "alif" else 0
     if kind == "rnn":
         return RecurrentNet(n_in, n, n_classes, "rate")
-    return RecurrentNet(n_in, n, n_classes, "spiking", n if kind == "alif" else 0)
+    lateral = spiking_from_suffix(suffix, spec, n) if colon else None
+    return RecurrentNet(n_in, n, n_classes, "spiking", n_alif, lateral=lateral)
 
 
 __all__ = [

@@ -396,8 +396,9 @@ class Eprop(Rule):
             if self.opts.rate_reg:
                 objective = objective + rate_penalty(trajectory.z, self.net.params.dt, self.opts.rate_reg,
                                                      self.opts.rate_target)  # fmt: skip
-            grads = torch.autograd.grad(objective, list(named.values()))
-        return dict(zip(named, grads, strict=True))
+            grads = torch.autograd.grad(objective, list(named.values()), allow_unused=True)
+        # a parameter the loss does not reach (a lateral net's M, read detached) has a zero reference gradient
+        return {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
 
     def state_dict(self) -> dict[str, Tensor]:
         state = super().state_dict()
