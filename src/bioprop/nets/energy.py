@@ -393,6 +393,11 @@ def mean_change(new: Sequence[Tensor], old: Sequence[Tensor], scratch: Sequence[
     return total / sum(a.numel() for a in new)
 
 
+def mean_energy(net: EnergyNet, x_drive: Drive, states: Sequence[Tensor]) -> Tensor:
+    """Batch mean of E = ½ Σ‖s_l‖² − Φ(x, s) at ``states`` (any values, e.g. the potentials of a spiking phase)."""
+    return _mean_energy(states, primitive(net, x_drive, states)[0], None)
+
+
 def _mean_energy(states: Sequence[Tensor], phi: Tensor, cost: Callable[[Tensor], Tensor] | None) -> Tensor:
     """Batch mean of E = ½ Σ‖s_l‖² − Φ (plus the nudging cost β ℓ when given)."""
     e = 0.5 * sum(s.square().flatten(1).sum(1) for s in states) - phi

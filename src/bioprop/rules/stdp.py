@@ -274,7 +274,7 @@ def spiking_phase(net: EnergyNet, x: Tensor, start: list[Tensor], onehot: Tensor
     that the spike itself drives, V(t + 1) − V(t) = ε (… + W_ji Ŝ_i(t) …), would add ε W_ji Ŝ_i(t)² to every
     pairing, a bias that grows each weight's magnitude (Hebbian runaway) and that no nudge causes."""
     rows = len(start[0])
-    x_rows, scale = clamped_input(net, x, rows)[:2]
+    x_rows, scale, x_drive = clamped_input(net, x, rows)
     nudge = None if beta is None else nudging(net, onehot, beta, output).nudge
     plastic = weights is not None
     w = weights[:, None] if plastic else None
@@ -283,9 +283,12 @@ def spiking_phase(net: EnergyNet, x: Tensor, start: list[Tensor], onehot: Tensor
     states, before = list(start), None
     costs: list[Tensor] = []
     residuals: list[Tensor] = []
-    for t in range(steps + (1 if plastic else 0)):
-        if trace and beta is not None and t <= steps:
-            costs.append(loss_of(net, states, onehot, beta, output))
+    for t in range(steps + 1):
+        if trace:  # nudged: the output loss; free: the mean field's energy at the potentials
+            costs.append(energy.mean_energy(net, x_drive, states) if beta is None else
+                         loss_of(net, states, onehot, beta, output))  # fmt: skip
+        if t == steps and not plastic:
+            break
         spikes = [source(0, x_rows, scale)] + [source(i, s, 1.0) for i, s in enumerate(states, start=1)]
         if plastic and t >= 1:  # Ŝ(t) with V(t) − V(t − 1); the readout's slope of step t − 1
             slope = readout_slope(net, before, onehot, beta, steps) if output == "ce" else None
@@ -439,7 +442,7 @@ class SpikeTimingPlasticity(EquilibriumPropagation):
         if not all(bool(torch.isfinite(s).all()) for s in relaxed.states):
             raise Unstable(self.name, "the spiking free phase reached non-finite potentials",
                            "lower the learning rate", named=())  # fmt: skip
-        if trace:  # the energy of the mean field at the potentials, per step, is not recorded by the spiking phase
-            relaxed = relaxed._replace(energies=torch.full((o.free_steps + 1,), float("nan")))
+        if trace:  # E = ½Σ‖V‖² − Φ(x, V) per step: the mean field's energy at the spiking potentials
+            relaxed = relaxed._replace(energies=phase.costs)
         keep = (index, relaxed.states) if self.particles is not None and index is not None else None
         return FreePhase(energy.drive(net, 0, x), relaxed, keep)
