@@ -352,3 +352,18 @@ def test_every_run_under_runs_is_still_recognised_by_its_checkpoint() -> None:
         assert found in RunConfig.from_yaml(config).fingerprints(), config
         checked += 1
     assert checked > 0
+
+
+@pytest.mark.parametrize("rule", ["fa", "dtp", "ep", "stdp", "eprop", "rflo", "microcircuit"])
+@pytest.mark.parametrize("value", [-1, 2**32])
+def test_rule_seed_options_take_the_range_of_seed(rule: str, value: int) -> None:
+    """A rule's ``seed`` option takes 0 .. 2**32 − 1 like ``--seed`` (torch's CPU generator keeps 32 bits, so 2**32
+    would draw seed 0's feedback): refused at create in one line, the value as given."""
+    from bioprop import rules
+    from bioprop.rules.registry import _REGISTRY
+
+    options = _REGISTRY[rule].cls.options
+    assert options["seed"].parse(rule, "seed", 2**32 - 1) == 2**32 - 1
+    with pytest.raises(BioPropError, match=f"option seed={value!r} must be an integer from 0 to 4294967295"):
+        options["seed"].parse(rule, "seed", value)
+    assert rules  # imported for the registry

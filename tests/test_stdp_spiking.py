@@ -149,6 +149,14 @@ def test_spiking_neurons_need_spikes() -> None:
     assert "\n" not in str(info.value)
 
 
+def test_spiking_neurons_need_a_leak() -> None:
+    """eps = 1 (the rate default) leaves a spiking potential no memory: refused at create, naming working settings."""
+    net = one_layer()[0]
+    with pytest.raises(BioPropError, match="eps=1 with neurons=spiking.*eps=0.2 free_steps=60") as info:
+        rules.create("stdp", net, output="se", neurons="spiking", spikes="threshold")
+    assert "\n" not in str(info.value)
+
+
 def test_spiking_grads_is_pure_and_backward_writes_it() -> None:
     """grads twice gives the same update (the generators' phases come from the rule's seeded stream) and leaves the
     global random state alone; backward writes it into .grad."""

@@ -57,7 +57,7 @@ from pydantic import ValidationError
 
 from bioprop import checks, data, nets, rules
 from bioprop.errors import BioPropError
-from bioprop.rules.options import INT_RANGE, coerce, problem
+from bioprop.rules.options import INT_RANGE, SEED_MAX, coerce, problem
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("none", "cosine", "step")
@@ -76,9 +76,6 @@ DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256", "recurrent": "lsn
 MAX_CONFIG_BYTES = 1 << 20  # a config is a few hundred bytes; this stops `--config /dev/zero` from filling memory
 #: What a value of each kind of setting must be, as its errors say.
 KIND_NAMES = {int: "an integer", float: "a number", str: "a string", bool: "true or false", dict: "a mapping"}
-#: The largest seed: torch's CPU generator (Mersenne Twister) keeps the low 32 bits of a seed, so 0 and 2**32, or −1
-#: and 2**32 − 1, draw the same weights and the same order (:func:`parse_seed`).
-SEED_MAX = 2**32 - 1
 
 
 def parse_seed(label: str, value: Any) -> int:

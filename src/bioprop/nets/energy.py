@@ -354,7 +354,7 @@ def relax(net: EnergyNet, x: Tensor | Drive, states: Sequence[Tensor], steps: in
         if trace or tol > 0 or taken >= steps - 1:
             residuals.append(mean_change(new, states, buffers[2] if buffers else None))
         states = new
-        if tol > 0 and float(residuals[-1]) < tol:
+        if tol > 0 and float(residuals[-1].detach()) < tol:
             break
     if trace:
         energies.append(_mean_energy(states, primitive(net, x_drive, states)[0], cost))

@@ -56,7 +56,7 @@ from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
 from bioprop.rules.base import Entry, FigureSpec, Options, Rule, Trace, Update, make_card, option, register
-from bioprop.rules.options import count, non_negative, output_loss
+from bioprop.rules.options import count, non_negative, output_loss, seed_option
 
 CARD = make_card(
     linear=(
@@ -331,7 +331,7 @@ class EpropOptions(Options):
                         "stop-gradients; the same update, memory linear in T)", choices=ROUTES)  # fmt: skip
     rate_reg: float = non_negative(0.0, "firing-rate regulariser's weight c_reg (0: off)")
     rate_target: float = non_negative(10.0, "the regulariser's target rate f_target (Hz)")
-    seed: int = option(0, "seed of the random feedback matrix")
+    seed: int = seed_option("seed of the random feedback matrix")
     block: int = count(50, "steps the online traces advance at once (memory ∝ block, not T; 1: step by step; the "
                        "update is the same)", MAX_BLOCK)  # fmt: skip
 

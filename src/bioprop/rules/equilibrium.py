@@ -54,6 +54,7 @@ from bioprop.rules.contrastive import (
     phase_declarations,
     steps_option,
 )
+from bioprop.rules.options import seed_option
 
 NUDGES = ("symmetric", "one-sided", "random-sign")
 
@@ -67,7 +68,7 @@ class EquilibriumOptions(ContrastiveOptions):
                          check_says="must be non-zero (β = 0 gives no learning signal)")  # fmt: skip
     nudge: str = option("symmetric", "symmetric (±β), one-sided (β) or random-sign (±β drawn per batch)",
                         choices=NUDGES)  # fmt: skip
-    seed: int = option(0, "seed of the random signs (nudge=random-sign)")
+    seed: int = seed_option("seed of the random signs (nudge=random-sign)")
 
 
 # ------------------------------------------------------------------------------------ functional core

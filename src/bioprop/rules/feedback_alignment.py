@@ -62,7 +62,7 @@ from bioprop.rules.base import (
     register,
 )
 from bioprop.rules.layerwise import forward_cached, layer_backward, parameterised_indices, through_parameterless
-from bioprop.rules.options import output_loss, positive
+from bioprop.rules.options import output_loss, positive, seed_option
 
 INITS = ("xavier", "kaiming", "uniform")
 FEEDBACKS = ("random", "direct", "usf", "brsf", "frsf")
@@ -164,7 +164,7 @@ class FeedbackAlignmentOptions(Options):
     feedback: str = option("random", "which feedback replaces Wᵀ", choices=FEEDBACKS)
     init: str = option("xavier", "distribution and standard deviation of the random feedback weights", choices=INITS)
     scale: float = positive(1.0, "factor s on every feedback weight")
-    seed: int = option(0, "seed of the random feedback weights (drawn once, or, where redrawn each step, from the "
+    seed: int = seed_option("seed of the random feedback weights (drawn once, or, where redrawn each step, from the "
                           "seed and the step count)")  # fmt: skip
     output: str = output_loss()
 

@@ -105,7 +105,7 @@ from bioprop.rules.mlp_settling import (
     mlp_parts,
     mlp_tensors,
 )
-from bioprop.rules.options import count, non_negative, positive
+from bioprop.rules.options import count, non_negative, positive, seed_option
 
 SACRAMENTO = "Sacramento, Costa, Bengio & Senn 2018, NeurIPS"
 MAX_SWEEPS = 10_000
@@ -159,7 +159,7 @@ class MicrocircuitOptions(Options):
     prepare_steps: int = non_negative(1000, "self-predicting phase: steps on random inputs (0: none)", int, MAX_PREPARE)
     prepare_batch: int = count(64, "self-predicting phase: random inputs per step", MAX_PREPARE_BATCH)
     init_scale: float = positive(1.0, "factor on the random initial W^down, W^pi and Ŵ^ip")
-    seed: int = option(0, "seed of the rule's generators (initial synapses, random inputs, noise)", type=int)
+    seed: int = seed_option("seed of the rule's generators (initial synapses, random inputs, noise)")
 
 
 class Step(NamedTuple):

@@ -183,6 +183,17 @@ def output_loss() -> Any:
                   "targets: regression)", choices=tuple(losses.LOSSES))  # fmt: skip
 
 
+#: The largest seed: torch's CPU generator (Mersenne Twister) keeps the low 32 bits of a seed, so 0 and 2**32, or −1
+#: and 2**32 − 1, draw the same weights and the same order (:func:`bioprop.config.parse_seed`, :func:`seed_option`).
+SEED_MAX = 2**32 - 1
+
+
+def seed_option(help: str) -> Any:
+    """A rule's ``seed`` option: an int from 0 to :data:`SEED_MAX`, as ``bioprop train --seed`` takes (default 0)."""
+    says = f"must be an integer from 0 to {SEED_MAX} (torch's CPU generator keeps 32 bits)"
+    return option(0, help, type=int, check=lambda v: 0 <= v <= SEED_MAX, check_says=says)
+
+
 def count(default: int, help: str, maximum: int, says: str = "must be at least 1") -> Any:
     """A count that sets how much work a step does (inference steps, sweeps, a batch): an int in [1, ``maximum``]."""
     return option(default, help, type=int, check=is_positive, check_says=says, maximum=maximum)

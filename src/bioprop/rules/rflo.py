@@ -48,7 +48,7 @@ from bioprop import losses
 from bioprop.errors import BioPropError
 from bioprop.nets import recurrent as rnn
 from bioprop.rules.base import Diagnostic, Entry, Options, Rule, Update, make_card, option, register
-from bioprop.rules.options import output_loss
+from bioprop.rules.options import output_loss, seed_option
 
 CARD = make_card(
     linear=(
@@ -124,7 +124,7 @@ class RfloOptions(Options):
     output: str = output_loss()
     feedback: str = option("random", "feedback B of the output error: random (fixed, drawn from seed) or "
                            "symmetric (W_outᵀ)", choices=FEEDBACKS)  # fmt: skip
-    seed: int = option(0, "seed of the random feedback matrix")
+    seed: int = seed_option("seed of the random feedback matrix")
 
 
 @register("rflo", family="temporal", paper="Murray 2019", summary="random feedback local online (rate RNN)",

@@ -85,6 +85,7 @@ from bioprop.nets.energy import Drive, EnergyNet, Relaxed
 from bioprop.rules.base import Entry, FigureSpec, Trace, Unstable, Update, make_card, option, register
 from bioprop.rules.contrastive import FreePhase, steps_option
 from bioprop.rules.equilibrium import EquilibriumOptions, EquilibriumPropagation, betas, nudging
+from bioprop.rules.options import seed_option
 
 SPIKES = ("bernoulli", "threshold", "rate")
 NEURONS = ("rate", "spiking")
@@ -213,13 +214,15 @@ class StdpOptions(EquilibriumOptions):
     nudged_steps: int = steps_option(20, "T2: steps of each nudged phase, during which the synapses accumulate S·V̇")
     neurons: str = option("rate", "rate: units drive each other with their rates, spikes enter the plasticity only; "
                           "spiking: units drive each other with spikes alone (leaky potentials integrating spike "
-                          "input)", choices=NEURONS)  # fmt: skip
+                          "input; needs eps < 1, e.g. eps=0.2 free_steps=60 nudged_steps=30)",
+                          choices=NEURONS)  # fmt: skip
     spikes: str = option("bernoulli", "spike generation: bernoulli (escape noise, probability p_max·ρ(V) per step), "
                          "threshold (integrate-and-fire, reset by subtraction) or rate (S = ρ(V), the mean-field "
                          "limit; neurons=rate only)", choices=SPIKES)  # fmt: skip
-    p_max: float = option(1.0, "spike probability per step of a unit at full rate ρ = 1 (spikes=bernoulli)",
+    p_max: float = option(1.0, "spikes per step of a unit at full rate ρ = 1: a probability (spikes=bernoulli) or the "
+                          "integrate-and-fire generator's gain (spikes=threshold)",
                           check=lambda v: 0.0 < v <= 1.0, check_says="must be in (0, 1]")  # fmt: skip
-    seed: int = option(0, "seed of the spikes and of the random signs (nudge=random-sign)")
+    seed: int = seed_option("seed of the spikes and of the random signs (nudge=random-sign)")
 
 
 class Phase(NamedTuple):
@@ -389,6 +392,10 @@ class SpikeTimingPlasticity(EquilibriumPropagation):
         if self.opts.neurons == "spiking" and self.opts.spikes == "rate":
             raise BioPropError(f"rule {self.name}: spikes=rate with neurons=spiking: spiking units drive each other "
                                "with spikes; choose spikes=bernoulli or spikes=threshold")  # fmt: skip
+        if self.opts.neurons == "spiking" and self.opts.eps >= 1.0:
+            raise BioPropError(f"rule {self.name}: eps={self.opts.eps:g} with neurons=spiking: each potential would be "
+                               "its last step's spike input alone, with no leaky integration; use eps < 1 with more "
+                               "steps, e.g. eps=0.2 free_steps=60 nudged_steps=30")  # fmt: skip
         for index, synapse in enumerate(net.synapses):
             if not isinstance(synapse, nn.Linear):
                 raise BioPropError(f"rule {self.name}: layer synapses.{index} ({type(synapse).__name__}) is not "

@@ -96,7 +96,7 @@ from bioprop.rules.base import (
 )
 from bioprop.rules.feedback_alignment import draw_feedback
 from bioprop.rules.mlp_settling import MLP, loss_gradient, mlp_parts, mlp_tensors
-from bioprop.rules.options import count, non_negative, output_loss, positive
+from bioprop.rules.options import count, non_negative, output_loss, positive, seed_option
 
 LEE = "Lee, Zhang, Fischer & Bengio 2015, ECML PKDD (arXiv:1412.7525)"
 MEULEMANS = "Meulemans, Carzaniga, Suykens, Sacramento & Grewe 2020, NeurIPS (arXiv:2006.14331)"
@@ -236,7 +236,7 @@ class TargetPropOptions(Options):
                                          int, MAX_PRETRAIN)  # fmt: skip
     feedback_activation: str = option("auto", "ψ in g(h) = ψ(V h + c): auto is the net's activation for dtp, identity "
                                       "for ddtp (DDTP-linear)", choices=("auto", *ACTIVATIONS))  # fmt: skip
-    seed: int = option(0, "seed of the feedback weights (drawn once) and of the noise (with the step count)", type=int)
+    seed: int = seed_option("seed of the feedback weights (drawn once) and of the noise (with the step count)")
     output: str = output_loss()
 
 
