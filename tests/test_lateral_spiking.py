@@ -445,3 +445,12 @@ def test_the_spiking_experiment_runs_quickly_and_records_both_networks(tmp_path:
         assert results["final_test_accuracy"][kind] > 0.2  # ten classes: chance is 0.1
     run = results["runs"][0]
     assert run["plain"]["mean_inhibition"][-1] == 0.0 and run[kinds[-1]]["mean_inhibition"][-1] > 0
+
+
+@pytest.mark.parametrize("spec", ["lif:6:lateral:rate=1,rate=2", "lif:6:lateral:", "mlp:8:lateral:decay=1,decay=0"])
+def test_repeated_or_dangling_lateral_settings_are_refused(spec: str) -> None:
+    """A setting given twice (which one would win?) or a trailing ':' is a one-line error naming the arch."""
+    shape = (STEPS, INPUTS) if spec.startswith("lif") else (INPUTS,)
+    with pytest.raises(BioPropError, match="bad arch") as info:
+        nets.build(spec, shape, CLASSES)
+    assert "\n" not in str(info.value) and spec in str(info.value)

@@ -319,11 +319,16 @@ def _settings(options: str, spec: str, known: tuple[str, ...]) -> dict[str, floa
     """``key=value,...`` as numbers, for the keys in ``known`` (``damping=auto`` None); a one-line
     :class:`BioPropError` naming ``spec`` and the item otherwise."""
     given: dict[str, float | int | None] = {}
+    if spec.endswith(":") or options.endswith(","):
+        raise BioPropError(f"bad arch {spec!r}: it ends with {spec[-1]!r}; drop it or give the setting, e.g. "
+                           "...:lateral:rate=0.1")  # fmt: skip
     for item in filter(None, options.split(",")):
         key, eq, value = item.partition("=")
         if key not in known or not eq:
             raise BioPropError(f"bad arch {spec!r}: unknown lateral option {item!r}; known: "
                                f"{', '.join(f'{k}=...' for k in known)}")  # fmt: skip
+        if key in given:
+            raise BioPropError(f"bad arch {spec!r}: lateral option {key!r} given twice")
         if key == "damping" and value == "auto":
             given[key] = None
             continue
