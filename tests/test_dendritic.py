@@ -233,4 +233,4 @@ def test_dendritic_declares_its_residual_trace_and_figure() -> None:
     assert torch.equal(before, torch.get_rng_state())
     assert set(update.traces) == {t.name for t in rule.trace_specs} == {"residual"}
     assert any("residual" in spec.traces for spec in rule.figures)
-    assert set(rule.state_dict()) == {"step"}
+    assert set(rule.state_dict()) == {"step", "rule_name"}

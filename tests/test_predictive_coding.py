@@ -371,7 +371,7 @@ def test_reference_is_the_gradient_of_the_chosen_output_loss() -> None:
     [
         ("pc", {"steps": -1}, "steps=-1 must be 0 or more"),
         ("pc", {"gamma": 0}, "gamma=0"),
-        ("pc", {"beta": "-1"}, "beta=-1.0 must be positive"),
+        ("pc", {"beta": "-1"}, "beta='-1' must be positive"),
         ("pc", {"output": "mse"}, "choose one of ce, se"),
         ("pc", {"nudge": "up"}, "choose one of positive, negative, centred"),
         ("pc", {"update_at": "zil", "steps": 1}, "needs steps >= 2"),
