@@ -361,3 +361,45 @@ def test_a_diverging_feedback_is_blamed_on_feedback_lr(name: str) -> None:
     with pytest.raises(DivergenceError, match="feedback_lr"):
         rule.backward(*batch())
     assert rule.step == 0  # the failed step is not counted and its feedback not adopted
+
+
+def test_adam_feedback_steps_are_torch_adam_on_the_inverse_loss() -> None:
+    """feedback_optimizer=adam: one backward with 3 feedback iterations moves dtp's feedback exactly as
+    torch.optim.Adam (lr = feedback_lr, its default β and ε) does on Σ_k ½ mean ‖tanh(V_k f_{k+1}(h_k + ε) + c_k) −
+    (h_k + ε)‖² written here (f_3 the linear readout), with the noise the rule's generator draws for the step; a
+    second backward continues from the moments in the rule's state (a state_dict round trip in between changes
+    nothing)."""
+    net = tanh_mlp()
+    sigma, lr = 0.1, 0.01
+    rule = rules.create("dtp", net, noise=sigma, pretrain_batches=10, feedback_iterations=3,
+                        feedback_optimizer="adam", feedback_lr=lr)  # fmt: skip
+    x, y = batch(n=16)
+    h, layers = activities(net, x), linears(net)
+    start = rule.state_dict()
+    params = [start[f"feedback_{kind}.{k}"].clone().requires_grad_(True) for kind in ("weight", "bias") for k in (0, 1)]
+    adam = torch.optim.Adam(params, lr=lr)
+    for step in range(2):
+        generator = rule.generator(0)  # the step's noise stream, drawn as the rule draws it
+        for _ in range(3):
+            drawn = (torch.randn((16, 10), generator=generator) * sigma).double()
+            noise = list(drawn.split([4, 6], dim=1))
+            loss = 0
+            for k in (1, 2):
+                w, c = params[k - 1], params[k + 1]
+                corrupted = h[k] + noise[k - 1]
+                above = corrupted @ layers[k].weight.detach().T + layers[k].bias.detach()
+                above = above if k == len(layers) - 1 else torch.tanh(above)  # the readout is linear
+                loss = loss + 0.5 * (torch.tanh(above @ w.T + c) - corrupted).square().sum(1).mean()
+            adam.zero_grad()
+            loss.backward()
+            adam.step()
+        rule.backward(x, y)
+        if step == 0:
+            state = {key: value.clone() for key, value in rule.state_dict().items()}
+            rule = rules.create("dtp", net, noise=sigma, pretrain_batches=10, feedback_iterations=3,
+                                feedback_optimizer="adam", feedback_lr=lr)  # fmt: skip
+            rule.load_state_dict(state)
+        got = rule.state_dict()
+        assert int(got["feedback_adam_steps"]) == 3 * (step + 1)
+        for i, (kind, k) in enumerate((kind, k) for kind in ("weight", "bias") for k in (0, 1)):
+            torch.testing.assert_close(got[f"feedback_{kind}.{k}"], params[i].detach(), rtol=1e-10, atol=1e-12)

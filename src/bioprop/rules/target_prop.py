@@ -33,7 +33,9 @@ the layer is; no derivative travels along the feedback path.
 Feedback training. In :meth:`~bioprop.rules.base.Rule.backward` (where the rule's state advances), after the forward
 update is computed with the feedback as it stands, ``feedback_iterations`` plain SGD steps of size ``feedback_lr`` on
 Σ_k L_k (L^inv or L^rec, mean over the batch) move the feedback weights, each iteration with fresh noise, the
-forward weights held fixed. ``grads`` computes the same forward update and trains nothing. Feedback pre-training: the
+forward weights held fixed; ``feedback_optimizer=adam`` takes Adam steps instead (:func:`adam_step`; Meulemans et
+al. train their feedback weights with Adam), its moments kept in the rule's state and checkpoint. ``grads``
+computes the same forward update and trains nothing. Feedback pre-training: the
 first ``pretrain_batches`` calls of ``backward`` (counted by the rule's step count) train only the feedback, and the
 forward update of those steps is zero, in ``grads`` and ``backward`` alike, so the optimizer moves no forward weight
 (momentum starts from zero; weight decay still applies); the update angles probed then are NaN. The default, 20
@@ -106,6 +108,9 @@ MAX_ITERATIONS = 10_000
 MAX_PRETRAIN = 10_000_000
 #: The stream of :meth:`Rule.generator` the feedback training's noise comes from.
 NOISE = 0
+FEEDBACK_OPTIMIZERS = ("sgd", "adam")
+#: Adam's β₁, β₂ and ε for the feedback weights (Kingma & Ba 2015, Algorithm 1, their defaults).
+ADAM = (0.9, 0.999, 1e-8)
 
 Act = nn.Module
 
@@ -120,6 +125,26 @@ class Feedback(NamedTuple):
     weights: list[Tensor]
     biases: list[Tensor]
     psi: Act
+
+
+class Moments(NamedTuple):
+    """Adam's state for the feedback weights (``feedback_optimizer=adam``): the first and second moment estimates,
+    one tensor per feedback tensor (weights, then biases), and the number of Adam steps taken."""
+
+    first: list[Tensor]
+    second: list[Tensor]
+    steps: int
+
+
+def adam_step(param: Tensor, grad: Tensor, first: Tensor, second: Tensor, t: int, lr: float) -> tuple[Tensor, ...]:
+    """One Adam step (Kingma & Ba 2015, Algorithm 1) of step size ``lr`` at step ``t`` (1-based) with :data:`ADAM`:
+    m ← β₁ m + (1 − β₁) g, v ← β₂ v + (1 − β₂) g², θ ← θ − lr m̂ / (√v̂ + ε) with m̂ = m/(1 − β₁ᵗ), v̂ = v/(1 − β₂ᵗ).
+    Returns (θ, m, v), new tensors."""
+    beta_1, beta_2, eps = ADAM
+    first = beta_1 * first + (1 - beta_1) * grad
+    second = beta_2 * second + (1 - beta_2) * grad.square()
+    step = lr * (first / (1 - beta_1**t)) / ((second / (1 - beta_2**t)).sqrt() + eps)
+    return param - step, first, second
 
 
 class Targets(NamedTuple):
@@ -229,8 +254,11 @@ class TargetPropOptions(Options):
                            "output to each hidden layer)", choices=FEEDBACKS)  # fmt: skip
     target_lr: float = positive(0.1, "η̂ of the output target t_L = h_L − η̂ ∂ℓ/∂h_L (the forward update is divided "
                                 "by it)")  # fmt: skip
-    feedback_lr: float = positive(0.05, "step size of the plain SGD steps on the feedback weights")
-    feedback_iterations: int = count(1, "feedback SGD steps per batch, each with fresh noise", MAX_ITERATIONS)
+    feedback_lr: float = positive(0.05, "step size of the feedback weights' SGD or Adam steps")
+    feedback_optimizer: str = option("sgd", "sgd (plain steps of feedback_lr) or adam (Adam, β₁ 0.9, β₂ 0.999, "
+                                     "ε 1e-8, its moments kept in the rule's state)",
+                                     choices=FEEDBACK_OPTIMIZERS)  # fmt: skip
+    feedback_iterations: int = count(1, "feedback steps (SGD or Adam) per batch, each with fresh noise", MAX_ITERATIONS)
     noise: float = non_negative(0.1, "σ of the Gaussian noise on the activities in feedback training (ddtp: > 0)")
     pretrain_batches: int = non_negative(20, "first backward calls that train only the feedback (zero forward update)",
                                          int, MAX_PRETRAIN)  # fmt: skip
@@ -246,6 +274,7 @@ class Step(NamedTuple):
 
     feedback: Feedback
     errors: list[float]
+    moments: Moments | None = None
 
 
 CARD_DTP = make_card(
@@ -317,6 +346,8 @@ class TargetProp(Rule):
             weights.append(draw_feedback(shape, "xavier", generator).to(like))
             biases.append(torch.zeros(sizes[k], dtype=torch.float64).to(like))
         self.feedback = Feedback(weights, biases, self.psi)
+        zeros = [torch.zeros_like(t) for t in (*weights, *biases)]
+        self.moments = Moments(zeros, [z.clone() for z in zeros], 0) if self.opts.feedback_optimizer == "adam" else None
         self._error_sums = [0.0] * len(weights)
         self._error_count = 0
 
@@ -397,13 +428,17 @@ class TargetProp(Rule):
                 out.append(inverse_loss(mlp, w, c, feedback.psi, k, hs[k], noise[k - 1]))
         return out
 
-    def train_feedback(self, mlp: MLP, found: Targets) -> tuple[Feedback, list[float], list[float]]:
-        """``feedback_iterations`` SGD steps on Σ_k L_k from the current feedback, the noise from this step's
-        generator (drawn in float32 on the CPU, one draw per iteration for all hidden layers): the trained feedback,
-        each hidden layer's error per unit before the first step, and the mean error over layers before each step.
-        Changes no state; one synchronisation with the device per call."""
+    def train_feedback(self, mlp: MLP, found: Targets) -> tuple[Feedback, list[float], list[float], Moments | None]:
+        """``feedback_iterations`` SGD or Adam (:func:`adam_step`) steps on Σ_k L_k from the current feedback, the
+        noise from this step's generator (drawn in float32 on the CPU, one draw per iteration for all hidden layers):
+        the trained feedback, each hidden layer's error per unit before the first step, the mean error over layers
+        before each step and Adam's new moments (None with SGD). Changes no state; one synchronisation with the
+        device per call."""
         o, like, current = self.opts, self.linears[0].weight, self.current_feedback()
         params = [t.clone() for t in (*current.weights, *current.biases)]
+        moments = None if self.moments is None else Moments([m.to(like) for m in self.moments.first],
+                                                            [v.to(like) for v in self.moments.second],
+                                                            self.moments.steps)  # fmt: skip
         n = len(current.weights)
         sizes = [h.shape[1] for h in found.activities[1:-1]]
         generator = self.generator(NOISE)
@@ -416,7 +451,14 @@ class TargetProp(Rule):
                 losses = self.feedback_losses(mlp, Feedback(params[:n], params[n:], current.psi), found, noise)
                 grads = torch.autograd.grad(sum(losses), params)
             history.append(torch.stack(losses).detach())
-            params = [(p - o.feedback_lr * g).detach() for p, g in zip(params, grads, strict=True)]
+            if moments is None:
+                params = [(p - o.feedback_lr * g).detach() for p, g in zip(params, grads, strict=True)]
+                continue
+            t = moments.steps + 1
+            stepped = [adam_step(p.detach(), g, m, v, t, o.feedback_lr)
+                       for p, g, m, v in zip(params, grads, moments.first, moments.second, strict=True)]  # fmt: skip
+            params = [new for new, _, _ in stepped]
+            moments = Moments([m for _, m, _ in stepped], [v for _, _, v in stepped], t)
         errors = torch.stack(history) * torch.tensor([2.0 / size for size in sizes]).to(like)  # per unit
         if not bool(torch.isfinite(errors.sum() + sum(p.sum() for p in params))):
             bad = [i for i, row in enumerate(errors.tolist()) if not all(map(math.isfinite, row))]
@@ -425,7 +467,7 @@ class TargetProp(Rule):
                            f"{self.step + 1}", f"lower feedback_lr (now {o.feedback_lr:g}) or noise (now {o.noise:g})",
                            named=("feedback_lr", "noise"))  # fmt: skip
         rows = errors.tolist()
-        return Feedback(params[:n], params[n:], current.psi), rows[0], [sum(row) / n for row in rows]
+        return Feedback(params[:n], params[n:], current.psi), rows[0], [sum(row) / n for row in rows], moments
 
     def train_update(self, x: Tensor, y: Tensor, index: Tensor | None = None) -> Update:
         """The forward update (as :meth:`update`) and, in ``Update.state``, the feedback after this step's training
@@ -433,9 +475,9 @@ class TargetProp(Rule):
         update, found, mlp = self.forward_update(x, y)
         if not self.feedback.weights:  # no hidden layer: nothing to feed back to
             return update
-        feedback, first, trace = self.train_feedback(mlp, found)
+        feedback, first, trace, moments = self.train_feedback(mlp, found)
         traces = {"reconstruction": torch.tensor(trace, dtype=torch.float64)}
-        return update._replace(traces=traces, state=Step(feedback, first))
+        return update._replace(traces=traces, state=Step(feedback, first, moments))
 
     def commit(self, update: Update) -> None:
         """Adopt the trained feedback and count its reconstruction errors into the epoch's means."""
@@ -443,6 +485,8 @@ class TargetProp(Rule):
         if step is None:
             return
         self.feedback = step.feedback
+        if step.moments is not None:
+            self.moments = step.moments
         for k, error in enumerate(step.errors):
             self._error_sums[k] += error
         self._error_count += 1
@@ -476,6 +520,10 @@ class TargetProp(Rule):
         state = super().state_dict()
         for k, (w, c) in enumerate(zip(self.feedback.weights, self.feedback.biases, strict=True)):
             state[f"feedback_weight.{k}"], state[f"feedback_bias.{k}"] = w, c
+        if self.moments is not None:  # Adam's moments, in the order of (weights, biases), and its step count
+            for i, (m, v) in enumerate(zip(self.moments.first, self.moments.second, strict=True)):
+                state[f"feedback_adam_m.{i}"], state[f"feedback_adam_v.{i}"] = m, v
+            state["feedback_adam_steps"] = torch.tensor(self.moments.steps, dtype=torch.int64)
         return state
 
     def load_state_dict(self, state: dict[str, Tensor]) -> None:
@@ -493,5 +541,20 @@ class TargetProp(Rule):
                     raise BioPropError(f"rule {self.name}: checkpoint's {key} is of shape {tuple(found.shape)}, not "
                                        f"{tuple(tensor.shape)}")  # fmt: skip
                 loaded[field].append(found.clone())
+        moments = None
+        if self.moments is not None:
+            first, second = [], []
+            for i, mine in enumerate(self.moments.first):
+                for key, into in ((f"feedback_adam_m.{i}", first), (f"feedback_adam_v.{i}", second)):
+                    if key not in state or state[key].shape != mine.shape:
+                        raise BioPropError(f"rule {self.name}: checkpoint lacks {key!r} of shape {tuple(mine.shape)} "
+                                           "(feedback_optimizer=adam)")  # fmt: skip
+                    into.append(state.pop(key).clone())
+            if "feedback_adam_steps" not in state:
+                raise BioPropError(f"rule {self.name}: checkpoint lacks 'feedback_adam_steps' "
+                                   "(feedback_optimizer=adam)")  # fmt: skip
+            moments = Moments(first, second, int(state.pop("feedback_adam_steps")))
         super().load_state_dict(state)
         self.feedback = Feedback(loaded["feedback_weight"], loaded["feedback_bias"], self.psi)
+        if moments is not None:
+            self.moments = moments
