@@ -265,9 +265,11 @@ STORE = ["--rule", "bptt", "--arch", "rnn:4", "--batch-size", "32", "--device", 
 
 def old_fingerprint(values: dict) -> str:
     """The fingerprint as the commit before this fix computed it from config.yaml's values: every key but where the
-    data lives and the thread count, ``clip`` only when set, as sorted JSON."""
+    data lives and the thread count, ``clip`` only when set, as sorted JSON (``validation``, added since, left out
+    at its default: a config.yaml of then did not hold it)."""
     kept = {key: value for key, value in values.items()
-            if key not in ("data_dir", "download", "threads") and not (key == "clip" and value is None)}  # fmt: skip
+            if key not in ("data_dir", "download", "threads") and not (key == "clip" and value is None)
+            and not (key == "validation" and value == 0)}  # fmt: skip
     return hashlib.sha256(json.dumps(kept, sort_keys=True).encode()).hexdigest()
 
 

@@ -69,7 +69,7 @@ THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, 
 NOT_FINGERPRINTED = ("data_dir", "download", "threads")
 #: Settings added after runs were first written: left out of the fingerprint while at their default, so that those
 #: runs still resume.
-ADDED_LATER = {"clip": None}
+ADDED_LATER = {"clip": None, "validation": 0}
 MAX_THREADS = 1024
 #: What ``arch: auto`` stands for, by the kind of network the rule trains.
 DEFAULT_ARCH = {"feedforward": "mlp:256", "energy": "ebm:256", "recurrent": "lsnn:50+50"}
@@ -220,6 +220,12 @@ class RunConfig:
     )
     download: bool = setting(False, "Download missing dataset files from their source, checked by SHA-256.")
     limit: int | None = setting(None, "Keep only the first N training and test examples.", unset="all")
+    validation: int = setting(
+        0,
+        "Hold out N training examples as a validation set, the same ones for every run and seed (a fixed draw): "
+        "trained on the rest, evaluated each epoch (val_loss, val_accuracy), and summary.json's best_val_epoch and "
+        "test_accuracy_at_best_val choose an epoch without reading the test set. 0: none.",
+    )
     # measuring the update angle to backprop on held-out probe batches (the first batches of the test set)
     probe_batches: int = setting(4, "Test-set batches (the first ones) on which the update angles are measured.")
     probe_batch_size: int = setting(256, "Examples per probe batch.")
@@ -325,7 +331,7 @@ class RunConfig:
                 raise bad(name, "non-negative")
         if not self.momentum < 1:  # heavy-ball momentum of 1 or more never forgets a step: the run diverges
             raise bad("momentum", "below 1")
-        for name in ("step_size", "probe_every"):
+        for name in ("step_size", "probe_every", "validation"):
             if getattr(self, name) < 0:
                 raise bad(name, "0 or a positive integer")
         if self.clip is not None and not (math.isfinite(self.clip) and self.clip > 0):

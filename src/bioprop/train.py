@@ -30,6 +30,7 @@ pre-training of the feedback that lasts the whole run) is given as a :class:`~bi
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -81,6 +82,7 @@ class Session:
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator  # CPU generator of the training order
     probes: list[tuple[Tensor, Tensor]]  # held-out batches for the update angles
+    validation: tuple[Tensor, Tensor] | None  # the held-out training examples (--validation), None without
     epoch: int = 0  # epochs done
     step: int = 0  # optimizer steps done
     history: dict[str, Any] = field(default_factory=lambda: {"rows": [], "alignment": [], "init": {}, "traces": []})
@@ -95,6 +97,7 @@ def build(config: RunConfig, run_dir: Path) -> Session:
     device, dtype = config.resolved_device(), config.torch_dtype()
     dataset = data.load(config.data, config.data_dir, device, dtype, config.download, config.limit)
     config.check_arch(dataset.in_shape, dataset.n_classes, dataset.temporal)  # for the data as it is, not as assumed
+    dataset, validation = hold_out(dataset, config.validation)
     bad = checks.first_nonfinite([("train_x", dataset.train_x), ("test_x", dataset.test_x)])
     if bad is not None:
         raise BioPropError(f"dataset {config.data} ({dataset.source}) has non-finite values in {bad}: they come "
@@ -121,7 +124,29 @@ def build(config: RunConfig, run_dir: Path) -> Session:
     test = data.batches(dataset.test_x, dataset.test_y, config.probe_batch_size, shuffle=False,
                         time_major=dataset.temporal)  # fmt: skip
     probes = [(xb.to(dtype), yb) for xb, yb in itertools.islice(test, config.probe_batches)]
-    return Session(config, run_dir, dataset, net, rule, optimizer, shuffle, probes)
+    return Session(config, run_dir, dataset, net, rule, optimizer, shuffle, probes, validation)
+
+
+#: The seed of the draw that picks the validation examples: fixed, so every run holds out the same ones.
+VALIDATION_SEED = 0
+
+
+def hold_out(dataset: data.Dataset, n: int) -> tuple[data.Dataset, tuple[Tensor, Tensor] | None]:
+    """The dataset without ``n`` of its training examples, and those (x, y), the last ``n`` of a permutation drawn
+    from a generator seeded with :data:`VALIDATION_SEED` (the training examples keep their order). The inputs keep
+    the standardisation computed on the whole training set. ``n`` = 0: the dataset as it is and None. A
+    :class:`BioPropError` when ``n`` leaves no training example."""
+    if n == 0:
+        return dataset, None
+    total = len(dataset.train_y)
+    if n >= total:
+        raise BioPropError(f"--validation {n} leaves no training example: dataset {dataset.name} has {total} "
+                           f"training examples (after --limit); hold out fewer")  # fmt: skip
+    order = torch.randperm(total, generator=torch.Generator().manual_seed(VALIDATION_SEED))
+    held = order[total - n :].to(dataset.train_y.device)
+    kept = order[: total - n].sort().values.to(dataset.train_y.device)
+    validation = (dataset.train_x[held], dataset.train_y[held])
+    return dataclasses.replace(dataset, train_x=dataset.train_x[kept], train_y=dataset.train_y[kept]), validation
 
 
 def weight_copies(config: RunConfig) -> int:
@@ -295,9 +320,33 @@ def end_of_epoch(s: Session, epoch: int, lr: float, trained: dict[str, float]) -
     row: dict[str, Any] = {"epoch": epoch + 1, "loss": s.rule.loss.name, "train_loss": trained["train_loss"],
                            "train_accuracy": trained["train_accuracy"], "test_loss": test_loss,
                            "test_accuracy": test_accuracy, "seconds": trained["seconds"], "lr": lr}  # fmt: skip
+    if s.validation is not None:
+        val_x, val_y = s.validation
+        if s.dataset.temporal:
+            val_x, val_y = val_x.transpose(0, 1), val_y.transpose(0, 1)
+        row["val_loss"], row["val_accuracy"] = metrics.evaluate(s.rule, val_x, val_y)
     row.update({f"angle/{name}": angle for name, angle in probe_angles(s).items()})
     row.update({f"diag/{key}": float(value) for key, value in diagnostics.items()})
     return row
+
+
+def validation_summary(s: Session) -> dict[str, Any]:
+    """With --validation: how many examples were held out, the last epoch's validation accuracy, the epoch (1-based)
+    of the best validation accuracy (of the lowest validation loss for a regression, which has no accuracy; the
+    first such epoch) and the test accuracy and loss at that epoch. Empty without."""
+    if s.validation is None:
+        return {}
+    rows = s.history["rows"]
+    out: dict[str, Any] = {"n_validation": len(s.validation[1]), "val_accuracy": rows[-1]["val_accuracy"] if rows
+                           else None, "best_val_epoch": None, "test_accuracy_at_best_val": None,
+                           "test_loss_at_best_val": None}  # fmt: skip
+    scored = [(r["val_loss"] if math.isnan(r["val_accuracy"]) else -r["val_accuracy"], i) for i, r in enumerate(rows)
+              if r.get("val_accuracy") is not None and not math.isnan(r["val_loss"])]  # fmt: skip
+    if scored:
+        best = rows[min(scored)[1]]
+        out.update(best_val_epoch=best["epoch"], test_accuracy_at_best_val=best["test_accuracy"],
+                   test_loss_at_best_val=best["test_loss"])  # fmt: skip
+    return out
 
 
 def record_traces(s: Session, epoch: int, traces: dict[str, list[float]]) -> None:
@@ -328,6 +377,7 @@ def summary(s: Session, status: str, message: str | None = None) -> dict[str, An
         "rule_options": s.rule.opts.as_dict(), "parameters": sum(p.numel() for p in s.net.parameters()),
         "n_train": len(s.dataset.train_y), "n_test": len(s.dataset.test_y), "data_source": s.dataset.source,
         "in_shape": list(s.dataset.in_shape), "n_classes": s.dataset.n_classes, "task": s.dataset.task or None,
+        **validation_summary(s),
         "bioprop_version": bioprop.__version__, "torch_version": torch.__version__,
         "device": str(c.resolved_device()), "dtype": c.dtype,
     }  # fmt: skip
