@@ -442,6 +442,41 @@ def compare(
     typer.echo(tables.compare([_path(text, "DIR") for text in run_dirs]))
 
 
+@app.command("report", cls=Command)
+def report(
+    run_dirs: Annotated[
+        list[str],
+        typer.Argument(help="Run directories, or directories holding runs.", show_default=False, metavar="DIR..."),
+    ],
+    out: Annotated[
+        str | None,
+        _opt(
+            escape(
+                "Folder for report.md and report.html. [default: DIR when one is given; beside it when DIR is a run]"
+            ),
+            "--out",
+            "-o",
+            metavar="DIR",
+        ),  # fmt: skip
+    ] = None,
+) -> None:
+    """Write report.md and a self-contained report.html (figures embedded) about the runs in DIR...
+
+    A leaderboard (the rows of compare, with each row's seconds per epoch over those of bp's row), the
+    implausibility matrix of the rules present, and figures: learning curves, the update angle to the reference
+    gradient per weight tensor, the figures each rule declares, the seconds per epoch. Half-written, unreadable,
+    running or diverged runs are skipped, each with a warning. A report.md or report.html in --out that bioprop did
+    not write is refused.
+    """
+    from bioprop.report import study
+
+    def warn(line: str) -> None:
+        typer.echo(f"bioprop: warning: {line}", err=True)
+
+    md, page = study.build_report([_path(text, "DIR") for text in run_dirs], _path(out, "--out"), on_skip=warn)
+    typer.echo(f"wrote {md} and {page}")
+
+
 @app.command("experiment", cls=Command)
 def run_experiment(
     name: Annotated[
