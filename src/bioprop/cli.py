@@ -519,6 +519,61 @@ def run_experiment(
     typer.echo(f"{name}: {record['seconds']:.1f} s; wrote {folder / (name + '.json')} and {figures}")
 
 
+@app.command("reproduce", cls=Command)
+def run_reproduction(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="The paper's result to reproduce (see --list).", show_default=False, metavar="NAME"),
+    ] = None,
+    out: Annotated[
+        str, _opt(escape("Folder for its figures and NAME.json. [default: runs/reproduce]"), metavar="DIR")
+    ] = "runs/reproduce",
+    full: Annotated[
+        bool, _flag("The paper's scale (minutes) instead of the default (under a minute).", "--full")
+    ] = False,
+    quick: Annotated[
+        bool, _flag("A smaller version of the same computation (seconds), for a first look.", "--quick")
+    ] = False,
+    seed: Annotated[
+        str, _int_opt(escape(f"Seed of every random draw, 0 to {settings.SEED_MAX}. [default: 0]"), "--seed")
+    ] = "0",
+    threads: Annotated[str | None, _int_opt(escape("Torch CPU threads. [default: as for train]"), "--threads")] = None,
+    show: Annotated[bool, _flag("List the reproductions (name, paper, claim) and exit.", "--list")] = False,
+) -> None:
+    """Reproduce a seed paper's headline result: writes its figure(s) and NAME.json (the paper's claim and value,
+    ours beside it, whether it holds) into --out.
+
+    Without NAME, or with --list, lists the reproductions. Only files of the names the reproduction writes are
+    written; one of those names that bioprop did not write is refused before any work.
+    """
+    from bioprop import reproduce
+    from bioprop.train import sigterm_interrupts
+
+    if show and name is not None:
+        raise BioPropError(f"give NAME ({name!r}) or --list, not both")
+    if full and quick:
+        raise BioPropError("give --full or --quick, not both")
+    if show or name is None:
+        table = Table(header_style="bold")
+        for column in ("reproduction", "paper", "claim"):
+            table.add_column(column, overflow="fold")
+        for key in reproduce.names():
+            item = reproduce.get(key)
+            table.add_row(key, escape(item.paper), escape(item.claim))
+        Console().print(table)
+        return
+    reproduce.get(name)  # an unknown name before anything else is read
+    folder = _path(out, "--out")
+    scale = "full" if full else "quick" if quick else "default"
+    count = default_threads() if threads is None else thread_count("--threads", threads)
+    with torch_threads(count), sigterm_interrupts():
+        record = reproduce.reproduce(name, folder, seed=parse_seed("--seed", seed), scale=scale)
+    verdict = "holds" if record["holds"] else "does NOT hold"
+    figures = ", ".join(record["figures"]) or "no figure"
+    typer.echo(f"{name} ({scale}): {record['seconds']:.1f} s; the claim {verdict}; wrote "
+               f"{folder / (name + '.json')} and {figures}")  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------------------- entry point
 
 

@@ -18,6 +18,10 @@ the numbers under ``"results"`` and ``"experiment"``, ``"seed"``, ``"quick"``, `
 not write (no ``<name>.json`` of the same experiment, in the form bioprop writes, lists it), or a folder or link
 there, is refused before any work, and nothing else in ``out`` is touched.
 
+Other registries reuse this machinery (:mod:`bioprop.reproduce`): :func:`execute` runs any :class:`Experiment`,
+whose ``kind`` is the key that names it in its record (``"experiment"`` here, ``"reproduction"`` there) and whose
+``top`` lists result keys written at the record's top level instead of under ``"results"``.
+
 Errors: an unknown name or a bad ``out`` raise :class:`~bioprop.errors.BioPropError` (the CLI's one-line error,
 exit 2); a file that cannot be written, :class:`~bioprop.report.logs.WriteError` (exit 74).
 """
@@ -46,13 +50,17 @@ Runner = Callable[[Path, int, bool], dict[str, Any]]
 @dataclass(frozen=True)
 class Experiment:
     """A registered experiment: ``name`` (the CLI's NAME), a one-line ``summary``, the ``source`` it reproduces
-    (paper, figure or equation), the ``figures`` it writes (file names in ``out``) and its ``run`` function."""
+    (paper, figure or equation), the ``figures`` it writes (file names in ``out``) and its ``run`` function;
+    ``kind``, the record's key naming it, and ``top``, result keys lifted to the record's top level (module
+    docstring)."""
 
     name: str
     summary: str
     source: str
     figures: tuple[str, ...]
     run: Runner
+    kind: str = "experiment"
+    top: tuple[str, ...] = ()
 
 
 _REGISTRY: dict[str, Experiment] = {}
@@ -90,10 +98,12 @@ def get(name: str) -> Experiment:
     return _REGISTRY[name]
 
 
-def figure_path(out: Path, name: str, figure: str) -> Path:
-    """Where experiment ``name`` writes its figure ``figure`` (one it declared at :func:`register`)."""
-    if figure not in get(name).figures:
-        raise ValueError(f"experiment {name!r} did not declare the figure {figure!r}")
+def figure_path(out: Path, name: str | Experiment, figure: str) -> Path:
+    """Where experiment ``name`` (a registered name, or an :class:`Experiment`) writes its figure ``figure`` (one it
+    declared at :func:`register`)."""
+    experiment = name if isinstance(name, Experiment) else get(name)
+    if figure not in experiment.figures:
+        raise ValueError(f"{experiment.kind} {experiment.name!r} did not declare the figure {figure!r}")
     return out / figure
 
 
@@ -110,7 +120,7 @@ def _written_by_us(out: Path, experiment: Experiment) -> set[str]:
         data = json.loads(record.read_text())
     except (OSError, ValueError):
         return set()
-    if (not isinstance(data, dict) or data.get("experiment") != experiment.name or "bioprop" not in data
+    if (not isinstance(data, dict) or data.get(experiment.kind) != experiment.name or "bioprop" not in data
             or data.get("status") not in STATUSES or not isinstance(data.get("figures"), list)):  # fmt: skip
         return set()  # not a record of this experiment in the form bioprop writes it: the user's file
     return {record.name, *(f for f in data["figures"] if isinstance(f, str))}
@@ -148,13 +158,22 @@ def _jsonable(value: Any) -> Any:
 def run_experiment(name: str, out: Path, seed: int = 0, quick: bool = False) -> dict[str, Any]:
     """Run the experiment ``name`` into the folder ``out`` (created if missing) with ``seed``; returns the record
     written to ``out/<name>.json`` (module docstring)."""
+    return execute(get(name), out, seed, quick)
+
+
+def execute(
+    experiment: Experiment, out: Path, seed: int = 0, quick: bool = False, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """:func:`run_experiment` for any :class:`Experiment`, registered here or not (another registry's entry):
+    ``extra`` (JSON-able) is added to the record (claim and final) after ``"quick"``. Raises ``ValueError`` if the
+    results lack a key of ``experiment.top``."""
     import torch
 
     import bioprop
     from bioprop.config import parse_seed
     from bioprop.report import logs
 
-    experiment = get(name)
+    name = experiment.name
     seed = parse_seed("--seed", seed)  # the one validator and message of bioprop train and bioprop experiment
     if not isinstance(quick, bool):
         raise BioPropError(f"quick must be True or False, not {quick!r}")
@@ -167,8 +186,8 @@ def run_experiment(name: str, out: Path, seed: int = 0, quick: bool = False) -> 
     except OSError as err:
         raise logs.WriteError(f"cannot create '{out}': {err.strerror or err}") from None
     # Claim the names first: a run that stops after writing a figure leaves a record that says the figure is ours.
-    claim = {"experiment": name, "status": "running", "figures": list(experiment.figures),
-             "bioprop": bioprop.__version__, "seed": seed, "quick": quick}  # fmt: skip
+    claim = {experiment.kind: name, "status": "running", "figures": list(experiment.figures),
+             "bioprop": bioprop.__version__, "seed": seed, "quick": quick, **_jsonable(extra or {})}  # fmt: skip
     logs.write_atomic(out / f"{name}.json", (json.dumps(claim, indent=2) + "\n").encode())
     started = time.perf_counter()
     try:
@@ -177,11 +196,16 @@ def run_experiment(name: str, out: Path, seed: int = 0, quick: bool = False) -> 
         claim["status"] = "interrupted"
         logs.write_atomic(out / f"{name}.json", (json.dumps(claim, indent=2) + "\n").encode())
         raise
+    missing = [key for key in experiment.top if key not in results]
+    if missing:
+        raise ValueError(f"{experiment.kind} {name!r} returned no {', '.join(missing)}")
     record = {
-        "experiment": name, "status": "finished", "summary": experiment.summary, "source": experiment.source,
-        "seed": seed, "quick": quick, "figures": [f for f in experiment.figures if (out / f).is_file()],
+        experiment.kind: name, "status": "finished", **{key: _jsonable(results[key]) for key in experiment.top},
+        "summary": experiment.summary, "source": experiment.source, "seed": seed, "quick": quick,
+        **_jsonable(extra or {}), "figures": [f for f in experiment.figures if (out / f).is_file()],
         "seconds": time.perf_counter() - started, "torch": torch.__version__, "bioprop": bioprop.__version__,
-        "machine": platform.machine(), "results": _jsonable(results),
+        "machine": platform.machine(),
+        "results": _jsonable({key: value for key, value in results.items() if key not in experiment.top}),
     }  # fmt: skip
     logs.write_atomic(out / f"{name}.json", (json.dumps(record, indent=2) + "\n").encode())
     return record
