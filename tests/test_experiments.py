@@ -39,7 +39,7 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, bool]]:
 
     experiments.names()  # the real experiments first: _load must not overwrite the toy
     toy = experiments.Experiment("toy", "a toy", "nowhere", ("toy.bin",), run)
-    monkeypatch.setitem(experiments._REGISTRY, "toy", toy)
+    monkeypatch.setitem(experiments.CATALOG.entries, "toy", toy)
     return calls
 
 
@@ -113,12 +113,12 @@ def test_a_run_stopped_after_writing_a_figure_can_be_run_again(toy, tmp_path: Pa
         experiments.figure_path(out, "toy", "toy.bin").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    original = experiments._REGISTRY["toy"]
-    monkeypatch.setitem(experiments._REGISTRY, "toy", dataclasses.replace(original, run=crash))
+    original = experiments.CATALOG.entries["toy"]
+    monkeypatch.setitem(experiments.CATALOG.entries, "toy", dataclasses.replace(original, run=crash))
     with pytest.raises(KeyboardInterrupt):
         experiments.run_experiment("toy", tmp_path)
     assert json.loads((tmp_path / "toy.json").read_text())["status"] == "interrupted"
-    monkeypatch.setitem(experiments._REGISTRY, "toy", original)
+    monkeypatch.setitem(experiments.CATALOG.entries, "toy", original)
     record = experiments.run_experiment("toy", tmp_path, seed=2)
     assert record["status"] == "finished" and (tmp_path / "toy.bin").read_bytes() == b"seed 2"
 

@@ -76,7 +76,7 @@ def toy(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, str]]:
 
     reproduce.names()  # the real entries first
     entry = reproduce.Reproduction("toy", "Toy et al. 2000", "Fig. 1", "toys hold", 0.5, "a toy", ("toy.png",), run)
-    monkeypatch.setitem(reproduce._REGISTRY, "toy", entry)
+    monkeypatch.setitem(reproduce.CATALOG.entries, "toy", entry)
     return calls
 
 
@@ -120,8 +120,8 @@ def test_a_foreign_file_of_an_own_name_is_refused_and_left_byte_identical(toy, t
 
 
 def test_an_entry_that_returns_no_verdict_is_a_programming_error(toy, tmp_path: Path, monkeypatch) -> None:
-    entry = reproduce._REGISTRY["toy"]
-    monkeypatch.setitem(reproduce._REGISTRY, "toy", dataclasses.replace(entry, run=lambda out, seed, scale: {}))
+    entry = reproduce.CATALOG.entries["toy"]
+    monkeypatch.setitem(reproduce.CATALOG.entries, "toy", dataclasses.replace(entry, run=lambda out, seed, scale: {}))
     with pytest.raises(ValueError, match="reproduction 'toy' returned no ours, holds"):
         reproduce.reproduce("toy", tmp_path)
 
@@ -129,7 +129,7 @@ def test_an_entry_that_returns_no_verdict_is_a_programming_error(toy, tmp_path: 
 def test_experiments_keep_their_record_form(tmp_path: Path, monkeypatch) -> None:
     """The framework's generalisation (kind, top, execute) leaves an experiment's record as it was."""
     toy = experiments.Experiment("toy", "a toy", "nowhere", (), lambda out, seed, quick: {"value": 1.0})
-    monkeypatch.setitem(experiments._REGISTRY, "toy", toy)
+    monkeypatch.setitem(experiments.CATALOG.entries, "toy", toy)
     record = experiments.run_experiment("toy", tmp_path)
     assert set(record) == {"experiment", "status", "summary", "source", "seed", "quick", "figures", "seconds",
                            "torch", "bioprop", "machine", "results"}  # fmt: skip

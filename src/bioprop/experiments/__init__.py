@@ -63,7 +63,38 @@ class Experiment:
     top: tuple[str, ...] = ()
 
 
-_REGISTRY: dict[str, Experiment] = {}
+class Catalog:
+    """Named entries of one ``kind`` (``experiment``, ``reproduction``) registered by the modules ``modules`` of the
+    package ``package``, which are imported on first use (so that ``import bioprop`` stays light)."""
+
+    def __init__(self, kind: str, package: str, modules: tuple[str, ...]) -> None:
+        self.kind, self.package, self.modules = kind, package, modules
+        self.entries: dict[str, Any] = {}
+
+    def add(self, name: str, entry: Any) -> None:
+        """Register ``entry`` as ``name``; a name registered twice is a programming error (ValueError)."""
+        if name in self.entries:
+            raise ValueError(f"{self.kind} {name!r} registered twice")
+        self.entries[name] = entry
+
+    def load(self) -> None:
+        for module in self.modules:
+            importlib.import_module(f"{self.package}.{module}")
+
+    def names(self) -> list[str]:
+        """The registered names, sorted."""
+        self.load()
+        return sorted(self.entries)
+
+    def get(self, name: str) -> Any:
+        """The entry ``name``; anything else raises :class:`BioPropError` listing the known ones."""
+        self.load()
+        if not isinstance(name, str) or name not in self.entries:
+            raise BioPropError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self.entries)) or 'none'}")
+        return self.entries[name]
+
+
+CATALOG = Catalog("experiment", __name__, MODULES)
 STATUSES = ("running", "interrupted", "finished")
 
 
@@ -71,31 +102,20 @@ def register(name: str, summary: str, source: str, figures: tuple[str, ...]) -> 
     """Decorator: register ``run(out, seed, quick) -> dict`` as the experiment ``name``, writing ``figures``."""
 
     def wrap(run: Runner) -> Runner:
-        if name in _REGISTRY:
-            raise ValueError(f"experiment {name!r} registered twice")
-        _REGISTRY[name] = Experiment(name, summary, source, tuple(figures), run)
+        CATALOG.add(name, Experiment(name, summary, source, tuple(figures), run))
         return run
 
     return wrap
 
 
-def _load() -> None:
-    for module in MODULES:
-        importlib.import_module(f"{__name__}.{module}")
-
-
 def names() -> list[str]:
     """The registered experiments' names, sorted."""
-    _load()
-    return sorted(_REGISTRY)
+    return CATALOG.names()
 
 
 def get(name: str) -> Experiment:
     """The experiment ``name``; an unknown name raises :class:`BioPropError` listing the known ones."""
-    _load()
-    if name not in _REGISTRY:
-        raise BioPropError(f"unknown experiment {name!r}; known: {', '.join(sorted(_REGISTRY)) or 'none'}")
-    return _REGISTRY[name]
+    return CATALOG.get(name)
 
 
 def figure_path(out: Path, name: str | Experiment, figure: str) -> Path:

@@ -27,7 +27,6 @@ CLI's exit 2); a file that cannot be written, :class:`~bioprop.report.logs.Write
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +61,7 @@ class Reproduction:
     run: Runner
 
 
-_REGISTRY: dict[str, Reproduction] = {}
+CATALOG = experiments.Catalog("reproduction", __name__, MODULES)
 
 
 def register(
@@ -71,31 +70,20 @@ def register(
     """Decorator: register ``run(out, seed, scale) -> dict`` as the reproduction ``name`` (:class:`Reproduction`)."""
 
     def wrap(run: Runner) -> Runner:
-        if name in _REGISTRY:
-            raise ValueError(f"reproduction {name!r} registered twice")
-        _REGISTRY[name] = Reproduction(name, paper, source, claim, paper_value, summary, tuple(figures), run)
+        CATALOG.add(name, Reproduction(name, paper, source, claim, paper_value, summary, tuple(figures), run))
         return run
 
     return wrap
 
 
-def _load() -> None:
-    for module in MODULES:
-        importlib.import_module(f"{__name__}.{module}")
-
-
 def names() -> list[str]:
     """The registered reproductions' names, sorted."""
-    _load()
-    return sorted(_REGISTRY)
+    return CATALOG.names()
 
 
 def get(name: str) -> Reproduction:
     """The reproduction ``name``; anything else raises :class:`BioPropError` listing the known ones."""
-    _load()
-    if not isinstance(name, str) or name not in _REGISTRY:
-        raise BioPropError(f"unknown reproduction {name!r}; known: {', '.join(sorted(_REGISTRY)) or 'none'}")
-    return _REGISTRY[name]
+    return CATALOG.get(name)
 
 
 def experiment(name: str, scale: str = "default") -> experiments.Experiment:
