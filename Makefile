@@ -8,7 +8,7 @@ DEMO_OUT ?= runs/demo
 # passive waiting costs next to nothing on an idle one.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: demo test lint clean fashion-mnist
+.PHONY: demo test lint clean fashion-mnist chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -32,7 +32,14 @@ fashion-mnist: $(VENV)/.installed
 demo: fashion-mnist
 	$(BIN)/python examples/demo.py --out $(DEMO_OUT)
 
-test: $(VENV)/.installed-dev
+# Headless Chromium renders the HTML report in its test: Debian's package when root with apt, else that test skips.
+chromium:
+	@command -v chromium >/dev/null || command -v chromium-browser >/dev/null \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq \
+	       && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+	  || echo "chromium not installed: the HTML report's rendering test will be skipped"
+
+test: $(VENV)/.installed-dev chromium
 	$(BIN)/python -m pytest
 
 lint: $(VENV)/.installed-dev

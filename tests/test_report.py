@@ -8,10 +8,12 @@ ratio is checked against the epoch_seconds in the runs' summary.json, computed h
 from __future__ import annotations
 
 import base64
+import html
 import json
 import re
 import shutil
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -222,3 +224,30 @@ def test_the_command_writes_the_report_and_warns_of_skipped_runs(cli, runs: Path
     for args in (("report",), ("report", tmp_path / "nowhere"), ("report", "")):
         code, _, err = cli(*args)
         assert code == 2 and err.count("\n") == 1 and err.startswith("bioprop: error:"), (args, err)
+
+
+#: The browser of the rendering test: Debian's chromium (`make test` installs it when run as root with apt).
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+#: Appended to a copy of report.html for the test only: after load, the decoded size of every image goes into an
+#: attribute of <body>, which --dump-dom serialises with the rest of the rendered DOM.
+PROBE = ("<script>window.addEventListener('load', () => document.body.setAttribute('data-sizes', JSON.stringify("
+         "[...document.images].map(i => [i.naturalWidth, i.naturalHeight]))))</script>")  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs it as root with apt)")
+def test_the_html_report_renders_in_a_headless_browser(runs: Path, tmp_path: Path) -> None:
+    """Headless Chromium, offline, loads report.html: the rendered DOM holds the leaderboard with both rules and the
+    implausibility matrix, and every embedded figure decoded to its full size (at least 200 × 200 pixels)."""
+    _, web = study.build_report([runs], tmp_path / "report")
+    probed = tmp_path / "probed.html"
+    probed.write_text(web.read_text().replace("</body>", PROBE + "</body>"))
+    result = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom",
+                             "--virtual-time-budget=5000", probed.as_uri()],
+                            capture_output=True, text=True, timeout=120, check=False)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    dom = result.stdout
+    sizes = json.loads(html.unescape(re.search(r'data-sizes="([^"]*)"', dom).group(1)))
+    assert len(sizes) >= 3 and all(width >= 200 and height >= 200 for width, height in sizes), sizes
+    text = re.sub(r"<[^>]+>", " ", dom)
+    assert "Leaderboard" in text and "Implausibility matrix" in text
+    assert re.search(r"\bbp\b", text) and re.search(r"\bpc\b", text)
