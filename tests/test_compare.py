@@ -94,6 +94,23 @@ def test_epochs_and_rule_options_tell_rows_apart(tmp_path: Path) -> None:
     assert [(r["rule"], r["settings"]) for r in rows] == [("fa", "scale=1.0"), ("fa", "scale=0.5"), ("bp", "–")]
 
 
+def test_settings_and_options_added_since_a_run_count_at_their_defaults(tmp_path: Path) -> None:
+    """A run written before --validation and before one of its rule's options existed (both absent from its files)
+    ran at their defaults: it shares a row with a run that records them at the defaults, and not with one that set
+    them otherwise."""
+    from bioprop import rules
+
+    fa_options = {key: option.default for key, option in rules.entry("fa").cls.options.items()}
+    old = write_run(tmp_path / "old", seed=0, rule_options={"init": "xavier", "scale": 1.0, "seed": 0})
+    config = yaml.safe_load((old / "config.yaml").read_text())
+    del config["validation"]
+    (old / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    write_run(tmp_path / "new", seed=1, rule_options={**fa_options, "seed": 1})
+    assert [r["runs"] for r in rows_of([tmp_path / "old", tmp_path / "new"])] == ["2"]
+    write_run(tmp_path / "held", seed=2, validation=100, rule_options={**fa_options, "seed": 2})
+    assert len(rows_of([tmp_path / "old", tmp_path / "held"])) == 2
+
+
 def test_what_does_not_change_the_computation_does_not_split_a_row(tmp_path: Path) -> None:
     write_run(tmp_path / "a", seed=0, data_dir=str(tmp_path / "here"), download=False, activation="auto")
     write_run(tmp_path / "b", seed=1, data_dir=None, download=True, activation="relu")  # auto is relu on an mlp

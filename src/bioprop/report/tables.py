@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from bioprop import data, nets, rules
-from bioprop.config import NOT_FINGERPRINTED, read_yaml
+from bioprop.config import ADDED_LATER, NOT_FINGERPRINTED, read_yaml
 from bioprop.errors import BioPropError
 from bioprop.report import logs
 
@@ -248,9 +248,12 @@ def _canonical_dataset(name: Any) -> Any:
 
 def settings_of(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, Any]:
     """What a run computes, but for its seed (see the module docstring): its config without ``seed``, the
-    fields left out of its fingerprint and a rule seed that follows the run's seed."""
+    fields left out of its fingerprint and a rule seed that follows the run's seed; settings and rule options added
+    after the run was written count at their defaults, which the run used."""
     seed = seed_of(config, summary)
     settings = {key: value for key, value in config.items() if key not in ("seed", "rule_opts", *NOT_FINGERPRINTED)}
+    for key, default in ADDED_LATER.items():  # a config.yaml written before the setting existed ran at its default
+        settings.setdefault(key, default)
     settings["data"] = _canonical_dataset(settings.get("data"))
     settings["arch"] = str(settings.get("arch", "")).strip().lower()
     recorded = summary.get("activation")
@@ -264,6 +267,9 @@ def settings_of(config: dict[str, Any], summary: dict[str, Any]) -> dict[str, An
     options = summary.get("rule_options")
     if not isinstance(options, dict):  # a summary without the parsed options: the options as given
         options = config.get("rule_opts") or {}
+    if config.get("rule") in rules.names():  # an option added since the run was written: it ran at the default
+        declared = rules.entry(config["rule"]).cls.options
+        options = {**{key: option.default for key, option in declared.items() if key != "seed"}, **options}
     for key, value in options.items():
         if not (key == "seed" and str(value) == str(seed)):
             settings[RULE_OPTION + key] = value
