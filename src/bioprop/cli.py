@@ -419,16 +419,72 @@ def list_datasets(
     Console().print(table)
 
 
-@app.command(cls=Command)
-def compare(
+STUDY_PANEL = "Study: run each rule x seed (with --rules)"
+#: The settings of a study's runs, as `bioprop train` declares them: every RunConfig field but those the study varies.
+STUDY_SETTINGS = tuple(item for item in fields(RunConfig) if item.name not in ("rule", "seed", "rule_opts"))
+
+
+def _compare_options(
     run_dirs: Annotated[
-        list[str],
+        list[str] | None,
         typer.Argument(
-            help="Run directories, or directories holding runs (e.g. runs/*).", show_default=False, metavar="DIR..."
+            help="Run directories, or directories holding runs (e.g. runs/*), to compare; not with --rules.",
+            show_default=False,
+            metavar="DIR...",
         ),
-    ],
+    ] = None,
+    study_rules: Annotated[
+        str | None,
+        _opt(
+            "Run a study instead: these rules (comma-separated, e.g. bp,fa; see `bioprop rules`), each with every "
+            "seed of --seeds and the same settings, into --out DIR/<rule>-s<seed>; then write DIR/report.md and "
+            "DIR/report.html.",
+            "--rules",
+            metavar="R1,R2,...",
+            rich_help_panel=STUDY_PANEL,
+        ),
+    ] = None,
+    seeds: Annotated[
+        str | None,
+        _opt(
+            escape("Seeds of each rule's runs, comma-separated. [default: 0]"),
+            "--seeds",
+            metavar="S1,S2,...",
+            rich_help_panel=STUDY_PANEL,
+        ),
+    ] = None,
+    rule_opt: Annotated[
+        list[str] | None,
+        _opt(
+            "An option of one rule of --rules, repeatable; see `bioprop rules NAME`.",
+            "--rule-opt",
+            metavar="RULE.KEY=VALUE",
+            rich_help_panel=STUDY_PANEL,
+        ),
+    ] = None,
+    out: Annotated[
+        str | None,
+        _opt("The study's folder (required with --rules).", "--out", "-o", metavar="DIR", rich_help_panel=STUDY_PANEL),
+    ] = None,
+    jobs: Annotated[
+        str | None,
+        _opt(
+            escape(
+                "Worker processes at most, each with max(1, CPUs // K) torch threads unless --threads is "
+                "given. [default: 1]"
+            ),
+            "--jobs",
+            "-j",
+            metavar="K",
+            rich_help_panel=STUDY_PANEL,
+        ),
+    ] = None,
 ) -> None:
-    """Print a Markdown table comparing runs.
+    """The options of ``bioprop compare`` that are not settings of a run (see :func:`compare`)."""
+
+
+def compare(**given: Any) -> None:
+    """Print a Markdown table comparing runs, or run a study (--rules) and write its report.
 
     Test and best accuracy (mean ± std over runs that differ only in their seed; runs with other differences get
     their own rows and a settings column naming them), final update angle to the reference gradient per weight
@@ -436,10 +492,67 @@ def compare(
     A directory that is not a run is searched for run directories. The same run given twice, or two runs with the
     same configuration and seed (e.g. a copied run directory), are refused: they are not independent seeds. A
     summary.json or config.yaml field of the wrong type or range is refused, naming the file and the field.
+
+    With --rules R1,R2 --seeds 0,1,2 --out DIR: trains each rule x seed with the same settings (the run settings
+    below, as for `bioprop train`) into DIR/<rule>-s<seed>, in --jobs worker processes; a run already finished
+    there (or diverged) is skipped, an interrupted one resumed, a folder holding a run of other settings refused
+    before any work. A line per run as it ends; then DIR/report.md and DIR/report.html (see `bioprop report`) and
+    the table. Ctrl-C stops the workers, each keeping its last checkpoint: the same command resumes them. Exit
+    code 3 when a run diverged or failed (the others are still reported).
     """
     from bioprop.report import tables
 
-    typer.echo(tables.compare([_path(text, "DIR") for text in run_dirs]))
+    run_dirs, names, seeds, rule_opt, out, jobs = (
+        given.pop(key) for key in ("run_dirs", "study_rules", "seeds", "rule_opt", "out", "jobs")
+    )
+    if names is None:
+        study_flags = {"--seeds": seeds, "--rule-opt": rule_opt, "--out": out, "--jobs": jobs}
+        flags = [flag for flag, value in study_flags.items() if value]
+        flags += [settings.flag(key) for key, value in given.items() if value is not None]
+        if flags:
+            raise BioPropError(f"{flags[0]} needs --rules (a study); without --rules, compare reads existing runs")
+        if not run_dirs:
+            raise BioPropError("missing argument 'DIR...' (the runs to compare), or --rules R1,R2 --out DIR: a study")
+        typer.echo(tables.compare([_path(text, "DIR") for text in run_dirs]))
+        return
+    from bioprop import study_runner
+    from bioprop.train import sigterm_interrupts
+
+    if run_dirs:
+        raise BioPropError(f"give directories to compare ({run_dirs[0]!r}) or --rules for a study, not both")
+    folder = _path(out, "--out")
+    if folder is None:
+        raise BioPropError("--rules needs --out DIR, the folder of the study's runs and report")
+    settings_given = {key: value for key, value in given.items() if value is not None}
+    data, arch, epochs = (settings_given.pop(key, None) for key in ("data", "arch", "epochs"))
+
+    def progress(line: str) -> None:
+        typer.echo(line if line.startswith("[") else f"bioprop: warning: {line}", err=True)
+
+    try:
+        with sigterm_interrupts():
+            result = study_runner.run_study(names, data, arch, epochs, seeds or "0", rule_opt or [], folder,
+                                            jobs=jobs or "1", progress=progress, **settings_given)  # fmt: skip
+    except study_runner.StudyInterrupted:
+        _fail(f"interrupted; each run keeps its last checkpoint in {folder}; run the same command again to resume",
+              EXIT_INTERRUPTED)  # fmt: skip
+    if result["table"] is not None:
+        typer.echo(result["table"])
+    if result["report"] is not None:
+        typer.echo(f"report: {result['report'][1]} (and {result['report'][0]})")
+    if result["failed"]:
+        failed = [run for run in result["runs"] if run["status"] != "finished"]
+        listed = ", ".join(f"{run['name']} ({run['status']})" for run in failed)
+        _fail(f"error: {len(failed)} of {len(result['runs'])} runs did not finish: {listed}", 3)
+
+
+# The signature typer reads: the options of compare itself, then one option per run setting a study shares.
+compare.__signature__ = inspect.Signature([  # type: ignore[attr-defined]
+    *(p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in
+      inspect.signature(_compare_options, eval_str=True).parameters.values()),
+    *(setting_option(item) for item in STUDY_SETTINGS),
+])  # fmt: skip
+app.command("compare", cls=Command)(compare)
 
 
 @app.command("report", cls=Command)
