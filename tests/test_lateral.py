@@ -382,3 +382,17 @@ def test_the_experiment_runs_quickly_and_records_both_networks(tmp_path: Path) -
         assert results["final_test_accuracy"][kind] > 0.5  # ten classes: chance is 0.1
     run = results["runs"][0]
     assert run["plain"]["mean_inhibition"] == [0.0, 0.0] and run["lateral"]["mean_inhibition"][-1] > 0
+
+
+def test_the_update_angles_leave_out_the_lateral_weights() -> None:
+    """M learns by its own anti-Hebbian rule, not by the loss: it has no reference gradient, so update_angles gives
+    angles for the Linear layers only (no NaN column for M), and the angles it gives are those of bp: 0."""
+    from bioprop import metrics
+
+    torch.manual_seed(0)
+    net = nets.build("mlp:8:lateral", (6,), 3).double()
+    rule = rules.create("bp", net)
+    x, y = torch.randn(5, 6, dtype=torch.float64), torch.tensor([0, 1, 2, 1, 0])
+    angles = metrics.update_angles(rule, [(x, y)])
+    assert set(angles) == {name for name, _ in net.named_parameters() if not name.endswith(".M")}
+    assert all(angle < 1e-5 for angle in angles.values())

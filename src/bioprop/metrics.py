@@ -33,7 +33,8 @@ def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, fl
     shape (B, ...) and y (B,) int64, or sequences as a recurrent network takes them, uint8 spike trains converted) of
     the angle in degrees between the rule's update ``rule.grads`` and ``rule.reference_grads``. Leaves ``.grad`` and
     the global random state untouched: both start from the same random state, so a stochastic layer (dropout) draws
-    one mask per probe batch that serves both, and it is restored after.
+    one mask per probe batch that serves both, and it is restored after. Parameters the network's own plasticity
+    learns (:func:`plastic_parameters`, e.g. lateral inhibition) follow no loss, so they have no angle: left out.
 
     Raises :class:`BioPropError` before any work if ``rule`` is not a rule (from ``bioprop.rules.create``), if
     ``probes`` is not an iterable of ``(x, y)`` pairs (a single pair must be wrapped, ``[(x, y)]``) or is empty,
@@ -46,14 +47,25 @@ def update_angles(rule, probes: Iterable[tuple[Tensor, Tensor]]) -> dict[str, fl
     for x, y in probes:
         rule.check_batch(x, y)
     sums: dict[str, list[float]] = {}
+    local = plastic_parameters(rule.net)
     for x, y in probes:
         with same_draws(x):
             update = rule.grads(x, y).grads
         with same_draws(x):
             reference = rule.reference_grads(x, y)
         for name, exact in reference.items():
-            sums.setdefault(name, []).append(angle_deg(update[name], exact))
+            if name not in local:
+                sums.setdefault(name, []).append(angle_deg(update[name], exact))
     return {name: sum(values) / len(values) for name, values in sums.items()}
+
+
+def plastic_parameters(net: object) -> set[str]:
+    """Names (as in ``net.named_parameters()``) of the parameters of modules that learn by a rule of their own, a
+    ``local_grads`` method (:func:`bioprop.rules.base.local_grads`)."""
+    if not isinstance(net, torch.nn.Module):
+        return set()
+    return {f"{path}.{name}" if path else name for path, module in net.named_modules()
+            if callable(getattr(module, "local_grads", None)) for name, _ in module.named_parameters()}  # fmt: skip
 
 
 def spikes_as_float(net: object, x: object) -> object:
