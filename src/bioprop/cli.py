@@ -618,7 +618,7 @@ def run_experiment(
     if show or name is None:
         table = Table(header_style="bold")
         for column in ("experiment", "source", "what it shows"):
-            table.add_column(column, overflow="fold")
+            table.add_column(column, no_wrap=column == "experiment", overflow="fold")  # a name is never cut
         for key in experiments.names():
             item = experiments.get(key)
             table.add_row(key, escape(item.source), escape(item.summary))
@@ -669,7 +669,7 @@ def run_reproduction(
     if show or name is None:
         table = Table(header_style="bold")
         for column in ("reproduction", "paper", "claim"):
-            table.add_column(column, overflow="fold")
+            table.add_column(column, no_wrap=column == "reproduction", overflow="fold")  # a name is never cut
         for key in reproduce.names():
             item = reproduce.get(key)
             table.add_row(key, escape(item.paper), escape(item.claim))
