@@ -36,7 +36,14 @@ from bioprop import experiments
 from bioprop.errors import BioPropError
 
 #: The modules that register reproductions, imported on first use.
-MODULES: tuple[str, ...] = ("bengio2015", "ernoult2019", "lillicrap2016", "whittington_bogacz2017")
+MODULES: tuple[str, ...] = (
+    "bellec2020",
+    "bengio2015",
+    "ernoult2019",
+    "lillicrap2016",
+    "lillicrap_santoro2019",
+    "whittington_bogacz2017",
+)
 SCALES: tuple[str, ...] = ("quick", "default", "full")
 KIND = "reproduction"
 #: The keys of the record's top level that every reproduction's JSON holds (the gallery's columns).

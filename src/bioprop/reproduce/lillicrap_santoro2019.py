@@ -12,8 +12,9 @@ test accuracies are read), with the settings of ``benchmarks/accuracy_temporal.p
 lr 3e-3, batch 64, the update clipped to norm 1, one thread.
 
 Scales (measured on one core of the development machine, seed 0): ``quick`` delay 40, k = 10, 512 training
-sequences, 5 epochs, one seed (about 9 s: sab 100 %, tbptt 53 %, bptt 88 %); ``default`` delay 80, k = 20, 1,024
-sequences, 8 epochs, two seeds (about 50 s); ``full`` the benchmark's suite: delay 200, k = 20, 1,024 sequences,
+sequences, 5 epochs, one seed (about 11 s: sab 100 %, tbptt 53 %, bptt 88 %); ``default`` delay 80, k = 20, 1,024
+sequences, 8 epochs, two seeds (50 s of CPU, 70 s wall under load: sab 100 %, 100 %; tbptt 21 %, 69 %; bptt
+100 %, 100 %); ``full`` the benchmark's suite: delay 200, k = 20, 1,024 sequences,
 25 epochs, three seeds (about 30 minutes).
 """
 
@@ -68,7 +69,9 @@ def config(setting: Setting, rule: str, seed: int) -> Any:
 
     arch = f"{'sab' if rule == 'sab' else 'rnn'}:{setting.hidden}"
     opts = {} if rule == "bptt" else {"truncation": setting.truncation}
-    data = f"store-recall:delay={setting.delay},values={setting.values},n_train={setting.n_train},n_test={setting.n_test}"
+    data = (
+        f"store-recall:delay={setting.delay},values={setting.values},n_train={setting.n_train},n_test={setting.n_test}"
+    )
     return RunConfig(rule=rule, arch=arch, rule_opts=opts, data=data, seed=seed, optimizer="adam", lr=setting.lr,
                      batch_size=setting.batch_size, epochs=setting.epochs, clip=setting.clip, threads=1,
                      device="cpu")  # fmt: skip
@@ -109,8 +112,11 @@ def figure(curves: dict[str, list[list[float]]], setting: Setting) -> Figure:
     """Test accuracy (%) against the epoch for each rule, one line per seed, chance dashed."""
     fig = Figure(figsize=(7, 4.2), layout="constrained")
     ax = fig.subplots()
-    labels = {"sab": f"sab (sab:{setting.hidden}, k={setting.truncation})",
-              "tbptt": f"tbptt (rnn:{setting.hidden}, k={setting.truncation})", "bptt": f"bptt (rnn:{setting.hidden})"}
+    labels = {
+        "sab": f"sab (sab:{setting.hidden}, k={setting.truncation})",
+        "tbptt": f"tbptt (rnn:{setting.hidden}, k={setting.truncation})",
+        "bptt": f"bptt (rnn:{setting.hidden})",
+    }
     for colour, rule in enumerate(RULES):
         for k, curve in enumerate(curves[rule]):
             ax.plot(range(1, len(curve) + 1), [100 * a for a in curve], color=f"C{colour}", marker="o", markersize=3,
