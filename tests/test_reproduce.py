@@ -230,3 +230,40 @@ def test_the_command_lists_runs_and_refuses_bad_input(cli, tmp_path: Path) -> No
     for args in (("nope",), ("lillicrap2016", "--full", "--quick"), ("lillicrap2016", "--list")):
         code, _, err = cli("reproduce", *args, "--out", tmp_path / "other")
         assert code == 2 and err.count("\n") == 1 and err.startswith("bioprop: error:"), (args, err)
+
+
+def test_all_runs_every_reproduction_and_writes_the_gallery(cli, tmp_path: Path, monkeypatch) -> None:
+    """`bioprop reproduce --all` runs each registered reproduction (two toys here) and writes gallery.md, a row per
+    reproduction and its figures, and a self-contained gallery.html with the figures embedded; a gallery.md that
+    bioprop did not write is refused before any work and left as it was."""
+    calls: list[str] = []
+
+    def toy(name: str, holds: bool) -> reproduce.Reproduction:
+        def run(out: Path, seed: int, scale: str) -> dict[str, Any]:
+            calls.append(name)
+            reproduce.figure_path(out, name, f"{name}.png").write_bytes(b"\\x89PNG fake")
+            return {"ours": {"value": 0.25}, "holds": holds}
+
+        return reproduce.Reproduction(name, "Toy 2000", "Fig. 1", f"{name} | holds", 1.0, "a toy", (f"{name}.png",),
+                                      run)  # fmt: skip
+
+    reproduce.names()
+    monkeypatch.setattr(reproduce.CATALOG, "entries", {"toy-a": toy("toy-a", True), "toy-b": toy("toy-b", False)})
+    code, out, err = cli("reproduce", "--all", "--quick", "--out", tmp_path)
+    assert code == 0, err
+    assert calls == ["toy-a", "toy-b"] and "gallery:" in out and "[2/2] toy-b" in err
+    md = (tmp_path / "gallery.md").read_text().splitlines()
+    assert md[0] == reproduce.GALLERY_MARK
+    assert "| toy-a | toy-a \\| holds | 1 | value 0.25 | yes |" in md  # the claim's "|" escaped
+    assert "| toy-b | toy-b \\| holds | 1 | value 0.25 | no |" in md
+    assert "![toy-a: toy-a.png](toy-a.png)" in md
+    page = (tmp_path / "gallery.html").read_text()
+    assert page.count("data:image/png;base64,") == 2 and "<td>toy-b | holds</td>" in page
+    foreign = tmp_path / "other" / "gallery.md"
+    foreign.parent.mkdir()
+    foreign.write_text("mine\n")
+    calls.clear()
+    code, _, err = cli("reproduce", "--all", "--out", foreign.parent)
+    assert code == 2 and "was not written by bioprop" in err and calls == [] and foreign.read_text() == "mine\n"
+    code, _, err = cli("reproduce", "toy-a", "--all", "--out", tmp_path)
+    assert code == 2 and err.startswith("bioprop: error: give --all alone")

@@ -652,9 +652,12 @@ def run_reproduction(
     ] = "0",
     threads: Annotated[str | None, _int_opt(escape("Torch CPU threads. [default: as for train]"), "--threads")] = None,
     show: Annotated[bool, _flag("List the reproductions (name, paper, claim) and exit.", "--list")] = False,
+    every: Annotated[
+        bool, _flag("Run every reproduction and write the gallery (gallery.md, gallery.html) into --out.", "--all")
+    ] = False,
 ) -> None:
     """Reproduce a seed paper's headline result: writes its figure(s) and NAME.json (the paper's claim and value,
-    ours beside it, whether it holds) into --out.
+    ours beside it, whether it holds) into --out. With --all, every one, and the gallery page.
 
     Without NAME, or with --list, lists the reproductions. Only files of the names the reproduction writes are
     written; one of those names that bioprop did not write is refused before any work.
@@ -664,8 +667,19 @@ def run_reproduction(
 
     if show and name is not None:
         raise BioPropError(f"give NAME ({name!r}) or --list, not both")
+    if every and (show or name is not None):
+        raise BioPropError("give --all alone, without NAME or --list")
     if full and quick:
         raise BioPropError("give --full or --quick, not both")
+    if every:
+        folder = _path(out, "--out")
+        scale = "full" if full else "quick" if quick else "default"
+        count = default_threads() if threads is None else thread_count("--threads", threads)
+        with torch_threads(count), sigterm_interrupts():
+            md, page = reproduce.gallery(folder, seed=parse_seed("--seed", seed), scale=scale,
+                                         progress=lambda line: typer.echo(line, err=True))  # fmt: skip
+        typer.echo(f"gallery: {page} (and {md})")
+        return
     if show or name is None:
         table = Table(header_style="bold")
         for column in ("reproduction", "paper", "claim"):

@@ -120,8 +120,9 @@ def reproduce(name: str, out: Path, seed: int = 0, scale: str = "default") -> di
     return experiments.execute(experiment(name, scale), out, seed, quick=scale == "quick", extra={"scale": scale})
 
 
-def gallery_row(record: dict[str, Any]) -> str:
-    """One Markdown table row of a reproduction's record: name, claim, the paper's value, ours, whether it holds."""
+def gallery_cells(record: dict[str, Any]) -> list[str]:
+    """A reproduction's record as the gallery's cells: name, claim, the paper's value, ours, whether it holds (plain
+    text, one line each; numbers to 4 significant digits)."""
 
     def cell(value: Any) -> str:
         if isinstance(value, dict):
@@ -130,7 +131,85 @@ def gallery_row(record: dict[str, Any]) -> str:
             text = f"{value:.4g}"
         else:
             text = str(value)
-        return " ".join(text.split()).replace("|", "\\|")
+        return " ".join(text.split())
 
     holds = "yes" if record.get("holds") is True else "no" if record.get("holds") is False else "?"
-    return "| " + " | ".join(cell(record.get(key)) for key in (KIND, "claim", "paper_value", "ours")) + f" | {holds} |"
+    return [cell(record.get(key)) for key in (KIND, "claim", "paper_value", "ours")] + [holds]
+
+
+def gallery_row(record: dict[str, Any]) -> str:
+    """One Markdown table row of a reproduction's record (:func:`gallery_cells`, ``|`` escaped)."""
+    return "| " + " | ".join(text.replace("|", "\\|") for text in gallery_cells(record)) + " |"
+
+
+#: The gallery page's files (:func:`gallery`) and the first line that marks them as bioprop's.
+GALLERY_MD, GALLERY_HTML = "gallery.md", "gallery.html"
+GALLERY_MARK = "<!-- written by bioprop reproduce --all -->"
+
+
+def _gallery_file_ours(path: Path) -> bool:
+    """Whether ``path`` is absent or a gallery file bioprop wrote (its first line is :data:`GALLERY_MARK`)."""
+    if not path.exists() and not path.is_symlink():
+        return True
+    if path.is_symlink() or not path.is_file():
+        return False
+    with open(path, "rb") as f:
+        return f.readline().decode("utf-8", "replace").strip() == GALLERY_MARK
+
+
+def gallery(
+    out: Path, seed: int = 0, scale: str = "default", progress: Callable[[str], None] | None = None
+) -> tuple[Path, Path]:
+    """Run every reproduction (:func:`names`) at ``scale`` into ``out``, then write the gallery: ``gallery.md`` (a
+    table, a row per reproduction, :func:`gallery_row`, and each one's figures) and ``gallery.html`` (the same page,
+    self-contained: the figures embedded as base64 PNG). A gallery file in ``out`` that bioprop did not write is
+    refused before any work (:class:`BioPropError`); so is each reproduction's own foreign file, by
+    :func:`reproduce`. ``progress`` gets a line per finished reproduction. Returns the two paths."""
+    import base64
+    import html
+
+    from bioprop.report import logs
+
+    out = Path(out)
+    for name in (GALLERY_MD, GALLERY_HTML):
+        if not _gallery_file_ours(out / name):
+            raise BioPropError(f"'{out / name}' was not written by bioprop reproduce --all; move it or use another "
+                               "--out")  # fmt: skip
+    records = []
+    for index, name in enumerate(names(), start=1):
+        record = reproduce(name, out, seed=seed, scale=scale)
+        records.append(record)
+        if progress is not None:
+            verdict = "holds" if record["holds"] else "does NOT hold"
+            progress(f"[{index}/{len(names())}] {name}: {record['seconds']:.1f} s, the claim {verdict}")
+    header = "| reproduction | claim | the paper's value | ours | holds |\n|---|---|---|---|---|"
+    rows = [gallery_row(record) for record in records]
+    intro = f"The seed papers' headline results at scale `{scale}`, seed {seed} (`bioprop reproduce --all`)."
+    md = [GALLERY_MARK, "# bioprop reproduction gallery", "", intro, "", header, *rows, ""]
+    for record in records:
+        md += [f"## {record[KIND]}", "", record["claim"], ""]
+        md += [f"![{record[KIND]}: {figure}]({figure})" for figure in record["figures"]] + [""]
+    cells = "".join(
+        "<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in gallery_cells(record)) + "</tr>"
+        for record in records
+    )
+    titles = ("reproduction", "claim", "the paper's value", "ours", "holds")
+    head = "".join(f"<th>{html.escape(title)}</th>" for title in titles)
+    sections = []
+    for record in records:
+        images = "".join(
+            f'<img alt="{html.escape(figure)}" src="data:image/png;base64,'
+            f'{base64.b64encode((out / figure).read_bytes()).decode()}">'
+            for figure in record["figures"]
+        )
+        sections.append(f"<h2>{html.escape(record[KIND])}</h2><p>{html.escape(record['claim'])}</p>{images}")
+    page = (
+        f'{GALLERY_MARK}\n<!DOCTYPE html><html><head><meta charset="utf-8"><title>bioprop reproduction gallery'
+        "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:4px;vertical-align:top}img{max-width:100%}</style></head><body>"
+        f"<h1>bioprop reproduction gallery</h1><p>{html.escape(intro)}</p><table><tr>{head}</tr>{cells}</table>"
+        f"{''.join(sections)}</body></html>\n"
+    )
+    logs.write_atomic(out / GALLERY_MD, "\n".join(md).encode())
+    logs.write_atomic(out / GALLERY_HTML, page.encode())
+    return out / GALLERY_MD, out / GALLERY_HTML
