@@ -590,6 +590,16 @@ def report(
     typer.echo(f"wrote {md} and {page}")
 
 
+def _print_catalog(columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    """A table of named entries (experiments, reproductions): the first column, the name, is never cut."""
+    table = Table(header_style="bold")
+    for column in columns:
+        table.add_column(column, no_wrap=column == columns[0], overflow="fold")
+    for row in rows:
+        table.add_row(row[0], *map(escape, row[1:]))
+    Console().print(table)
+
+
 @app.command("experiment", cls=Command)
 def run_experiment(
     name: Annotated[
@@ -616,13 +626,10 @@ def run_experiment(
     if show and name is not None:
         raise BioPropError(f"give NAME ({name!r}) or --list, not both")
     if show or name is None:
-        table = Table(header_style="bold")
-        for column in ("experiment", "source", "what it shows"):
-            table.add_column(column, no_wrap=column == "experiment", overflow="fold")  # a name is never cut
-        for key in experiments.names():
-            item = experiments.get(key)
-            table.add_row(key, escape(item.source), escape(item.summary))
-        Console().print(table)
+        _print_catalog(
+            ("experiment", "source", "what it shows"),
+            [(e.name, e.source, e.summary) for e in map(experiments.get, experiments.names())],
+        )
         return
     folder = _path(out, "--out")
     count = default_threads() if threads is None else thread_count("--threads", threads)
@@ -671,30 +678,26 @@ def run_reproduction(
         raise BioPropError("give --all alone, without NAME or --list")
     if full and quick:
         raise BioPropError("give --full or --quick, not both")
-    if every:
-        folder = _path(out, "--out")
-        scale = "full" if full else "quick" if quick else "default"
-        count = default_threads() if threads is None else thread_count("--threads", threads)
-        with torch_threads(count), sigterm_interrupts():
-            md, page = reproduce.gallery(folder, seed=parse_seed("--seed", seed), scale=scale,
-                                         progress=lambda line: typer.echo(line, err=True))  # fmt: skip
-        typer.echo(f"gallery: {page} (and {md})")
+    if show or (name is None and not every):
+        _print_catalog(
+            ("reproduction", "paper", "claim"),
+            [(r.name, r.paper, r.claim) for r in map(reproduce.get, reproduce.names())],
+        )
         return
-    if show or name is None:
-        table = Table(header_style="bold")
-        for column in ("reproduction", "paper", "claim"):
-            table.add_column(column, no_wrap=column == "reproduction", overflow="fold")  # a name is never cut
-        for key in reproduce.names():
-            item = reproduce.get(key)
-            table.add_row(key, escape(item.paper), escape(item.claim))
-        Console().print(table)
-        return
-    reproduce.get(name)  # an unknown name before anything else is read
+    if name is not None:
+        reproduce.get(name)  # an unknown name before anything else is read
     folder = _path(out, "--out")
     scale = "full" if full else "quick" if quick else "default"
     count = default_threads() if threads is None else thread_count("--threads", threads)
     with torch_threads(count), sigterm_interrupts():
-        record = reproduce.reproduce(name, folder, seed=parse_seed("--seed", seed), scale=scale)
+        if every:
+            md, page = reproduce.gallery(folder, seed=parse_seed("--seed", seed), scale=scale,
+                                         progress=lambda line: typer.echo(line, err=True))  # fmt: skip
+        else:
+            record = reproduce.reproduce(name, folder, seed=parse_seed("--seed", seed), scale=scale)
+    if every:
+        typer.echo(f"gallery: {page} (and {md})")
+        return
     verdict = "holds" if record["holds"] else "does NOT hold"
     figures = ", ".join(record["figures"]) or "no figure"
     typer.echo(f"{name} ({scale}): {record['seconds']:.1f} s; the claim {verdict}; wrote "

@@ -112,20 +112,7 @@ def candidates(paths: Sequence[str | Path]) -> list[Path]:
         if not given.is_dir():
             raise BioPropError(f"{str(given)!r} is not a directory of runs (a run directory holds {logs.SUMMARY} and "
                                f"{logs.CONFIG})")  # fmt: skip
-        stack = [given]
-        while stack:
-            folder = stack.pop()
-            if folder.resolve() in visited:
-                continue
-            visited.add(folder.resolve())
-            if _looks_like_run(folder):
-                found.append(folder)
-                continue
-            try:
-                children = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
-            except OSError as exc:
-                raise BioPropError(f"cannot read {str(folder)!r} ({exc.strerror or exc})") from None
-            stack += reversed(children)
+        found += tables.search(given, _looks_like_run, visited)
     return found
 
 

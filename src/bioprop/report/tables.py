@@ -85,15 +85,18 @@ def is_run_dir(path: Path) -> bool:
     return path.is_dir() and (path / logs.SUMMARY).is_file() and (path / logs.CONFIG).is_file()
 
 
-def _search(root: Path) -> list[Path]:
-    """The run directories under ``root`` (depth first, in name order), each resolved path once."""
-    found, visited, stack = [], set(), [root]
+def search(root: Path, is_run: Callable[[Path], bool] = is_run_dir, visited: set[Path] | None = None) -> list[Path]:
+    """The folders under ``root`` (``root`` included) that ``is_run`` accepts, depth first, in name order, not
+    looking inside them; hidden folders skipped; each resolved path once (``visited``, shared between calls when
+    given: a folder reached again through a link or another root is skipped)."""
+    found, stack = [], [root]
+    visited = set() if visited is None else visited
     while stack:
         folder = stack.pop()
         if folder.resolve() in visited:
             continue
         visited.add(folder.resolve())
-        if is_run_dir(folder):
+        if is_run(folder):
             found.append(folder)
             continue
         try:
@@ -118,7 +121,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         if is_run_dir(given):
             found = [given]
         elif given.is_dir():
-            found = _search(given)
+            found = search(given)
             if not found:
                 raise BioPropError(
                     f"no run directories in {str(given)!r} (a run directory holds {logs.SUMMARY} and {logs.CONFIG})"

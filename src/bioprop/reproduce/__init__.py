@@ -120,6 +120,20 @@ def reproduce(name: str, out: Path, seed: int = 0, scale: str = "default") -> di
     return experiments.execute(experiment(name, scale), out, seed, quick=scale == "quick", extra={"scale": scale})
 
 
+def accuracy_per_epoch(config: Any) -> list[float]:
+    """Train the :class:`~bioprop.config.RunConfig` ``config`` with :func:`bioprop.train.run` in a temporary folder
+    (deleted after) and return its test accuracy (0–1) after each epoch, as its ``metrics.csv`` records it."""
+    import tempfile
+
+    from bioprop import train
+    from bioprop.report import logs
+
+    with tempfile.TemporaryDirectory(prefix="bioprop-reproduce-") as tmp:
+        run_dir = Path(tmp) / "run"
+        train.run(config, run_dir, quiet=True)
+        return [float(row["test_accuracy"]) for row in logs.read_metrics(run_dir)]
+
+
 def gallery_cells(record: dict[str, Any]) -> list[str]:
     """A reproduction's record as the gallery's cells: name, claim, the paper's value, ours, whether it holds (plain
     text, one line each; numbers to 4 significant digits)."""

@@ -20,7 +20,6 @@ false). ``full`` is the benchmark's: 7 cues, ``lsnn:50+50`` against ``lif:100``,
 from __future__ import annotations
 
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -77,13 +76,7 @@ def config(setting: Setting, network: str, seed: int) -> Any:
 
 def train_one(setting: Setting, network: str, seed: int) -> list[float]:
     """Train e-prop on ``network`` at ``seed`` (module docstring); returns its test accuracy (0–1) per epoch."""
-    from bioprop import train
-    from bioprop.report import logs
-
-    with tempfile.TemporaryDirectory(prefix="bioprop-reproduce-") as tmp:
-        run_dir = Path(tmp) / "run"
-        train.run(config(setting, network, seed), run_dir, quiet=True)
-        return [float(row["test_accuracy"]) for row in logs.read_metrics(run_dir)]
+    return reproduce.accuracy_per_epoch(config(setting, network, seed))
 
 
 def final(curve: list[float]) -> float:

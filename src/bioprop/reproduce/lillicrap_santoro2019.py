@@ -21,7 +21,6 @@ sequences, 8 epochs, two seeds (50 s of CPU, 70 s wall under load: sab 100 %, 10
 from __future__ import annotations
 
 import statistics
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -79,13 +78,7 @@ def config(setting: Setting, rule: str, seed: int) -> Any:
 
 def train_one(setting: Setting, rule: str, seed: int) -> list[float]:
     """Train ``rule`` at ``seed`` (module docstring); returns its test accuracy (0–1) after each epoch."""
-    from bioprop import train
-    from bioprop.report import logs
-
-    with tempfile.TemporaryDirectory(prefix="bioprop-reproduce-") as tmp:
-        run_dir = Path(tmp) / "run"
-        train.run(config(setting, rule, seed), run_dir, quiet=True)
-        return [float(row["test_accuracy"]) for row in logs.read_metrics(run_dir)]
+    return reproduce.accuracy_per_epoch(config(setting, rule, seed))
 
 
 def summarise(curves: dict[str, list[list[float]]]) -> dict[str, Any]:
