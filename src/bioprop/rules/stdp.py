@@ -165,12 +165,13 @@ class Plasticity:
     k to k + 1 of what it was fed; kept for at most :data:`CHUNK` numbers at a time (the sum over t is linear, so a
     long phase is the sum of its chunks: the last potential starts the next chunk)."""
 
-    def __init__(self, net: EnergyNet, start: list[Tensor], w: Tensor, readout: bool, numbers_per_step: int) -> None:
+    def __init__(self, net: EnergyNet, start: list[Tensor], w: Tensor, readout: bool, inputs: int) -> None:
         self.n, self.w, self.readout = len(start), w, readout
         self.total = [torch.zeros_like(p) for synapse in net.synapses for p in (synapse.weight, synapse.bias)]
         self.spikes: list[list[Tensor]] = [[] for _ in range(self.n + 1)]  # Ŝ of x, s_1, ..., s_n per step
         self.potentials = [[s] for s in start]  # V of s_1, ..., s_n at each instant
         self.slopes: list[Tensor] = []  # V̇_z of the readout units per step (output=ce)
+        numbers_per_step = len(start[0]) * (inputs + sum(s.shape[1] for s in start))  # spikes of x and all states
         self.chunk = max(1, CHUNK // numbers_per_step)
 
     def add(self, spikes: list[Tensor], potentials: list[Tensor], slope: Tensor | None) -> None:
@@ -246,7 +247,7 @@ def stdp_phase(net: EnergyNet, x: Tensor, start: list[Tensor], onehot: Tensor, b
     x_rows, scale, x_drive = clamped_input(net, x, rows)
     target = nudging(net, onehot, beta, output)
     w = weights[:, None]  # (N, 1): weights the presynaptic side of each row
-    plasticity = Plasticity(net, start, w, output == "ce", rows * (x_rows.shape[1] + sum(s.shape[1] for s in start)))
+    plasticity = Plasticity(net, start, w, output == "ce", x_rows.shape[1])
     states = list(start)
     costs: list[Tensor] = []
     residuals: list[Tensor] = []
@@ -281,8 +282,7 @@ def spiking_phase(net: EnergyNet, x: Tensor, start: list[Tensor], onehot: Tensor
     nudge = None if beta is None else nudging(net, onehot, beta, output).nudge
     plastic = weights is not None
     w = weights[:, None] if plastic else None
-    plasticity = Plasticity(net, start, w, output == "ce", rows * (x_rows.shape[1] + sum(s.shape[1] for s in start))) \
-        if plastic else None  # fmt: skip
+    plasticity = Plasticity(net, start, w, output == "ce", x_rows.shape[1]) if plastic else None
     states, before = list(start), None
     costs: list[Tensor] = []
     residuals: list[Tensor] = []
