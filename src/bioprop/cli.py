@@ -538,12 +538,18 @@ def compare(**given: Any) -> None:
               EXIT_INTERRUPTED)  # fmt: skip
     if result["table"] is not None:
         typer.echo(result["table"])
-    if result["report"] is not None:
-        typer.echo(f"report: {result['report'][1]} (and {result['report'][0]})")
-    if result["failed"]:
-        failed = [run for run in result["runs"] if run["status"] != "finished"]
-        listed = ", ".join(f"{run['name']} ({run['status']})" for run in failed)
-        _fail(f"error: {len(failed)} of {len(result['runs'])} runs did not finish: {listed}", 3)
+    _end_of_study(result["report"], result["runs"], "runs")
+
+
+def _end_of_study(report: tuple[Path, Path] | None, items: list[dict[str, Any]], noun: str) -> None:
+    """Where a study's or a sweep's report is; then, when any of ``items`` (runs or configurations, each with its
+    ``name`` and ``status``) did not finish, one error line listing them, exit code 3."""
+    if report is not None:
+        typer.echo(f"report: {report[1]} (and {report[0]})")
+    failed = [item for item in items if item["status"] != "finished"]
+    if failed:
+        listed = ", ".join(f"{item['name']} ({item['status']})" for item in failed)
+        _fail(f"error: {len(failed)} of {len(items)} {noun} did not finish: {listed}", 3)
 
 
 # The signature typer reads: the options of compare itself, then one option per run setting a study shares.
@@ -702,6 +708,76 @@ def run_reproduction(
     figures = ", ".join(record["figures"]) or "no figure"
     typer.echo(f"{name} ({scale}): {record['seconds']:.1f} s; the claim {verdict}; wrote "
                f"{folder / (name + '.json')} and {figures}")  # fmt: skip
+
+
+@app.command("sweep", cls=Command)
+def run_sweep(
+    file: Annotated[
+        str,
+        typer.Argument(
+            help="The sweep file (YAML): base settings, rules and options, search, seeds; see examples/sweep.yaml.",
+            show_default=False,
+            metavar="SWEEP.yaml",
+        ),
+    ],
+    out: Annotated[
+        str | None,
+        _opt(
+            "The sweep's folder: a run directory per configuration x seed, best.json, best.md and the report.",
+            "--out",
+            "-o",
+            metavar="DIR",
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        _opt(
+            escape(
+                "Join the Ray cluster at host:port (ray://host:port for Ray Client, or auto) instead of starting "
+                "Ray on this machine. [default: local, every CPU this process may use]"
+            ),
+            "--address",
+            metavar="ADDR",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        _flag(
+            "Continue a sweep that was killed or interrupted in --out: finished runs are kept, "
+            "interrupted ones resume from their checkpoints.",
+            "--resume",
+        ),
+    ] = False,
+) -> None:
+    """Search rules, rule options, optimiser settings and seeds on Ray Tune (grid and random search).
+
+    Each configuration (a rule, its options, the searched settings) is a Ray Tune trial that trains one run per
+    seed into --out; a trial that crashes is retried (retries in the file). At the end: the best configuration per
+    rule (mean of the metric over the seeds) printed and written to best.json and best.md, and report.md and
+    report.html (`bioprop report DIR` rebuilds them). Ctrl-C stops the trials, each run keeping its last
+    checkpoint; --resume continues. Needs Ray Tune: pip install 'bioprop[sweep]'.
+    """
+    from bioprop import sweep
+    from bioprop.train import sigterm_interrupts
+
+    folder = _path(out, "--out")
+    if folder is None:
+        raise BioPropError("missing --out DIR: the sweep's folder")
+
+    def progress(line: str) -> None:
+        typer.echo(line if line.startswith(("[", "trial", "resuming", "no saved")) else f"bioprop: warning: {line}",
+                   err=True)  # fmt: skip
+
+    try:
+        with sigterm_interrupts():
+            result = sweep.run_sweep(file, folder, address=address, resume=resume, progress=progress)
+    except sweep.SweepInterrupted as stop:
+        _fail(f"interrupted after {stop.ended} of {stop.total} configurations; each run keeps its last checkpoint "
+              f"in {folder}; continue with `bioprop sweep {file} --out {folder} --resume`",
+              EXIT_INTERRUPTED)  # fmt: skip
+    typer.echo(result["table"])
+    typer.echo(f"best configuration per rule: {folder / sweep.BEST_JSON} (and {sweep.BEST_MD})")
+    _end_of_study(result["report"], result["trials"], "configurations")
 
 
 # ------------------------------------------------------------------------------------------------- entry point

@@ -187,7 +187,7 @@ def _given(given: dict[str, Any]) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------------ planning
 
 
-def _config(rule: str, seed: int, opts: dict[str, Any], base: dict[str, Any]) -> RunConfig:
+def make_config(rule: str, seed: int, opts: dict[str, Any], base: dict[str, Any]) -> RunConfig:
     """The run's config from the shared settings ``base`` (read as flags are), checked; errors name the flag."""
     overrides = {**base, "rule": rule, "seed": seed, "rule_opts": opts}
     config = RunConfig.from_sources(None, overrides)
@@ -439,7 +439,7 @@ def run_study(
     for rule in names:
         for seed in seed_list:
             name = f"{rule}-s{seed}"
-            planned.append(plan(_config(rule, seed, options.get(rule, {}), base), folder / name, name))
+            planned.append(plan(make_config(rule, seed, options.get(rule, {}), base), folder / name, name))
     for rule in names:  # the data, the network and the rule's options on it, once per rule
         first = next(job for job in planned if job.config.rule == rule)
         validate(first.config, first.run_dir)
