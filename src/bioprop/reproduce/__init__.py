@@ -42,6 +42,7 @@ MODULES: tuple[str, ...] = (
     "ernoult2019",
     "lillicrap2016",
     "lillicrap_santoro2019",
+    "murray2019",
     "whittington_bogacz2017",
 )
 SCALES: tuple[str, ...] = ("quick", "default", "full")
