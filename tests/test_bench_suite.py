@@ -1,0 +1,378 @@
+"""benchmarks/suite.py: the tables it writes from stored results, the README markers it rewrites (and --check's
+detection of a stale table), anchors.md's published numbers, the machine line, a crash that does not stop the
+others, reuse of a finished result, and one real (tiny) benchmark run end to end.
+
+Every expected cell is computed here by hand from the synthetic inputs, never read from the code's output."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import suite  # noqa: E402
+from bioprop.errors import BioPropError  # noqa: E402
+
+PUBLISHED_ROWS = [
+    {"source": "BioTorch Benchmarks.md (file)", "network": "LeNet, SGD, 100 ep", "approx": [],
+     "values": {"bp": 90.80, "fa": 86.94}},
+    {"source": "PCX tuning configs (file, best single run)", "network": "MLP gelu", "approx": [],
+     "values": {"pc": 89.88}},
+]  # fmt: skip
+
+
+def cells(lines: list[str]) -> list[list[str]]:
+    """The rows of the first Markdown table in ``lines``, header first, as lists of stripped cells."""
+    rows = [line for line in lines if line.startswith("| ")]
+    return [[c.strip() for c in row.strip().strip("|").split("|")] for row in rows]
+
+
+def lenet_run(seed: int, acc: float, best: float, angles: list[float], seconds: list[float], status="finished"):
+    names = ["0.weight", "3.weight", "6.weight", "9.weight", "10.weight"]
+    return {"seed": seed, "status": status, "test_accuracy": acc, "best_test_accuracy": best, "epochs": 20,
+            "epochs_done": 20, "epoch_seconds": seconds, "final_angles": dict(zip(names, angles, strict=True)),
+            "arch": "lenet", "torch": "2.13.0+cpu", "finished_at": 0.0}  # fmt: skip
+
+
+def lenet_result() -> dict:
+    budget, entries = suite.accuracy_fmnist.SUITES["lenet"]
+    fa = [lenet_run(0, 0.90, 0.905, [70, 60, 50, 40, 0], [10, 20]),
+          lenet_run(1, 0.91, 0.915, [72, 62, 52, 42, 0], [30]),
+          lenet_run(2, 0.92, 0.925, [74, 64, 54, 44, 0], [40, 50]),
+          lenet_run(3, 0.10, 0.10, [90, 90, 90, 90, 0], [99], status="diverged")]  # fmt: skip
+    bp = [lenet_run(0, 0.8, 0.8, [0, 0, 0, 0, 0], [5]), lenet_run(1, 0.9, 0.9, [0, 0, 0, 0, 0], [7])]
+    return {"suite": "lenet", "folder": "x", "budget": budget, "epochs": 20, "options": entries,
+            "entries": {"bp": bp, "fa": fa, "usf": [lenet_run(0, 0.5, 0.5, [1, 2, 3, 4, 0], [1])]},
+            "missing": ["x/usf-s1"]}  # fmt: skip
+
+
+def test_accuracy_table_cells_by_hand():
+    """Mean ± sample std over finished seeds only, per-seed column, mean final angles of the hidden tensors (the
+    output's dropped on LeNet), s/epoch pooled over every epoch, and BioTorch's published numbers beside ours."""
+    lines = suite.render_fmnist(lenet_result(), PUBLISHED_ROWS, "test")
+    header, bp, fa, usf = cells(lines)
+    assert header == [
+        "rule",
+        "test acc (%)",
+        "best epoch (%)",
+        "per seed, last epoch (%)",
+        "angle to backprop at the end, conv1 / conv2 / conv3 / fc1 (°)",
+        "s/epoch",
+        "published (%), BioTorch Benchmarks.md",
+    ]
+    # fa: 90, 91, 92 % -> mean 91, sample std 1; best 90.5, 91.5, 92.5; the diverged seed 3 is left out
+    assert fa[1:3] == ["91.00 ± 1.00", "91.50 ± 1.00"]
+    assert fa[3] == "90.00, 91.00, 92.00, diverged (seed 3)"
+    assert fa[4] == "72.0 / 62.0 / 52.0 / 42.0"  # means of (70, 72, 74), (60, 62, 64), ...
+    assert fa[5] == "30.0"  # (10 + 20 + 30 + 40 + 50) / 5
+    assert fa[6] == "86.94"
+    # bp: 80 and 90 % -> 85 ± 7.07 (sample std of two values a, b is |a − b| / √2)
+    assert bp[1] == f"85.00 ± {10 / 2**0.5:.2f}" and bp[5] == "6.0" and bp[6] == "90.80"
+    assert usf[1] == "50.00" and usf[6] == "–"  # one seed: no ±; no published usf in these rows
+    text = "\n".join(lines)
+    assert "BioTorch Benchmarks.md (file), LeNet, SGD, 100 ep (from test)" in text and "x/usf-s1" in text
+
+
+def test_accuracy_table_without_a_published_source():
+    """A suite on a network no source reports (mlp) has no published column; one whose rules differ in network
+    (ep-mlp: ebm:512 and mlp:512) gets a network column."""
+    result = lenet_result()
+    result["suite"] = "mlp"
+    assert cells(suite.render_fmnist(result, PUBLISHED_ROWS, "test"))[0][-1] == "s/epoch"
+    result["entries"]["bp"] = [dict(r, arch="mlp:512") for r in result["entries"]["bp"]]
+    assert cells(suite.render_fmnist(result, [], ""))[0][1] == "network"
+
+
+def speed_fa_output(biotorch: bool) -> dict:
+    res = {"ours/bp": {"median_ms": 4.0, "q1_ms": 3.5, "q3_ms": 4.5, "paired_ratio_to_bp": 1.0, "gflops": 100.0,
+                       "pct_of_peak": 50.0},
+           "ours/fa": {"median_ms": 4.2, "q1_ms": 4.0, "q3_ms": 4.4, "paired_ratio_to_bp": 1.04, "gflops": 95.0,
+                       "pct_of_peak": 47.5}}  # fmt: skip
+    if biotorch:
+        res["ours/bp"]["paired_ratio_to_biotorch"], res["ours/fa"]["paired_ratio_to_biotorch"] = 0.99, 0.5
+        res["biotorch/bp"], res["biotorch/fa"] = {"median_ms": 4.1}, {"median_ms": 8.4}
+    config = {"hidden": 1000, "batch": 128, "threads": 1, "repeats": 10, "inner": 3, "biotorch": biotorch}
+    return {"config": config, "step_flops": 409e6, "gemm_peak_gflops": 200.0, "results": res}
+
+
+def test_speed_fa_table_and_the_missing_anchor():
+    """Without BioTorch its columns are absent and a note says it was not measured; with it, its cells."""
+    lines = suite.render_speed_fa({"outputs": [speed_fa_output(False)]}, [], "")
+    header, bp, fa = cells(lines)
+    assert header == ["rule", "ours ms/step, median [IQR]", "ours / our BP (paired)", "GFLOP/s (% of the matmul peak)"]
+    assert fa == ["fa", "4.20 [4.00–4.40]", "1.040", "95.0 (48 %)"]
+    assert any(line.startswith("BioTorch: not measured") for line in lines)
+    lines = suite.render_speed_fa({"outputs": [speed_fa_output(True)]}, [], "")
+    header, bp, fa = cells(lines)
+    assert header[2] == "BioTorch ms/step" and fa[2] == "8.40" and fa[4] == "0.500"
+    assert not any("not measured" in line for line in lines)
+
+
+def test_speed_temporal_table_one_row_per_network():
+    outs = [{"config": {"arch": arch, "batch": 64, "steps": 2250, "threads": 1, "repeats": 5},
+             "load_avg_1min": [0.5, 1.5], "results": {"bptt": {"median_s": b, "paired_to_bptt": None},
+                                                      "eprop": {"median_s": e, "paired_to_bptt": e / b}}}
+            for arch, b, e in (("lsnn:50+50", 0.8, 1.0), ("lif:100", 1.0, 0.75))]  # fmt: skip
+    header, lsnn, lif = cells(suite.render_speed_temporal({"outputs": outs}, [], ""))
+    assert header == ["network", "load", "`bptt` s/update", "`eprop` s/update", "eprop ÷ bptt (paired)"]
+    assert lsnn == ["lsnn:50+50", "0.5–1.5", "0.80", "1.00", "1.25"] and lif[-1] == "0.75"
+
+
+def speed_tp_record(quick: bool = False, median: float = 2.0) -> dict:
+    results = {name: {"median_ms": median * k, "q1_ms": 1.0, "q3_ms": 9.0, "cpu_per_wall": 1.0, "over_bp": k,
+                      "over_bp_cpu": k} for name, k in (("bp", 1.0), ("dtp", 2.0))}  # fmt: skip
+    out = {"config": {"hidden": "256x256", "batch": 64, "threads": 1, "inner": 10, "feedback_iterations": 1,
+                      "repeats": 50}, "results": results}  # fmt: skip
+    m = {"cpu": "Test CPU", "cores": 2, "torch": "2.13.0+cpu", "threads": 1, "load_before": [0.5, 0, 0],
+         "load_after": [1.0, 0, 0], "date": "2026-12-01T12:00:00+00:00", "seconds": 30.0}  # fmt: skip
+    return {
+        "name": "speed-tp",
+        "kind": "speed",
+        "quick": quick,
+        "source": "run",
+        "status": "finished",
+        "commands": ["python benchmarks/speed_tp.py --json x.json"],
+        "machine": m,
+        "result": {"outputs": [out]},
+    }
+
+
+README_TEXT = """# title
+
+Some prose the suite must not touch.
+
+<!-- bench:speed-tp -->
+| old | table |
+|---|---|
+<!-- /bench:speed-tp -->
+
+More prose.
+<!-- bench:fmnist-mlp -->
+| hand-made | table |
+<!-- /bench:fmnist-mlp -->
+tail
+"""
+
+
+def test_check_detects_a_stale_table_and_tables_rewrites_only_inside_markers(tmp_path, capsys):
+    readme, out = tmp_path / "README.md", tmp_path / "out"
+    readme.write_text(README_TEXT)
+    suite.write_record(out, speed_tp_record())
+    none = tmp_path / "absent"
+    assert suite.tables(out, readme, check=True, anchors=none, copy=none) == 1
+    assert readme.read_text() == README_TEXT  # --check writes nothing
+    assert "speed-tp" in capsys.readouterr().err
+    assert suite.tables(out, readme, anchors=none, copy=none) == 0
+    text = readme.read_text()
+    before, after = text.partition("<!-- bench:speed-tp -->\n")[0], text.partition("<!-- /bench:speed-tp")[2]
+    assert before == README_TEXT.partition("<!-- bench:speed-tp -->\n")[0]
+    assert after == README_TEXT.partition("<!-- /bench:speed-tp")[2]  # the fmnist block (no result) and the rest
+    assert "| hand-made | table |" in text
+    assert "Command: `python benchmarks/speed_tp.py --json x.json`." in text
+    assert "Machine: Test CPU, 2 cores; torch 2.13.0+cpu, 1 thread; load average (1 min) 0.5 before, 1.0 after; " \
+           "2026-12-01 12:00 UTC; 30 s." in text  # fmt: skip
+    assert "| dtp | 4.00 [1.00–9.00] | 1.00 | 2.00 | 2.00 |" in text
+    assert suite.tables(out, readme, check=True, anchors=none, copy=none) == 0  # now up to date
+    suite.write_record(out, speed_tp_record(median=3.0))  # a new measurement: stale again
+    assert suite.tables(out, readme, check=True, anchors=none, copy=none) == 1
+    assert (out / "suite" / "tables.md").is_file()
+
+
+def test_quick_results_stay_out_of_the_readme(tmp_path):
+    readme, out, none = tmp_path / "README.md", tmp_path / "out", tmp_path / "absent"
+    readme.write_text(README_TEXT)
+    suite.write_record(out, speed_tp_record(quick=True))
+    assert suite.tables(out, readme, anchors=none, copy=none) == 0
+    assert readme.read_text() == README_TEXT
+    assert suite.tables(out, readme, allow_quick=True, anchors=none, copy=none) == 0
+    assert "**A --quick run" in readme.read_text()
+
+
+@pytest.mark.parametrize(
+    ("text", "token"),
+    [("<!-- bench:speed-tp -->\n", "never closed"), ("<!-- bench:nope -->\n<!-- /bench:nope -->\n", "'nope'"),
+     ("<!-- bench:speed-tp -->\n<!-- /bench:speed-tp -->\n<!-- bench:speed-tp -->\n<!-- /bench:speed-tp -->\n",
+      "twice"), ("<!-- /bench:speed-tp -->\n", "not open"), ("x <!-- bench:speed-tp -->\n", "alone")],
+)  # fmt: skip
+def test_malformed_markers_are_refused(text, token):
+    with pytest.raises(BioPropError, match=token):
+        suite.find_blocks(text, "R.md")
+
+
+def test_the_readme_markers_are_well_formed():
+    """README.md's bench markers parse and each names a benchmark of the suite."""
+    spans = suite.find_blocks((ROOT / "README.md").read_text(encoding="utf-8"), "README.md")
+    assert set(spans) <= set(suite.BENCHES)
+
+
+ANCHORS_TEXT = """# Anchors
+
+## Fashion-MNIST (top-1 accuracy %)
+| source | network / budget | BP | FA | PC | other |
+|---|---|---|---|---|---|
+| Lib A (file) | LeNet, 100 ep | 90.80 | 86.94 | | |
+| Paper B (paper) | MLP | ≈ 89 | | 88.5 | DTP 1-2 points below |
+
+## MNIST
+| source | network / budget | BP |
+|---|---|---|
+| ignored | x | 99.0 |
+"""
+
+
+def test_anchors_parsing():
+    rows = suite.parse_anchors(ANCHORS_TEXT)
+    assert [r["source"] for r in rows] == ["Lib A (file)", "Paper B (paper)"]
+    assert rows[0]["values"] == {"bp": 90.80, "fa": 86.94} and rows[0]["network"] == "LeNet, 100 ep"
+    assert rows[1]["values"] == {"bp": 89.0, "pc": 88.5} and rows[1]["approx"] == ["bp"]
+    assert rows[1]["other"] == "DTP 1-2 points below"
+    with pytest.raises(BioPropError, match="'n/a'"):
+        suite.parse_anchors(ANCHORS_TEXT.replace("86.94", "n/a"))
+    with pytest.raises(BioPropError, match="no section"):
+        suite.parse_anchors("# nothing here\n")
+
+
+def test_published_copy_is_anchors_table(tmp_path):
+    """benchmarks/published.json holds anchors.md's Fashion-MNIST rows (refresh: suite.py published); the suite reads
+    the copy when anchors.md is absent."""
+    copy = json.loads(suite.PUBLISHED.read_text(encoding="utf-8"))
+    rows, where = suite.read_published(tmp_path / "absent.md", suite.PUBLISHED)
+    assert rows == copy["rows"] and "a copy of ../shared/anchors.md" in where
+    for suite_name in suite.PUBLISHED_FOR:
+        assert suite.published_row(suite_name, rows) is not None
+    if not suite.ANCHORS.is_file():
+        pytest.skip("../shared/anchors.md is not beside this checkout")
+    fresh = suite.parse_anchors(suite.ANCHORS.read_text(encoding="utf-8"))
+    for suite_name in suite.PUBLISHED_FOR:  # the rows the tables use: refresh the copy when this fails
+        assert suite.published_row(suite_name, fresh) == suite.published_row(suite_name, copy["rows"])
+
+
+def test_machine_record_and_line(tmp_path):
+    assert suite.cpu_model("processor : 0\nmodel name\t: AMD  EPYC 7B13\nflags : x\n") == "AMD EPYC 7B13"
+    assert suite.cpu_model("processor : 0\nModel : Raspberry Pi 4\n") == "Raspberry Pi 4"
+    info = tmp_path / "cpuinfo"
+    info.write_text("model name : Test CPU 9000\n")
+    m = suite.machine(2, "1", info)
+    assert m["cpu"] == "Test CPU 9000" and m["threads"] == 2 and m["cpus"] == "1" and len(m["load_before"]) == 3
+    m.update(load_before=[0.25, 0, 0], load_after=[1.75, 0, 0], date="2026-12-01T13:05:00+01:00", seconds=61.4)
+    m["cores"] = 2
+    assert suite.machine_line(m) == ("Machine: Test CPU 9000, 2 cores (pinned to CPU 1); torch "
+                                     f"{m['torch']}, 2 threads; load average (1 min) 0.2 before, 1.8 after; "
+                                     "2026-12-01 12:05 UTC; 61 s.")  # fmt: skip
+    line = suite.machine_line({"torch": "2.13.0", "threads": 1, "imported_from": "runs/x"})
+    assert line == "Machine: torch 2.13.0, 1 thread; imported from runs/x, the rest of the machine not recorded."
+
+
+def test_bad_input_names_the_token(tmp_path, capsys):
+    with pytest.raises(BioPropError, match="'speed-nope'"):
+        suite.pick("speed-fa,speed-nope")
+    assert [b.name for b in suite.pick("speed")] == [n for n in suite.BENCHES if n.startswith("speed-")]
+    with pytest.raises(BioPropError, match="'x'"):
+        suite.parse_seeds("0,x")
+    assert suite.main(["run", "--only", "fmnist-nope", "--out", str(tmp_path)]) == 2
+    assert "'fmnist-nope'" in capsys.readouterr().err
+    assert suite.main(["run", "--only", "speed-fa", "--biotorch-python", str(tmp_path / "none")]) == 2
+
+
+def fake_bench(name: str, code: str, out: Path) -> suite.Bench:
+    """A benchmark whose one command runs ``code`` in Python and whose result is the JSON it writes."""
+    target = out / "suite" / "raw" / f"{name}.json"
+
+    def commands(opts):
+        return [suite.Command([sys.executable, "-c", code, str(target)], {"OMP_NUM_THREADS": "1"}, target)]
+
+    return suite.Bench("speed-tp", "speed", name, commands, suite.speed_collect, lambda result, rows, where: [])
+
+
+def test_a_crash_is_recorded_and_a_finished_result_is_reused(tmp_path):
+    opts = suite.Options(tmp_path)
+    crash = fake_bench("crash", "import sys; print('boom at step 3'); sys.exit(3)", tmp_path)
+    record = suite.run_bench(crash, opts)
+    assert record["status"] == "failed" and "exit status 3" in record["error"] and "boom at step 3" in record["error"]
+    assert suite.read_record(tmp_path, "speed-tp")["status"] == "failed"
+    counter = tmp_path / "count"
+    code = (f"import json, sys, pathlib; c = pathlib.Path({str(counter)!r}); c.write_text(c.read_text() + 'x' if "
+            "c.exists() else 'x'); json.dump({'n': 1}, open(sys.argv[1], 'w'))")  # fmt: skip
+    ok = fake_bench("ok", code, tmp_path)
+    first = suite.run_bench(ok, opts)
+    assert first["status"] == "finished" and first["result"] == {"outputs": [{"n": 1}]}
+    assert first["machine"]["load_after"] and first["machine"]["seconds"] >= 0
+    assert suite.run_bench(ok, opts)["machine"] == first["machine"] and counter.read_text() == "x"  # reused
+    suite.run_bench(ok, opts, force=True)
+    assert counter.read_text() == "xx"
+
+
+def test_import_of_accuracy_runs(tmp_path):
+    """Run directories of accuracy_fmnist.py become a record whose machine line says where they came from; a run
+    with another epoch budget is refused, naming it."""
+    folder = tmp_path / "fm" / "pc-mlp"
+    for entry, accs in (("bp", (0.89, 0.90)), ("pc", (0.88, 0.91))):
+        for seed, acc in enumerate(accs):
+            (folder / f"{entry}-s{seed}").mkdir(parents=True)
+            summary = {
+                "rule": entry,
+                "epochs": 25,
+                "epochs_done": 25,
+                "status": "finished",
+                "test_accuracy": acc,
+                "best_test_accuracy": acc,
+                "epoch_seconds": [2.0],
+                "arch": "mlp:128x128x128",
+                "alignment_deg": {"1.weight": [3.0, 1.0], "1.bias": [9.0]},
+                "torch_version": "2.13.0+cpu",
+            }
+            (folder / f"{entry}-s{seed}" / "summary.json").write_text(json.dumps(summary))  # fmt: skip
+    out = tmp_path / "out"
+    assert suite.import_results(out, tmp_path / "fm", {}) == ["fmnist-pc-mlp"]
+    record = suite.read_record(out, "fmnist-pc-mlp")
+    lines = suite.block(record, PUBLISHED_ROWS, "test")
+    assert "imported from" in lines[2] and "accuracy_fmnist.py --suite pc-mlp --seeds 0 1" in lines[0]
+    header, bp, pc = cells(lines)
+    assert pc[1] == f"89.50 ± {statistics.stdev([88, 91]):.2f}" and pc[-1] == "89.88" and bp[-1] == "–"
+    assert pc[4] == "1.0"  # the last angle of the one weight tensor (the bias left out)
+    summary = json.loads((folder / "pc-s1" / "summary.json").read_text())
+    (folder / "pc-s1" / "summary.json").write_text(json.dumps(dict(summary, epochs=1)))
+    with pytest.raises(BioPropError, match="pc-s1"):
+        suite.import_results(out, tmp_path / "fm", {})
+
+
+def test_real_tiny_run_end_to_end(tmp_path):
+    """speed_tp.py --quick through the suite: stored with its command and machine, its table made from it; the
+    stored medians are the medians of the stored samples."""
+    out, readme = tmp_path / "out", tmp_path / "README.md"
+    assert suite.main(["run", "--only", "speed-tp", "--quick", "--out", str(out)]) == 0
+    record = suite.read_record(out, "speed-tp")
+    assert record["status"] == "finished" and "speed_tp.py" in record["commands"][0]
+    results = record["result"]["outputs"][0]["results"]
+    for r in results.values():
+        assert r["median_ms"] == pytest.approx(statistics.median(r["samples_ms"]))
+    readme.write_text(README_TEXT)
+    assert suite.main(["tables", "--out", str(out), "--readme", str(readme), "--allow-quick"]) == 0
+    assert f"| bp | {results['bp']['median_ms']:.2f} [" in readme.read_text()
+    assert suite.main(["tables", "--out", str(out), "--readme", str(readme), "--allow-quick", "--check"]) == 0
+
+
+def test_speed_ep_table_with_and_without_laborieux():
+    def entry(ms, to_bp, to_labo):
+        return {"median_ms": ms, "q1_ms": ms - 1, "q3_ms": ms + 1, "paired_to_bp": to_bp,
+                "paired_to_laborieux": to_labo}  # fmt: skip
+
+    config = {"hidden": 512, "batch": 128, "t1": 30, "t2": 10, "beta": 0.5, "threads": 1, "repeats": 9, "inner": 2,
+              "stopped_by": "budget"}  # fmt: skip
+    ours = {"bp": entry(4.0, None, None), "ep": entry(9.0, 2.25, None)}
+    out = {"config": config, "laborieux": None, "results": ours}
+    header, bp, ep = cells(lines := suite.render_speed_ep({"outputs": [out]}, [], ""))
+    assert header[-1] == "÷ our BP (paired)" and bp == ["bp (feedforward 784-512-10)", "4.00 [3.00–5.00]", "1"]
+    assert ep[-1] == "2.25" and any("not measured" in line for line in lines)
+    ours = {"bp": entry(4.0, None, 0.05), "ep": entry(9.0, 2.25, 0.11), "laborieux": entry(80.0, 20.0, None)}
+    out = {"config": config, "laborieux": {"commit": "93660ed0"}, "agreement": {"w": 8.4e-6}, "results": ours}
+    header, bp, ep, labo = cells(lines := suite.render_speed_ep({"outputs": [out]}, [], ""))
+    assert header[-1] == "÷ Laborieux (paired)" and ep[-1] == "0.11" and labo == [
+        "Laborieux's EP (`thirdphase`)", "80.00 [79.00–81.00]", "20.00", "1"]  # fmt: skip
+    assert any("commit 93660ed" in line and "8.4e-06" in line for line in lines)
