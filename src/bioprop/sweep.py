@@ -57,6 +57,7 @@ Ray Tune is an optional dependency: ``pip install 'bioprop[sweep]'``; without it
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import itertools
 import json
@@ -64,9 +65,11 @@ import math
 import os
 import socket
 import statistics
+import sys
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -437,7 +440,8 @@ def _ray() -> Any:
     """Import Ray Tune quietly (no usage statistics, no progress tables: bioprop prints its own lines), or say how
     to install it."""
     for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                       ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("RAY_DEDUP_LOGS", "0")):  # fmt: skip
+                       ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("RAY_DEDUP_LOGS", "0"),
+                       ("RAY_BACKEND_LOG_LEVEL", "error")):  # fmt: skip
         os.environ.setdefault(key, value)
     try:
         import ray
@@ -548,6 +552,41 @@ class _Progress:
         return " ".join(lines[-1].split())[:300] if lines else "its worker raised or died"
 
 
+def _start_ray(ray: Any, address: str | None) -> None:
+    """Start Ray on this machine with the CPUs this process may use, or join it at ``address``; a failure is one
+    line. Joining, Ray's core logs its connection retries straight to file descriptor 2: they are held back (the
+    reason is in the error)."""
+    try:
+        if address is None:
+            ray.init(num_cpus=study_runner.cores(), include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")  # fmt: skip
+            return
+        with _stderr_held():
+            ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+    except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, its own errors...
+        where = f"at --address {address!r}" if address else "on this machine"
+        hint = ""
+        if address and not os.environ.get("RAY_AUTH_MODE"):
+            hint = ("; if the cluster uses token authentication (`ray start`'s default), set RAY_AUTH_MODE=token "
+                    "and give its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)")  # fmt: skip
+        raise BioPropError(f"cannot start or join Ray {where}: {' '.join(str(exc).split())[:200]}{hint}") from None
+
+
+@contextlib.contextmanager
+def _stderr_held() -> Iterator[None]:
+    """File descriptor 2 points at a temporary file inside the block (C++ code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as hold:
+        os.dup2(hold.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def run_sweep(
     path: str | Path,
     out: str | Path | None = None,
@@ -574,20 +613,9 @@ def run_sweep(
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
-    folder.mkdir(parents=True, exist_ok=True)
-    if not (folder / SPEC).exists():
-        logs.write_atomic(folder / SPEC, (MARK + "\n" + yaml.safe_dump(sweep.raw, sort_keys=False)).encode())
-    cpus = study_runner.cores()
     started_here = not ray.is_initialized()
     if started_here:
-        try:
-            if address is None:
-                ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-            else:
-                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
-        except (ConnectionError, RuntimeError) as exc:
-            where = f"at --address {address!r}" if address else "on this machine"
-            raise BioPropError(f"cannot start or join Ray {where}: {' '.join(str(exc).split())[:200]}") from None
+        _start_ray(ray, address)
     threads = sweep.cpus_per_trial
     context = Context(str(folder), sweep.base, sweep.seeds, threads, sweep.metric)
     lines = _Progress(sweep.configurations(), say, sweep.retries)
@@ -595,6 +623,9 @@ def run_sweep(
     function = tune.with_resources(tune.with_parameters(trainable, context=context), {"cpu": sweep.cpus_per_trial})
     storage = folder / RAY_DIR
     try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not (folder / SPEC).exists():  # from now on the folder is this sweep's
+            logs.write_atomic(folder / SPEC, (MARK + "\n" + yaml.safe_dump(sweep.raw, sort_keys=False)).encode())
         if resume and tune.Tuner.can_restore(str(storage / "sweep")):
             say(f"resuming the sweep in {folder} from Ray Tune's saved state")
             tuner = tune.Tuner.restore(str(storage / "sweep"), trainable=function, resume_errored=True)
