@@ -43,6 +43,7 @@ MODULES: tuple[str, ...] = (
     "lillicrap2016",
     "lillicrap_santoro2019",
     "murray2019",
+    "sacramento2018",
     "whittington_bogacz2017",
 )
 SCALES: tuple[str, ...] = ("quick", "default", "full")
