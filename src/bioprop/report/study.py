@@ -472,7 +472,8 @@ def _inline(text: str) -> str:
     return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", text)
 
 
-def _html_table(header: Sequence[str], body: Sequence[Sequence[str]], css: str = "") -> str:
+def html_table(header: Sequence[str], body: Sequence[Sequence[str]], css: str = "") -> str:
+    """An HTML table of escaped cells (Markdown ``code`` and ``**bold**`` rendered)."""
     head = "".join(f"<th>{_inline(c)}</th>" for c in header)
     rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body)
     return f'<table class="{css}"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>'
@@ -490,7 +491,7 @@ def _markdown_html(text: str) -> str:
         if table:
             cells = [[c.strip().replace("\\|", "|") for c in re.split(r"(?<!\\)\|", line.strip()[1:-1])]
                      for line in table if not re.fullmatch(r"\|(\s*:?-+:?\s*\|)+", line.strip())]  # fmt: skip
-            out.append(_html_table(cells[0], cells[1:], "matrix"))
+            out.append(html_table(cells[0], cells[1:], "matrix"))
             table.clear()
 
     for line in text.splitlines():
@@ -520,6 +521,21 @@ code { background: #f6f6f6; padding: 0 0.2em; }
 """
 
 
+def figure_html(caption: str, data: bytes) -> str:
+    """A PNG figure embedded as a ``data:image/png;base64`` URI, with its caption."""
+    uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
+    text = html.escape(caption)
+    return f'<figure><img src="{uri}" alt="{text}"><figcaption>{text}</figcaption></figure>'
+
+
+def document(title: str, body: Sequence[str], mark: str = MARK) -> str:
+    """A self-contained HTML page: ``mark`` (the first line, by which bioprop knows its own file), the title, the
+    style inline, then ``body``'s parts."""
+    return "\n".join([mark, "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+                      f"<title>{html.escape(title)}</title>", f"<style>{STYLE}</style></head><body>", *body,
+                      "</body></html>"]) + "\n"  # fmt: skip
+
+
 def page(study: Study, paths: Sequence[str | Path]) -> str:
     """``report.html``: the same sections as :func:`markdown`, the figures as ``data:image/png;base64`` URIs, the
     style inline; nothing is fetched to view it."""
@@ -528,17 +544,12 @@ def page(study: Study, paths: Sequence[str | Path]) -> str:
         items = "".join(f"<li>skipped: {html.escape(str(p))} ({html.escape(r)})</li>" for p, r in study.skipped)
         body += ['<h2 id="skipped">Skipped runs</h2>', f'<ul class="skipped">{items}</ul>']
     body += ['<h2 id="leaderboard">Leaderboard</h2>', f"<p>{_inline(_leaderboard_intro())}</p>",
-             _html_table(study.header, _body(study), "leaderboard")]  # fmt: skip
+             html_table(study.header, _body(study), "leaderboard")]  # fmt: skip
     body += ['<h2 id="implausibility">Implausibility matrix</h2>', _markdown_html(_matrix(study))]
     body += ['<h2 id="figures">Figures</h2>']
-    for caption, data in study.figures:
-        uri = "data:image/png;base64," + base64.b64encode(data).decode("ascii")
-        body.append(f'<figure><img src="{uri}" alt="{html.escape(caption)}">'
-                    f"<figcaption>{html.escape(caption)}</figcaption></figure>")  # fmt: skip
+    body += [figure_html(caption, data) for caption, data in study.figures]
     body += [f"<p>{html.escape(note)}</p>" for note in study.notes]
-    return "\n".join([MARK, "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-                      "<title>bioprop report</title>", f"<style>{STYLE}</style></head><body>", *body,
-                      "</body></html>"]) + "\n"  # fmt: skip
+    return document("bioprop report", body)
 
 
 def _ours(path: Path) -> bool:

@@ -181,10 +181,9 @@ def gallery(
     self-contained: the figures embedded as base64 PNG). A gallery file in ``out`` that bioprop did not write is
     refused before any work (:class:`BioPropError`); so is each reproduction's own foreign file, by
     :func:`reproduce`. ``progress`` gets a line per finished reproduction. Returns the two paths."""
-    import base64
     import html
 
-    from bioprop.report import logs
+    from bioprop.report import logs, study
 
     out = Path(out)
     for name in (GALLERY_MD, GALLERY_HTML):
@@ -205,27 +204,13 @@ def gallery(
     for record in records:
         md += [f"## {record[KIND]}", "", record["claim"], ""]
         md += [f"![{record[KIND]}: {figure}]({figure})" for figure in record["figures"]] + [""]
-    cells = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(text)}</td>" for text in gallery_cells(record)) + "</tr>"
-        for record in records
-    )
     titles = ("reproduction", "claim", "the paper's value", "ours", "holds")
-    head = "".join(f"<th>{html.escape(title)}</th>" for title in titles)
-    sections = []
+    body = ["<h1>bioprop reproduction gallery</h1>", f"<p>{html.escape(intro)}</p>",
+            study.html_table(titles, [gallery_cells(record) for record in records], "gallery")]  # fmt: skip
     for record in records:
-        images = "".join(
-            f'<img alt="{html.escape(figure)}" src="data:image/png;base64,'
-            f'{base64.b64encode((out / figure).read_bytes()).decode()}">'
-            for figure in record["figures"]
-        )
-        sections.append(f"<h2>{html.escape(record[KIND])}</h2><p>{html.escape(record['claim'])}</p>{images}")
-    page = (
-        f'{GALLERY_MARK}\n<!DOCTYPE html><html><head><meta charset="utf-8"><title>bioprop reproduction gallery'
-        "</title><style>body{font-family:sans-serif;max-width:1100px;margin:auto}table{border-collapse:collapse}"
-        "td,th{border:1px solid #ccc;padding:4px;vertical-align:top}img{max-width:100%}</style></head><body>"
-        f"<h1>bioprop reproduction gallery</h1><p>{html.escape(intro)}</p><table><tr>{head}</tr>{cells}</table>"
-        f"{''.join(sections)}</body></html>\n"
-    )
+        body += [f"<h2>{html.escape(record[KIND])}</h2>", f"<p>{html.escape(record['claim'])}</p>"]
+        body += [study.figure_html(figure, (out / figure).read_bytes()) for figure in record["figures"]]
+    page = study.document("bioprop reproduction gallery", body, GALLERY_MARK)
     logs.write_atomic(out / GALLERY_MD, "\n".join(md).encode())
     logs.write_atomic(out / GALLERY_HTML, page.encode())
     return out / GALLERY_MD, out / GALLERY_HTML
