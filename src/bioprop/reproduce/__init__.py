@@ -143,6 +143,8 @@ def gallery_cells(record: dict[str, Any]) -> list[str]:
     def cell(value: Any) -> str:
         if isinstance(value, dict):
             text = "; ".join(f"{key} {cell(item)}" for key, item in value.items())
+        elif isinstance(value, list | tuple):
+            text = "[" + ", ".join(cell(item) for item in value) + "]"
         elif isinstance(value, float):
             text = f"{value:.4g}"
         else:
@@ -205,7 +207,7 @@ def gallery(
         md += [f"## {record[KIND]}", "", record["claim"], ""]
         md += [f"![{record[KIND]}: {figure}]({figure})" for figure in record["figures"]] + [""]
     titles = ("reproduction", "claim", "the paper's value", "ours", "holds")
-    body = ["<h1>bioprop reproduction gallery</h1>", f"<p>{html.escape(intro)}</p>",
+    body = ["<h1>bioprop reproduction gallery</h1>", f"<p>{html.escape(intro).replace('`', '')}</p>",
             study.html_table(titles, [gallery_cells(record) for record in records], "gallery")]  # fmt: skip
     for record in records:
         body += [f"<h2>{html.escape(record[KIND])}</h2>", f"<p>{html.escape(record['claim'])}</p>"]
