@@ -258,3 +258,33 @@ def test_a_trial_whose_worker_dies_is_retried_and_its_run_resumes(tmp_path):
     assert len(after) == 2 and all(s["status"] == "finished" for s in after.values())
     trained = epochs_trained(killed_run)
     assert trained == list(range(1, 9))  # resumed from its checkpoint: no epoch twice, none missing
+
+
+@needs_ray
+def test_a_trial_that_raises_is_retried(tmp_path):
+    """A trial whose run directory is in use (held by this test) raises; Ray Tune retries it, and once the directory
+    is free the retry trains the run."""
+    from bioprop.report import logs
+
+    path = write(tmp_path, spec(rules={"bp": {}}, retries=20))  # 2 configurations
+    out = tmp_path / "out"
+    held = out / f"{sweeps.trial_name('bp', {}, {'lr': 0.003})}-s0"
+    held.mkdir(parents=True)
+    lock = logs.RunLock.acquire(held)
+    process = bioprop("sweep", str(path), "--out", str(out))
+    said = []
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            line = process.stderr.readline()
+            said.append(line)
+            if "retrying it" in line or not line:
+                break
+    finally:
+        lock.release()
+    assert "retrying it" in said[-1] and "is in use" in said[-1], "".join(said)
+    code, _, stderr = finish(process)
+    assert code == 0, "".join(said) + stderr
+    after = summaries(out)
+    assert len(after) == 2 and all(s["status"] == "finished" for s in after.values())
+    assert epochs_trained(held) == [1, 2]
