@@ -920,7 +920,8 @@ def parse_seeds(text: str) -> list[int]:
 def existing(path: str | None, flag: str) -> str | None:
     if path is not None and not Path(path).exists():
         raise BioPropError(f"{flag}: {path!r} does not exist")
-    return str(Path(path).resolve()) if path is not None else None
+    # absolute, links kept: a venv's python is a link to the base interpreter, which would not see the venv
+    return os.path.abspath(path) if path is not None else None
 
 
 def main(argv: list[str] | None = None) -> int:

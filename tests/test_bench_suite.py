@@ -376,3 +376,9 @@ def test_speed_ep_table_with_and_without_laborieux():
     assert header[-1] == "÷ Laborieux (paired)" and ep[-1] == "0.11" and labo == [
         "Laborieux's EP (`thirdphase`)", "80.00 [79.00–81.00]", "20.00", "1"]  # fmt: skip
     assert any("commit 93660ed" in line and "8.4e-06" in line for line in lines)
+
+
+def test_an_anchor_venv_python_is_kept_as_given_not_resolved_to_its_base_interpreter(tmp_path):
+    link = tmp_path / "venv-python"
+    link.symlink_to(sys.executable)  # as a venv's bin/python links to the base interpreter
+    assert suite.existing(str(link), "--biotorch-python") == str(link)
