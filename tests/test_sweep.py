@@ -41,8 +41,9 @@ def write(tmp_path: Path, raw, name: str = "sweep.yaml") -> Path:
 
 
 def test_counts_configurations_and_builds_the_space():
-    sweep = sweeps.parse(spec(rules={"bp": {}, "fa": {"scale": [0.5, 1.0, 2.0]}}, samples=2))
-    # bp: 1 option point, fa: 3; times 2 learning rates, times 2 samples
+    sweep = sweeps.parse(spec(rules={"bp": {}, "fa": {"scale": [0.5, 1.0, 2.0]}}, samples=2,
+                              search={"lr": {"loguniform": [1e-3, 1e-1]}, "batch_size": [32, 64]}))  # fmt: skip
+    # bp: 1 option point, fa: 3; times 2 batch sizes, times 2 samples
     assert sweep.configurations() == (1 + 3) * 2 * 2
     assert sweep.metric == "test_accuracy"  # no validation split: the test accuracy
     assert sweeps.parse(spec(base={**TINY, "validation": 50})).metric == "val_accuracy"
@@ -68,6 +69,10 @@ def test_counts_configurations_and_builds_the_space():
         ({"metric": "val_accuracy"}, "metric val_accuracy needs base.validation"),
         ({"samples": 0}, "samples must be an integer ≥ 1, not 0"),
         ({"retries": -1}, "retries must be an integer from 0 to 100, not -1"),
+        ({"metric": ["val_accuracy"]}, "metric ['val_accuracy'] is not one of"),
+        ({"samples": 3}, "samples 3 would draw the same configurations again"),
+        ({"search": {"lr": {"choice": [0.1, 0.2]}}, "samples": 2}, "without a uniform or loguniform domain"),
+        ({"base": {**TINY, "threads": 2}}, "base.threads: threads is set by the section 'cpus_per_trial'"),
     ],
 )
 def test_the_file_is_refused_naming_the_key(change, says):
@@ -85,6 +90,7 @@ def test_the_file_is_refused_naming_the_key(change, says):
         ({"rules": {"bp": {}, "fa": {"scale": [1.0, "big"]}}}, "rules.fa.scale"),
         ({"rules": {"bp": {}, "fa": {"scael": 2.0}}}, "rules.fa: "),
         ({"base": {**TINY, "arch": "mlp:0"}}, "rule bp: bad arch 'mlp:0'"),
+        ({"base": {**TINY, "epochs": "ten"}}, "base: --epochs must be"),
     ],
 )
 def test_what_a_value_means_is_checked_before_ray(tmp_path, change, says):
@@ -94,6 +100,33 @@ def test_what_a_value_means_is_checked_before_ray(tmp_path, change, says):
     assert says in str(caught.value)
     assert "\n" not in str(caught.value)
     assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_a_run_directory_or_a_path_under_a_file_or_more_cpus_than_there_are_is_refused_before_ray(tmp_path):
+    from bioprop import train
+    from bioprop.config import RunConfig
+
+    path = write(tmp_path, spec())
+    run = tmp_path / "run"
+    train.run(RunConfig(**{**TINY, "epochs": 1}), run, quiet=True)
+    with pytest.raises(BioPropError, match="is a run directory; give a folder of its own"):
+        sweeps.run_sweep(path, run)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(BioPropError, match="'.*f' is a file, not a folder"):
+        sweeps.run_sweep(path, tmp_path / "f" / "sub")
+    many = write(tmp_path, spec(cpus_per_trial=1024), "many.yaml")
+    with pytest.raises(BioPropError, match="cpus_per_trial 1024 is more than the"):
+        sweeps.run_sweep(many, tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def test_resume_accepts_a_file_that_changes_only_the_retries(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "sweep.yaml").write_text(sweeps.MARK + "\n" + yaml.safe_dump(spec(retries=1)))
+    sweeps._check_folder(sweeps.parse(spec(retries=5)), out, resume=True)  # no error
+    with pytest.raises(BioPropError, match="search differs"):
+        sweeps._check_folder(sweeps.parse(spec(search={"lr": [0.1, 0.2]})), out, resume=True)
 
 
 def test_trial_names_are_the_configuration_hash():

@@ -723,7 +723,7 @@ def run_sweep(
     out: Annotated[
         str | None,
         _opt(
-            "The sweep's folder: a run directory per configuration x seed, best.json, best.md and the report.",
+            "The sweep's folder (required): a run directory per configuration x seed, best.json, best.md, the report.",
             "--out",
             "-o",
             metavar="DIR",
@@ -755,7 +755,7 @@ def run_sweep(
     seed into --out; a trial that crashes is retried (retries in the file). At the end: the best configuration per
     rule (mean of the metric over the seeds) printed and written to best.json and best.md, and report.md and
     report.html (`bioprop report DIR` rebuilds them). Ctrl-C stops the trials, each run keeping its last
-    checkpoint; --resume continues. Needs Ray Tune: pip install 'bioprop[sweep]'.
+    checkpoint; --resume continues. Needs Ray Tune: pip install 'bioprop\\[sweep]'.
     """
     from bioprop import sweep
     from bioprop.train import sigterm_interrupts
@@ -765,7 +765,7 @@ def run_sweep(
         raise BioPropError("missing --out DIR: the sweep's folder")
 
     def progress(line: str) -> None:
-        typer.echo(line if line.startswith(("[", "trial", "resuming", "no saved")) else f"bioprop: warning: {line}",
+        typer.echo(line if line.startswith(("[", "trial ")) else f"bioprop: warning: {line}",
                    err=True)  # fmt: skip
 
     try:

@@ -33,11 +33,12 @@ Each run is an ordinary run directory ``OUT/<rule>-<id>-s<seed>``, ``<id>`` the 
 of the configuration (rule, options, searched settings), kept as it ends. What happens to a run whose directory
 exists is :func:`bioprop.study_runner.plan`'s decision: a finished (or diverged) run is not trained again, an
 interrupted one is resumed from its checkpoint, a directory of other settings is refused. So resuming a killed
-sweep (``--resume``) redoes no finished run, whether or not Ray's own record of the sweep (``OUT/.ray``, restored
-with :meth:`ray.tune.Tuner.restore` when it can be) had seen it end. A trial whose run fails (an error, or its
-worker process killed) is retried by Ray Tune (``retries``, :class:`ray.tune.FailureConfig`); its finished seeds
-are kept and the interrupted one resumes. A worker whose Ray node died (the sweep killed) stops itself within a
-second, keeping its last checkpoint.
+sweep (``--resume``: the same file starts Ray Tune again, whose draws repeat with ``sampler_seed``) redoes no
+finished run; Ray Tune's own saved state (``OUT/.ray``) is not restored (that would unpickle it). A trial whose
+run fails (an error, or its worker process killed) is retried by Ray Tune (``retries``,
+:class:`ray.tune.FailureConfig`); its finished seeds are kept and the interrupted one resumes. ``samples`` > 1
+needs a uniform or loguniform domain (else the draws repeat configurations). SIGTERM stops a sweep as Ctrl-C does.
+A worker whose Ray node died (the sweep killed) stops itself within a second, keeping its last checkpoint.
 
 Ray is started on this machine with the CPUs this process may use (``address`` None), or joined at ``address``
 (``host:port`` of a running cluster's head, ``ray://host:port`` for Ray Client, or ``auto``); an address that
@@ -63,6 +64,7 @@ import itertools
 import json
 import math
 import os
+import signal
 import socket
 import statistics
 import sys
@@ -88,7 +90,10 @@ DOMAINS = {"grid": None, "choice": None, "uniform": 2, "loguniform": 2, "randint
 METRICS = {"val_accuracy": "max", "test_accuracy": "max", "best_test_accuracy": "max",
            "test_accuracy_at_best_val": "max", "test_loss": "min"}  # fmt: skip
 #: Settings a sweep file may not put in ``base`` or ``search``: they have sections of their own.
-OWN = {"rule": "rules", "seed": "seeds", "rule_opts": "rules"}
+OWN = {"rule": "rules", "seed": "seeds", "rule_opts": "rules", "threads": "cpus_per_trial"}
+MAX_CONFIGURATIONS = 100_000
+#: Top-level keys that change no run: --resume accepts a file that differs in them.
+RUN_NEUTRAL = ("retries",)
 INSTALL = "pip install 'bioprop[sweep]'"
 #: What bioprop writes at the top of a sweep folder (besides the runs and the report).
 SPEC, BEST_JSON, BEST_MD, RAY_DIR = "sweep.yaml", "best.json", "best.md", ".ray"
@@ -268,7 +273,7 @@ def parse(raw: Any, source: str = "sweep file") -> Sweep:
     if len(set(seeds)) != len(seeds):
         raise BioPropError(f"{source}: seeds gives {next(s for i, s in enumerate(seeds) if s in seeds[:i])} twice")
     metric = raw.get("metric", "val_accuracy" if base.get("validation") else "test_accuracy")
-    if metric not in METRICS:
+    if not isinstance(metric, str) or metric not in METRICS:
         raise BioPropError(f"{source}: metric {metric!r} is not one of {', '.join(METRICS)}")
     if metric in ("val_accuracy", "test_accuracy_at_best_val") and not (
         base.get("validation") or "validation" in search
@@ -283,7 +288,14 @@ def parse(raw: Any, source: str = "sweep file") -> Sweep:
         sampler_seed=_whole(f"{source}: sampler_seed", raw.get("sampler_seed", 0), 0, 2**32 - 1),
         source=source, raw=raw,
     )  # fmt: skip
+    continuous = [d for d in [*search.values(), *(v for o in rules.values() for v in o.values())]
+                  if isinstance(d, Domain) and d.kind in ("uniform", "loguniform")]  # fmt: skip
+    if sweep.samples > 1 and not continuous:
+        raise BioPropError(f"{source}: samples {sweep.samples} would draw the same configurations again: "
+                           "without a uniform or loguniform domain, list the values as a grid")  # fmt: skip
     count = sweep.configurations()
+    if count > MAX_CONFIGURATIONS:
+        raise BioPropError(f"{source}: the search space holds {count} configurations; at most {MAX_CONFIGURATIONS}")
     if count < 2:
         raise BioPropError(f"{source}: the search space holds {count} configuration; a sweep needs at least two "
                            "(search a setting or a rule option, add a rule, or samples > 1 with a random domain); "
@@ -321,6 +333,10 @@ def check(sweep: Sweep, out: Path) -> None:
     for rule, opts in sweep.rules.items():
         fixed_opts = {key: value for key, value in opts.items() if not isinstance(value, Domain)}
         fixed_set = {key: value for key, value in sweep.search.items() if not isinstance(value, Domain)}
+        try:
+            study_runner.make_config(rule, seed, {}, dict(sweep.base))
+        except BioPropError as exc:
+            raise BioPropError(f"{sweep.source}: base: {exc}") from None
         probes = [(f"rules.{rule}", {}, {})]  # the fixed values first, then each domain's values alone with them
         probes += [(f"rules.{rule}.{key}", {key: v}, {}) for key, d in opts.items() if isinstance(d, Domain)
                    for v in d.extremes()]  # fmt: skip
@@ -376,7 +392,7 @@ def run_trial(params: dict[str, Any], context: Context) -> dict[str, Any]:
 
     rule, opts, searched = params["rule"]["name"], dict(params["rule"]["opts"]), dict(params.get("settings", {}))
     name = trial_name(rule, opts, searched)
-    per_seed, accuracies, statuses = [], [], []
+    per_seed, accuracies, statuses, skipped = [], [], [], True
     torch.set_num_threads(context.threads)
     for seed in context.seeds:
         config = study_runner.make_config(rule, seed, opts, {**context.base, **searched})
@@ -390,6 +406,7 @@ def run_trial(params: dict[str, Any], context: Context) -> dict[str, Any]:
         if job.action == "skip":
             summary = job.before
         else:
+            skipped = False
             result = study_runner.execute(job)
             if result["status"] not in ("finished", "diverged"):
                 raise TrialFailed(f"{run}: {result['status']}: {result['message']}")
@@ -401,7 +418,7 @@ def run_trial(params: dict[str, Any], context: Context) -> dict[str, Any]:
     done = [v for v in per_seed if isinstance(v, int | float) and math.isfinite(v)]
     tested = [a for a in accuracies if isinstance(a, int | float) and math.isfinite(a)]
     return {"name": name, "rule": rule, "status": "diverged" if "diverged" in statuses else "finished",
-            context.metric: statistics.fmean(done) if done else math.nan, "per_seed": per_seed,
+            "skipped": skipped, context.metric: statistics.fmean(done) if done else math.nan, "per_seed": per_seed,
             "test_accuracy": statistics.fmean(tested) if tested else math.nan}  # fmt: skip
 
 
@@ -440,8 +457,7 @@ def _ray() -> Any:
     """Import Ray Tune quietly (no usage statistics, no progress tables: bioprop prints its own lines), or say how
     to install it."""
     for key, value in (("RAY_USAGE_STATS_ENABLED", "0"), ("RAY_AIR_NEW_OUTPUT", "0"),
-                       ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("RAY_DEDUP_LOGS", "0"),
-                       ("RAY_BACKEND_LOG_LEVEL", "error")):  # fmt: skip
+                       ("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1"), ("RAY_DEDUP_LOGS", "0")):  # fmt: skip
         os.environ.setdefault(key, value)
     try:
         import ray
@@ -474,6 +490,8 @@ def _check_folder(sweep: Sweep, out: Path, resume: bool) -> None:
     if out.exists() and not out.is_dir():
         raise BioPropError(f"--out {str(out)!r} is a file, not a folder")
     study.check_out(out)
+    if (out / logs.MARKER).exists():
+        raise BioPropError(f"--out '{out}' is a run directory; give a folder of its own for the sweep")
     for name in (BEST_JSON, BEST_MD):
         path = out / name
         if path.is_symlink() or path.exists() and not (path.is_file() and _ours(path)):
@@ -488,7 +506,9 @@ def _check_folder(sweep: Sweep, out: Path, resume: bool) -> None:
             raise BioPropError(f"cannot read '{spec}': {exc}") from None
         if not resume:
             raise BioPropError(f"'{out}' holds a sweep already; add --resume to continue it, or choose another --out")
-        if started != sweep.raw:
+        neutral = {key: None for key in RUN_NEUTRAL}
+        if isinstance(started, dict) and {**started, **neutral} != {**sweep.raw, **neutral} or not isinstance(
+                started, dict):  # fmt: skip
             differ = sorted(
                 k for k in set(started or {}) | set(sweep.raw) if (started or {}).get(k) != sweep.raw.get(k)
             )
@@ -527,18 +547,28 @@ class _Progress:
                 shown = (
                     f"{outer.metric} {value:.4f}" if isinstance(value, float) and math.isfinite(value) else "no value"
                 )
-                say(f"[{outer.done}/{total}] {result.get('name', trial.trial_id)}: {result.get('status', 'ended')}, "
+                before = " before; skipped" if result.get("skipped") else ""
+                say(f"[{outer.done}/{total}] {outer.name(trial)}: {result.get('status', 'ended')}{before}, "
                     f"{shown} (mean over seeds)")  # fmt: skip
 
             def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
                 outer.done += 1
-                say(f"[{outer.done}/{total}] trial {trial.trial_id} failed after {retries} retries: "
+                say(f"[{outer.done}/{total}] {outer.name(trial)} failed after {retries} retries: "
                     f"{outer.error(trial)}")  # fmt: skip
 
             def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                say(f"trial {trial.trial_id} failed ({outer.error(trial)}); retrying it")
+                say(f"trial {outer.name(trial)} failed ({outer.error(trial)}); retrying it")
 
         self.done, self.metric, self.callback = 0, "", Lines()
+
+    @staticmethod
+    def name(trial: Any) -> str:
+        """The trial's configuration name (:func:`trial_name`), or Ray's trial id if its config cannot be read."""
+        try:
+            config = trial.config
+            return trial_name(config["rule"]["name"], config["rule"]["opts"], config.get("settings", {}))
+        except (AttributeError, KeyError, TypeError):
+            return str(getattr(trial, "trial_id", "?"))
 
     @staticmethod
     def error(trial: Any) -> str:
@@ -558,15 +588,20 @@ def _start_ray(ray: Any, address: str | None) -> None:
     reason is in the error)."""
     try:
         if address is None:
-            ray.init(num_cpus=study_runner.cores(), include_dashboard=False, log_to_driver=False,
-                     logging_level="ERROR")  # fmt: skip
+            ray.init(
+                address="local",
+                num_cpus=study_runner.cores(),
+                include_dashboard=False,
+                log_to_driver=False,
+                logging_level="ERROR",
+            )  # fmt: skip  (local: a new Ray, whatever RAY_ADDRESS or a running one says)
             return
         with _stderr_held():
             ray.init(address=address, log_to_driver=False, logging_level="ERROR")
     except Exception as exc:  # Ray raises ConnectionError, RuntimeError, ValueError, its own errors...
         where = f"at --address {address!r}" if address else "on this machine"
         hint = ""
-        if address and not os.environ.get("RAY_AUTH_MODE"):
+        if address and address != "auto" and not os.environ.get("RAY_AUTH_MODE"):
             hint = ("; if the cluster uses token authentication (`ray start`'s default), set RAY_AUTH_MODE=token "
                     "and give its token (RAY_AUTH_TOKEN, or ~/.ray/auth_token)")  # fmt: skip
         raise BioPropError(f"cannot start or join Ray {where}: {' '.join(str(exc).split())[:200]}{hint}") from None
@@ -605,10 +640,19 @@ def run_sweep(
     if out is None or str(out) == "":
         raise BioPropError("--out needs a path: the sweep's folder")
     folder = Path(out).absolute()
+    for parent in folder.parents:
+        if parent.exists() and not parent.is_dir():
+            raise BioPropError(f"--out {str(out)!r}: '{parent}' is a file, not a folder")
+    if address is None and sweep.cpus_per_trial > study_runner.cores():
+        raise BioPropError(f"{sweep.source}: cpus_per_trial {sweep.cpus_per_trial} is more than the "
+                           f"{study_runner.cores()} CPUs this process may use: no trial could start")  # fmt: skip
     _check_folder(sweep, folder, resume)
     check(sweep, folder)
     if address is not None:
         check_address(address)
+    if sweep.metric in ("test_accuracy", "best_test_accuracy", "test_loss"):
+        say(f"metric {sweep.metric}: the configurations are chosen on the test set; add base.validation (held-out "
+            "training examples) to choose them without it")  # fmt: skip
     ray = _ray()
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
@@ -616,6 +660,8 @@ def run_sweep(
     started_here = not ray.is_initialized()
     if started_here:
         _start_ray(ray, address)
+    if threading.current_thread() is threading.main_thread():  # Ray's core took SIGTERM (it would abort): as Ctrl-C
+        signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     threads = sweep.cpus_per_trial
     context = Context(str(folder), sweep.base, sweep.seeds, threads, sweep.metric)
     lines = _Progress(sweep.configurations(), say, sweep.retries)
@@ -626,21 +672,17 @@ def run_sweep(
         folder.mkdir(parents=True, exist_ok=True)
         if not (folder / SPEC).exists():  # from now on the folder is this sweep's
             logs.write_atomic(folder / SPEC, (MARK + "\n" + yaml.safe_dump(sweep.raw, sort_keys=False)).encode())
-        if resume and tune.Tuner.can_restore(str(storage / "sweep")):
-            say(f"resuming the sweep in {folder} from Ray Tune's saved state")
-            tuner = tune.Tuner.restore(str(storage / "sweep"), trainable=function, resume_errored=True)
-        else:
-            if resume:
-                say(f"no saved Ray Tune state in {folder}: starting the sweep again (finished runs are kept)")
-            tuner = tune.Tuner(
-                function,
-                param_space=sweep.param_space(),
-                tune_config=tune.TuneConfig(num_samples=sweep.samples, reuse_actors=True,
-                                            search_alg=BasicVariantGenerator(random_state=sweep.sampler_seed)),
-                run_config=tune.RunConfig(name="sweep", storage_path=str(storage), verbose=0,
-                                          failure_config=tune.FailureConfig(max_failures=sweep.retries),
-                                          callbacks=[lines.callback]),
-            )  # fmt: skip
+        # --resume: the same draws again (sampler_seed), each finished run skipped and each interrupted one resumed;
+        # Ray Tune's own saved state is not restored (Tuner.restore unpickles it)
+        tuner = tune.Tuner(
+            function,
+            param_space=sweep.param_space(),
+            tune_config=tune.TuneConfig(num_samples=sweep.samples, reuse_actors=True,
+                                        search_alg=BasicVariantGenerator(random_state=sweep.sampler_seed)),
+            run_config=tune.RunConfig(name=time.strftime("sweep-%Y%m%d-%H%M%S"), storage_path=str(storage),
+                                      verbose=0, failure_config=tune.FailureConfig(max_failures=sweep.retries),
+                                      callbacks=[lines.callback]),
+        )  # fmt: skip
         grid = tuner.fit()
     finally:
         if started_here:
@@ -730,7 +772,8 @@ def _settings_text(record: dict[str, Any]) -> str:
 def best_table(sweep: Sweep, best: dict[str, dict[str, Any]]) -> str:
     """A Markdown table: per rule, its best configuration, the metric's mean ± std over the seeds, the test
     accuracy, and the run directories' name."""
-    lines = [f"| rule | {sweep.metric} (mean ± std, {len(sweep.seeds)} seeds) | test accuracy | configuration | runs |",
+    seeds = f"{len(sweep.seeds)} seed{'s' if len(sweep.seeds) > 1 else ''}"
+    lines = [f"| rule | {sweep.metric} (mean ± std, {seeds}) | test accuracy | configuration | runs |",
              "|---|---|---|---|---|"]  # fmt: skip
     for rule in sweep.rules:
         if rule not in best:
