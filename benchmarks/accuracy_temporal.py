@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/accuracy_temporal.py --suite pattern-generation --seeds 0
     .venv/bin/python benchmarks/accuracy_temporal.py --suite cue-accumulation --entries eprop-alif,eprop-lif
     .venv/bin/python benchmarks/accuracy_temporal.py --suite seq-fashion-mnist
+    .venv/bin/python benchmarks/accuracy_temporal.py --suite cue-accumulation --report-only --json cue.json
 
 Suites (one budget per suite, shared by its rules; only the rule, its options and its network change):
 
@@ -29,13 +30,16 @@ finished run, resumes an interrupted one from its checkpoint (an hours-long suit
 rest. The script prints the command line, a machine line (torch version, threads, load average before and after), a
 Markdown table (entry, rule, network, mean ± std over seeds of the final test accuracy or loss, the median seconds
 per epoch) and draws ``curves.png`` in the suite's directory: test error (or loss) and the hidden weights' update
-angle to BPTT against training iterations, mean over seeds with their range.
+angle to BPTT against training iterations, mean over seeds with their range. ``--json OUT`` also writes the numbers
+behind the table to one JSON file (per entry its rule, network, options and, per seed, the run directory's final
+numbers), which ``benchmarks/suite.py`` reads.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import json
 import math
 import os
 import shlex
@@ -147,6 +151,28 @@ def table(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int) 
     return "\n".join(lines)
 
 
+def number(value: float | None) -> float | None:
+    """``value``, or None where it is None or NaN (no accuracy on a regression task): JSON has no NaN."""
+    return None if value is None or math.isnan(value) else value
+
+
+def results(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int) -> dict:
+    """The numbers behind :func:`table`, JSON-able: per entry its rule, network and options, and per run its seed,
+    status, final test accuracy (fraction) and loss, best test accuracy, epochs done, seconds per epoch and, on
+    cue accumulation, the first iteration below the error criterion (None: not reached); None for a NaN."""
+    entries = {}
+    for entry, done in runs.items():
+        rule, arch, opts = SUITES[suite][1][entry]
+        entries[entry] = {"rule": rule, "arch": arch, "options": opts, "runs": [
+            {"seed": r.get("seed"), "run_dir": str(d), "status": r.get("status"),
+             "test_accuracy": number(r["test_accuracy"]), "test_loss": number(r["test_loss"]),
+             "best_test_accuracy": number(r.get("best_test_accuracy")),
+             "epochs_done": r["epochs_done"], "epoch_seconds": r["epoch_seconds"],
+             "iterations_to_criterion": iterations_to_criterion(d, per_epoch) if suite == "cue-accumulation" else None}
+            for d, r in done]}  # fmt: skip
+    return entries
+
+
 def figure(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int, path: Path) -> None:
     """Test error (or loss) and the hidden weights' update angle to BPTT against training iterations, one line per
     entry (mean over seeds, the band their range)."""
@@ -198,6 +224,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/bench-temporal"))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--entries", default=None, help="comma-separated entries of the suite (default: all)")
+    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the table's numbers to this JSON file")
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table and figure of the runs "
                         "under --out as far as they got (a run not started is left out)")  # fmt: skip
     args = parser.parse_args()
@@ -240,6 +267,14 @@ def main() -> None:
     print(table(args.suite, runs, per_epoch))
     figure(args.suite, runs, per_epoch, args.out / args.suite / "curves.png")
     print(f"\nfigure: {args.out / args.suite / 'curves.png'}")
+    if args.json:
+        record = {"command": command, "suite": args.suite, "data": data.format(delay=args.delay),
+                  "budget": budget | ({"epochs": args.epochs} if args.epochs else {}), "per_epoch": per_epoch,
+                  "error_criterion": ERROR_CRITERION, "torch": torch.__version__, "threads": args.threads,
+                  "load_before": list(load_before), "load_after": list(load_after),
+                  "seconds": time.perf_counter() - start, "entries": results(args.suite, runs, per_epoch)}  # fmt: skip
+        args.json.write_text(json.dumps(record, indent=1))
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

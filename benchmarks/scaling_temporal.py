@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/scaling_temporal.py [--lengths 100,300,1000,3000,10000] [--batch 64] [--repeats 3]
         [--threads 1] [--max-gib 8] [--case-budget 60] [--child-timeout 300] [--malloc default|mmap]
-        [--clock wall|cpu] [--out runs/bench-scaling]
+        [--clock wall|cpu] [--out runs/bench-scaling] [--json OUT]
 
 Cases: ``bptt`` and ``eprop`` (its default online route, traces advanced in blocks of 50 steps) on ``lsnn:50+50``;
 ``rflo`` on ``rnn:100`` (rflo trains rate networks only) and ``bptt`` on ``rnn:100``, rflo's own BPTT baseline.
@@ -20,7 +20,9 @@ i.e. what the update itself needs. The peak is read from ``resource.getrusage(RU
 resetting the kernel's high-water mark (writing 5 to ``/proc/self/clear_refs``, Linux ≥ 4.0) right before the first
 call; where that cannot be reset, the peak since the process started is used and the table says so. The child
 reports one JSON line; the parent writes ``scaling.md`` (the table), ``scaling.csv``, ``scaling.jsonl`` (every
-sample) and ``scaling.png`` (two log-log panels: peak extra memory and time per step against T) under ``--out``.
+sample) and ``scaling.png`` (two log-log panels: peak extra memory and time per step against T) under ``--out``;
+``--json OUT`` also writes the settings, the load average before and after, the torch version and every case's row
+(the samples included) to one JSON file, which ``benchmarks/suite.py`` reads.
 
 A case that would not fit is not started: BPTT keeps ~``STATES_KEPT`` values per neuron and step (the estimate of
 ``bioprop.train.check_memory``), T × B × n × 12 × 4 bytes in float32; a bptt case whose estimate exceeds
@@ -250,13 +252,14 @@ def parent(args: argparse.Namespace) -> None:
             said = row.get("note") or f"{statistics.median(row['seconds']):.3g} s/update, {row['extra_mib']:.1f} MiB"
             print(f"  {rule:<6} {arch:<11} T={steps:<6,} {said}", file=sys.stderr, flush=True)
     torch_version = next((r["torch"] for r in rows if "torch" in r), "?")
+    load_after, seconds = os.getloadavg()[0], time.perf_counter() - started
     machine = ", ".join([
         f"torch {torch_version}", f"{args.threads} thread(s)", f"batch {args.batch}",
         f"median of at most {args.repeats} call(s) per case (--case-budget {args.case_budget:g} s)", "float32",
         f"{args.clock} clock", f"malloc {args.malloc}", f"subnormals {'flushed' if args.flush_denormal else 'kept'}",
         platform.machine(),
-        f"{os.cpu_count()} CPUs; load average (1 min) before/after {load_before:.1f}/{os.getloadavg()[0]:.1f}",
-        f"{time.perf_counter() - started:.0f} s in all",
+        f"{os.cpu_count()} CPUs; load average (1 min) before/after {load_before:.1f}/{load_after:.1f}",
+        f"{seconds:.0f} s in all",
     ])  # fmt: skip
     lines = [*table(rows), "", machine, "", *ratios(rows, lengths)]
     print("\n".join(lines))
@@ -274,6 +277,15 @@ def parent(args: argparse.Namespace) -> None:
                              r.get("note", "")])  # fmt: skip
     plot(rows, out / "scaling.png", f"malloc {args.malloc}, subnormals {'flushed' if args.flush_denormal else 'kept'}")
     print(f"wrote {out}/scaling.md, scaling.csv, scaling.jsonl, scaling.png")
+    if args.json:
+        config = {"lengths": lengths, "cases": [list(case) for case in CASES], "batch": args.batch,
+                  "repeats": args.repeats, "threads": args.threads, "case_budget": args.case_budget,
+                  "max_gib": args.max_gib, "child_timeout": args.child_timeout, "seed": args.seed,
+                  "clock": args.clock, "malloc": args.malloc, "flush_denormal": args.flush_denormal}  # fmt: skip
+        record = {"config": config, "torch": torch_version, "machine": platform.machine(), "cpus": os.cpu_count(),
+                  "load_avg_1min": [load_before, load_after], "seconds": seconds, "rows": rows}  # fmt: skip
+        Path(args.json).write_text(json.dumps(record, indent=1))
+        print(f"wrote {args.json}")
 
 
 def main() -> None:
@@ -298,6 +310,7 @@ def main() -> None:
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
                         help="time a call by the wall clock or by the CPU time of the process")  # fmt: skip
     parser.add_argument("--out", default="runs/bench-scaling")
+    parser.add_argument("--json", metavar="OUT", help="also write the settings and every case's row to this JSON file")
     parser.add_argument("--child", help=argparse.SUPPRESS)  # "rule,arch,T": measure one case, print one JSON line
     args = parser.parse_args()
     try:

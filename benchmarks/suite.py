@@ -3,20 +3,24 @@
     python benchmarks/suite.py list                                   # the benchmarks and what is stored
     python benchmarks/suite.py run [--only NAME,...] [--out runs/bench] [--seeds 0,1,2] [--quick] [--cpus 1]
                                    [--threads 1] [--force] [--biotorch-python PATH] [--laborieux PATH]
+                                   [--pcx-python PATH] [--snntorch-python PATH] [--norse-python PATH]
     python benchmarks/suite.py tables [--out runs/bench] [--readme README.md] [--check] [--allow-quick]
     python benchmarks/suite.py import [--out runs/bench] [--fmnist DIR] [--speed-fa FILE] [--speed-tp FILE]
-                                      [--speed-ep FILE] [--speed-temporal FILE ...]
+                                      [--speed-ep FILE] [--speed-temporal FILE ...] [--speed-pc FILE]
+                                      [--speed-snn FILE] [--scaling-temporal FILE] [--temporal FILE ...]
     python benchmarks/suite.py published [--anchors ../shared/anchors.md]   # refresh benchmarks/published.json
 
-``run`` starts each benchmark's script (``accuracy_fmnist.py``, ``speed_fa.py``, ...) as a subprocess, its output
+``run`` starts each benchmark's script (``accuracy_fmnist.py``, ``speed_fa.py``, ``accuracy_temporal.py``, ...) as a
+subprocess, its output
 echoed and kept in ``OUT/suite/NAME.log``, and stores ``OUT/suite/NAME.json``: the exact command(s), a machine
 record (CPU model from /proc/cpuinfo, cores, pinned CPUs, torch version, threads, load average before and after,
 date, seconds) and the results (the script's ``--json`` output; for an accuracy suite, each run directory's final
 numbers). A benchmark that crashes is stored as failed (exit status, the log's last lines) and the others go on. A
 stored finished result with the same command is reused (``--force`` reruns it); the accuracy suites' run
-directories are reused by ``accuracy_fmnist.py`` itself, so an interrupted suite resumes. ``--quick`` runs short
-versions (one epoch and one seed for accuracy, in their own folder; small budgets for speed): a check that
-everything runs, whose tables are kept out of the README unless ``tables --allow-quick``.
+directories are reused by ``accuracy_fmnist.py`` and ``accuracy_temporal.py`` themselves, so an interrupted suite
+resumes. ``--quick`` runs short versions (one epoch and one seed for accuracy, in their own folder; small budgets
+for speed; T = 100 and 300 for the scaling): a check that everything runs, whose tables are kept out of the README
+unless ``tables --allow-quick``.
 
 ``tables`` renders every stored result as Markdown (``OUT/suite/tables.md``) and rewrites the README's blocks
 between ``<!-- bench:NAME -->`` and ``<!-- /bench:NAME -->`` (each marker alone on its line): the command, a
@@ -27,8 +31,9 @@ would be written.
 Published numbers: the Fashion-MNIST table of ``../shared/anchors.md`` (one row per source, a column per rule: BP,
 FA, DFA, uSF, brSF, frSF, PC) gives a "published" column to the accuracy suites run on the same network as a source
 (:data:`PUBLISHED_FOR`). That file lives outside the repository; ``benchmarks/published.json`` is a copy of its
-rows (written by ``suite.py published``) used when it is absent. An anchor system that is not given (BioTorch's
-venv, Laborieux et al.'s checkout) is not measured: its columns are left out, with a note, never filled in.
+rows (written by ``suite.py published``) used when it is absent. An anchor system that is not given (BioTorch's,
+PCX's, snnTorch's or Norse's venv, Laborieux et al.'s checkout) is not measured: its columns or rows are left out,
+with a note, never filled in.
 
 Errors in the input (an unknown benchmark, a bad seed, a missing anchor path, malformed markers) end with a one-line
 message naming the bad token, exit status 2.
@@ -60,6 +65,7 @@ if str(HERE) not in sys.path:  # the scripts beside this one (accuracy_fmnist's 
     sys.path.insert(0, str(HERE))
 
 import accuracy_fmnist  # noqa: E402
+import accuracy_temporal  # noqa: E402
 from bioprop import rules as rule_registry  # noqa: E402
 from bioprop.errors import BioPropError  # noqa: E402
 
@@ -93,7 +99,8 @@ MARK = re.compile(r"<!-- (/?)bench:([A-Za-z0-9_.-]+) -->")
 @dataclass
 class Options:
     """What ``run`` was asked for: the output folder, seeds, quick mode, torch threads, CPUs to pin to (``taskset
-    -c``), anchor paths by option name (``biotorch_python``, ``laborieux``) and the Fashion-MNIST folder."""
+    -c``), anchor paths by option name (``biotorch_python``, ``laborieux``, ``pcx_python``, ``snntorch_python``,
+    ``norse_python``) and the Fashion-MNIST folder."""
 
     out: Path
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
@@ -222,6 +229,46 @@ def speed_ep_commands(opts: Options) -> list[Command]:
     limits = ["--budget", "20", "--sanity-steps", "10"] if opts.quick else ["--budget", "150", "--repeats", "300"]
     labo = ["--laborieux", opts.anchors["laborieux"]] if opts.anchors.get("laborieux") else []
     return [script_command(opts, "speed_ep.py", [*labo, *limits, "--threads", str(opts.threads)], "speed-ep.json")]
+
+
+def speed_pc_commands(opts: Options) -> list[Command]:
+    limits = ["--budget", "5", "--repeats", "5", "--warmup", "2", "--sanity-steps", "5"] if opts.quick else [
+        "--budget", "75", "--compile"]  # fmt: skip
+    pcx = ["--pcx-python", opts.anchors["pcx_python"]] if opts.anchors.get("pcx_python") else []
+    return [script_command(opts, "speed_pc.py", [*pcx, *limits, "--threads", str(opts.threads)], "speed-pc.json")]
+
+
+def speed_snn_commands(opts: Options) -> list[Command]:
+    limits = ["--repeats", "1", "--batch", "8", "--cues", "1", "--sanity-steps", "50"] if opts.quick else [
+        "--repeats", "5"]  # fmt: skip
+    anchors = [part for flag, key in (("--snntorch-python", "snntorch_python"), ("--norse-python", "norse_python"))
+               if opts.anchors.get(key) for part in (flag, opts.anchors[key])]  # fmt: skip
+    return [script_command(opts, "speed_snn.py", [*anchors, *limits, "--threads", str(opts.threads)], "speed-snn.json")]
+
+
+def scaling_temporal_commands(opts: Options) -> list[Command]:
+    """Short sequences, one call per case and batch 8 with ``--quick``, in their own folder (``OUT/scaling-quick``)."""
+    if opts.quick:
+        args = ["--lengths", "100,300", "--repeats", "1", "--batch", "8", "--out", str(opts.out / "scaling-quick")]
+    else:
+        args = ["--repeats", "3", "--clock", "cpu", "--out", str(opts.out / "scaling")]
+    return [script_command(opts, "scaling_temporal.py", [*args, "--threads", str(opts.threads)],
+                           "scaling-temporal.json")]  # fmt: skip
+
+
+def temporal_commands(suite: str) -> Callable[[Options], list[Command]]:
+    """accuracy_temporal.py's suite ``suite``; ``--quick``: one seed, one epoch, in ``OUT/temporal-quick`` (the
+    script would retrain a run directory made with another budget)."""
+
+    def commands(opts: Options) -> list[Command]:
+        seeds = opts.seeds[:1] if opts.quick else opts.seeds
+        folder = opts.out / ("temporal-quick" if opts.quick else "temporal")
+        args = ["--suite", suite, "--seeds", ",".join(map(str, seeds)), "--out", str(folder)]
+        args += ["--epochs", "1"] if opts.quick else []
+        return [script_command(opts, "accuracy_temporal.py", [*args, "--threads", str(opts.threads)],
+                               f"temporal-{suite}.json")]  # fmt: skip
+
+    return commands
 
 
 # ------------------------------------------------------------------------------------------- reading the results
@@ -362,7 +409,7 @@ def write_record(out: Path, record: dict) -> Path:
 
 def fmnist_progress(bench: Bench, opts: Options) -> str:
     """``7/18 runs finished`` for an accuracy suite (counted from the run directories), else empty."""
-    if bench.kind != "accuracy":
+    if not bench.name.startswith("fmnist-"):
         return ""
     suite = bench.name.removeprefix("fmnist-")
     seeds = opts.seeds[:1] if opts.quick else opts.seeds
@@ -690,6 +737,206 @@ def render_speed_temporal(result: dict, published: list[dict], published_from: s
     return [*markdown(header, rows), "", *notes]
 
 
+def iqr_cell(median: float, q1: float, q3: float) -> str:
+    return f"{median:.2f} [{q1:.2f}–{q3:.2f}]"
+
+
+def pc_label(name: str, cfg: dict) -> str:
+    """A speed_pc.py contender's row label: ``ours/pc-se`` → ours `pc`, se; ``pcx/ipc-se-adamw`` → PCX iPC, se,
+    AdamW weight steps; ``ours/pc-se+compile(rule)`` → ours `pc` se, `compile=true`."""
+    system, rule = name.split("/", 1)
+    base, _, compiled = rule.partition("+")
+    ipc = cfg.get("ipc") or {}
+    ipc_net = f"784-{str(ipc.get('hidden', '?')).replace('x', '-')}-10, batch {ipc.get('batch', '?')}"
+    if system == "ours":
+        if compiled:
+            how = "`compile=true`" if compiled == "compile(rule)" else "whole step under torch.compile"
+            return f"ours `{base.split('-')[0]}` {base.split('-', 1)[1]}, {how}"
+        if base == "bp":
+            return f"ours `bp` (784-{cfg['hidden'].replace('x', '-')}-10)"
+        if base == "bp-ipc":
+            return f"ours `bp` ({ipc_net})"
+        kind, _, output = base.partition("-")
+        return f"ours `{kind}`, {output}" + (f" ({ipc_net})" if kind == "ipc" else "")
+    if base == "bp":
+        return "PCX bp (plain JAX)"
+    if base == "bp-ipc":
+        return f"PCX bp ({ipc_net})"
+    if base.startswith("ipc-"):
+        output = base.split("-")[1]
+        return f"PCX iPC, {output}, " + ("AdamW weight steps (its examples)" if base.endswith("-adamw") else
+                                         "SGD weight steps")  # fmt: skip
+    return f"PCX pc, {base.split('-', 1)[1]}" if base.startswith("pc-") else f"PCX {base}"
+
+
+def render_speed_pc(result: dict, published: list[dict], published_from: str) -> list[str]:
+    """speed_pc.py's table: per contender ms/step median [IQR], the paired ratio to the same side's BP on the same
+    network, ours ÷ PCX's same contender (paired; ipc also against PCX's AdamW iPC) and CPU time / wall time. PCX's
+    column is left out, with a note, when PCX was not timed."""
+    out = result["outputs"][0]
+    cfg, res = out["config"], out["results"]
+    have = any(name.startswith("pcx/") for name in res)
+    dash = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
+
+    def to_pcx(r: dict) -> str:
+        cell = dash(r.get("paired_to_pcx"))
+        if r.get("paired_to_pcx_adamw") is not None:
+            cell += f" ({r['paired_to_pcx_adamw']:.2f} to PCX's AdamW iPC)"
+        return cell
+
+    rows = [[pc_label(name, cfg), iqr_cell(r["median_ms"], r["q1_ms"], r["q3_ms"]), dash(r.get("paired_to_bp")),
+             *([to_pcx(r)] if have else []), f"{r['cpu_per_wall']:.2f}"] for name, r in res.items()]  # fmt: skip
+    header = ["contender", "ms/step, median [IQR]", "÷ same side's BP (paired)", *(["÷ PCX (paired)"] if have else []),
+              "CPU/wall"]  # fmt: skip
+    pinned = cfg.get("pinned_cpus")
+    notes = [f"pc: MLP 784-{cfg['hidden'].replace('x', '-')}-10 GELU (PCX's: {cfg['pcx_gelu']}), batch {cfg['batch']},"
+             f" T = {cfg['steps']} inference steps of γ = {cfg['gamma']:g}, then one AdamW step (lr {cfg['lr']:g}, "
+             f"weight decay {cfg['weight_decay']:g}, {'unfused' if cfg['unfused_adamw'] else 'fused'} on our side); "
+             f"{cfg['threads']} thread(s) on each side, "
+             + (f"pinned to CPU(s) {','.join(map(str, pinned))}" if pinned else "not pinned")
+             + f"; {cfg['repeats']} round-robin repetitions of {cfg['inner']} steps."]  # fmt: skip
+    if cfg.get("ipc"):
+        notes.append(f"ipc: its weights stepped at every inference step, η = {cfg['ipc']['weight_lr']:g}; PCX's iPC "
+                     "steps its weights by SGD (the arithmetic of ours) or by AdamW (its examples).")  # fmt: skip
+    versions = ", ".join(f"{k} {v}" for k, v in out.get("versions", {}).items())
+    notes.append(f"Versions: {versions}." if versions else "Versions: not recorded.")
+    if not have:
+        notes.append("PCX: not measured (`suite.py run --pcx-python PATH`, its venv: benchmarks/README.md).")
+    return [*markdown(header, rows), "", *notes]
+
+
+SNN_LABELS = {"ours/bptt": "ours `bptt`, n_ref = 0", "ours/bptt-nref5": "ours `bptt`, n_ref = 5 (default)",
+              "snntorch": "snnTorch {snntorch}", "norse": "Norse {norse} `LIFRecurrent`",
+              "norse-box": "Norse {norse} box cell, our equation"}  # fmt: skip
+SNN_ANCHORS = {"snntorch": ("snnTorch", "--snntorch-python"), "norse": ("Norse", "--norse-python")}
+
+
+def render_speed_snn(result: dict, published: list[dict], published_from: str) -> list[str]:
+    """speed_snn.py's table: per system s/update median [IQR], the float32 loss and firing rate of the timed update,
+    and the paired ratios ours ÷ this (ours with n_ref = 0 and with the default n_ref = 5, wall time; n_ref = 0 by CPU
+    time). A library that was not timed has no row, and a note says so."""
+    out = result["outputs"][0]
+    cfg, res, versions = out["config"], out["results"], out.get("versions", {})
+    ours = [name for name in res if name.startswith("ours/")]
+
+    def label(name: str) -> str:
+        template = SNN_LABELS.get(name, name)
+        return template.format(**{k: versions.get(k, "") for k in ("snntorch", "norse")}).replace("  ", " ")
+
+    rows = []
+    for name, r in res.items():
+        ratio, by_cpu = r.get("ours_over_this", {}), r.get("ours_over_this_cpu", {})
+        rows.append([label(name), iqr_cell(r["median_s"], r["q1_s"], r["q3_s"]), f"{r['loss_f32']:.4f}",
+                     f"{r['rate_hz']:.1f}", *(f"{ratio[o]:.2f}" if o in ratio else "–" for o in ours),
+                     f"{by_cpu[ours[0]]:.2f}" if ours[0] in by_cpu else "–"])  # fmt: skip
+    header = ["contender", "s/update [IQR]", "loss (f32)", "rate (Hz)",
+              *(f"{label(o).split(' (')[0]} ÷ this" for o in ours), f"{label(ours[0])} ÷ this, CPU time"]  # fmt: skip
+    notes = [f"{cfg['inputs']} inputs → {cfg['hidden']} recurrent LIF → 2 leaky readouts, T = {cfg['steps']}, batch "
+             f"{cfg['batch']}, float32, {cfg['threads']} thread(s) on every side; gradient only; {cfg['repeats']} "
+             f"round-robin repetitions of {cfg['inner']} update(s); ours ÷ this: paired ratio of the times "
+             "(< 1: ours faster)."]  # fmt: skip
+    checks = [f"{label(name)} {s['vs_ours']['rel_err']:.1e}" for name, s in out.get("sanity", {}).items()
+              if "vs_ours" in s]  # fmt: skip
+    if checks:
+        notes.append(f"Float64 check on the last {out['sanity_steps']} steps, the gradient's relative error to ours: "
+                     f"{', '.join(checks)}.")  # fmt: skip
+    for library, (shown, flag) in SNN_ANCHORS.items():
+        if not any(name.split("-")[0] == library for name in res):
+            notes.append(f"{shown}: not measured (`suite.py run {flag} PATH`, its venv: benchmarks/README.md).")
+    return [*markdown(header, rows), "", *notes]
+
+
+def mib_cell(value: float) -> str:
+    """Megabytes as the scaling table writes them: whole numbers from 10 up, one decimal below."""
+    return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
+
+
+def render_scaling_temporal(result: dict, published: list[dict], published_from: str) -> list[str]:
+    """scaling_temporal.py's table, one row per sequence length T: per case (rule, network) the median µs per step
+    and the peak extra memory (MiB), and after each rule other than bptt the ratio of its time to bptt's on the same
+    network at that T. A case that was skipped, killed or failed shows its note."""
+    out = result["outputs"][0]
+    cfg, rows = out["config"], out["rows"]
+    cases = [tuple(case) for case in cfg["cases"]]
+    found = {(r["rule"], r["arch"], r["T"]): r for r in rows}
+    median = {key: statistics.median(r["seconds"]) for key, r in found.items() if "note" not in r}
+    header, columns = ["T"], []
+    for rule, arch in cases:
+        header.append(f"{rule} {arch} µs/step, MiB")
+        columns.append(("case", rule, arch))
+        if rule != "bptt" and ("bptt", arch) in cases:
+            header.append(f"{rule} ÷ bptt")
+            columns.append(("ratio", rule, arch))
+    table = []
+    for steps in cfg["lengths"]:
+        row = [f"{steps:,}"]
+        for what, rule, arch in columns:
+            if what == "ratio":
+                a, b = median.get((rule, arch, steps)), median.get(("bptt", arch, steps))
+                row.append(f"{a / b:.2f}" if a and b else "–")
+                continue
+            r = found.get((rule, arch, steps))
+            if r is None:
+                row.append("–")
+            elif "note" in r:
+                row.append(r["note"])
+            else:
+                mark = "" if r["peak_source"] == "reset" else " (peak since start)"
+                row.append(f"{median[(rule, arch, steps)] / steps * 1e6:.0f}, {mib_cell(r['extra_mib'])}{mark}")
+        table.append(row)
+    fewer = [f"{r['rule']} {r['arch']} T = {r['T']:,}: {len(r['seconds'])}" for r in rows
+             if "note" not in r and len(r["seconds"]) < cfg["repeats"]]  # fmt: skip
+    load = out["load_avg_1min"]
+    notes = [
+        f"Median of at most {cfg['repeats']} call(s) of `rule.grads(x, y)` per case, each case in a fresh "
+        f"process; batch {cfg['batch']}, float32, {cfg['threads']} thread(s), {cfg['clock']} clock, malloc "
+        f"{cfg['malloc']}, subnormals {'flushed' if cfg['flush_denormal'] else 'kept'}; MiB: peak resident set "
+        f"during the calls minus before them; load average (1 min) {load[0]:.1f} before, {load[1]:.1f} after."
+    ]
+    if fewer:
+        notes.append(f"Fewer calls (--case-budget {cfg['case_budget']:g} s): {'; '.join(fewer)}.")
+    return [*markdown(header, table), "", *notes]
+
+
+def render_temporal(result: dict, published: list[dict], published_from: str) -> list[str]:
+    """accuracy_temporal.py's table for one suite, one row per entry: rule, network, options, seeds, iterations
+    done per seed, the final test accuracy (%) or, on pattern generation, the final test loss (mean ± sample std
+    over the seeds, as the script writes it), on cue accumulation the best test error (%) and the first iteration
+    below the error criterion per seed, and the median seconds per epoch."""
+    out = result["outputs"][0]
+    suite, per_epoch = out["suite"], out["per_epoch"]
+    regression, cue = suite == "pattern-generation", suite == "cue-accumulation"
+    criterion = f"{100 * out.get('error_criterion', accuracy_temporal.ERROR_CRITERION):g}"
+    header = ["entry", "rule", "arch", "rule options", "seeds", "iterations done",
+              "final test loss (½ squared error)" if regression else "final test accuracy (%)",
+              *(["best test error (%)", f"iterations to < {criterion} % error"] if cue else []),
+              "s/epoch (median)"]  # fmt: skip
+    rows, per_seed = [], []
+    for entry, e in out["entries"].items():
+        runs = e["runs"]
+        if not runs:
+            continue
+        values = [r["test_loss"] if regression else 100 * r["test_accuracy"] for r in runs]
+        seconds = [s for r in runs for s in r["epoch_seconds"] if s is not None]
+        row = [entry, e["rule"], e["arch"], ", ".join(f"{k}={v}" for k, v in e["options"].items()) or "-",
+               str(len(runs)), ", ".join(str(r["epochs_done"] * per_epoch) for r in runs),
+               accuracy_temporal.mean_std(values)]  # fmt: skip
+        if cue:
+            reached = [r["iterations_to_criterion"] for r in runs]
+            row += [accuracy_temporal.mean_std([100 * (1 - r["best_test_accuracy"]) for r in runs]),
+                    ", ".join("not reached" if it is None else str(it) for it in reached)]  # fmt: skip
+        rows.append([*row, f"{statistics.median(seconds):.2f}" if seconds else "–"])
+        per_seed.append(f"{entry} " + "/".join(f"{v:.4g}" for v in values))
+    seeds = sorted({r["seed"] for e in out["entries"].values() for r in e["runs"] if r.get("seed") is not None})
+    budget = ", ".join(f"{k} {v:g}" if isinstance(v, float) else f"{k} {v}" for k, v in out["budget"].items())
+    notes = [
+        f"{out['data']}; {budget}; {per_epoch} iterations an epoch; seed{'s' if len(seeds) != 1 else ''} "
+        f"{', '.join(map(str, seeds))}; mean ± sample standard deviation over the seeds.",
+        f"Per seed ({'final test loss' if regression else 'final test accuracy, %'}): {'; '.join(per_seed)}.",
+    ]
+    return [*markdown(header, rows), "", *notes]
+
+
 def _benches() -> dict[str, Bench]:
     benches = {}
     for suite, (budget, entries) in accuracy_fmnist.SUITES.items():
@@ -705,18 +952,34 @@ def _benches() -> dict[str, Bench]:
          render_speed_ep),
         ("speed-temporal", "s/update of bptt and eprop on cue accumulation (lsnn:50+50, lif:100)",
          speed_temporal_commands, render_speed_temporal),
+        ("speed-pc", "ms/step of pc and ipc against bp (PCX beside with --pcx-python)", speed_pc_commands,
+         render_speed_pc),
+        ("speed-snn", "s/update of bptt on 40-100 LIF-2, T = 2250 (snnTorch and Norse beside with --snntorch-python, "
+         "--norse-python)", speed_snn_commands, render_speed_snn),
+        ("scaling-temporal", "peak memory and time per step of bptt, eprop, rflo against T = 100 ... 10,000",
+         scaling_temporal_commands, render_scaling_temporal),
     ]  # fmt: skip
     for name, about, commands, render in speed:
         benches[name] = Bench(name, "speed", about, commands, speed_collect, render)
+    for suite, (budget, entries, data) in accuracy_temporal.SUITES.items():
+        about = (f"temporal accuracy, suite {suite}: {', '.join(entries)} on {data.split(':')[0]}, "
+                 f"{budget['epochs']} epochs")  # fmt: skip
+        benches[f"temporal-{suite}"] = Bench(f"temporal-{suite}", "accuracy", about, temporal_commands(suite),
+                                             speed_collect, render_temporal)  # fmt: skip
     return benches
 
 
 BENCHES = _benches()
-GROUPS = {"fmnist": [n for n in BENCHES if n.startswith("fmnist-")], "speed": [n for n in BENCHES if "speed" in n]}
+GROUPS = {
+    "fmnist": [n for n in BENCHES if n.startswith("fmnist-")],
+    "speed": [n for n in BENCHES if "speed" in n],
+    "temporal": [n for n in BENCHES if n.startswith("temporal-") or n == "scaling-temporal"],
+}
 
 
 def pick(only: str | None) -> list[Bench]:
-    """The benchmarks named in ``only`` (comma-separated names or groups: ``fmnist``, ``speed``), in suite order;
+    """The benchmarks named in ``only`` (comma-separated names or groups: ``fmnist``, ``speed``, ``temporal``), in
+    suite order;
     all when None. An unknown name is a :class:`BioPropError` naming it."""
     if not only:
         return list(BENCHES.values())
@@ -881,15 +1144,18 @@ def import_results(out: Path, fmnist: Path | None, speed: dict[str, list[Path]])
                 raise BioPropError(f"--{name} {str(path)!r} does not exist")
             outputs.append(json.loads(path.read_text()))
         first = outputs[0]
-        threads = first.get("config", {}).get("threads")
+        threads = first.get("config", {}).get("threads") or first.get("threads")
         torch_version = torch_of(first)
         load = first.get("load_avg_1min")
+        if load is None and first.get("load_before") and first.get("load_after"):  # accuracy_temporal.py's
+            load = [first["load_before"][0], first["load_after"][0]]
+        last = outputs[-1].get("load_avg_1min") or load
         m = {
             "torch": torch_version,
             "threads": threads,
             "cores": first.get("cpus"),
             "imported_from": ", ".join(shown_path(str(p.resolve())) for p in files),
-            **({"load_before": [load[0]], "load_after": [outputs[-1]["load_avg_1min"][-1]]} if load else {}),
+            **({"load_before": [load[0]], "load_after": [last[-1]]} if load else {}),
         }
         names.append(_store_import(out, name, [], m, {"outputs": outputs}, stamp))  # fmt: skip
     return names
@@ -940,6 +1206,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--data-dir", help="Fashion-MNIST's folder, passed to accuracy_fmnist.py")
     run.add_argument("--biotorch-python", help="python of a venv with BioTorch 0.0.16 and bioprop (speed-fa)")
     run.add_argument("--laborieux", help="checkout of Laborieux et al.'s Equilibrium-Propagation (speed-ep)")
+    run.add_argument("--pcx-python", help="python of a venv with pcx 0.6.3 (speed-pc)")
+    run.add_argument("--snntorch-python", help="python of a venv with snntorch (speed-snn)")
+    run.add_argument("--norse-python", help="python of a venv with norse (speed-snn)")
     tab = sub.add_parser("tables", help="regenerate the README's marked tables from the stored results")
     tab.add_argument("--out", default="runs/bench")
     tab.add_argument("--readme", default=str(README))
@@ -948,9 +1217,15 @@ def main(argv: list[str] | None = None) -> int:
     imp = sub.add_parser("import", help="store results made outside `run` (run folders, speed JSON files)")
     imp.add_argument("--out", default="runs/bench")
     imp.add_argument("--fmnist", help="an accuracy_fmnist.py --out folder (SUITE/RULE-sSEED run directories)")
-    for name in ("speed-fa", "speed-tp", "speed-ep"):
+    for name in ("speed-fa", "speed-tp", "speed-ep", "speed-pc", "speed-snn", "scaling-temporal"):
         imp.add_argument(f"--{name}", metavar="FILE", help=f"{name.replace('-', '_')}.py's --json output")
     imp.add_argument("--speed-temporal", nargs="+", metavar="FILE", help="speed_temporal.py --json outputs")
+    imp.add_argument(
+        "--temporal",
+        nargs="+",
+        metavar="FILE",
+        help="accuracy_temporal.py --json outputs, one per suite (--report-only makes one from its runs)",
+    )
     pub = sub.add_parser("published", help="copy anchors.md's Fashion-MNIST table into benchmarks/published.json")
     pub.add_argument("--anchors", default=str(ANCHORS))
     args = parser.parse_args(argv)
@@ -966,7 +1241,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     for name, bench in BENCHES.items():
         record = read_record(Path(args.out), name)
         state = "not run" if record is None else f"{record['status']}{' (quick)' if record.get('quick') else ''}"
-        print(f"{name:<20} {state:<16} {bench.about}")
+        print(f"{name:<27} {state:<16} {bench.about}")
     return 0
 
 
@@ -976,8 +1251,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BioPropError("--cpus needs taskset (util-linux), which is not on PATH")
     if args.threads < 1:
         raise BioPropError(f"--threads must be at least 1, not {args.threads}")
-    anchors = {"biotorch_python": existing(args.biotorch_python, "--biotorch-python"),
-               "laborieux": existing(args.laborieux, "--laborieux")}  # fmt: skip
+    keys = ("biotorch_python", "laborieux", "pcx_python", "snntorch_python", "norse_python")
+    anchors = {key: existing(getattr(args, key), "--" + key.replace("_", "-")) for key in keys}
     opts = Options(Path(args.out).resolve(), parse_seeds(args.seeds), args.quick, args.threads, args.cpus,
                    {k: v for k, v in anchors.items() if v}, args.data_dir, invocation)  # fmt: skip
     chosen = pick(args.only)
@@ -1000,10 +1275,20 @@ def cmd_tables(args: argparse.Namespace) -> int:
 
 def cmd_import(args: argparse.Namespace) -> int:
     speed = {}
-    for name in ("speed-fa", "speed-tp", "speed-ep", "speed-temporal"):
+    for name in ("speed-fa", "speed-tp", "speed-ep", "speed-temporal", "speed-pc", "speed-snn", "scaling-temporal"):
         given = getattr(args, name.replace("-", "_"))
         if given:
             speed[name] = [Path(p) for p in ([given] if isinstance(given, str) else given)]
+    for path in map(Path, args.temporal or []):
+        try:
+            suite = json.loads(path.read_text()).get("suite")
+        except (OSError, ValueError) as exc:
+            raise BioPropError(f"--temporal {str(path)!r}: {exc}") from None
+        if f"temporal-{suite}" not in BENCHES:
+            raise BioPropError(f"--temporal {str(path)!r}: not an accuracy_temporal.py --json output (suite {suite!r})")
+        if f"temporal-{suite}" in speed:
+            raise BioPropError(f"--temporal {str(path)!r}: a second file for suite {suite!r}")
+        speed[f"temporal-{suite}"] = [path]
     if args.fmnist is None and not speed:
         raise BioPropError("import needs --fmnist DIR or a speed --json file (--speed-fa FILE, ...)")
     names = import_results(Path(args.out), Path(args.fmnist) if args.fmnist else None, speed)

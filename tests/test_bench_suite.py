@@ -382,3 +382,193 @@ def test_an_anchor_venv_python_is_kept_as_given_not_resolved_to_its_base_interpr
     link = tmp_path / "venv-python"
     link.symlink_to(sys.executable)  # as a venv's bin/python links to the base interpreter
     assert suite.existing(str(link), "--biotorch-python") == str(link)
+
+
+def pc_entry(ms: float, to_bp: float | None, to_pcx: float | None, adamw: float | None = None) -> dict:
+    entry = {"median_ms": ms, "q1_ms": ms - 0.5, "q3_ms": ms + 0.5, "cpu_per_wall": 1.0, "paired_to_bp": to_bp,
+             "paired_to_pcx": to_pcx}  # fmt: skip
+    return entry | ({"paired_to_pcx_adamw": adamw} if adamw is not None else {})
+
+
+def speed_pc_output(pcx: bool) -> dict:
+    config = {"batch": 64, "hidden": "128x128", "steps": 20, "gamma": 0.1, "lr": 1e-3, "weight_decay": 1e-4,
+              "unfused_adamw": False, "inner": 3, "warmup": 10, "threads": 1, "outputs": ["se"], "pcx_gelu": "exact",
+              "repeats": 67, "pinned_cpus": [1], "ipc": {"hidden": "512", "batch": 128, "outputs": ["se"],
+                                                          "weight_lr": 0.01}}  # fmt: skip
+    res = {"ours/pc-se": pc_entry(5.81, 3.43, 1.00 if pcx else None), "ours/bp": pc_entry(1.75, None, 1.09 if pcx
+           else None), "ours/pc-se+compile(rule)": pc_entry(4.29, 2.45, 0.72 if pcx else None),
+           "ours/ipc-se": pc_entry(19.5, 5.29, 0.28 if pcx else None, 0.08 if pcx else None),
+           "ours/bp-ipc": pc_entry(3.66, None, 0.82 if pcx else None)}  # fmt: skip
+    if pcx:
+        res |= {"pcx/pc-se": pc_entry(6.02, 3.73, None), "pcx/ipc-se-adamw": pc_entry(241.0, 53.9, None)}
+    return {"config": config, "versions": {"torch": "2.13.0+cpu", **({"pcx": "0.6.3"} if pcx else {})},
+            "results": res}  # fmt: skip
+
+
+def test_speed_pc_table_with_and_without_pcx():
+    """Labels per contender, median [q1–q3], the same side's BP ratio (– for BP itself), ours ÷ PCX with ipc's ratio
+    to PCX's AdamW iPC beside; without PCX its column is gone and a note says it was not measured."""
+    header, pc, bp, compiled, ipc, bp_ipc = cells(lines := suite.render_speed_pc({"outputs": [speed_pc_output(False)]},
+                                                                                  [], ""))  # fmt: skip
+    assert header == ["contender", "ms/step, median [IQR]", "÷ same side's BP (paired)", "CPU/wall"]
+    assert pc == ["ours `pc`, se", "5.81 [5.31–6.31]", "3.43", "1.00"]
+    assert bp == ["ours `bp` (784-128-128-10)", "1.75 [1.25–2.25]", "–", "1.00"]
+    assert compiled[0] == "ours `pc` se, `compile=true`" and ipc[0] == "ours `ipc`, se (784-512-10, batch 128)"
+    assert bp_ipc[0] == "ours `bp` (784-512-10, batch 128)"
+    assert any(line.startswith("PCX: not measured") for line in lines)
+    lines = suite.render_speed_pc({"outputs": [speed_pc_output(True)]}, [], "")
+    header, pc, bp, compiled, ipc, bp_ipc, pcx_pc, pcx_ipc = cells(lines)
+    assert header[3] == "÷ PCX (paired)" and pc[3] == "1.00" and bp[3] == "1.09" and compiled[3] == "0.72"
+    assert ipc[3] == "0.28 (0.08 to PCX's AdamW iPC)"
+    assert pcx_pc == ["PCX pc, se", "6.02 [5.52–6.52]", "3.73", "–", "1.00"]
+    assert pcx_ipc[:3] == ["PCX iPC, se, AdamW weight steps (its examples)", "241.00 [240.50–241.50]", "53.90"]
+    assert not any("not measured" in line for line in lines) and any("pcx 0.6.3" in line for line in lines)
+
+
+def snn_entry(s: float, loss: float, rate: float, over: dict | None = None) -> dict:
+    entry = {"median_s": s, "q1_s": s - 0.01, "q3_s": s + 0.02, "cpu_per_wall": 1.0, "loss_f32": loss, "rate_hz": rate}
+    if over is not None:
+        entry |= {"ours_over_this": over, "ours_over_this_cpu": {k: v + 0.01 for k, v in over.items()}}
+    return entry
+
+
+def test_speed_snn_table_and_the_missing_library():
+    """One row per system; ours ÷ this for both of our networks (– on our own rows) and by CPU time; a library not
+    timed (Norse here) has a note, not a row."""
+    res = {"ours/bptt": snn_entry(0.77, 1.96361, 210.04), "ours/bptt-nref5": snn_entry(0.77, 0.79491, 10.2),
+           "snntorch": snn_entry(1.5, 1.95624, 210.0, {"ours/bptt": 0.5, "ours/bptt-nref5": 0.51})}  # fmt: skip
+    out = {"config": {"batch": 64, "steps": 2250, "inputs": 40, "hidden": 100, "threads": 1, "inner": 1, "warmup": 1,
+                      "repeats": 5}, "versions": {"torch": "2.13.0+cpu", "snntorch": "1.0.0"}, "sanity_steps": 300,
+           "sanity": {"snntorch": {"loss": 1.9, "rate_hz": 210.0, "grad_norm": 58.6,
+                                   "vs_ours": {"cos": 0.9, "rel_err": 4.7e-6}}}, "results": res}  # fmt: skip
+    lines = suite.render_speed_snn({"outputs": [out]}, [], "")
+    header, ours, nref5, snntorch = cells(lines)
+    assert header == ["contender", "s/update [IQR]", "loss (f32)", "rate (Hz)", "ours `bptt`, n_ref = 0 ÷ this",
+                      "ours `bptt`, n_ref = 5 ÷ this", "ours `bptt`, n_ref = 0 ÷ this, CPU time"]  # fmt: skip
+    assert ours == ["ours `bptt`, n_ref = 0", "0.77 [0.76–0.79]", "1.9636", "210.0", "–", "–", "–"]
+    assert nref5[0] == "ours `bptt`, n_ref = 5 (default)"
+    assert snntorch == ["snnTorch 1.0.0", "1.50 [1.49–1.52]", "1.9562", "210.0", "0.50", "0.51", "0.51"]
+    assert any(line.startswith("Norse: not measured") for line in lines)
+    assert not any(line.startswith("snnTorch: not measured") for line in lines)
+    assert any("snnTorch 1.0.0 4.7e-06" in line for line in lines)
+
+
+def scaling_row(rule: str, arch: str, steps: int, seconds: list[float], mib: float, **extra) -> dict:
+    return {"rule": rule, "arch": arch, "T": steps, "seconds": seconds, "extra_mib": mib, "peak_source": "reset",
+            **extra}  # fmt: skip
+
+
+def test_scaling_table_one_row_per_length():
+    """µs per step = median seconds ÷ T × 1e6; MiB whole from 10 up, one decimal below; eprop ÷ bptt and
+    rflo ÷ bptt are ratios of medians at the same T; a skipped case shows its note and its ratio –."""
+    cases = [["bptt", "lsnn:50+50"], ["eprop", "lsnn:50+50"], ["bptt", "rnn:100"], ["rflo", "rnn:100"]]
+    rows = [scaling_row("bptt", "lsnn:50+50", 100, [0.03, 0.0294, 0.05], 19.6),  # median 0.03 → 300 µs/step
+            scaling_row("eprop", "lsnn:50+50", 100, [0.04, 0.039, 0.041], 37.2),  # 0.04 → 400; ÷ bptt 4/3
+            scaling_row("bptt", "rnn:100", 100, [0.025], 2.54, peak_source="since start"),
+            scaling_row("rflo", "rnn:100", 100, [0.15], 0.04),  # 1500 µs/step; ÷ bptt 6
+            {"rule": "bptt", "arch": "lsnn:50+50", "T": 10000, "note": "skipped: BPTT estimate 9 GiB > --max-gib 8"},
+            scaling_row("eprop", "lsnn:50+50", 10000, [3.0, 4.0], 59.0),  # median 3.5 → 350 µs/step
+            scaling_row("bptt", "rnn:100", 10000, [2.0, 2.0, 2.0], 1502.4),
+            scaling_row("rflo", "rnn:100", 10000, [16.5], 36.4)]  # fmt: skip
+    config = {"lengths": [100, 10000], "cases": cases, "batch": 64, "repeats": 3, "threads": 1, "case_budget": 60,
+              "clock": "cpu", "malloc": "default", "flush_denormal": False}  # fmt: skip
+    out = {"config": config, "torch": "2.13.0+cpu", "load_avg_1min": [2.5, 3.1], "rows": rows}
+    lines = suite.render_scaling_temporal({"outputs": [out]}, [], "")
+    header, short, long = cells(lines)
+    assert header == ["T", "bptt lsnn:50+50 µs/step, MiB", "eprop lsnn:50+50 µs/step, MiB", "eprop ÷ bptt",
+                      "bptt rnn:100 µs/step, MiB", "rflo rnn:100 µs/step, MiB", "rflo ÷ bptt"]  # fmt: skip
+    assert short == ["100", "300, 20", "400, 37", "1.33", "250, 2.5 (peak since start)", "1500, 0.0", "6.00"]
+    assert long == ["10,000", "skipped: BPTT estimate 9 GiB > --max-gib 8", "350, 59", "–", "200, 1502", "1650, 36",
+                    "8.25"]  # fmt: skip
+    text = "\n".join(lines)
+    assert "cpu clock" in text and "2.5 before, 3.1 after" in text
+    assert "Fewer calls (--case-budget 60 s): bptt rnn:100 T = 100: 1; rflo rnn:100 T = 100: 1; eprop " \
+           "lsnn:50+50 T = 10,000: 2; rflo rnn:100 T = 10,000: 1." in text  # fmt: skip
+
+
+def temporal_run(seed: int, acc: float, loss: float, best: float, epochs_done: int, seconds: list[float],
+                 reached: int | None = None) -> dict:  # fmt: skip
+    return {"seed": seed, "run_dir": f"x/s{seed}", "status": "finished", "test_accuracy": acc, "test_loss": loss,
+            "best_test_accuracy": best, "epochs_done": epochs_done, "epoch_seconds": seconds,
+            "iterations_to_criterion": reached}  # fmt: skip
+
+
+def test_accuracy_temporal_tables_by_hand():
+    """Final accuracy in % as mean ± sample std (4 significant digits ± 2), iterations = epochs done × batches an
+    epoch, the median of every epoch's seconds; cue accumulation adds the best test error and the iterations to
+    the criterion; pattern generation shows the final test loss instead."""
+    entries = {"eprop-alif": {"rule": "eprop", "arch": "lsnn:50+50", "options": {"rate_reg": 1e-6}, "runs": [
+        temporal_run(0, 0.96, 0.1, 0.97, 100, [19.0, 21.0], 380), temporal_run(1, 0.98, 0.1, 0.99, 100, [20.0], 260),
+        temporal_run(2, 0.97, 0.1, 0.98, 100, [30.0], None)]},
+        "bptt-lif": {"rule": "bptt", "arch": "lif:100", "options": {}, "runs": [
+            temporal_run(0, 0.5, 0.7, 0.55, 50, [10.0])]}}  # fmt: skip
+    out = {"suite": "cue-accumulation", "data": "cue-accumulation:n_train=1280,n_test=512", "per_epoch": 20,
+           "error_criterion": 0.07, "budget": {"optimizer": "adam", "lr": 5e-3, "batch_size": 64, "epochs": 100},
+           "torch": "2.13.0+cpu", "threads": 1, "entries": entries}  # fmt: skip
+    lines = suite.render_temporal({"outputs": [out]}, [], "")
+    header, alif, lif = cells(lines)
+    assert header == ["entry", "rule", "arch", "rule options", "seeds", "iterations done", "final test accuracy (%)",
+                      "best test error (%)", "iterations to < 7 % error", "s/epoch (median)"]  # fmt: skip
+    # 96, 98, 97 % → mean 97, sample std 1; best errors 3, 1, 2 % → 2 ± 1; seconds 19, 21, 20, 30 → median 20.5
+    assert alif == ["eprop-alif", "eprop", "lsnn:50+50", "rate_reg=1e-06", "3", "2000, 2000, 2000", "97 ± 1",
+                    "2 ± 1", "380, 260, not reached", "20.50"]  # fmt: skip
+    assert lif == ["bptt-lif", "bptt", "lif:100", "-", "1", "1000", "50 ± 0", "45 ± 0", "not reached", "10.00"]
+    assert any("Per seed (final test accuracy, %): eprop-alif 96/98/97; bptt-lif 50." == line for line in lines)
+    assert any("seeds 0, 1, 2;" in line and "lr 0.005" in line for line in lines)
+    out |= {
+        "suite": "pattern-generation",
+        "entries": {
+            "eprop": {
+                "rule": "eprop",
+                "arch": "lif:50",
+                "options": {},
+                "runs": [temporal_run(0, 0.0, 0.03, 0.0, 100, [0.1]), temporal_run(1, 0.0, 0.02, 0.0, 100, [0.2])],
+            }
+        },
+    }
+    header, eprop = cells(suite.render_temporal({"outputs": [out]}, [], ""))
+    assert header[6] == "final test loss (½ squared error)" and len(header) == 8
+    assert eprop[6] == f"0.025 ± {statistics.stdev([0.03, 0.02]):.2g}" and eprop[7] == "0.15"  # fmt: skip
+
+
+def test_new_benchmarks_commands_pass_their_anchors_and_shorten_with_quick(tmp_path):
+    """The anchors' flags reach the scripts as given; --quick shortens each and puts the temporal runs in their own
+    folders; each script writes its --json under OUT/suite/raw."""
+    anchors = {"pcx_python": "/p/pcx", "snntorch_python": "/p/snn", "norse_python": "/p/norse"}
+    full, quick = suite.Options(tmp_path, anchors=anchors), suite.Options(tmp_path, quick=True, seeds=[4, 5])
+    pc = suite.BENCHES["speed-pc"].commands(full)[0].argv
+    assert pc[pc.index("--pcx-python") + 1] == "/p/pcx" and "--compile" in pc and pc[-2] == "--json"
+    assert "--pcx-python" not in suite.BENCHES["speed-pc"].commands(quick)[0].argv
+    snn = suite.BENCHES["speed-snn"].commands(full)[0].argv
+    assert snn[snn.index("--snntorch-python") + 1] == "/p/snn" and snn[snn.index("--norse-python") + 1] == "/p/norse"
+    assert "--cues" in suite.BENCHES["speed-snn"].commands(quick)[0].argv
+    scaling = suite.BENCHES["scaling-temporal"].commands(quick)[0].argv
+    assert scaling[scaling.index("--out") + 1] == str(tmp_path / "scaling-quick")
+    temporal = suite.BENCHES["temporal-store-recall"].commands(quick)[0]
+    argv = temporal.argv
+    assert argv[argv.index("--seeds") + 1] == "4" and argv[argv.index("--epochs") + 1] == "1"
+    assert argv[argv.index("--out") + 1] == str(tmp_path / "temporal-quick")
+    assert temporal.json == tmp_path / "suite" / "raw" / "temporal-store-recall.json"
+    full_argv = suite.BENCHES["temporal-cue-accumulation"].commands(suite.Options(tmp_path))[0].argv
+    assert full_argv[full_argv.index("--seeds") + 1] == "0,1,2" and "--epochs" not in full_argv
+    assert suite.pick("temporal") == [suite.BENCHES[n] for n in suite.BENCHES if n.startswith("temporal-")
+                                      or n == "scaling-temporal"]  # fmt: skip
+
+
+def test_import_of_an_accuracy_temporal_json(tmp_path):
+    """accuracy_temporal.py --json files are stored under their suite's name, their load and threads kept; a second
+    file for the same suite and a file that is not one are refused, naming the file."""
+    runs = [temporal_run(0, 0.9, 0.2, 0.9, 25, [3.5])]
+    out = {"suite": "store-recall", "data": "store-recall:delay=200", "per_epoch": 16, "budget": {"epochs": 25},
+           "torch": "2.13.0+cpu", "threads": 1, "load_before": [1.8, 0, 0], "load_after": [3.3, 0, 0],
+           "entries": {"sab": {"rule": "sab", "arch": "sab:32", "options": {}, "runs": runs}}}  # fmt: skip
+    path = tmp_path / "store.json"
+    path.write_text(json.dumps(out))
+    assert suite.main(["import", "--out", str(tmp_path / "o"), "--temporal", str(path)]) == 0
+    record = suite.read_record(tmp_path / "o", "temporal-store-recall")
+    assert record["kind"] == "accuracy" and record["machine"]["load_before"] == [1.8]
+    assert record["machine"]["load_after"] == [3.3] and record["machine"]["threads"] == 1
+    assert cells(suite.block(record, [], ""))[1][6] == "90 ± 0"
+    assert suite.main(["import", "--out", str(tmp_path / "o"), "--temporal", str(path), str(path)]) == 2
+    (tmp_path / "bad.json").write_text(json.dumps({"suite": "nope"}))
+    assert suite.main(["import", "--out", str(tmp_path / "o"), "--temporal", str(tmp_path / "bad.json")]) == 2
