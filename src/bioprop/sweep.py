@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import itertools
 import json
 import math
 import os
@@ -330,9 +329,10 @@ def check(sweep: Sweep, out: Path) -> None:
     searched key at its first value (:func:`bioprop.study_runner.validate`). BioPropError naming the file and the
     key."""
     seed = sweep.seeds[0]
+    fixed_set = {key: value for key, value in sweep.search.items() if not isinstance(value, Domain)}
+    searched = {key: _first(value) for key, value in sweep.search.items()}
     for rule, opts in sweep.rules.items():
         fixed_opts = {key: value for key, value in opts.items() if not isinstance(value, Domain)}
-        fixed_set = {key: value for key, value in sweep.search.items() if not isinstance(value, Domain)}
         try:
             study_runner.make_config(rule, seed, {}, dict(sweep.base))
         except BioPropError as exc:
@@ -349,7 +349,6 @@ def check(sweep: Sweep, out: Path) -> None:
             except BioPropError as exc:
                 raise BioPropError(f"{sweep.source}: {where}: {exc}") from None
         firsts = {key: _first(value) for key, value in opts.items()}
-        searched = {key: _first(value) for key, value in sweep.search.items()}
         try:
             config = study_runner.make_config(rule, seed, firsts, {**sweep.base, **searched})
             study_runner.validate(config, out / "unused")
@@ -383,6 +382,23 @@ class TrialFailed(RuntimeError):
     """A run of a trial failed (an error in training, or its directory refused): Ray Tune retries the trial."""
 
 
+def over_seeds(summaries: list[dict[str, Any]], metric: str) -> dict[str, Any]:
+    """A configuration's runs (their summary.json, one per seed; {} where there is none) taken together: ``values``
+    (``metric`` per seed, None where the run did not finish), ``mean`` and ``std`` (population) of the finite ones
+    (None if none), ``test_accuracy`` (the mean of the finished runs'), ``statuses`` (``missing`` where none)."""
+
+    def finite(items: list[Any]) -> list[float]:
+        return [v for v in items if isinstance(v, int | float) and math.isfinite(v)]
+
+    finished = [summary if summary.get("status") == "finished" else {} for summary in summaries]
+    values = [summary.get(metric) for summary in finished]
+    done, tested = finite(values), finite([summary.get("test_accuracy") for summary in finished])
+    return {"values": values, "mean": statistics.fmean(done) if done else None,
+            "std": statistics.pstdev(done) if done else None,
+            "test_accuracy": statistics.fmean(tested) if tested else None,
+            "statuses": [summary.get("status", "missing") for summary in summaries]}  # fmt: skip
+
+
 def run_trial(params: dict[str, Any], context: Context) -> dict[str, Any]:
     """Train (or skip, or resume) the runs of one configuration, one per seed (module docstring), in this process
     with ``context.threads`` torch threads. Returns the metrics Ray Tune records: ``name``, ``rule``, ``status``
@@ -392,7 +408,7 @@ def run_trial(params: dict[str, Any], context: Context) -> dict[str, Any]:
 
     rule, opts, searched = params["rule"]["name"], dict(params["rule"]["opts"]), dict(params.get("settings", {}))
     name = trial_name(rule, opts, searched)
-    per_seed, accuracies, statuses, skipped = [], [], [], True
+    summaries, skipped = [], True
     torch.set_num_threads(context.threads)
     for seed in context.seeds:
         config = study_runner.make_config(rule, seed, opts, {**context.base, **searched})
@@ -411,15 +427,13 @@ def run_trial(params: dict[str, Any], context: Context) -> dict[str, Any]:
             if result["status"] not in ("finished", "diverged"):
                 raise TrialFailed(f"{run}: {result['status']}: {result['message']}")
             summary = logs.read_summary(job.run_dir)
-        statuses.append(summary.get("status"))
-        value = summary.get(context.metric) if summary.get("status") == "finished" else None
-        per_seed.append(value)
-        accuracies.append(summary.get("test_accuracy") if summary.get("status") == "finished" else None)
-    done = [v for v in per_seed if isinstance(v, int | float) and math.isfinite(v)]
-    tested = [a for a in accuracies if isinstance(a, int | float) and math.isfinite(a)]
-    return {"name": name, "rule": rule, "status": "diverged" if "diverged" in statuses else "finished",
-            "skipped": skipped, context.metric: statistics.fmean(done) if done else math.nan, "per_seed": per_seed,
-            "test_accuracy": statistics.fmean(tested) if tested else math.nan}  # fmt: skip
+        summaries.append(summary)
+    seeds = over_seeds(summaries, context.metric)
+    nan = math.nan  # what Ray Tune records where there is no value
+    return {"name": name, "rule": rule, "status": "diverged" if "diverged" in seeds["statuses"] else "finished",
+            "skipped": skipped, context.metric: nan if seeds["mean"] is None else seeds["mean"],
+            "per_seed": seeds["values"],
+            "test_accuracy": nan if seeds["test_accuracy"] is None else seeds["test_accuracy"]}  # fmt: skip
 
 
 _WATCHED = False
@@ -492,13 +506,11 @@ def _check_folder(sweep: Sweep, out: Path, resume: bool) -> None:
     study.check_out(out)
     if (out / logs.MARKER).exists():
         raise BioPropError(f"--out '{out}' is a run directory; give a folder of its own for the sweep")
-    for name in (BEST_JSON, BEST_MD):
-        path = out / name
-        if path.is_symlink() or path.exists() and not (path.is_file() and _ours(path)):
+    for path, ours in ((out / BEST_JSON, _best_json_ours), (out / BEST_MD, lambda p: logs.marked(p, MARK_BEST)),
+                       (out / SPEC, lambda p: logs.marked(p, MARK))):  # fmt: skip
+        if (path.exists() or path.is_symlink()) and not ours(path):
             raise BioPropError(f"'{path}' was not written by bioprop sweep; move it or choose another --out")
     spec = out / SPEC
-    if spec.is_symlink() or spec.exists() and not (spec.is_file() and _ours(spec)):
-        raise BioPropError(f"'{spec}' was not written by bioprop sweep; move it or choose another --out")
     if spec.exists():
         try:
             started = yaml.safe_load(spec.read_text())
@@ -506,12 +518,10 @@ def _check_folder(sweep: Sweep, out: Path, resume: bool) -> None:
             raise BioPropError(f"cannot read '{spec}': {exc}") from None
         if not resume:
             raise BioPropError(f"'{out}' holds a sweep already; add --resume to continue it, or choose another --out")
-        neutral = {key: None for key in RUN_NEUTRAL}
-        if isinstance(started, dict) and {**started, **neutral} != {**sweep.raw, **neutral} or not isinstance(
-                started, dict):  # fmt: skip
-            differ = sorted(
-                k for k in set(started or {}) | set(sweep.raw) if (started or {}).get(k) != sweep.raw.get(k)
-            )
+        started = started if isinstance(started, dict) else {}
+        differ = sorted(k for k in set(started) | set(sweep.raw)
+                        if k not in RUN_NEUTRAL and started.get(k) != sweep.raw.get(k))  # fmt: skip
+        if differ:
             raise BioPropError(f"--resume: '{out}' holds a sweep of another file ({', '.join(differ)} differs); "
                                "give the same sweep file, or choose another --out")  # fmt: skip
     elif resume:
@@ -519,22 +529,20 @@ def _check_folder(sweep: Sweep, out: Path, resume: bool) -> None:
                            "to start one")  # fmt: skip
 
 
-def _ours(path: Path) -> bool:
-    """Whether ``path`` is a file bioprop sweep wrote: best.json of format ``bioprop-sweep/1``, else a first line
-    starting with :data:`MARK`'s words."""
-    if path.name == BEST_JSON:
-        try:
-            return json.loads(path.read_text()).get("format") == "bioprop-sweep/1"
-        except (OSError, ValueError, AttributeError):
-            return False
-    with open(path, "rb") as f:
-        return f.readline().decode("utf-8", "replace").startswith("# written by bioprop sweep")
+def _best_json_ours(path: Path) -> bool:
+    """Whether ``path`` is a best.json bioprop sweep wrote (a regular file of format ``bioprop-sweep/1``)."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("format") == "bioprop-sweep/1"
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 class _Progress:
     """A Ray Tune callback: one line per trial as it ends, fails (and will be retried) or errors for good."""
 
-    def __init__(self, total: int, say: Callable[[str], None], retries: int) -> None:
+    def __init__(self, total: int, say: Callable[[str], None], retries: int, metric: str) -> None:
         from ray.tune import Callback
 
         outer = self
@@ -559,7 +567,7 @@ class _Progress:
             def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
                 say(f"trial {outer.name(trial)} failed ({outer.error(trial)}); retrying it")
 
-        self.done, self.metric, self.callback = 0, "", Lines()
+        self.done, self.metric, self.callback = 0, metric, Lines()
 
     @staticmethod
     def name(trial: Any) -> str:
@@ -664,8 +672,7 @@ def run_sweep(
         signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     threads = sweep.cpus_per_trial
     context = Context(str(folder), sweep.base, sweep.seeds, threads, sweep.metric)
-    lines = _Progress(sweep.configurations(), say, sweep.retries)
-    lines.metric = sweep.metric
+    lines = _Progress(sweep.configurations(), say, sweep.retries, sweep.metric)
     function = tune.with_resources(tune.with_parameters(trainable, context=context), {"cpu": sweep.cpus_per_trial})
     storage = folder / RAY_DIR
     try:
@@ -724,29 +731,22 @@ def collect(sweep: Sweep, out: Path, outcomes: list[tuple[dict[str, Any], Any]])
         if name in seen:
             continue
         seen.add(name)
-        values, accuracies, statuses, runs = [], [], [], []
-        for seed in sweep.seeds:
-            run_dir = out / f"{name}-s{seed}"
-            runs.append(str(run_dir))
+        runs = [out / f"{name}-s{seed}" for seed in sweep.seeds]
+        summaries = []
+        for run_dir in runs:
             try:
-                summary = logs.read_summary(run_dir)
+                summaries.append(logs.read_summary(run_dir))
             except BioPropError:
-                summary = {}
-            statuses.append(summary.get("status", "missing"))
-            ok = summary.get("status") == "finished"
-            values.append(summary.get(sweep.metric) if ok else None)
-            accuracies.append(summary.get("test_accuracy") if ok else None)
-        done = [v for v in values if isinstance(v, int | float) and math.isfinite(v)]
-        tested = [a for a in accuracies if isinstance(a, int | float) and math.isfinite(a)]
-        status = "finished" if all(s == "finished" for s in statuses) else next(s for s in statuses if s != "finished")
+                summaries.append({})
+        seeds = over_seeds(summaries, sweep.metric)
+        statuses = seeds.pop("statuses")
+        status = next((s for s in statuses if s != "finished"), "finished")
         message = " ".join(str(error).split())[-300:] if error is not None else None
         if error is not None and status not in ("finished", "diverged"):
             status = "failed"
-        records.append({"name": name, "rule": rule, "rule_opts": opts, "settings": searched, "runs": runs,
-                        "status": status, "message": message, "values": values,
-                        "mean": statistics.fmean(done) if done else None,
-                        "std": statistics.pstdev(done) if done else None,
-                        "test_accuracy": statistics.fmean(tested) if tested else None})  # fmt: skip
+        records.append({"name": name, "rule": rule, "rule_opts": opts, "settings": searched,
+                        "runs": [str(run_dir) for run_dir in runs], "status": status, "message": message,
+                        **seeds})  # fmt: skip
     return records
 
 
@@ -784,16 +784,3 @@ def best_table(sweep: Sweep, best: dict[str, dict[str, Any]]) -> str:
         lines.append(f"| {rule} | {record['mean']:.4f} ± {record['std']:.4f} | {accuracy} | {_settings_text(record)} "
                      f"| {record['name']}-s* |")  # fmt: skip
     return "\n".join(lines)
-
-
-def grid_points(sweep: Sweep) -> list[dict[str, Any]]:
-    """Every grid point of a sweep without random domains, as Ray Tune's trial configs (for tests and dry runs)."""
-    out = []
-    grids = [(key, d.values if isinstance(d, Domain) else (d,)) for key, d in sweep.search.items()]
-    for rule, opts in sweep.rules.items():
-        ogrids = [(key, d.values if isinstance(d, Domain) else (d,)) for key, d in opts.items()]
-        for ovalues in itertools.product(*(v for _, v in ogrids)):
-            for svalues in itertools.product(*(v for _, v in grids)):
-                out.append({"rule": {"name": rule, "opts": dict(zip([k for k, _ in ogrids], ovalues, strict=True))},
-                            "settings": dict(zip([k for k, _ in grids], svalues, strict=True))})  # fmt: skip
-    return out

@@ -85,6 +85,19 @@ class WriteError(BioPropError):
     exit_code = 74  # EX_IOERR of sysexits.h: not bad input (2), not a divergence (3)
 
 
+def marked(path: Path, mark: str) -> bool:
+    """Whether ``path`` is a regular file (not a link) whose first line is ``mark``: how bioprop knows a page or a
+    file it wrote beside the runs (a report, the gallery, a sweep's files) from one it must not overwrite."""
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        with open(path, "rb") as handle:
+            first = handle.readline(len(mark.encode()) + 3)
+    except OSError:
+        return False
+    return first.rstrip(b"\r\n") == mark.encode()
+
+
 def write_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` to ``<path>.tmp``, flush it to disk, then rename it over ``path``, so that ``path`` always
     holds either the old or the new contents. On any failure the temporary file is removed; an ``OSError``

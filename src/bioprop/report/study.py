@@ -552,16 +552,6 @@ def page(study: Study, paths: Sequence[str | Path]) -> str:
     return document("bioprop report", body)
 
 
-def _ours(path: Path) -> bool:
-    """Whether the file ``path`` starts with the line :data:`MARK`."""
-    try:
-        with open(path, "rb") as handle:
-            first = handle.readline(len(MARK) + 3)
-    except OSError:
-        return False
-    return first.rstrip(b"\r\n") == MARK.encode()
-
-
 def check_out(out: Path) -> None:
     """Refuse an ``out`` that is a file, and a ``report.md`` or ``report.html`` in it that is a folder, a link, or a
     file bioprop did not write (:class:`BioPropError`, naming it). Touches nothing."""
@@ -571,7 +561,7 @@ def check_out(out: Path) -> None:
         path = out / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
             raise BioPropError(f"refusing to write {str(path)!r}: it is a folder or a link (choose another --out)")
-        if path.exists() and not _ours(path):
+        if path.exists() and not logs.marked(path, MARK):
             raise BioPropError(f"refusing to overwrite {str(path)!r}: bioprop did not write it (choose another --out)")
 
 

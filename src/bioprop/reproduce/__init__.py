@@ -165,16 +165,6 @@ GALLERY_MD, GALLERY_HTML = "gallery.md", "gallery.html"
 GALLERY_MARK = "<!-- written by bioprop reproduce --all -->"
 
 
-def _gallery_file_ours(path: Path) -> bool:
-    """Whether ``path`` is absent or a gallery file bioprop wrote (its first line is :data:`GALLERY_MARK`)."""
-    if not path.exists() and not path.is_symlink():
-        return True
-    if path.is_symlink() or not path.is_file():
-        return False
-    with open(path, "rb") as f:
-        return f.readline().decode("utf-8", "replace").strip() == GALLERY_MARK
-
-
 def gallery(
     out: Path, seed: int = 0, scale: str = "default", progress: Callable[[str], None] | None = None
 ) -> tuple[Path, Path]:
@@ -189,7 +179,8 @@ def gallery(
 
     out = Path(out)
     for name in (GALLERY_MD, GALLERY_HTML):
-        if not _gallery_file_ours(out / name):
+        path = out / name
+        if (path.exists() or path.is_symlink()) and not logs.marked(path, GALLERY_MARK):
             raise BioPropError(f"'{out / name}' was not written by bioprop reproduce --all; move it or use another "
                                "--out")  # fmt: skip
     records = []
