@@ -72,8 +72,11 @@ SUITES: dict[str, tuple[dict, dict[str, dict]]] = {
                     batch_size=64, epochs=20),
                # dtp/tl1: of twelve dtp settings, the highest validation accuracy (--validation 5000, seed 0, 20 epochs;
                # README): target_lr 1.0 (val 89.04 %, defaults 88.64 %, within about one standard error of each other)
+               # dtp/lee: Lee et al.'s own first target, at the top hidden layer (first_target=hidden), defaults
+               # otherwise (not tuned).
                {"bp": {}, "dtp": {"pretrain_batches": 200}, "ddtp": {"pretrain_batches": 200},
-                "dtp/tl1": {"pretrain_batches": 200, "target_lr": 1.0}}),
+                "dtp/tl1": {"pretrain_batches": 200, "target_lr": 1.0},
+                "dtp/lee": {"pretrain_batches": 200, "first_target": "hidden"}}),
 }  # fmt: skip
 # Entries named RULE/VARIANT run RULE with these settings in place of the suite's (same budget otherwise): here
 # backprop on the feedforward network of the same sizes (hard-sigmoid hidden layer, linear output, cross-entropy).

@@ -102,6 +102,42 @@ def test_dtp_targets_are_the_difference_correction_computed_by_hand() -> None:
     assert (t1 - h[1]).abs().max() > 1e-3  # the targets do move
 
 
+def test_dtp_first_target_hidden_is_lee_et_al_s_gradient_step_at_the_top_hidden_layer() -> None:
+    """first_target=hidden (Lee et al. 2015, Algorithm 1): t_2 = h_2 − η̂ W_3ᵀ(softmax − onehot), then
+    t_1 = h_1 + g_1(t_2) − g_1(h_2); the top hidden layer has no feedback map, and its update and the readout's are
+    backprop's (autograd of the batch-mean cross-entropy) while the first layer's is not."""
+    net = tanh_mlp()
+    rule = rules.create("dtp", net, pretrain_batches=0, first_target="hidden")
+    assert [k for k in rule.state_dict() if k.startswith("feedback_")] == ["feedback_weight.0", "feedback_bias.0"]
+    weights, biases = random_feedback([(4, 6)])
+    set_feedback(rule, weights, biases)
+    x, y = batch()
+    h = activities(net, x)
+    w3 = linears(net)[2].weight.detach()
+    t3 = h[3] - ETA * output_error(h[3], y)
+    t2 = h[2] - ETA * output_error(h[3], y) @ w3
+    t1 = h[1] + torch.tanh(t2 @ weights[0].T + biases[0]) - torch.tanh(h[2] @ weights[0].T + biases[0])
+    for mine, theirs in zip([t1, t2, t3], rule.targets(x, y).targets, strict=True):
+        torch.testing.assert_close(theirs, mine, rtol=1e-12, atol=1e-14)
+    found = rule.grads(x, y).grads
+    exact = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+    names = [name for name, _ in net.named_parameters()]
+    for name, grad in zip(names, exact, strict=True):
+        if name.startswith("1."):
+            assert (found[name] - grad).abs().max() > 1e-3  # the first layer learns from a propagated target
+        else:
+            torch.testing.assert_close(found[name], grad, rtol=1e-10, atol=1e-13)
+    rule.backward(x, y)
+    assert list(rule.diagnostics()) == ["reconstruction_error_l1"]
+
+
+def test_first_target_hidden_is_refused_by_ddtp() -> None:
+    with pytest.raises(BioPropError) as info:
+        rules.create("ddtp", tanh_mlp(), first_target="hidden")
+    assert str(info.value) == ("rule ddtp: option first_target='hidden' is dtp's: ddtp's direct feedback reads the "
+                               "output target (first_target=output)")  # fmt: skip
+
+
 @pytest.mark.parametrize("psi", ["identity", "tanh"])
 def test_ddtp_targets_are_the_direct_formula(psi: str) -> None:
     """t_l = h_l + g_l(t_L) − g_l(h_L), g_l read from the output: for the identity, h_l + V_l (t_L − h_L)."""

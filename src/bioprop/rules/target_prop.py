@@ -2,11 +2,17 @@
 
 An MLP (:mod:`bioprop.rules.mlp_settling`: Flatten, Linear, φ, ..., Linear) computes h_0 = x, a_l = W_l h_{l−1} + b_l,
 h_l = φ(a_l) for the hidden layers l = 1 … L−1 and the logits h_L = a_L. For the run's output loss ℓ
-(:mod:`bioprop.losses`, per example), both rules set the output target (Lee et al. 2015, Algorithm 1)
+(:mod:`bioprop.losses`, per example), both rules set the output target (Meulemans et al. 2020, who train every layer
+from a target)
 
     t_L = h_L − η̂ ∂ℓ/∂h_L                                   (η̂: ``target_lr``)
 
-and send it down through feedback maps g_k(h) = ψ(V_k h + c_k) that the rule owns (ψ: ``feedback_activation``):
+and send it down through feedback maps g_k(h) = ψ(V_k h + c_k) that the rule owns (ψ: ``feedback_activation``).
+``dtp`` with ``first_target=hidden`` starts as Lee et al.'s Algorithm 1 and their code do: the first target is the
+top hidden layer's, t_{L−1} = h_{L−1} − η̂ W_Lᵀ ∂ℓ/∂h_L (:func:`hidden_first_target`: the loss gradient through the
+readout, so that layer's update is backprop's and the readout's weights are transported there), and the targets go
+down from it; the readout learns from t_L as before (the loss gradient itself, as in their code) and the top hidden
+layer needs no feedback map.
 
 - ``dtp``, difference target propagation (Lee, Zhang, Fischer & Bengio 2015, ECML PKDD, Algorithm 1): g_k maps layer
   k+1's activity to layer k's, and t_k = h_k + g_k(t_{k+1}) − g_k(h_{k+1}) (:func:`difference_target`). g_k is
@@ -109,6 +115,8 @@ MAX_PRETRAIN = 10_000_000
 #: The stream of :meth:`Rule.generator` the feedback training's noise comes from.
 NOISE = 0
 FEEDBACK_OPTIMIZERS = ("sgd", "adam")
+#: Where dtp's targets start: the output (every layer learns from a target) or the last hidden layer (Lee et al.).
+FIRST_TARGETS = ("output", "hidden")
 #: Adam's β₁, β₂ and ε for the feedback weights (Kingma & Ba 2015, Algorithm 1, their defaults).
 ADAM = (0.9, 0.999, 1e-8)
 
@@ -178,9 +186,17 @@ def feedback_map(weight: Tensor, bias: Tensor, psi: Act, h: Tensor) -> Tensor:
 
 
 def output_target(h_out: Tensor, grad: Tensor, target_lr: float) -> Tensor:
-    """The output target t_L = h_L − η̂ ∂ℓ/∂h_L (Lee et al. 2015, Algorithm 1): ``h_out`` h_L (B, K), ``grad`` the
+    """The output target t_L = h_L − η̂ ∂ℓ/∂h_L (Meulemans et al. 2020): ``h_out`` h_L (B, K), ``grad`` the
     per-example loss gradient ∂ℓ/∂h_L (B, K), η̂ = ``target_lr`` > 0."""
     return h_out - target_lr * grad
+
+
+def hidden_first_target(h: Tensor, grad_out: Tensor, readout: Tensor, target_lr: float) -> Tensor:
+    """Lee et al.'s first target, at the last hidden layer: t_{L−1} = h_{L−1} − η̂ ∂ℓ/∂h_{L−1} with
+    ∂ℓ/∂h_{L−1} = W_Lᵀ ∂ℓ/∂h_L through the linear readout (Lee, Zhang, Fischer & Bengio 2015, Algorithm 1, "making
+    the first target"; their code trains the readout on the loss itself). ``h`` h_{L−1} (B, n_{L−1}), ``grad_out``
+    ∂ℓ/∂h_L (B, K), ``readout`` W_L (K, n_{L−1}), η̂ = ``target_lr`` > 0."""
+    return h - target_lr * grad_out @ readout
 
 
 def difference_target(h: Tensor, g: Any, target_above: Tensor, h_above: Tensor) -> Tensor:
@@ -258,6 +274,10 @@ class TargetPropOptions(Options):
     feedback_optimizer: str = option("sgd", "sgd (plain steps of feedback_lr) or adam (Adam, β₁ 0.9, β₂ 0.999, "
                                      "ε 1e-8, its moments kept in the rule's state)",
                                      choices=FEEDBACK_OPTIMIZERS)  # fmt: skip
+    first_target: str = option("output", "dtp only: where the targets start: output (t_L, every layer learns from "
+                               "a target, Meulemans et al.'s DTP) or hidden (t_{L−1} = h_{L−1} − η̂ W_Lᵀ ∂ℓ/∂h_L, "
+                               "Lee et al.'s Algorithm 1: the top hidden layer gets the gradient through W_Lᵀ)",
+                               choices=FIRST_TARGETS)  # fmt: skip
     feedback_iterations: int = count(1, "feedback steps (SGD or Adam) per batch, each with fresh noise", MAX_ITERATIONS)
     noise: float = non_negative(0.1, "σ of the Gaussian noise on the activities in feedback training (ddtp: > 0)")
     pretrain_batches: int = non_negative(20, "first backward calls that train only the feedback (zero forward update)",
@@ -283,7 +303,8 @@ CARD_DTP = make_card(
     weight_transport=(
         True,
         "g_l has weights of its own, learned to invert f_l on noisy activities, never W_lᵀ; that "
-        "training needs f_l applied to corrupted activities",
+        "training needs f_l applied to corrupted activities (first_target=hidden, Lee et al.'s own first target, "
+        "sends the gradient through the readout's W_Lᵀ to the top hidden layer)",
     ),  # fmt: skip
     spikes=(False, "real-valued activities and targets"),
     clock=(False, "a forward pass, a target pass down the feedback path and a noisy feedback-training phase alternate"),
@@ -334,14 +355,20 @@ class TargetProp(Rule):
         if self.direct and self.opts.noise == 0:
             raise BioPropError(f"rule {self.name}: option noise={self.opts.noise!r} must be positive (the difference "
                                "reconstruction loss divides by σ²)")  # fmt: skip
+        if self.direct and self.opts.first_target != "output":
+            raise BioPropError(f"rule {self.name}: option first_target={self.opts.first_target!r} is dtp's: ddtp's "
+                               "direct feedback reads the output target (first_target=output)")  # fmt: skip
         linears, self.phi = mlp_parts(net, self.name)
         self.linears = [layer.module for layer in linears]
+        self.from_hidden = self.opts.first_target == "hidden"
         wanted = self.opts.feedback_activation
         self.psi = (nn.Identity() if self.direct else self.phi) if wanted == "auto" else activation(wanted)
         sizes = [m.out_features for m in self.linears]
         generator, like = torch.Generator().manual_seed(self.opts.seed), self.linears[0].weight
         weights, biases = [], []
-        for k in range(len(sizes) - 1):  # one map per hidden layer: from layer k+1 (dtp) or the output (ddtp)
+        # One map per hidden layer: from layer k+1 (dtp) or the output (ddtp); none for the top hidden layer when its
+        # target comes from the gradient (first_target=hidden).
+        for k in range(len(sizes) - 1 - (self.from_hidden and len(sizes) > 1)):
             shape = torch.Size((sizes[k], sizes[-1] if self.direct else sizes[k + 1]))
             weights.append(draw_feedback(shape, "xavier", generator).to(like))
             biases.append(torch.zeros(sizes[k], dtype=torch.float64).to(like))
@@ -371,8 +398,13 @@ class TargetProp(Rule):
             hs.append(h)
         h_out = hs[-1]
         loss = self.loss.value(h_out, y)
-        targets = [output_target(h_out, loss_gradient(self.loss, h_out, y), self.opts.target_lr)]
-        for k in range(len(mlp.weights) - 1, 0, -1):  # hidden layer k (1-based), top down
+        grad_out = loss_gradient(self.loss, h_out, y)
+        targets = [output_target(h_out, grad_out, self.opts.target_lr)]
+        top = len(mlp.weights) - 1  # the top hidden layer (1-based); 0 without one
+        if self.from_hidden and top > 0:
+            targets.insert(0, hidden_first_target(hs[top], grad_out, mlp.weights[top], self.opts.target_lr))
+            top -= 1
+        for k in range(top, 0, -1):  # hidden layer k (1-based), top down
 
             def g(v: Tensor, k: int = k) -> Tensor:
                 return feedback_map(feedback.weights[k - 1], feedback.biases[k - 1], feedback.psi, v)
@@ -419,7 +451,7 @@ class TargetProp(Rule):
     def feedback_losses(self, mlp: MLP, feedback: Feedback, found: Targets, noise: list[Tensor]) -> list[Tensor]:
         """Each hidden layer's feedback loss (L^inv_k for dtp, L^rec_k for ddtp) with the noise ``noise[k]``."""
         hs, out = found.activities, []
-        for k in range(1, len(hs) - 1):
+        for k in range(1, len(feedback.weights) + 1):
             w, c = feedback.weights[k - 1], feedback.biases[k - 1]
             if self.direct:
                 out.append(difference_reconstruction_loss(mlp, w, c, feedback.psi, k, hs[k], hs[-1], noise[k - 1],
@@ -440,7 +472,7 @@ class TargetProp(Rule):
                                                             [v.to(like) for v in self.moments.second],
                                                             self.moments.steps)  # fmt: skip
         n = len(current.weights)
-        sizes = [h.shape[1] for h in found.activities[1:-1]]
+        sizes = [h.shape[1] for h in found.activities[1 : n + 1]]
         generator = self.generator(NOISE)
         history = []
         for _ in range(o.feedback_iterations):
