@@ -644,6 +644,10 @@ def render_fmnist(result: dict, published: list[dict], published_from: str) -> l
              f"deviation over the finished runs; {result['epochs']} epoch{'s' if result['epochs'] != 1 else ''} of "
              f"{budget['arch']}, "
              f"{budget['optimizer']} lr {budget['lr']:g}, batch {budget['batch_size']}."]  # fmt: skip
+    options = [f"{entry} {', '.join(f'{k}={v}' for k, v in opts.items())}"
+               for entry, opts in result.get("options", {}).items() if opts and entry in entries]  # fmt: skip
+    if options:
+        notes.append(f"Rule options: {'; '.join(options)}.")
     if source:
         notes.append(f"Published: {source['source']}, {source['network']} (from {published_from}).")
     if result.get("missing"):

@@ -89,6 +89,15 @@ def test_accuracy_table_without_a_published_source():
     assert cells(suite.render_fmnist(result, [], ""))[0][1] == "network"
 
 
+def test_accuracy_table_names_each_entry_s_rule_options():
+    """Entries with options (variants such as dtp/tl1) get them in a note under the table; entries without
+    options, and options of entries that have no runs, are not listed."""
+    result = lenet_result()
+    result["options"] = {"bp": {}, "fa": {"seed": 3, "feedback": "random"}, "usf": {}, "dfa": {"x": 1}}
+    text = "\n".join(suite.render_fmnist(result, [], ""))
+    assert "Rule options: fa seed=3, feedback=random." in text and "dfa" not in text
+
+
 def speed_fa_output(biotorch: bool) -> dict:
     res = {"ours/bp": {"median_ms": 4.0, "q1_ms": 3.5, "q3_ms": 4.5, "paired_ratio_to_bp": 1.0, "gflops": 100.0,
                        "pct_of_peak": 50.0},

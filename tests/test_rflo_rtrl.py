@@ -249,7 +249,8 @@ def test_grads_is_pure_after_training_steps(name: str) -> None:
 
 
 def test_rflo_refuses_a_spiking_network_naming_the_rules_that_train_it() -> None:
-    with pytest.raises(BioPropError, match=r"rule rflo trains rate networks .* use eprop, rtrl, bptt or tbptt"):
+    with pytest.raises(BioPropError, match=r"rule rflo trains rate networks \(--arch rnn:N\), not this network's "
+                       r"spiking cell; .* use eprop, rtrl, bptt or tbptt"):  # fmt: skip
         rules.create("rflo", spiking_net(3, 3))
     with pytest.raises(BioPropError, match="rule rflo needs a recurrent network"):
         rules.create("rflo", torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2)))

@@ -142,7 +142,8 @@ class Rflo(Rule):
     def __init__(self, net: Any, entry: Entry, options: dict[str, Any]) -> None:
         super().__init__(net, entry, options)
         if not isinstance(net, rnn.RecurrentNet) or net.cell != "rate":
-            raise BioPropError(f"rule {self.name} trains rate networks (--arch rnn:N); for a spiking network (lif:N, "
+            raise BioPropError(f"rule {self.name} trains rate networks (--arch rnn:N), not this network's "
+                               f"{getattr(net, 'cell', type(net).__name__)} cell; for a spiking network (lif:N, "
                                "alif:N, lsnn:N+M) use eprop, rtrl, bptt or tbptt")  # fmt: skip
         random = self.opts.feedback == "random"
         #: B (n, K), float64 on the CPU (cast where used); None for feedback=symmetric.
