@@ -1,4 +1,4 @@
-"""The learning-rule contract (written out in ``docs/contract.md``), the registry and the rule card.
+"""The learning-rule contract (written out in ``docs/contract.md``): the :class:`Rule` every rule subclasses.
 
 A rule is bound to a network with :func:`create`. For one batch ``(x, y)`` (``x`` of shape (B, ...) in the
 network's dtype and on its device, ``y`` of shape (B,), int64 class indices; optionally ``index`` (B,) int64, the
@@ -47,11 +47,10 @@ leads to state of their own; :meth:`Rule.reference` and :meth:`Rule.prediction` 
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import math
 from collections.abc import Callable
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -69,47 +68,18 @@ from bioprop.rules.declarations import (  # noqa: F401  (re-exported: the names 
 )
 from bioprop.rules.options import Option, Options, option, say  # noqa: F401  (re-exported)
 from bioprop.rules.registry import _REGISTRY, Entry, create, register  # noqa: F401  (re-exported)
+from bioprop.rules.rule_state import (  # noqa: F401  (re-exported)
+    STATE_NAME,
+    name_tensor,
+    refuses_other_rules,
+    tensor_name,
+)
+from bioprop.rules.updates import Update, add_grads, backprop_update, local_grads  # noqa: F401  (re-exported)
 
 
 class PlanWarning(UserWarning):
     """A line of :meth:`Rule.plan_warnings`, given by the trainer (:mod:`bioprop.train`) through :mod:`warnings` before
     a run's first step; the CLI prints it as ``bioprop: warning: <message>``."""
-
-
-#: The key of :meth:`Rule.state_dict` that names the rule (its registered name as UTF-8 bytes, a uint8 tensor):
-#: :meth:`Rule.load_state_dict` refuses the state of another rule.
-STATE_NAME = "rule_name"
-
-
-def name_tensor(name: str) -> Tensor:
-    """``name`` as the uint8 tensor of its UTF-8 bytes (state dicts and checkpoints hold tensors only)."""
-    return torch.tensor(list(name.encode()), dtype=torch.uint8)
-
-
-def tensor_name(tensor: Tensor) -> str:
-    """The text :func:`name_tensor` wrote (bytes that are not UTF-8 replaced, so a damaged name still reads)."""
-    return bytes(tensor.detach().cpu().reshape(-1).to(torch.uint8).tolist()).decode("utf-8", "replace")
-
-
-def refuses_other_rules(load: Callable[[Any, dict[str, Tensor]], None]) -> Callable[[Any, dict[str, Tensor]], None]:
-    """``load_state_dict`` that first takes the rule's name (:data:`STATE_NAME`) out of the state and refuses, in one
-    line naming both and before anything changes, the state of another rule (``dtp``'s loaded into ``ddtp``: the
-    same class, another rule); a state without the name (checkpoints written before it was recorded) is taken as
-    it is. Applied by :class:`Rule` to every ``load_state_dict`` a rule class defines, so a subclass's own checks
-    never see another rule's state."""
-
-    @functools.wraps(load)
-    def checked(self: Rule, state: dict[str, Tensor]) -> None:
-        if STATE_NAME in state:
-            state = dict(state)
-            owner = tensor_name(state.pop(STATE_NAME))
-            if owner != self.name:
-                raise BioPropError(f"rule {self.name}: cannot load the state of rule {owner} (a checkpoint or "
-                                   f"state_dict of another rule); create rule {owner} to use it")  # fmt: skip
-        load(self, state)
-
-    checked.refuses_other_rules = True  # type: ignore[attr-defined]
-    return checked
 
 
 class Unstable(DivergenceError):
@@ -121,35 +91,6 @@ class Unstable(DivergenceError):
     def __init__(self, rule: str, what: str, advice: str = "", named: tuple[str, ...] = ()) -> None:
         super().__init__(f"{rule}: {what}" + (f"; {advice}" if advice else ""))
         self.what, self.advice, self.named = what, advice, named
-
-
-class Update(NamedTuple):
-    grads: dict[str, Tensor]  # descent direction, keyed like net.named_parameters()
-    loss: Tensor  # scalar, batch-mean, of the run's output loss (Rule.loss)
-    prediction: Tensor  # (B, n_classes) the output the loss was measured on
-    traces: dict[str, Tensor] | None = None  # per inner step, e.g. the energy at each inference step
-    state: Any = None  # the rule's state after this step (persistent particles, ...): adopted by backward only
-
-
-def backprop_update(
-    net: nn.Module,
-    x: Tensor,
-    y: Tensor,
-    loss_fn: losses.Loss = losses.LOSSES["ce"],
-    predict: Callable[[Tensor], Tensor] | None = None,
-) -> Update:
-    """Autograd's gradient of the batch-mean output loss (:mod:`bioprop.losses`, cross-entropy by default) of
-    ``predict(x)`` (B, n_classes; ``net(x)`` by default, or a rule's prediction path such as an energy net's free
-    phase) for the trainable parameters of ``net``, keyed like ``net.named_parameters()`` (zeros for a parameter
-    the prediction does not use); leaves ``.grad`` untouched. Backprop's update, and the reference gradient of
-    every rule that approximates it."""
-    named = {n: p for n, p in net.named_parameters() if p.requires_grad}
-    with torch.enable_grad():
-        prediction = (net if predict is None else predict)(x)
-        loss = loss_fn.value(prediction, y)
-        grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True) if named else ()
-    update = {n: torch.zeros_like(p) if g is None else g for (n, p), g in zip(named.items(), grads, strict=True)}
-    return Update(update, loss.detach(), prediction.detach())
 
 
 class Rule:
@@ -450,46 +391,3 @@ class Rule:
             raise BioPropError(f"rule {self.name}: unexpected state {sorted(state)[0]!r} in checkpoint")
         if step is not None:
             self.step = int(step)
-
-
-def local_grads(net: nn.Module, x: Tensor) -> dict[str, Tensor]:
-    """The hook through which a network's own plastic modules learn under any rule: every module of ``net`` with a
-    method ``local_grads(inputs, output) -> dict[str, Tensor]`` (e.g. the lateral inhibition of
-    :mod:`bioprop.nets.lateral`, whose weights follow an anti-Hebbian rule, not the loss) is handed the inputs and
-    output of each of its calls in one forward pass of ``x`` (B, ...), run here without autograd, with the global
-    random state and the network's buffers (running statistics) restored after it. Its entries (descent directions,
-    keyed by its own parameter names) come back keyed like ``net.named_parameters()``, summed over the module's
-    calls. Pure; ``{}`` (and no forward pass) when no module has the method. A rule whose layer-wise walk cannot
-    carry such a module refuses it at create."""
-    plastic = {id(m): path for path, m in net.named_modules() if callable(getattr(m, "local_grads", None))}
-    if not plastic:
-        return {}
-    seen: list[tuple[str, nn.Module, tuple, Tensor]] = []
-
-    def record(module: nn.Module, inputs: tuple, output: Tensor) -> None:
-        seen.append((plastic[id(module)], module, inputs, output))
-
-    handles = [m.register_forward_hook(record) for m in net.modules() if id(m) in plastic]
-    devices = [x.device] if x.device.type == "cuda" else []
-    buffers = [(buffer, buffer.clone()) for buffer in net.buffers()]
-    try:
-        with torch.no_grad(), torch.random.fork_rng(devices=devices):
-            net(x)
-            grads: dict[str, Tensor] = {}
-            for path, module, inputs, output in seen:
-                found = module.local_grads(inputs, output)
-                add_grads(grads, [f"{path}.{key}" if path else key for key in found], list(found.values()))
-    finally:
-        for handle in handles:
-            handle.remove()
-        with torch.no_grad():
-            for buffer, kept in buffers:
-                buffer.copy_(kept)
-    return grads
-
-
-def add_grads(grads: dict[str, Tensor], names: list[str], values: list[Tensor]) -> None:
-    """``grads[name] += value`` for each pair, starting absent names at ``value``: a module used at several
-    positions (shared weights) gets the sum of its positions' terms."""
-    for name, value in zip(names, values, strict=True):
-        grads[name] = grads[name] + value if name in grads else value
