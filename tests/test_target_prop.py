@@ -131,6 +131,19 @@ def test_dtp_first_target_hidden_is_lee_et_al_s_gradient_step_at_the_top_hidden_
     assert list(rule.diagnostics()) == ["reconstruction_error_l1"]
 
 
+def test_first_target_hidden_on_one_hidden_layer_is_backprop_and_says_so() -> None:
+    net = init(nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)))
+    rule = rules.create("dtp", net, pretrain_batches=0, first_target="hidden")
+    x, y = batch()
+    exact = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
+    for (name, _), grad in zip(net.named_parameters(), exact, strict=True):
+        torch.testing.assert_close(rule.grads(x, y).grads[name], grad, rtol=1e-10, atol=1e-13)
+    assert rule.plan_warnings(10) == ["rule dtp: first_target=hidden on a network with one hidden layer: its target is "
+                                      "the gradient step, so every layer gets backprop's gradient and no target is "
+                                      "propagated"]  # fmt: skip
+    assert rules.create("dtp", tanh_mlp(), pretrain_batches=0, first_target="hidden").plan_warnings(10) == []
+
+
 def test_first_target_hidden_is_refused_by_ddtp() -> None:
     with pytest.raises(BioPropError) as info:
         rules.create("ddtp", tanh_mlp(), first_target="hidden")

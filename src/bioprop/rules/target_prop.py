@@ -328,12 +328,19 @@ class TargetProp(Rule):
     def plan_warnings(self, steps: int) -> list[str]:
         """One line when the feedback pre-training lasts the whole run: the forward update of step s (0-based, the
         step count) is zero while s < ``pretrain_batches``, so a run whose steps end at step count
-        ``self.step + steps`` ≤ ``pretrain_batches`` never moves a forward weight."""
+        ``self.step + steps`` ≤ ``pretrain_batches`` never moves a forward weight. One line when ``first_target=hidden``
+        leaves no feedback map (one hidden layer): every layer then gets backprop's gradient."""
+        said = []
+        if self.from_hidden and not self.feedback.weights:
+            said.append(f"rule {self.name}: first_target=hidden on a network with one hidden layer: its target is "
+                        "the gradient step, so every layer gets backprop's gradient and no target is "
+                        "propagated")  # fmt: skip
         total, pretrain = self.step + steps, self.opts.pretrain_batches
         if steps < 1 or total > pretrain:
-            return []
-        return [f"rule {self.name}: pretrain_batches={pretrain} ≥ the run's {total} batches: the forward weights will "
-                "not be trained (only the feedback is); lower pretrain_batches or train longer"]  # fmt: skip
+            return said
+        return [*said, f"rule {self.name}: pretrain_batches={pretrain} ≥ the run's {total} batches: the forward "
+                "weights will not be trained (only the feedback is); lower pretrain_batches or train "
+                "longer"]  # fmt: skip
 
     def diagnostics(self) -> dict[str, float]:
         """Per hidden layer k (1-based), ``reconstruction_error_lk``: the mean over the epoch's ``backward`` calls of
