@@ -505,6 +505,14 @@ def run_bench(bench: Bench, opts: Options, force: bool = False) -> dict:
         except (BioPropError, OSError, ValueError, KeyError) as exc:
             record.update(status="failed", error=f"reading the results: {exc}")
     finish(record["machine"], started)
+    if record["status"] != "finished" and old and old.get("status") == "finished":
+        # a failed rerun never replaces a finished result: its record goes beside it
+        failed_path = suite_dir(opts.out) / f"{bench.name}.failed.json"
+        failed_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        print(f"{bench.name}: failed in {record['machine']['seconds']:.0f} s; the stored result of "
+              f"{old['machine'].get('date', '?')} is kept ({shown_path(str(failed_path))} has this run's record)",
+              file=sys.stderr, flush=True)  # fmt: skip
+        return record
     write_record(opts.out, record)
     print(f"{bench.name}: {record['status']} in {record['machine']['seconds']:.0f} s", file=sys.stderr, flush=True)
     return record
@@ -984,11 +992,13 @@ GROUPS = {
 def pick(only: str | None) -> list[Bench]:
     """The benchmarks named in ``only`` (comma-separated names or groups: ``fmnist``, ``speed``, ``temporal``), in
     suite order;
-    all when None. An unknown name is a :class:`BioPropError` naming it."""
-    if not only:
+    all when None. An empty or unknown name is a :class:`BioPropError` naming it."""
+    if only is None:
         return list(BENCHES.values())
     chosen: set[str] = set()
     for token in (t.strip() for t in only.split(",")):
+        if not token:
+            raise BioPropError(f"--only {only!r}: an empty name; leave --only out to run every benchmark")
         if token in BENCHES:
             chosen.add(token)
         elif token in GROUPS:
@@ -1070,10 +1080,14 @@ def tables(out: Path, readme: Path, check: bool = False, allow_quick: bool = Fal
     """The ``tables`` command: 0 when done (or, with ``check``, up to date), 1 when ``check`` finds a stale block."""
     published, published_from = read_published(anchors, copy)
     records = stored(out)
+    if not records:
+        print(f"suite: no stored results under {shown_path(str(suite_dir(out)))}; run `python benchmarks/suite.py "
+              "run` first (or pass --out)", file=sys.stderr)  # fmt: skip
+        return 1 if check else 0
     rendered, for_readme = [], {}
     for name, record in records.items():
         if record.get("status") != "finished":
-            print(f"{name}: the stored run {record.get('status')}; no table ({record.get('error', '')[:200]})",
+            print(f"{name}: the stored run {record.get('status')}; no table ({record.get('error', '')[-200:]})",
                   file=sys.stderr)  # fmt: skip
             continue
         lines = block(record, published, published_from)
@@ -1178,13 +1192,36 @@ def _store_import(out: Path, name: str, commands: list[str], m: dict, result: di
 
 
 def parse_seeds(text: str) -> list[int]:
+    """Comma-separated seeds: whole numbers ≥ 0, each once."""
     seeds = []
     for token in text.split(","):
         try:
-            seeds.append(int(token))
+            seed = int(token)
         except ValueError:
             raise BioPropError(f"--seeds: not a whole number: {token!r}") from None
+        if seed < 0:
+            raise BioPropError(f"--seeds: {token!r} is negative; seeds are whole numbers from 0")
+        if seed in seeds:
+            raise BioPropError(f"--seeds: {token!r} is given twice")
+        seeds.append(seed)
     return seeds
+
+
+def parse_cpus(text: str | None, allowed: set[int] | None = None) -> str | None:
+    """``--cpus`` as taskset reads it (``1``, ``0,1``, ``0-1``), checked against the CPUs this process may use
+    (``allowed``, default :func:`os.sched_getaffinity`) before any benchmark starts."""
+    if text is None:
+        return None
+    allowed = set(os.sched_getaffinity(0)) if allowed is None else allowed
+    for token in text.split(","):
+        low, _, high = token.partition("-")
+        if not low.isdigit() or (high and not high.isdigit()) or (high and int(high) < int(low)):
+            raise BioPropError(f"--cpus: {token!r} is not a CPU number or range (e.g. 1, 0,1 or 0-1)")
+        missing = [cpu for cpu in range(int(low), int(high or low) + 1) if cpu not in allowed]
+        if missing:
+            raise BioPropError(f"--cpus: CPU {missing[0]} is not one this process may use "
+                               f"({', '.join(map(str, sorted(allowed)))})")  # fmt: skip
+    return text
 
 
 def existing(path: str | None, flag: str) -> str | None:
@@ -1257,9 +1294,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise BioPropError(f"--threads must be at least 1, not {args.threads}")
     keys = ("biotorch_python", "laborieux", "pcx_python", "snntorch_python", "norse_python")
     anchors = {key: existing(getattr(args, key), "--" + key.replace("_", "-")) for key in keys}
-    opts = Options(Path(args.out).resolve(), parse_seeds(args.seeds), args.quick, args.threads, args.cpus,
+    seeds, cpus, chosen = parse_seeds(args.seeds), parse_cpus(args.cpus), pick(args.only)
+    opts = Options(Path(args.out).resolve(), seeds, args.quick, args.threads, cpus,
                    {k: v for k, v in anchors.items() if v}, args.data_dir, invocation)  # fmt: skip
-    chosen = pick(args.only)
     records = []
     for i, bench in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {bench.name}", file=sys.stderr, flush=True)

@@ -289,6 +289,33 @@ def test_bad_input_names_the_token(tmp_path, capsys):
     assert suite.main(["run", "--only", "speed-fa", "--biotorch-python", str(tmp_path / "none")]) == 2
 
 
+@pytest.mark.parametrize(("args", "token"), [
+    (["--only", ""], "--only ''"), (["--only", "speed-fa,"], "an empty name"), (["--seeds", "0,-1"], "'-1'"),
+    (["--seeds", "0,0"], "given twice"), (["--cpus", "99999"], "CPU 99999"), (["--cpus", "a"], "'a'"),
+    (["--cpus", "1-0"], "'1-0'"),
+])  # fmt: skip
+def test_bad_run_input_is_refused_before_any_benchmark_starts(tmp_path, capsys, args, token):
+    assert suite.main(["run", "--only", "speed-tp", "--out", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and token in err
+    assert not (tmp_path / "suite").exists()  # nothing ran, nothing written
+
+
+def test_cpus_are_checked_against_the_allowed_set():
+    assert suite.parse_cpus("0,2-3", allowed={0, 2, 3}) == "0,2-3"
+    assert suite.parse_cpus(None) is None
+    with pytest.raises(BioPropError, match="CPU 1 is not one this process may use"):
+        suite.parse_cpus("0-1", allowed={0, 2})
+
+
+def test_tables_says_when_there_is_nothing_stored(tmp_path, capsys):
+    readme = tmp_path / "README.md"
+    readme.write_text(README_TEXT)
+    assert suite.tables(tmp_path / "empty", readme, check=True) == 1
+    assert suite.tables(tmp_path / "empty", readme) == 0
+    assert "no stored results under" in capsys.readouterr().err and readme.read_text() == README_TEXT
+
+
 def fake_bench(name: str, code: str, out: Path) -> suite.Bench:
     """A benchmark whose one command runs ``code`` in Python and whose result is the JSON it writes."""
     target = out / "suite" / "raw" / f"{name}.json"
@@ -315,6 +342,20 @@ def test_a_crash_is_recorded_and_a_finished_result_is_reused(tmp_path):
     assert suite.run_bench(ok, opts)["machine"] == first["machine"] and counter.read_text() == "x"  # reused
     suite.run_bench(ok, opts, force=True)
     assert counter.read_text() == "xx"
+
+
+def test_a_failed_rerun_keeps_the_finished_result(tmp_path, capsys):
+    """A rerun that fails (here: other commands, so the stored result is not reused) never replaces a finished
+    record: its own record goes to NAME.failed.json beside it."""
+    opts = suite.Options(tmp_path)
+    finished = suite.run_bench(fake_bench("ok", "import json, sys; json.dump({'n': 1}, open(sys.argv[1], 'w'))",
+                                          tmp_path), opts)  # fmt: skip
+    crash = fake_bench("crash", "import sys; sys.exit(3)", tmp_path)
+    assert suite.run_bench(crash, opts)["status"] == "failed"
+    assert suite.read_record(tmp_path, "speed-tp") == finished
+    kept = json.loads((tmp_path / "suite" / "speed-tp.failed.json").read_text())
+    assert kept["status"] == "failed" and "exit status 3" in kept["error"]
+    assert "is kept" in capsys.readouterr().err
 
 
 def test_import_of_accuracy_runs(tmp_path):
