@@ -133,7 +133,7 @@ def test_dtp_first_target_hidden_is_lee_et_al_s_gradient_step_at_the_top_hidden_
 
 def test_first_target_hidden_on_one_hidden_layer_is_backprop_and_says_so() -> None:
     net = init(nn.Sequential(nn.Flatten(), nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)))
-    rule = rules.create("dtp", net, pretrain_batches=0, first_target="hidden")
+    rule = rules.create("dtp", net, pretrain_batches=50, first_target="hidden")  # no feedback: nothing pre-trains
     x, y = batch()
     exact = torch.autograd.grad(F.cross_entropy(net(x), y), list(net.parameters()))
     for (name, _), grad in zip(net.named_parameters(), exact, strict=True):
@@ -142,6 +142,8 @@ def test_first_target_hidden_on_one_hidden_layer_is_backprop_and_says_so() -> No
                                       "the gradient step, so every layer gets backprop's gradient and no target is "
                                       "propagated"]  # fmt: skip
     assert rules.create("dtp", tanh_mlp(), pretrain_batches=0, first_target="hidden").plan_warnings(10) == []
+    no_hidden = init(nn.Sequential(nn.Flatten(), nn.Linear(5, 3)))
+    assert rules.create("dtp", no_hidden, first_target="hidden").plan_warnings(10) == []
 
 
 def test_first_target_hidden_is_refused_by_ddtp() -> None:

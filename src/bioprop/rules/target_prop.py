@@ -12,7 +12,9 @@ al. train their feedback weights with Adam), its moments kept in the rule's stat
 computes the same forward update and trains nothing. Feedback pre-training: the
 first ``pretrain_batches`` calls of ``backward`` (counted by the rule's step count) train only the feedback, and the
 forward update of those steps is zero, in ``grads`` and ``backward`` alike, so the optimizer moves no forward weight
-(momentum starts from zero; weight decay still applies); the update angles probed then are NaN. The default, 20
+(momentum starts from zero; weight decay still applies); the update angles probed then are NaN. A network left with
+no feedback map (no hidden layer, or one with ``first_target=hidden``) has nothing to pre-train and skips it. The
+default, 20
 batches, is under one epoch of digits (23 batches of 64) and 2 % of one of Fashion-MNIST, so a short run is not
 delayed. Measured on digits (mlp:256x256, tanh, default options, forward weights fixed, each batch measured before
 the feedback trains on it), dtp's reconstruction error of the first hidden layer falls from 0.29 at the first batch to
@@ -241,7 +243,7 @@ class TargetProp(Rule):
         mlp = mlp_tensors(self.linears, self.phi)
         found, loss = self.propagate(mlp, self.current_feedback(), x, y)
         scale = 1.0 / (len(x) * self.opts.target_lr)
-        pretraining = self.step < self.opts.pretrain_batches
+        pretraining = self.step < self.opts.pretrain_batches and bool(self.feedback.weights)
         grads: dict[str, Tensor] = {}
         last = len(self.linears) - 1
         for i, layer in enumerate(self.linears):
@@ -328,19 +330,19 @@ class TargetProp(Rule):
     def plan_warnings(self, steps: int) -> list[str]:
         """One line when the feedback pre-training lasts the whole run: the forward update of step s (0-based, the
         step count) is zero while s < ``pretrain_batches``, so a run whose steps end at step count
-        ``self.step + steps`` ≤ ``pretrain_batches`` never moves a forward weight. One line when ``first_target=hidden``
-        leaves no feedback map (one hidden layer): every layer then gets backprop's gradient."""
-        said = []
-        if self.from_hidden and not self.feedback.weights:
-            said.append(f"rule {self.name}: first_target=hidden on a network with one hidden layer: its target is "
-                        "the gradient step, so every layer gets backprop's gradient and no target is "
-                        "propagated")  # fmt: skip
+        ``self.step + steps`` ≤ ``pretrain_batches`` never moves a forward weight. Without a feedback map there is
+        no pre-training; one line when ``first_target=hidden`` leaves none (one hidden layer): every layer then gets
+        backprop's gradient."""
+        if not self.feedback.weights:
+            if not (self.from_hidden and len(self.linears) == 2):
+                return []
+            return [f"rule {self.name}: first_target=hidden on a network with one hidden layer: its target is the "
+                    "gradient step, so every layer gets backprop's gradient and no target is propagated"]  # fmt: skip
         total, pretrain = self.step + steps, self.opts.pretrain_batches
         if steps < 1 or total > pretrain:
-            return said
-        return [*said, f"rule {self.name}: pretrain_batches={pretrain} ≥ the run's {total} batches: the forward "
-                "weights will not be trained (only the feedback is); lower pretrain_batches or train "
-                "longer"]  # fmt: skip
+            return []
+        return [f"rule {self.name}: pretrain_batches={pretrain} ≥ the run's {total} batches: the forward weights will "
+                "not be trained (only the feedback is); lower pretrain_batches or train longer"]  # fmt: skip
 
     def diagnostics(self) -> dict[str, float]:
         """Per hidden layer k (1-based), ``reconstruction_error_lk``: the mean over the epoch's ``backward`` calls of
