@@ -71,6 +71,9 @@ from bioprop.errors import BioPropError  # noqa: E402
 
 ANCHORS = REPO.parent / "shared" / "anchors.md"
 PUBLISHED = HERE / "published.json"
+#: Where the tables say their published numbers come from, whether read from the anchors or from the copy (the
+#: same words either way, so that a table does not change with the machine it is made on).
+PUBLISHED_FROM = "benchmarks/published.json, the project's anchors"
 README = REPO / "README.md"
 HEARTBEAT_S = 60.0  # seconds between progress lines while a benchmark runs
 TAIL_LINES = 15  # lines of a failed benchmark's output kept in its record
@@ -578,11 +581,9 @@ def parse_anchors(text: str, where: str = "anchors.md") -> list[dict]:
 def read_published(anchors: Path = ANCHORS, copy: Path = PUBLISHED) -> tuple[list[dict], str]:
     """The published rows and where they come from: ``anchors`` when it exists, else the repository's copy."""
     if anchors.is_file():
-        return parse_anchors(anchors.read_text(encoding="utf-8"), str(anchors)), "../shared/anchors.md"
+        return parse_anchors(anchors.read_text(encoding="utf-8"), str(anchors)), PUBLISHED_FROM
     if copy.is_file():
-        return json.loads(copy.read_text(encoding="utf-8"))["rows"], (
-            f"{shown_path(str(copy))}, a copy of ../shared/anchors.md"
-        )
+        return json.loads(copy.read_text(encoding="utf-8"))["rows"], PUBLISHED_FROM
     return [], "nowhere (neither ../shared/anchors.md nor benchmarks/published.json is there)"
 
 

@@ -252,7 +252,7 @@ def test_published_copy_is_anchors_table(tmp_path):
     the copy when anchors.md is absent."""
     copy = json.loads(suite.PUBLISHED.read_text(encoding="utf-8"))
     rows, where = suite.read_published(tmp_path / "absent.md", suite.PUBLISHED)
-    assert rows == copy["rows"] and "a copy of ../shared/anchors.md" in where
+    assert rows == copy["rows"] and where == "benchmarks/published.json, the project's anchors"
     for suite_name in suite.PUBLISHED_FOR:
         assert suite.published_row(suite_name, rows) is not None
     if not suite.ANCHORS.is_file():
