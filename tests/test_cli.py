@@ -305,3 +305,12 @@ def test_ep_run_records_each_phases_energy_and_residual(cli, tmp_path: Path) -> 
     for name in ("free energy", "free residual", "nudged energy", "nudged residual"):
         assert f",{name}," in traces
     assert (tmp_path / "run" / "energy.png").stat().st_size > 10_000
+
+
+def test_python_dash_m_bioprop_is_the_same_command_line() -> None:
+    """``python -m bioprop`` runs the CLI: its errors are the same one line and exit code 2."""
+    done = subprocess.run([sys.executable, "-m", "bioprop", "train", "--rule", "nope"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines() == [done.stderr.strip()]
+    assert done.stderr.startswith("bioprop: error: unknown rule 'nope'; known: bp,")
