@@ -401,8 +401,9 @@ def read_record(out: Path, name: str) -> dict | None:
         raise BioPropError(f"cannot read {path}: {exc}") from None
 
 
-def write_record(out: Path, record: dict) -> Path:
-    path = suite_dir(out) / f"{record['name']}.json"
+def write_record(out: Path, record: dict, suffix: str = "") -> Path:
+    """Write ``record`` to ``OUT/suite/NAME{suffix}.json`` through a temporary file; returns the path."""
+    path = suite_dir(out) / f"{record['name']}{suffix}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=1, ensure_ascii=False))
@@ -510,8 +511,7 @@ def run_bench(bench: Bench, opts: Options, force: bool = False) -> dict:
     finish(record["machine"], started)
     if record["status"] != "finished" and old and old.get("status") == "finished":
         # a failed rerun never replaces a finished result: its record goes beside it
-        failed_path = suite_dir(opts.out) / f"{bench.name}.failed.json"
-        failed_path.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+        failed_path = write_record(opts.out, record, ".failed")
         print(f"{bench.name}: failed in {record['machine']['seconds']:.0f} s; the stored result of "
               f"{old['machine'].get('date', '?')} is kept ({shown_path(str(failed_path))} has this run's record)",
               file=sys.stderr, flush=True)  # fmt: skip

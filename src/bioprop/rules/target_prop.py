@@ -204,7 +204,8 @@ class TargetProp(Rule):
         weights, biases = [], []
         # One map per hidden layer: from layer k+1 (dtp) or the output (ddtp); none for the top hidden layer when its
         # target comes from the gradient (first_target=hidden).
-        for k in range(len(sizes) - 1 - (self.from_hidden and len(sizes) > 1)):
+        hidden = len(sizes) - 1
+        for k in range(hidden - 1 if self.from_hidden else hidden):
             shape = torch.Size((sizes[k], sizes[-1] if self.direct else sizes[k + 1]))
             weights.append(draw_feedback(shape, "xavier", generator).to(like))
             biases.append(torch.zeros(sizes[k], dtype=torch.float64).to(like))

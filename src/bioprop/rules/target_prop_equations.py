@@ -47,12 +47,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bioprop.losses import Loss
-from bioprop.rules.mlp_settling import MLP, loss_gradient
+from bioprop.rules.mlp_settling import MLP, Act, loss_gradient
 
 #: Adam's β₁, β₂ and ε for the feedback weights (Kingma & Ba 2015, Algorithm 1, their defaults).
 ADAM = (0.9, 0.999, 1e-8)
-
-Act = nn.Module
 
 
 class Feedback(NamedTuple):
