@@ -14,9 +14,11 @@ import re
 import shutil
 import statistics
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 from bioprop import train
 from bioprop.errors import BioPropError
@@ -251,3 +253,45 @@ def test_the_html_report_renders_in_a_headless_browser(runs: Path, tmp_path: Pat
     text = re.sub(r"<[^>]+>", " ", dom)
     assert "Leaderboard" in text and "Implausibility matrix" in text
     assert re.search(r"\bbp\b", text) and re.search(r"\bpc\b", text)
+
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "report_png.py"
+
+
+def report_png(*args: object) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=180, check=False)  # fmt: skip
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (make test installs it as root with apt)")
+def test_report_png_renders_the_top_of_the_report(runs: Path, tmp_path: Path) -> None:
+    """scripts/report_png.py (the README's picture): a PNG of the window size asked for, under its size budget, with
+    the page drawn in it (dark text on the white page: neither blank nor one colour)."""
+    _, web = study.build_report([runs], tmp_path / "report")
+    out = tmp_path / "top.png"
+    result = report_png(web.parent, out, "--width", 600, "--height", 800, "--max-kb", 300)
+    assert result.returncode == 0, result.stderr
+    blob = out.read_bytes()
+    assert png_size(blob) == (600, 800) and len(blob) <= 300 * 1024
+    with Image.open(out) as picture:
+        grey = picture.convert("L")
+        histogram = grey.histogram()
+    assert sum(histogram[:64]) > 1000, "no dark (text) pixels"
+    assert sum(histogram[240:]) > 0.5 * 600 * 800, "the page's white background is missing"
+    # over the budget: refused, nothing written
+    small = tmp_path / "small.png"
+    refused = report_png(web.parent, small, "--width", 600, "--height", 800, "--max-kb", 1)
+    assert (
+        refused.returncode == 2
+        and refused.stderr.startswith("report_png: error:")
+        and "over --max-kb" in refused.stderr
+    )
+    assert not small.exists()
+
+
+@pytest.mark.parametrize(("report", "out", "token"), [("missing", "x.png", "missing"), (".", "x.jpg", "x.jpg")])
+def test_report_png_refuses_bad_input_in_one_line(tmp_path: Path, report: str, out: str, token: str) -> None:
+    (tmp_path / "report.html").write_text("<html></html>")
+    result = report_png(tmp_path / report, tmp_path / out)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and token in result.stderr, result.stderr
+    assert not (tmp_path / out).exists()
