@@ -22,6 +22,7 @@ import json
 import sys
 from pathlib import Path
 
+import runpool
 from bioprop import train
 from bioprop.config import RunConfig
 from bioprop.errors import BioPropError
@@ -110,21 +111,34 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the suite's epoch budget (for a quick look)")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-fmnist"))
     parser.add_argument("--data-dir", default=None)
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side, each in a worker process of its own "
+                        "(default 1; pin to as many CPUs, e.g. taskset -c 0-3 with --jobs 4)")  # fmt: skip
     args = parser.parse_args()
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     run_dirs: dict[str, list[Path]] = {suite: [] for suite in suites}
+    if args.jobs < 1:
+        sys.exit(f"accuracy_fmnist: error: --jobs {args.jobs}: at least 1")
+    tasks = []
+    for suite in suites:
+        for rule in args.rules or SUITES[suite][1]:
+            if rule not in SUITES[suite][1]:
+                sys.exit(f"accuracy_fmnist: error: suite {suite} has no rule {rule!r}; it has "
+                         f"{', '.join(SUITES[suite][1])}")  # fmt: skip
+            for seed in args.seeds:
+                run_dir = args.out / suite / f"{rule.replace('/', '-')}-s{seed}"
+                tasks.append((run_dir, suite, rule, seed, args.epochs, args.data_dir))
+                run_dirs[suite].append(run_dir)
+
+    def said(task: tuple, summary: dict) -> None:
+        accuracy = 100 * summary["test_accuracy"]
+        print(f"{task[1]} {task[2]} seed {task[3]}: {accuracy:.2f} %", file=sys.stderr, flush=True)
+
     try:
-        for suite in suites:
-            for rule in args.rules or SUITES[suite][1]:
-                if rule not in SUITES[suite][1]:
-                    raise BioPropError(f"suite {suite} has no rule {rule!r}; it has {', '.join(SUITES[suite][1])}")
-                for seed in args.seeds:
-                    run_dir = args.out / suite / f"{rule.replace('/', '-')}-s{seed}"
-                    summary = run_one(run_dir, suite, rule, seed, args.epochs, args.data_dir)
-                    print(f"{suite} {rule} seed {seed}: {100 * summary['test_accuracy']:.2f} %", file=sys.stderr)
-                    run_dirs[suite].append(run_dir)
+        runpool.run_tasks(run_one, tasks, args.jobs, done=said)
     except BioPropError as err:
         sys.exit(f"accuracy_fmnist: error: {err}")
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every run kept its last checkpoint
+        sys.exit(f"accuracy_fmnist: interrupted; the same command resumes where the runs stopped ({args.out})")
     for suite in suites:
         budget, rules = SUITES[suite]
         print(f"\n{suite}: {json.dumps(budget)}; rule options {json.dumps(rules)}\n")

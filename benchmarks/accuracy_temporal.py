@@ -5,6 +5,7 @@
     .venv/bin/python benchmarks/accuracy_temporal.py --suite cue-accumulation --entries eprop-alif,eprop-lif
     .venv/bin/python benchmarks/accuracy_temporal.py --suite seq-fashion-mnist
     .venv/bin/python benchmarks/accuracy_temporal.py --suite cue-accumulation --report-only --json cue.json
+    taskset -c 0-3 .venv/bin/python benchmarks/accuracy_temporal.py --suite cue-accumulation --jobs 4
 
 Suites (one budget per suite, shared by its rules; only the rule, its options and its network change):
 
@@ -24,6 +25,8 @@ Suites (one budget per suite, shared by its rules; only the rule, its options an
   images (``limit``), 5 epochs: ``bptt``, ``tbptt`` (k = 7) and ``rflo`` on a
   rate network ``rnn:100``; ``bptt`` and ``eprop`` on a spiking ``lsnn:50+50`` (each rule trains the networks it
   can; e-prop against BPTT on the same network).
+
+``--jobs K`` trains up to K runs side by side, each in a worker process (``runpool.py``); pin to K CPUs.
 
 Each (suite, entry, seed) is an ordinary run directory under ``--out`` (kept): rerunning the script reads a
 finished run, resumes an interrupted one from its checkpoint (an hours-long suite survives a stop) and starts the
@@ -50,6 +53,7 @@ from pathlib import Path
 
 import torch
 
+import runpool
 from bioprop import train
 from bioprop.config import RunConfig
 from bioprop.errors import BioPropError
@@ -222,7 +226,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=None, help="override the suite's epoch budget")
     parser.add_argument("--delay", type=int, default=200, help="store-recall's silent steps between store and recall")
     parser.add_argument("--out", type=Path, default=Path("runs/bench-temporal"))
-    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--threads", type=int, default=1, help="torch threads per run (default 1)")
+    parser.add_argument("--jobs", type=int, default=1, help="runs side by side, each in a worker process of its own "
+                        "(default 1; pin to as many CPUs, e.g. taskset -c 0-3 with --jobs 4)")  # fmt: skip
     parser.add_argument("--entries", default=None, help="comma-separated entries of the suite (default: all)")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the table's numbers to this JSON file")
     parser.add_argument("--report-only", action="store_true", help="train nothing: the table and figure of the runs "
@@ -235,21 +241,27 @@ def main() -> None:
     unknown = [e for e in chosen if e not in entries]
     if unknown:
         sys.exit(f"accuracy_temporal: error: unknown entry {unknown[0]!r} of {args.suite}; known: {', '.join(entries)}")
+    if args.jobs < 1:
+        sys.exit(f"accuracy_temporal: error: --jobs {args.jobs}: at least 1")
     runs: dict[str, list[tuple[Path, dict]]] = {entry: [] for entry in chosen}
+
+    def said(task: tuple, summary: dict) -> None:
+        print(f"{args.suite} {task[2]} seed {task[3]}: accuracy {summary['test_accuracy']}, "
+              f"loss {summary['test_loss']:.4g}", file=sys.stderr, flush=True)  # fmt: skip
+
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
-        for seed in seeds:
-            for entry in runs:
-                run_dir = args.out / args.suite / f"{entry}-s{seed}"
-                if args.report_only:
-                    if not (run_dir / "metrics.csv").is_file():
-                        continue
-                    summary = logs.read_summary(run_dir)
-                else:
-                    summary = run_one(run_dir, args.suite, entry, seed, args.epochs, args.delay, args.threads)
-                runs[entry].append((run_dir, summary))
-                print(f"{args.suite} {entry} seed {seed}: accuracy {summary['test_accuracy']}, "
-                      f"loss {summary['test_loss']:.4g}", file=sys.stderr)  # fmt: skip
+        tasks = [(args.out / args.suite / f"{entry}-s{seed}", args.suite, entry, seed, args.epochs, args.delay,
+                  args.threads) for seed in seeds for entry in runs]  # fmt: skip
+        if args.report_only:
+            tasks = [task for task in tasks if (task[0] / "metrics.csv").is_file()]
+            summaries = [logs.read_summary(task[0]) for task in tasks]
+            for task, summary in zip(tasks, summaries, strict=True):
+                said(task, summary)
+        else:
+            summaries = runpool.run_tasks(run_one, tasks, args.jobs, done=said)
+        for task, summary in zip(tasks, summaries, strict=True):
+            runs[task[2]].append((task[0], summary))
     except (BioPropError, ValueError) as err:
         sys.exit(f"accuracy_temporal: error: {err}")
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (bioprop.train.Terminated): every run kept its last checkpoint
@@ -260,7 +272,7 @@ def main() -> None:
         sys.exit(f"accuracy_temporal: no run of {args.suite} under {args.out} has finished an epoch yet")
     per_epoch = math.ceil(started[0]["n_train"] / budget["batch_size"])
     print(f"\n{command}\n")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), load average (1/5/15 min) before "
+    print(f"torch {torch.__version__}, {args.threads} thread(s) × {args.jobs} job(s), load average (1/5/15 min) before "
           f"{'/'.join(f'{v:.2f}' for v in load_before)}, after {'/'.join(f'{v:.2f}' for v in load_after)}; "
           f"wall {time.perf_counter() - start:.0f} s\n")  # fmt: skip
     print(f"{data.format(delay=args.delay)}; {budget | ({'epochs': args.epochs} if args.epochs else {})}\n")
@@ -271,6 +283,7 @@ def main() -> None:
         record = {"command": command, "suite": args.suite, "data": data.format(delay=args.delay),
                   "budget": budget | ({"epochs": args.epochs} if args.epochs else {}), "per_epoch": per_epoch,
                   "error_criterion": ERROR_CRITERION, "torch": torch.__version__, "threads": args.threads,
+                  "jobs": args.jobs,
                   "load_before": list(load_before), "load_after": list(load_after),
                   "seconds": time.perf_counter() - start, "entries": results(args.suite, runs, per_epoch)}  # fmt: skip
         args.json.write_text(json.dumps(record, indent=1))

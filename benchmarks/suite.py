@@ -2,7 +2,7 @@
 
     python benchmarks/suite.py list                                   # the benchmarks and what is stored
     python benchmarks/suite.py run [--only NAME,...] [--out runs/bench] [--seeds 0,1,2] [--quick] [--cpus 1]
-                                   [--threads 1] [--force] [--biotorch-python PATH] [--laborieux PATH]
+                                   [--threads 1] [--jobs 1] [--force] [--biotorch-python PATH] [--laborieux PATH]
                                    [--pcx-python PATH] [--snntorch-python PATH] [--norse-python PATH]
     python benchmarks/suite.py tables [--out runs/bench] [--readme README.md] [--check] [--allow-quick]
     python benchmarks/suite.py import [--out runs/bench] [--fmnist DIR] [--speed-fa FILE] [--speed-tp FILE]
@@ -110,6 +110,7 @@ class Options:
     quick: bool = False
     threads: int = 1
     cpus: str | None = None
+    jobs: int = 1  # accuracy suites: runs side by side, each in a worker process (accuracy_*.py --jobs)
     anchors: dict[str, str] = field(default_factory=dict)
     data_dir: str | None = None
     invocation: str = ""  # the suite.py command line that ran the benchmarks, as shown above their tables
@@ -179,6 +180,7 @@ def fmnist_commands(suite: str) -> Callable[[Options], list[Command]]:
         args = ["--suite", suite, "--seeds", *map(str, seeds), "--out", str(fmnist_folder(opts))]
         args += ["--epochs", "1"] if opts.quick else []
         args += ["--data-dir", opts.data_dir] if opts.data_dir else []
+        args += ["--jobs", str(opts.jobs)] if opts.jobs > 1 else []
         return [script_command(opts, "accuracy_fmnist.py", args, None)]
 
     return commands
@@ -268,6 +270,7 @@ def temporal_commands(suite: str) -> Callable[[Options], list[Command]]:
         folder = opts.out / ("temporal-quick" if opts.quick else "temporal")
         args = ["--suite", suite, "--seeds", ",".join(map(str, seeds)), "--out", str(folder)]
         args += ["--epochs", "1"] if opts.quick else []
+        args += ["--jobs", str(opts.jobs)] if opts.jobs > 1 else []
         return [script_command(opts, "accuracy_temporal.py", [*args, "--threads", str(opts.threads)],
                                f"temporal-{suite}.json")]  # fmt: skip
 
@@ -337,7 +340,7 @@ def cpu_model(cpuinfo: str) -> str:
     return platform.processor() or platform.machine() or "unknown CPU"
 
 
-def machine(threads: int, cpus: str | None, cpuinfo: Path = Path("/proc/cpuinfo")) -> dict:
+def machine(threads: int, cpus: str | None, cpuinfo: Path = Path("/proc/cpuinfo"), jobs: int = 1) -> dict:
     """The machine record taken before a benchmark: CPU model, cores, pinned CPUs, torch version, torch threads,
     the load averages (1, 5, 15 min) and the date (UTC, ISO 8601). :func:`finish` adds the after part."""
     import torch
@@ -347,7 +350,7 @@ def machine(threads: int, cpus: str | None, cpuinfo: Path = Path("/proc/cpuinfo"
     except OSError:
         text = ""
     return {"cpu": cpu_model(text), "cores": os.cpu_count(), "cpus": cpus, "torch": torch.__version__,
-            "threads": threads, "load_before": list(os.getloadavg()),
+            "threads": threads, **({"jobs": jobs} if jobs > 1 else {}), "load_before": list(os.getloadavg()),
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}  # fmt: skip
 
 
@@ -370,6 +373,8 @@ def machine_line(m: dict | None) -> str:
     what = [f"torch {m['torch']}"] if m.get("torch") else []
     if m.get("threads"):
         what.append(f"{m['threads']} thread{'s' if m['threads'] != 1 else ''}")
+        if m.get("jobs", 1) > 1:  # an accuracy suite's runs side by side
+            what[-1] += f" per run, {m['jobs']} runs at a time"
     parts += [", ".join(what)] if what else []
     before, after = m.get("load_before"), m.get("load_after")
     if before and after:
@@ -485,11 +490,12 @@ def run_bench(bench: Bench, opts: Options, force: bool = False) -> dict:
     for command in commands:  # a stale output must not pass for this run's
         if command.json is not None and command.json.exists():
             command.json.unlink()
+    jobs = opts.jobs if bench.kind == "accuracy" else 1
     record: dict[str, Any] = {"name": bench.name, "kind": bench.kind, "about": bench.about, "quick": opts.quick,
                               "source": "run", "commands": shown, "suite_command": opts.invocation,
                               "status": "running", "result": None,
                               "error": None, "log": shown_path(str(log_path.resolve())),
-                              "machine": machine(opts.threads, opts.cpus)}  # fmt: skip
+                              "machine": machine(opts.threads, opts.cpus, jobs=jobs)}  # fmt: skip
     started = time.perf_counter()
     print(f"{bench.name}: {bench.about}", file=sys.stderr, flush=True)
     for command in commands:
@@ -1225,6 +1231,28 @@ def parse_cpus(text: str | None, allowed: set[int] | None = None) -> str | None:
     return text
 
 
+def cpu_count(cpus: str | None) -> int:
+    """How many CPUs a checked ``--cpus`` names (``0,2-3``: 3); without pinning, those this process may use."""
+    if cpus is None:
+        return len(os.sched_getaffinity(0))
+    count = 0
+    for token in cpus.split(","):
+        low, _, high = token.partition("-")
+        count += int(high or low) - int(low) + 1
+    return count
+
+
+def check_jobs(jobs: int, threads: int, cpus: str | None) -> None:
+    """``--jobs``: at least 1, and ``jobs`` × ``threads`` no more than the CPUs the benchmarks run on (more would
+    oversubscribe them and time the contention)."""
+    if jobs < 1:
+        raise BioPropError(f"--jobs must be at least 1, not {jobs}")
+    available = cpu_count(cpus)
+    if jobs * threads > available:
+        where = f"--cpus {cpus}" if cpus else "this process"
+        raise BioPropError(f"--jobs {jobs} × --threads {threads} needs {jobs * threads} CPUs; {where} has {available}")
+
+
 def existing(path: str | None, flag: str) -> str | None:
     if path is not None and not Path(path).exists():
         raise BioPropError(f"{flag}: {path!r} does not exist")
@@ -1244,6 +1272,8 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--quick", action="store_true", help="short versions: 1 epoch and 1 seed, small time budgets")
     run.add_argument("--threads", type=int, default=1, help="torch/OpenMP threads per benchmark (default 1)")
     run.add_argument("--cpus", help="pin every benchmark to these CPUs (taskset -c), e.g. 1")
+    run.add_argument("--jobs", type=int, default=1, help="accuracy suites: runs side by side, one worker process "
+                     "and --threads threads each (default 1); at most one per CPU of --cpus")  # fmt: skip
     run.add_argument("--force", action="store_true", help="rerun benchmarks whose stored result is finished")
     run.add_argument("--data-dir", help="Fashion-MNIST's folder, passed to accuracy_fmnist.py")
     run.add_argument("--biotorch-python", help="python of a venv with BioTorch 0.0.16 and bioprop (speed-fa)")
@@ -1296,7 +1326,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     keys = ("biotorch_python", "laborieux", "pcx_python", "snntorch_python", "norse_python")
     anchors = {key: existing(getattr(args, key), "--" + key.replace("_", "-")) for key in keys}
     seeds, cpus, chosen = parse_seeds(args.seeds), parse_cpus(args.cpus), pick(args.only)
-    opts = Options(Path(args.out).resolve(), seeds, args.quick, args.threads, cpus,
+    check_jobs(args.jobs, args.threads, cpus)
+    opts = Options(Path(args.out).resolve(), seeds, args.quick, args.threads, cpus, args.jobs,
                    {k: v for k, v in anchors.items() if v}, args.data_dir, invocation)  # fmt: skip
     records = []
     for i, bench in enumerate(chosen, 1):

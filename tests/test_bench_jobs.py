@@ -1,0 +1,103 @@
+"""Accuracy benchmarks with ``--jobs``: benchmarks/runpool.py runs training runs side by side in worker processes.
+
+Checked here: results come back in the tasks' order whatever order they finish in, a task's error reaches the
+caller, SIGTERM stops the workers at once, a run trained in a worker equals the same run trained in this process
+(bit for bit: the seed, not the process, decides it), and suite.py refuses more jobs than CPUs, passes ``--jobs``
+to the accuracy scripts only and says it in the machine line."""
+
+from __future__ import annotations
+
+import math
+import operator
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import accuracy_temporal  # noqa: E402
+import runpool  # noqa: E402
+import suite  # noqa: E402
+from bioprop.errors import BioPropError  # noqa: E402
+
+
+def test_results_come_back_in_task_order_and_each_is_reported_once() -> None:
+    tasks = [(2, k) for k in range(7)]
+    seen: list[tuple] = []
+    results = runpool.run_tasks(operator.pow, tasks, jobs=2, done=lambda task, result: seen.append((task, result)))
+    assert results == [2**k for k in range(7)]
+    assert sorted(seen) == sorted((task, 2 ** task[1]) for task in tasks)
+
+
+def test_a_tasks_error_reaches_the_caller_and_bad_jobs_are_refused() -> None:
+    with pytest.raises(ValueError, match="math domain error"):
+        runpool.run_tasks(math.sqrt, [(4.0,), (-1.0,), (9.0,)], jobs=2)
+    with pytest.raises(ValueError, match="at least 1"):
+        runpool.run_tasks(math.sqrt, [(4.0,)], jobs=0)
+    assert runpool.run_tasks(math.sqrt, [(4.0,), (9.0,)], jobs=1) == [2.0, 3.0]
+
+
+def test_sigterm_stops_the_workers_at_once(tmp_path: Path) -> None:
+    """A parent running two 60-second tasks in workers, sent SIGTERM: it ends within seconds with KeyboardInterrupt,
+    and no worker outlives it (each wrote its process id; none is alive after)."""
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import os, sys, time\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import runpool\n"
+        "def task(path):\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n"
+        "if __name__ == '__main__':\n"
+        "    try:\n"
+        f"        runpool.run_tasks(task, [({str(tmp_path / 'a')!r},), ({str(tmp_path / 'b')!r},)], jobs=2)\n"
+        "    except KeyboardInterrupt:\n"
+        "        sys.exit(7)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)])
+    deadline = time.monotonic() + 60
+    while not ((tmp_path / "a").exists() and (tmp_path / "b").exists()):
+        assert time.monotonic() < deadline and parent.poll() is None, "the workers did not start"
+        time.sleep(0.1)
+    time.sleep(0.2)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=20) == 7
+    for name in "ab":
+        pid = int((tmp_path / name).read_text())
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
+
+
+def test_a_run_in_a_worker_equals_the_same_run_here(tmp_path: Path) -> None:
+    """accuracy_temporal.run_one on a short store-recall, one epoch: seed 1 trained in a worker (beside seed 0) and
+    trained in this process, the same test loss and accuracy to the last bit."""
+    tasks = [(tmp_path / "jobs" / f"tbptt-s{seed}", "store-recall", "tbptt", seed, 1, 5, 1) for seed in (0, 1)]
+    in_workers = runpool.run_tasks(accuracy_temporal.run_one, tasks, jobs=2)
+    here = accuracy_temporal.run_one(tmp_path / "here" / "tbptt-s1", *tasks[1][1:])
+    assert in_workers[1]["status"] == here["status"] == "finished"
+    assert (in_workers[1]["test_loss"], in_workers[1]["test_accuracy"]) == (here["test_loss"], here["test_accuracy"])
+    assert in_workers[0]["test_loss"] != in_workers[1]["test_loss"]  # two seeds, two runs
+
+
+def test_suite_jobs_are_checked_against_the_cpus_and_reach_the_accuracy_scripts_only(tmp_path: Path) -> None:
+    with pytest.raises(BioPropError, match=r"--jobs 2 × --threads 1 needs 2 CPUs; --cpus 0 has 1"):
+        suite.check_jobs(2, 1, "0")
+    with pytest.raises(BioPropError, match=r"--jobs 2 × --threads 2 needs 4 CPUs; --cpus 0-2 has 3"):
+        suite.check_jobs(2, 2, "0-2")
+    with pytest.raises(BioPropError, match="at least 1, not 0"):
+        suite.check_jobs(0, 1, None)
+    suite.check_jobs(3, 1, "0,2-3")
+    assert suite.cpu_count("0,2-3") == 3
+    two = suite.Options(tmp_path, jobs=2)
+    for name in ("temporal-cue-accumulation", "fmnist-lenet"):
+        argv = suite.BENCHES[name].commands(two)[0].argv
+        assert argv[argv.index("--jobs") + 1] == "2"
+        assert "--jobs" not in suite.BENCHES[name].commands(suite.Options(tmp_path))[0].argv  # the old command
+    assert "--jobs" not in suite.BENCHES["speed-temporal"].commands(two)[0].argv
+    line = suite.machine_line(dict(suite.machine(1, "0-1", jobs=2), load_after=[1.0, 1.0, 1.0], seconds=5))
+    assert "1 thread per run, 2 runs at a time" in line
+    assert "runs at a time" not in suite.machine_line(dict(suite.machine(1, "0"), load_after=[1.0, 1, 1]))
