@@ -1387,4 +1387,10 @@ def cmd_published(args: argparse.Namespace) -> int:
 COMMANDS = {"list": cmd_list, "run": cmd_run, "tables": cmd_tables, "import": cmd_import, "published": cmd_published}
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        status = main()
+        sys.stdout.flush()  # here, not at exit, so that a reader gone early is caught below
+    except BrokenPipeError:  # `suite.py list | head`: the reader has gone; stop quietly, as other tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        status = 141
+    sys.exit(status)

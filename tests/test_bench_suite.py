@@ -7,7 +7,9 @@ Every expected cell is computed here by hand from the synthetic inputs, never re
 from __future__ import annotations
 
 import json
+import shlex
 import statistics
+import subprocess
 import sys
 from pathlib import Path
 
@@ -622,3 +624,12 @@ def test_import_of_an_accuracy_temporal_json(tmp_path):
     assert suite.main(["import", "--out", str(tmp_path / "o"), "--temporal", str(path), str(path)]) == 2
     (tmp_path / "bad.json").write_text(json.dumps({"suite": "nope"}))
     assert suite.main(["import", "--out", str(tmp_path / "o"), "--temporal", str(tmp_path / "bad.json")]) == 2
+
+
+def test_list_into_a_pipe_closed_early_says_nothing_more(tmp_path):
+    """`suite.py list | true`: the reader is gone before the first line is written (python takes longer to start
+    than `true` to end); no traceback, exit 141 as for SIGPIPE."""
+    command = f"{shlex.quote(sys.executable)} {shlex.quote(str(ROOT / 'benchmarks' / 'suite.py'))} list --out " \
+              f"{shlex.quote(str(tmp_path))} | true"  # fmt: skip
+    result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 141 and result.stderr == "", result.stderr
