@@ -579,3 +579,19 @@ def test_clip_scales_the_update_to_its_norm_before_the_optimizer_step(tmp_path: 
         expected = before - config.lr * g[name] * (config.clip / norm)
         torch.testing.assert_close(trained[name], expected, rtol=0, atol=1e-6)
     assert RunConfig(**{**config.to_dict(), "clip": None}).fingerprint() != config.fingerprint()
+
+
+def test_epoch_lines_show_accuracy_only_where_there_are_classes(capsys) -> None:
+    """A regression task's accuracy is NaN: its epoch line and bar leave accuracy out instead of printing "acc nan";
+    a classification task's line keeps both accuracies."""
+    from bioprop.report.progress import Progress
+
+    row = dict(epoch=1, train_loss=0.5, test_loss=0.25, seconds=1.0)
+    for train_acc, test_acc in ((float("nan"), float("nan")), (0.5, 0.75)):
+        with Progress(2, 1, 0, quiet=False) as bar:
+            bar.advance(0, 1, 1, 0.5, train_acc)
+            bar.epoch_done(dict(row, train_accuracy=train_acc, test_accuracy=test_acc))
+    err = capsys.readouterr().err
+    assert "nan" not in err
+    assert "epoch 1/2  train (running mean) loss 0.5000  test loss 0.2500  1.0 s" in err
+    assert "epoch 1/2  train (running mean) loss 0.5000  acc 0.5000  test loss 0.2500  acc 0.7500  1.0 s" in err

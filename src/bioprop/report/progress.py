@@ -1,15 +1,21 @@
 """The progress display of a training run on stderr: a line saying where a resumed run continues, a rich bar
-(epoch, batch, the epoch's running-mean loss and accuracy, ETA) and one line per finished epoch. With ``quiet``
-nothing at all is written."""
+(epoch, batch, the epoch's running-mean loss and accuracy, ETA; no accuracy on a regression task) and one line per
+finished epoch. With ``quiet`` nothing at all is written."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.progress import Progress as RichProgress
+
+
+def accuracy_text(accuracy: float, digits: int) -> str:
+    """``"  acc 0.9123"``, or nothing for a regression task (its accuracy is NaN: there are no classes)."""
+    return "" if math.isnan(accuracy) else f"  acc {accuracy:.{digits}f}"
 
 
 class Progress:
@@ -28,7 +34,7 @@ class Progress:
             TextColumn("epoch {task.fields[epoch]}/{task.fields[epochs]}"),
             TextColumn("batch {task.fields[batch]}/{task.fields[batches]}"),
             BarColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}  acc {task.fields[acc]:.3f}"),
+            TextColumn("loss {task.fields[loss]:.4f}{task.fields[acc]}"),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -36,7 +42,7 @@ class Progress:
         )
         self.task = self.bar.add_task(
             "train", total=(epochs - start_epoch) * batches, epoch=start_epoch + 1, epochs=epochs,
-            batch=0, batches=batches, loss=float("nan"), acc=float("nan"),
+            batch=0, batches=batches, loss=float("nan"), acc="",
         )  # fmt: skip
 
     def __enter__(self) -> Progress:
@@ -54,16 +60,17 @@ class Progress:
     def advance(self, epoch: int, batch: int, batches: int, loss: float, acc: float) -> None:
         """After step ``batch`` (1-based) of ``epoch`` (0-based), with the epoch's running loss and accuracy."""
         if self.bar is not None:
-            self.bar.update(self.task, advance=1, epoch=epoch + 1, batch=batch, batches=batches, loss=loss, acc=acc)
+            self.bar.update(self.task, advance=1, epoch=epoch + 1, batch=batch, batches=batches, loss=loss,
+                            acc=accuracy_text(acc, 3))  # fmt: skip
 
     def epoch_done(self, row: dict[str, Any]) -> None:
         """Print the epoch's line of metrics above the bar."""
         if self.bar is None:
             return
         self.console.print(
-            f"epoch {row['epoch']}/{self.epochs}  train (running mean) loss {row['train_loss']:.4f} "
-            f"acc {row['train_accuracy']:.4f}  test loss {row['test_loss']:.4f} acc {row['test_accuracy']:.4f}  "
-            f"{row['seconds']:.1f} s",
+            f"epoch {row['epoch']}/{self.epochs}  train (running mean) loss {row['train_loss']:.4f}"
+            f"{accuracy_text(row['train_accuracy'], 4)}  test loss {row['test_loss']:.4f}"
+            f"{accuracy_text(row['test_accuracy'], 4)}  {row['seconds']:.1f} s",
             markup=False,
             highlight=False,
             soft_wrap=True,
