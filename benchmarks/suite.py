@@ -49,6 +49,7 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -1317,6 +1318,11 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def interrupt(signum: int, frame: object) -> None:
+    """SIGTERM handled as Ctrl-C: :func:`execute` then stops the running script before the suite ends."""
+    raise KeyboardInterrupt
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     invocation = " ".join(["python benchmarks/suite.py", *map(shlex.quote, args.argv)])
     if args.cpus and shutil.which("taskset") is None:
@@ -1330,9 +1336,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     opts = Options(Path(args.out).resolve(), seeds, args.quick, args.threads, cpus, args.jobs,
                    {k: v for k, v in anchors.items() if v}, args.data_dir, invocation)  # fmt: skip
     records = []
-    for i, bench in enumerate(chosen, 1):
-        print(f"[{i}/{len(chosen)}] {bench.name}", file=sys.stderr, flush=True)
-        records.append(run_bench(bench, opts, args.force))
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        for i, bench in enumerate(chosen, 1):
+            print(f"[{i}/{len(chosen)}] {bench.name}", file=sys.stderr, flush=True)
+            records.append(run_bench(bench, opts, args.force))
+    except KeyboardInterrupt:  # the benchmark's script was stopped first (execute); its runs kept their checkpoints
+        print(f"suite: interrupted during {bench.name} ({len(records)} of {len(chosen)} done); the same command "
+              "resumes: stored results and the accuracy suites' runs are kept", file=sys.stderr)  # fmt: skip
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     failed = [r["name"] for r in records if r["status"] != "finished"]
     print(f"{len(records) - len(failed)} of {len(records)} finished" + (f"; failed: {', '.join(failed)}" if failed
           else "") + f"; results in {shown_path(str(suite_dir(opts.out)))}", file=sys.stderr)  # fmt: skip

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import shlex
+import signal
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -633,3 +635,34 @@ def test_list_into_a_pipe_closed_early_says_nothing_more(tmp_path):
               f"{shlex.quote(str(tmp_path))} | true"  # fmt: skip
     result = subprocess.run(["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, timeout=60)
     assert result.returncode == 141 and result.stderr == "", result.stderr
+
+
+def test_sigterm_stops_the_running_script_and_ends_the_suite(tmp_path):
+    """`suite.py run` sent SIGTERM (as by a batch system) while a benchmark's script runs: the script is stopped
+    too, not left running, and the suite ends with exit 130 and one line saying how to resume; no record is stored."""
+    pid_file = tmp_path / "child.pid"
+    child = f"import os, time; open({str(pid_file)!r}, 'w').write(str(os.getpid())); time.sleep(60)"
+    script = tmp_path / "run_suite.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
+        "import suite\n"
+        "def commands(opts):\n"
+        f"    return [suite.Command([sys.executable, '-c', {child!r}], {{}}, None)]\n"
+        "suite.BENCHES = {'speed-tp': suite.Bench('speed-tp', 'speed', 'sleeps', commands, suite.speed_collect,\n"
+        "                                         lambda result, rows, where: [])}\n"
+        f"sys.exit(suite.main(['run', '--only', 'speed-tp', '--out', {str(tmp_path / 'out')!r}]))\n"
+    )
+    proc = subprocess.Popen([sys.executable, str(script)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and proc.poll() is None, "the benchmark's script did not start"
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "Traceback" not in err and "suite: interrupted during speed-tp (0 of 1 done)" in err, err
+    child_pid = int(pid_file.read_text())
+    time.sleep(0.5)
+    assert not Path(f"/proc/{child_pid}").exists() or "zombie" in Path(f"/proc/{child_pid}/status").read_text().lower()
+    assert suite.read_record(tmp_path / "out", "speed-tp") is None
