@@ -21,6 +21,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import runpool
 from bioprop import train
@@ -103,6 +104,12 @@ def run_one(run_dir: Path, suite: str, rule: str, seed: int, epochs: int | None,
     return train.run(config, run_dir, overwrite=True, quiet=True)
 
 
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2."""
+    print(f"accuracy_fmnist: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=[*SUITES, "all"], default="all")
@@ -116,14 +123,19 @@ def main() -> None:
     args = parser.parse_args()
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     run_dirs: dict[str, list[Path]] = {suite: [] for suite in suites}
-    if args.jobs < 1:
-        sys.exit(f"accuracy_fmnist: error: --jobs {args.jobs}: at least 1")
+    for flag, value in (("--jobs", args.jobs), ("--epochs", args.epochs)):
+        if value is not None and value < 1:
+            fail(f"{flag} {value}: at least 1")
+    for flag, values in (("--seeds", args.seeds), ("--rules", args.rules or [])):
+        if len(set(values)) < len(values):
+            fail(f"{flag} {' '.join(map(str, values))}: a value is named twice")
+    if any(seed < 0 for seed in args.seeds):
+        fail(f"--seeds {' '.join(map(str, args.seeds))}: seeds are non-negative")
     tasks = []
     for suite in suites:
         for rule in args.rules or SUITES[suite][1]:
             if rule not in SUITES[suite][1]:
-                sys.exit(f"accuracy_fmnist: error: suite {suite} has no rule {rule!r}; it has "
-                         f"{', '.join(SUITES[suite][1])}")  # fmt: skip
+                fail(f"suite {suite} has no rule {rule!r}; it has {', '.join(SUITES[suite][1])}")
             for seed in args.seeds:
                 run_dir = args.out / suite / f"{rule.replace('/', '-')}-s{seed}"
                 tasks.append((run_dir, suite, rule, seed, args.epochs, args.data_dir))
@@ -136,9 +148,11 @@ def main() -> None:
     try:
         runpool.run_tasks(run_one, tasks, args.jobs, done=said)
     except BioPropError as err:
-        sys.exit(f"accuracy_fmnist: error: {err}")
+        fail(str(err))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every run kept its last checkpoint
-        sys.exit(f"accuracy_fmnist: interrupted; the same command resumes where the runs stopped ({args.out})")
+        print(f"accuracy_fmnist: interrupted; the same command resumes where the runs stopped ({args.out})",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(130)
     for suite in suites:
         budget, rules = SUITES[suite]
         print(f"\n{suite}: {json.dumps(budget)}; rule options {json.dumps(rules)}\n")

@@ -50,6 +50,7 @@ import statistics
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 
@@ -219,6 +220,24 @@ def figure(suite: str, runs: dict[str, list[tuple[Path, dict]]], per_epoch: int,
     plt.close(fig)
 
 
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2: the input is refused before anything is trained."""
+    print(f"accuracy_temporal: error: {message}", file=sys.stderr)
+    sys.exit(2)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: distinct non-negative integers, or :func:`fail` naming the bad token."""
+    seeds = []
+    for token in text.split(","):
+        if not token.strip().isascii() or not token.strip().isdigit():
+            fail(f"--seeds {text!r}: {token!r} is not a seed (a non-negative integer)")
+        if int(token) in seeds:
+            fail(f"--seeds {text!r}: seed {int(token)} is named twice")
+        seeds.append(int(token))
+    return seeds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=list(SUITES), default="store-recall")
@@ -237,12 +256,16 @@ def main() -> None:
     command = "python " + shlex.join(sys.argv)
     load_before, start = os.getloadavg(), time.perf_counter()
     budget, entries, data = SUITES[args.suite]
-    chosen = args.entries.split(",") if args.entries else list(entries)
+    chosen = args.entries.split(",") if args.entries is not None else list(entries)
     unknown = [e for e in chosen if e not in entries]
     if unknown:
-        sys.exit(f"accuracy_temporal: error: unknown entry {unknown[0]!r} of {args.suite}; known: {', '.join(entries)}")
-    if args.jobs < 1:
-        sys.exit(f"accuracy_temporal: error: --jobs {args.jobs}: at least 1")
+        fail(f"unknown entry {unknown[0]!r} of {args.suite}; known: {', '.join(entries)}")
+    if len(set(chosen)) < len(chosen):
+        fail(f"--entries {args.entries!r} names an entry twice")
+    seeds = parse_seeds(args.seeds)
+    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--epochs", args.epochs)):
+        if value is not None and value < 1:
+            fail(f"{flag} {value}: at least 1")
     runs: dict[str, list[tuple[Path, dict]]] = {entry: [] for entry in chosen}
 
     def said(task: tuple, summary: dict) -> None:
@@ -250,7 +273,6 @@ def main() -> None:
               f"loss {summary['test_loss']:.4g}", file=sys.stderr, flush=True)  # fmt: skip
 
     try:
-        seeds = [int(s) for s in args.seeds.split(",")]
         tasks = [(args.out / args.suite / f"{entry}-s{seed}", args.suite, entry, seed, args.epochs, args.delay,
                   args.threads) for seed in seeds for entry in runs]  # fmt: skip
         if args.report_only:
@@ -263,9 +285,11 @@ def main() -> None:
         for task, summary in zip(tasks, summaries, strict=True):
             runs[task[2]].append((task[0], summary))
     except (BioPropError, ValueError) as err:
-        sys.exit(f"accuracy_temporal: error: {err}")
+        fail(str(err))
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (bioprop.train.Terminated): every run kept its last checkpoint
-        sys.exit(f"accuracy_temporal: interrupted; the same command resumes where the runs stopped ({args.out})")
+        print(f"accuracy_temporal: interrupted; the same command resumes where the runs stopped ({args.out})",
+              file=sys.stderr)  # fmt: skip
+        sys.exit(130)
     load_after = os.getloadavg()
     started = [summary for done in runs.values() for _, summary in done]
     if not started:

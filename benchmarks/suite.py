@@ -1215,32 +1215,38 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+def cpu_set(text: str) -> set[int]:
+    """The CPUs of a ``--cpus`` list (``1``, ``0,1``, ``0-1``, ``0,2-3``); a :class:`BioPropError` naming a token
+    taskset would not read (ASCII digits only, a range low-high with low ≤ high) or a CPU named twice."""
+    cpus: set[int] = set()
+    for token in text.split(","):
+        match = re.fullmatch(r"([0-9]+)(?:-([0-9]+))?", token)
+        if match is None or (match.group(2) is not None and int(match.group(2)) < int(match.group(1))):
+            raise BioPropError(f"--cpus: {token!r} is not a CPU number or range (e.g. 1, 0,1 or 0-1)")
+        low = int(match.group(1))
+        named = set(range(low, int(match.group(2) or low) + 1))
+        if named & cpus:
+            raise BioPropError(f"--cpus: CPU {min(named & cpus)} is named twice in {text!r}")
+        cpus |= named
+    return cpus
+
+
 def parse_cpus(text: str | None, allowed: set[int] | None = None) -> str | None:
     """``--cpus`` as taskset reads it (``1``, ``0,1``, ``0-1``), checked against the CPUs this process may use
     (``allowed``, default :func:`os.sched_getaffinity`) before any benchmark starts."""
     if text is None:
         return None
     allowed = set(os.sched_getaffinity(0)) if allowed is None else allowed
-    for token in text.split(","):
-        low, _, high = token.partition("-")
-        if not low.isdigit() or (high and not high.isdigit()) or (high and int(high) < int(low)):
-            raise BioPropError(f"--cpus: {token!r} is not a CPU number or range (e.g. 1, 0,1 or 0-1)")
-        missing = [cpu for cpu in range(int(low), int(high or low) + 1) if cpu not in allowed]
-        if missing:
-            raise BioPropError(f"--cpus: CPU {missing[0]} is not one this process may use "
-                               f"({', '.join(map(str, sorted(allowed)))})")  # fmt: skip
+    missing = sorted(cpu_set(text) - allowed)
+    if missing:
+        raise BioPropError(f"--cpus: CPU {missing[0]} is not one this process may use "
+                           f"({', '.join(map(str, sorted(allowed)))})")  # fmt: skip
     return text
 
 
 def cpu_count(cpus: str | None) -> int:
     """How many CPUs a checked ``--cpus`` names (``0,2-3``: 3); without pinning, those this process may use."""
-    if cpus is None:
-        return len(os.sched_getaffinity(0))
-    count = 0
-    for token in cpus.split(","):
-        low, _, high = token.partition("-")
-        count += int(high or low) - int(low) + 1
-    return count
+    return len(os.sched_getaffinity(0)) if cpus is None else len(cpu_set(cpus))
 
 
 def check_jobs(jobs: int, threads: int, cpus: str | None) -> None:

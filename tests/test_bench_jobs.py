@@ -101,3 +101,51 @@ def test_suite_jobs_are_checked_against_the_cpus_and_reach_the_accuracy_scripts_
     line = suite.machine_line(dict(suite.machine(1, "0-1", jobs=2), load_after=[1.0, 1.0, 1.0], seconds=5))
     assert "1 thread per run, 2 runs at a time" in line
     assert "runs at a time" not in suite.machine_line(dict(suite.machine(1, "0"), load_after=[1.0, 1, 1]))
+
+
+@pytest.mark.parametrize(
+    ("args", "token"),
+    [(["--entries", ""], "unknown entry ''"), (["--entries", "sab,sab"], "names an entry twice"),
+     (["--seeds", "x"], "'x' is not a seed"), (["--seeds", "0,0"], "seed 0 is named twice"),
+     (["--seeds", "-1"], "'-1' is not a seed"), (["--epochs", "0"], "--epochs 0"), (["--jobs", "0"], "--jobs 0"),
+     (["--threads", "0"], "--threads 0")],
+)  # fmt: skip
+def test_accuracy_temporal_refuses_bad_input_before_training(monkeypatch, capsys, tmp_path, args, token) -> None:
+    """One line naming the bad token, exit 2, nothing written (an empty --entries used to start the whole suite)."""
+    monkeypatch.setattr(sys, "argv", ["accuracy_temporal.py", *args, "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stop:
+        accuracy_temporal.main()
+    err = capsys.readouterr().err
+    assert (
+        stop.value.code == 2 and err.count("\n") == 1 and err.startswith("accuracy_temporal: error:") and token in err
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "token"),
+    [(["--seeds", "0", "0"], "--seeds 0 0"), (["--rules", "fa", "fa"], "--rules fa fa"),
+     (["--epochs", "0"], "--epochs"), (["--seeds", "-1"], "non-negative"), (["--rules", "nope"], "'nope'"),
+     (["--jobs", "0"], "--jobs 0")],
+)  # fmt: skip
+def test_accuracy_fmnist_refuses_bad_input_before_training(monkeypatch, capsys, tmp_path, args, token) -> None:
+    import accuracy_fmnist
+
+    monkeypatch.setattr(sys, "argv", ["accuracy_fmnist.py", "--suite", "mlp", *args, "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit) as stop:
+        accuracy_fmnist.main()
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.count("\n") == 1 and err.startswith("accuracy_fmnist: error:") and token in err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("cpus", "message"),
+    [("0,0", "CPU 0 is named twice"), ("0-1,1", "CPU 1 is named twice"), ("0-", "'0-' is not"), ("²", "'²' is not"),
+     ("1-0", "'1-0' is not"), ("", "'' is not")],
+)  # fmt: skip
+def test_suite_cpus_taskset_cannot_read_or_names_twice_are_refused(cpus: str, message: str) -> None:
+    """A CPU named twice would let --jobs oversubscribe it; '0-' and non-ASCII digits taskset cannot read."""
+    with pytest.raises(BioPropError, match=message):
+        suite.parse_cpus(cpus, allowed={0, 1})
+    assert suite.cpu_set("0,2-3") == {0, 2, 3}
