@@ -7,14 +7,19 @@ REPORT is a ``report.html`` or a folder holding one (``bioprop report DIR...`` o
 Chromium (Debian's ``chromium``; ``make chromium`` installs it as root) loads the page offline at the window size
 given, in pixels, and takes a screenshot of what fits in it; the picture is then reduced to at most 256 colours
 (Pillow's median cut, no dithering: the report's flat colours survive it) and saved optimised. The script refuses,
-one ``report_png: error: ...`` line and exit code 2, a missing report or browser, an output that is not a ``.png``
-or a picture larger than ``--max-kb`` kibibytes (the README's budget: 300), in which case nothing is written.
+one ``report_png: error: ...`` line and exit code 2, before rendering: a missing report or one that is not HTML, a
+missing browser, an output that is not a ``.png`` file in an existing folder or that exists and is not a PNG (a file
+this script did not write is never replaced), a window outside 200-8000 pixels a side, a ``--max-kb`` that is not a
+positive number; after rendering: a browser that fails or takes over two minutes, a picture of another size than
+asked (Chromium ignores a window it cannot make) or larger than ``--max-kb`` kibibytes (the README's budget: 300),
+an output that cannot be written. Nothing is written then.
 """
 
 from __future__ import annotations
 
 import argparse
 import io
+import math
 import shutil
 import subprocess
 import sys
@@ -29,6 +34,11 @@ def fail(message: str) -> None:
     raise SystemExit(2)
 
 
+MAX_SIDE = 8000  # pixels: a 8000 × 8000 screenshot is already 190 MiB of RGB
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+TIMEOUT_S = 120
+
+
 def screenshot(chromium: str, page: Path, width: int, height: int) -> Image.Image:
     """The page as Chromium renders it in a ``width`` × ``height`` window (pixels), as an RGB picture."""
     with tempfile.TemporaryDirectory() as tmp:
@@ -36,10 +46,16 @@ def screenshot(chromium: str, page: Path, width: int, height: int) -> Image.Imag
         argv = [chromium, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
                 f"--window-size={width},{height}", "--virtual-time-budget=5000", f"--screenshot={shot}",
                 page.resolve().as_uri()]  # fmt: skip
-        result = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False)
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=TIMEOUT_S, check=False)
+        except subprocess.TimeoutExpired:
+            fail(f"chromium did not finish rendering {page} within {TIMEOUT_S} s")
         if result.returncode != 0 or not shot.exists():
-            fail(f"chromium could not render {page}: {result.stderr.strip().splitlines()[-1:] or 'no output'}")
+            last = (result.stderr.strip().splitlines() or ["no output"])[-1]
+            fail(f"chromium could not render {page} (exit {result.returncode}): {last}")
         with Image.open(shot) as picture:
+            if picture.size != (width, height):
+                fail(f"chromium drew {picture.size[0]} × {picture.size[1]} pixels, not the {width} × {height} asked")
             return picture.convert("RGB")
 
 
@@ -62,19 +78,35 @@ def main(argv: list[str] | None = None) -> None:
     page = args.report / "report.html" if args.report.is_dir() else args.report
     if not page.is_file():
         fail(f"no report at {page}: write one with `bioprop report DIR...`")
+    with open(page, "rb") as handle:
+        start = handle.read(1024).lower()
+    if b"<!doctype html" not in start and b"<html" not in start:
+        fail(f"{page} is not an HTML page (bioprop report writes report.html)")
+    if args.out.is_dir():
+        fail(f"{args.out} is a folder; the output must be a .png file")
     if args.out.suffix.lower() != ".png":
         fail(f"{args.out}: the output must be a .png file")
     if not args.out.parent.is_dir():
         fail(f"{args.out.parent}: no such folder")
-    if args.width < 200 or args.height < 200:
-        fail(f"--width {args.width} --height {args.height}: at least 200 × 200 pixels")
+    if args.out.exists():
+        with open(args.out, "rb") as handle:
+            if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
+                fail(f"{args.out} exists and is not a PNG: not replaced")
+    for flag, side in (("--width", args.width), ("--height", args.height)):
+        if not 200 <= side <= MAX_SIDE:
+            fail(f"{flag} {side}: between 200 and {MAX_SIDE} pixels")
+    if not (math.isfinite(args.max_kb) and args.max_kb > 0):
+        fail(f"--max-kb {args.max_kb:g}: a positive number of KiB")
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         fail("chromium is not installed (Debian: apt-get install chromium, or `make chromium` as root)")
     data = compressed(screenshot(chromium, page, args.width, args.height))
     if len(data) > args.max_kb * 1024:
         fail(f"the picture is {len(data) / 1024:.0f} KiB, over --max-kb {args.max_kb:g}: make the window smaller")
-    args.out.write_bytes(data)
+    try:
+        args.out.write_bytes(data)
+    except OSError as exc:
+        fail(f"{args.out}: cannot be written ({exc.strerror})")
     print(f"{args.out}: {args.width} × {args.height} pixels, {len(data) / 1024:.0f} KiB, from {page}")
 
 

@@ -289,9 +289,20 @@ def test_report_png_renders_the_top_of_the_report(runs: Path, tmp_path: Path) ->
     assert not small.exists()
 
 
-@pytest.mark.parametrize(("report", "out", "token"), [("missing", "x.png", "missing"), (".", "x.jpg", "x.jpg")])
-def test_report_png_refuses_bad_input_in_one_line(tmp_path: Path, report: str, out: str, token: str) -> None:
-    (tmp_path / "report.html").write_text("<html></html>")
-    result = report_png(tmp_path / report, tmp_path / out)
+@pytest.mark.parametrize(
+    ("report", "out", "extra", "token"),
+    [("missing", "x.png", [], "missing"), (".", "x.jpg", [], "x.jpg"), ("notes.txt", "x.png", [], "not an HTML page"),
+     (".", "dir.png", [], "is a folder"), (".", "mine.png", [], "is not a PNG: not replaced"),
+     (".", "x.png", ["--width", "9000"], "--width 9000"), (".", "x.png", ["--height", "100"], "--height 100"),
+     (".", "x.png", ["--max-kb", "nan"], "--max-kb nan"), (".", "x.png", ["--max-kb", "0"], "--max-kb 0")],
+)  # fmt: skip
+def test_report_png_refuses_bad_input_in_one_line(tmp_path: Path, report: str, out: str, extra: list, token: str):
+    """Refused before rendering, exit 2, one line naming the token; a file it did not write is left as it was."""
+    (tmp_path / "report.html").write_text("<!DOCTYPE html><html></html>")
+    (tmp_path / "notes.txt").write_text("not a page")
+    (tmp_path / "dir.png").mkdir()
+    (tmp_path / "mine.png").write_text("my notes")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
+    result = report_png(tmp_path / report, tmp_path / out, *extra)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and token in result.stderr, result.stderr
-    assert not (tmp_path / out).exists()
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
