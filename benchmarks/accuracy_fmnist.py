@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -126,6 +127,8 @@ def main() -> None:
     for flag, value in (("--jobs", args.jobs), ("--epochs", args.epochs)):
         if value is not None and value < 1:
             fail(f"{flag} {value}: at least 1")
+    if args.jobs > len(os.sched_getaffinity(0)):
+        fail(f"--jobs {args.jobs}: more than the {len(os.sched_getaffinity(0))} CPUs this process may use")
     for flag, values in (("--seeds", args.seeds), ("--rules", args.rules or [])):
         if len(set(values)) < len(values):
             fail(f"{flag} {' '.join(map(str, values))}: a value is named twice")

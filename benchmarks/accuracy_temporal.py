@@ -266,6 +266,9 @@ def main() -> None:
     for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--epochs", args.epochs)):
         if value is not None and value < 1:
             fail(f"{flag} {value}: at least 1")
+    if args.jobs * args.threads > len(os.sched_getaffinity(0)):
+        fail(f"--jobs {args.jobs} × --threads {args.threads}: more than the {len(os.sched_getaffinity(0))} CPUs this "
+             "process may use")  # fmt: skip
     runs: dict[str, list[tuple[Path, dict]]] = {entry: [] for entry in chosen}
 
     def said(task: tuple, summary: dict) -> None:

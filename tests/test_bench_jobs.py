@@ -108,7 +108,7 @@ def test_suite_jobs_are_checked_against_the_cpus_and_reach_the_accuracy_scripts_
     [(["--entries", ""], "unknown entry ''"), (["--entries", "sab,sab"], "names an entry twice"),
      (["--seeds", "x"], "'x' is not a seed"), (["--seeds", "0,0"], "seed 0 is named twice"),
      (["--seeds", "-1"], "'-1' is not a seed"), (["--epochs", "0"], "--epochs 0"), (["--jobs", "0"], "--jobs 0"),
-     (["--threads", "0"], "--threads 0")],
+     (["--threads", "0"], "--threads 0"), (["--jobs", "999"], "--jobs 999 × --threads 1")],
 )  # fmt: skip
 def test_accuracy_temporal_refuses_bad_input_before_training(monkeypatch, capsys, tmp_path, args, token) -> None:
     """One line naming the bad token, exit 2, nothing written (an empty --entries used to start the whole suite)."""
@@ -126,7 +126,7 @@ def test_accuracy_temporal_refuses_bad_input_before_training(monkeypatch, capsys
     ("args", "token"),
     [(["--seeds", "0", "0"], "--seeds 0 0"), (["--rules", "fa", "fa"], "--rules fa fa"),
      (["--epochs", "0"], "--epochs"), (["--seeds", "-1"], "non-negative"), (["--rules", "nope"], "'nope'"),
-     (["--jobs", "0"], "--jobs 0")],
+     (["--jobs", "0"], "--jobs 0"), (["--jobs", "999"], "--jobs 999: more than")],
 )  # fmt: skip
 def test_accuracy_fmnist_refuses_bad_input_before_training(monkeypatch, capsys, tmp_path, args, token) -> None:
     import accuracy_fmnist
