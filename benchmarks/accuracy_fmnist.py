@@ -150,7 +150,7 @@ def main() -> None:
 
     try:
         runpool.run_tasks(run_one, tasks, args.jobs, done=said)
-    except BioPropError as err:
+    except (BioPropError, runpool.WorkerDied) as err:
         fail(str(err))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every run kept its last checkpoint
         print(f"accuracy_fmnist: interrupted; the same command resumes where the runs stopped ({args.out})",

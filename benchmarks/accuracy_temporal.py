@@ -287,7 +287,7 @@ def main() -> None:
             summaries = runpool.run_tasks(run_one, tasks, args.jobs, done=said)
         for task, summary in zip(tasks, summaries, strict=True):
             runs[task[2]].append((task[0], summary))
-    except (BioPropError, ValueError) as err:
+    except (BioPropError, ValueError, runpool.WorkerDied) as err:
         fail(str(err))
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (bioprop.train.Terminated): every run kept its last checkpoint
         print(f"accuracy_temporal: interrupted; the same command resumes where the runs stopped ({args.out})",

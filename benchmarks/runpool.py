@@ -5,7 +5,8 @@ With ``jobs`` 1 it runs them in this process; with more, in up to ``jobs`` worke
 ``spawn``, so each imports torch afresh and inherits this process's environment, ``OMP_NUM_THREADS`` and the CPU
 pinning included: pin to as many CPUs as jobs). The runs are bioprop run directories that checkpoint every epoch,
 so stopping is safe: on Ctrl-C or SIGTERM the workers are sent SIGTERM (bioprop's runs save their checkpoint on it)
-and the same command resumes them. A run that raises stops the rest the same way and its error is raised here.
+and the same command resumes them. A run that raises stops the rest the same way and its error is raised here; a
+worker that dies (killed, out of memory) raises :class:`WorkerDied` naming its task, never a hang.
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ import multiprocessing
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 
-def _call(item: tuple[int, Callable, tuple]) -> tuple[int, Any]:
-    index, fn, args = item
-    return index, fn(*args)
+class WorkerDied(RuntimeError):
+    """A worker process ended abruptly (killed, out of memory, a crash in native code) while running a task."""
 
 
 def _ignore_sigint() -> None:
@@ -33,7 +35,8 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int = 1,
 
     ``fn`` must be importable by name from a fresh process (a module-level function). ``done(task, result)`` is
     called in this process as each task finishes (in finishing order). Raises :class:`ValueError` for ``jobs`` < 1,
-    the first error a task raised, or :class:`KeyboardInterrupt` on Ctrl-C or SIGTERM (the workers stopped first).
+    the first error a task raised, :class:`WorkerDied` naming the task whose worker ended abruptly, or
+    :class:`KeyboardInterrupt` on Ctrl-C or SIGTERM; in each case the other workers are stopped first.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
@@ -50,19 +53,27 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int = 1,
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    pool = multiprocessing.get_context("spawn").Pool(min(jobs, len(tasks)), initializer=_ignore_sigint)
+    context = multiprocessing.get_context("spawn")
+    executor = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_ignore_sigint)
     try:
-        items = [(index, fn, tuple(task)) for index, task in enumerate(tasks)]
-        for index, result in pool.imap_unordered(_call, items):
-            results[index] = result
+        futures = {executor.submit(fn, *task): index for index, task in enumerate(tasks)}
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                results[index] = future.result()
+            except BrokenProcessPool:
+                raise WorkerDied(f"a worker process ended abruptly (killed? out of memory?) while running "
+                                 f"{fn.__name__}{tuple(tasks[index])}") from None  # fmt: skip
             if done is not None:
-                done(tasks[index], result)
-        pool.close()
+                done(tasks[index], results[index])
     except BaseException:
-        pool.terminate()  # SIGTERM to every worker: bioprop's runs keep their last checkpoint
+        for child in multiprocessing.active_children():  # SIGTERM: bioprop's runs keep their last checkpoint
+            child.terminate()
+        executor.shutdown(wait=True, cancel_futures=True)
         raise
+    else:
+        executor.shutdown(wait=True)
     finally:
-        pool.join()
         signal.signal(signal.SIGTERM, previous)
     return results
 

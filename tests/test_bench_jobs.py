@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import operator
+import os
 import signal
 import subprocess
 import sys
@@ -40,6 +41,15 @@ def test_a_tasks_error_reaches_the_caller_and_bad_jobs_are_refused() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         runpool.run_tasks(math.sqrt, [(4.0,)], jobs=0)
     assert runpool.run_tasks(math.sqrt, [(4.0,), (9.0,)], jobs=1) == [2.0, 3.0]
+
+
+def test_a_worker_that_dies_is_reported_not_waited_for() -> None:
+    """A worker ending abruptly (here os._exit, as the OOM killer would) raises WorkerDied naming the task: the
+    parent never hangs on a result that will not come."""
+    started = time.monotonic()
+    with pytest.raises(runpool.WorkerDied, match=r"_exit\([34],\)"):
+        runpool.run_tasks(os._exit, [(3,), (4,)], jobs=2)
+    assert time.monotonic() - started < 30
 
 
 def test_sigterm_stops_the_workers_at_once(tmp_path: Path) -> None:
