@@ -14,6 +14,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
@@ -24,9 +25,52 @@ class WorkerDied(RuntimeError):
     """A worker process ended abruptly (killed, out of memory, a crash in native code) while running a task."""
 
 
-def _ignore_sigint() -> None:
+#: Set in a worker once it has been told to stop (SIGTERM, or a run ended by it): the tasks already queued to it
+#: are then refused instead of started.
+_stopping = False
+#: Seconds the workers get to save their checkpoints after SIGTERM before they are killed.
+GRACE_S = 60.0
+
+
+def _stop(signum: int, frame: object) -> None:
+    global _stopping
+    _stopping = True
+    raise KeyboardInterrupt
+
+
+def _worker_init() -> None:
     # Ctrl-C reaches the whole process group; the parent decides, and stops the workers with SIGTERM
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, _stop)  # a bioprop run replaces it while it trains, and restores it after
+
+
+def _guarded(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` in a worker, unless the worker was told to stop: a bioprop run that took SIGTERM saves its
+    checkpoint and raises (a KeyboardInterrupt), and the worker would otherwise go on to the next queued task."""
+    global _stopping
+    if _stopping:
+        raise KeyboardInterrupt("stopping")
+    try:
+        return fn(*args)
+    except KeyboardInterrupt:
+        _stopping = True
+        raise
+
+
+def _stop_workers(executor: ProcessPoolExecutor) -> None:
+    """Cancel what has not started, SIGTERM every worker, give them :data:`GRACE_S` to save their checkpoints,
+    then kill those still alive."""
+    executor.shutdown(wait=False, cancel_futures=True)
+    workers = multiprocessing.active_children()
+    for worker in workers:
+        worker.terminate()
+    deadline = time.monotonic() + GRACE_S
+    for worker in workers:
+        worker.join(max(0.0, deadline - time.monotonic()))
+    for worker in workers:
+        if worker.is_alive():
+            worker.kill()
+            worker.join()
 
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int = 1,
@@ -54,9 +98,9 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int = 1,
 
     signal.signal(signal.SIGTERM, on_sigterm)
     context = multiprocessing.get_context("spawn")
-    executor = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_ignore_sigint)
+    executor = ProcessPoolExecutor(min(jobs, len(tasks)), mp_context=context, initializer=_worker_init)
     try:
-        futures = {executor.submit(fn, *task): index for index, task in enumerate(tasks)}
+        futures = {executor.submit(_guarded, fn, *task): index for index, task in enumerate(tasks)}
         for future in as_completed(futures):
             index = futures[future]
             try:
@@ -67,9 +111,7 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int = 1,
             if done is not None:
                 done(tasks[index], results[index])
     except BaseException:
-        for child in multiprocessing.active_children():  # SIGTERM: bioprop's runs keep their last checkpoint
-            child.terminate()
-        executor.shutdown(wait=True, cancel_futures=True)
+        _stop_workers(executor)  # SIGTERM first: bioprop's runs keep their last checkpoint
         raise
     else:
         executor.shutdown(wait=True)

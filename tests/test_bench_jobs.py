@@ -53,30 +53,45 @@ def test_a_worker_that_dies_is_reported_not_waited_for() -> None:
 
 
 def test_sigterm_stops_the_workers_at_once(tmp_path: Path) -> None:
-    """A parent running two 60-second tasks in workers, sent SIGTERM: it ends within seconds with KeyboardInterrupt,
-    and no worker outlives it (each wrote its process id; none is alive after)."""
+    """A parent running three 60-second tasks on two workers, sent SIGTERM. Each task handles SIGTERM as a bioprop
+    run does (its own handler while it runs: save, raise, restore), so a worker survives it and would go on to the
+    queued third task. The parent ends within seconds with KeyboardInterrupt, the third task never starts and no
+    worker outlives the parent."""
     script = tmp_path / "parent.py"
     script.write_text(
-        "import os, sys, time\n"
+        "import os, signal, sys, time\n"
         f"sys.path.insert(0, {str(ROOT / 'benchmarks')!r})\n"
         "import runpool\n"
         "def task(path):\n"
         "    open(path, 'w').write(str(os.getpid()))\n"
-        "    time.sleep(60)\n"
+        "    def handler(signum, frame):\n"
+        "        raise KeyboardInterrupt\n"
+        "    previous = signal.signal(signal.SIGTERM, handler)\n"
+        "    try:\n"
+        "        time.sleep(60)\n"
+        "    finally:\n"
+        "        signal.signal(signal.SIGTERM, previous)\n"
         "if __name__ == '__main__':\n"
         "    try:\n"
-        f"        runpool.run_tasks(task, [({str(tmp_path / 'a')!r},), ({str(tmp_path / 'b')!r},)], jobs=2)\n"
+        f"        runpool.run_tasks(task, [({str(tmp_path / 'a')!r},), ({str(tmp_path / 'b')!r},), "
+        f"({str(tmp_path / 'c')!r},)], jobs=2)\n"
         "    except KeyboardInterrupt:\n"
         "        sys.exit(7)\n"
     )
-    parent = subprocess.Popen([sys.executable, str(script)])
-    deadline = time.monotonic() + 60
-    while not ((tmp_path / "a").exists() and (tmp_path / "b").exists()):
-        assert time.monotonic() < deadline and parent.poll() is None, "the workers did not start"
-        time.sleep(0.1)
-    time.sleep(0.2)
-    parent.send_signal(signal.SIGTERM)
-    assert parent.wait(timeout=20) == 7
+    parent = subprocess.Popen([sys.executable, str(script)], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ((tmp_path / "a").exists() and (tmp_path / "b").exists()):
+            assert time.monotonic() < deadline and parent.poll() is None, "the workers did not start"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        parent.send_signal(signal.SIGTERM)
+        assert parent.wait(timeout=20) == 7
+    finally:  # a failure leaves nothing running: the parent and its workers share a session of their own
+        if parent.poll() is None:
+            os.killpg(parent.pid, signal.SIGKILL)
+            parent.wait()
+    assert not (tmp_path / "c").exists(), "a worker started a queued task after SIGTERM"
     for name in "ab":
         pid = int((tmp_path / name).read_text())
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text().lower()
