@@ -226,18 +226,6 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def parse_seeds(text: str) -> list[int]:
-    """``--seeds 0,1,2``: distinct non-negative integers, or :func:`fail` naming the bad token."""
-    seeds = []
-    for token in text.split(","):
-        if not token.strip().isascii() or not token.strip().isdigit():
-            fail(f"--seeds {text!r}: {token!r} is not a seed (a non-negative integer)")
-        if int(token) in seeds:
-            fail(f"--seeds {text!r}: seed {int(token)} is named twice")
-        seeds.append(int(token))
-    return seeds
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--suite", choices=list(SUITES), default="store-recall")
@@ -262,7 +250,10 @@ def main() -> None:
         fail(f"unknown entry {unknown[0]!r} of {args.suite}; known: {', '.join(entries)}")
     if len(set(chosen)) < len(chosen):
         fail(f"--entries {args.entries!r} names an entry twice")
-    seeds = parse_seeds(args.seeds)
+    try:
+        seeds = runpool.parse_seeds(args.seeds)
+    except ValueError as err:
+        fail(str(err))
     for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--epochs", args.epochs)):
         if value is not None and value < 1:
             fail(f"{flag} {value}: at least 1")

@@ -21,6 +21,22 @@ from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2``: whole numbers ≥ 0, each once; a :class:`ValueError` naming the bad token otherwise."""
+    seeds: list[int] = []
+    for token in text.split(","):
+        try:
+            seed = int(token)
+        except ValueError:
+            raise ValueError(f"--seeds: not a whole number: {token!r}") from None
+        if seed < 0:
+            raise ValueError(f"--seeds: {token!r} is negative; seeds are whole numbers from 0")
+        if seed in seeds:
+            raise ValueError(f"--seeds: {token!r} is given twice")
+        seeds.append(seed)
+    return seeds
+
+
 class WorkerDied(RuntimeError):
     """A worker process ended abruptly (killed, out of memory, a crash in native code) while running a task."""
 

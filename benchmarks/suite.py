@@ -67,6 +67,7 @@ if str(HERE) not in sys.path:  # the scripts beside this one (accuracy_fmnist's 
 
 import accuracy_fmnist  # noqa: E402
 import accuracy_temporal  # noqa: E402
+import runpool  # noqa: E402
 from bioprop import rules as rule_registry  # noqa: E402
 from bioprop.errors import BioPropError  # noqa: E402
 
@@ -1200,19 +1201,12 @@ def _store_import(out: Path, name: str, commands: list[str], m: dict, result: di
 
 
 def parse_seeds(text: str) -> list[int]:
-    """Comma-separated seeds: whole numbers ≥ 0, each once."""
-    seeds = []
-    for token in text.split(","):
-        try:
-            seed = int(token)
-        except ValueError:
-            raise BioPropError(f"--seeds: not a whole number: {token!r}") from None
-        if seed < 0:
-            raise BioPropError(f"--seeds: {token!r} is negative; seeds are whole numbers from 0")
-        if seed in seeds:
-            raise BioPropError(f"--seeds: {token!r} is given twice")
-        seeds.append(seed)
-    return seeds
+    """Comma-separated seeds: whole numbers ≥ 0, each once (:func:`runpool.parse_seeds`, as the accuracy scripts
+    read them); a :class:`BioPropError` naming the bad token otherwise."""
+    try:
+        return runpool.parse_seeds(text)
+    except ValueError as exc:
+        raise BioPropError(str(exc)) from None
 
 
 def cpu_set(text: str) -> set[int]:

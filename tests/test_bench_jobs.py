@@ -131,8 +131,8 @@ def test_suite_jobs_are_checked_against_the_cpus_and_reach_the_accuracy_scripts_
 @pytest.mark.parametrize(
     ("args", "token"),
     [(["--entries", ""], "unknown entry ''"), (["--entries", "sab,sab"], "names an entry twice"),
-     (["--seeds", "x"], "'x' is not a seed"), (["--seeds", "0,0"], "seed 0 is named twice"),
-     (["--seeds", "-1"], "'-1' is not a seed"), (["--epochs", "0"], "--epochs 0"), (["--jobs", "0"], "--jobs 0"),
+     (["--seeds", "x"], "not a whole number: 'x'"), (["--seeds", "0,0"], "'0' is given twice"),
+     (["--seeds", "-1"], "'-1' is negative"), (["--epochs", "0"], "--epochs 0"), (["--jobs", "0"], "--jobs 0"),
      (["--threads", "0"], "--threads 0"), (["--jobs", "999"], "--jobs 999 × --threads 1")],
 )  # fmt: skip
 def test_accuracy_temporal_refuses_bad_input_before_training(monkeypatch, capsys, tmp_path, args, token) -> None:
