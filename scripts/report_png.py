@@ -25,11 +25,13 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import NoReturn
 
 from PIL import Image
 
 
-def fail(message: str) -> None:
+def fail(message: str) -> NoReturn:
+    """One line on stderr, exit status 2."""
     print(f"report_png: error: {message}", file=sys.stderr)
     raise SystemExit(2)
 
