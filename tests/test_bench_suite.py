@@ -609,6 +609,55 @@ def test_new_benchmarks_commands_pass_their_anchors_and_shorten_with_quick(tmp_p
                                       or n == "scaling-temporal"]  # fmt: skip
 
 
+def test_heartbeat_counts_runs_and_epochs_and_times_what_is_left(tmp_path, monkeypatch):
+    """An accuracy suite's heartbeat reads its run directories (those its command trains: ``--out``/suite/entry-sSEED):
+    runs finished, epochs trained over all runs, and the time left at the rate trained since this command began."""
+    clock = [1000.0]
+    monkeypatch.setattr(suite.time, "perf_counter", lambda: clock[0])
+    opts = suite.Options(tmp_path)
+    bench = suite.BENCHES["temporal-cue-accumulation"]
+    argv = bench.commands(opts)[0].argv
+    folder = Path(argv[argv.index("--out") + 1]) / "cue-accumulation"
+    header = "epoch,loss,test_accuracy\n"
+    for name in ("eprop-alif-s0", "bptt-lif-s2"):  # finished: all 100 epochs, whatever their metrics hold
+        (folder / name).mkdir(parents=True)
+        (folder / name / "summary.json").write_text(json.dumps({"status": "finished"}))
+    partial = folder / "eprop-lif-s1"
+    partial.mkdir()
+    (partial / "summary.json").write_text(json.dumps({"status": "interrupted"}))
+    (partial / "metrics.csv").write_text(header + "".join(f"{e},ce,0.5\n" for e in range(1, 6)))
+    (folder / "bptt-alif-s1").mkdir()  # started, nothing written yet
+    progress = suite.Progress(bench, opts)
+    assert progress() == ", 2/12 runs finished, 205/1200 epochs"  # no rate yet: no time left shown
+    clock[0] += 100.0
+    with open(partial / "metrics.csv", "a") as rows:
+        rows.write("".join(f"{e},ce,0.5\n" for e in range(6, 16)))
+    # 10 epochs in 100 s; 1200 - 215 = 985 left: 9850 s = 2.7 h
+    assert progress() == ", 2/12 runs finished, 215/1200 epochs, about 2.7 h left"
+    clock[0] += 1900.0  # 10 epochs in 2000 s: 985 left take 197,000 s
+    assert progress().endswith("about 54.7 h left")
+    (partial / "summary.json").write_text(json.dumps({"status": "finished"}))
+    clock[0] = 1100.0  # 95 epochs since the start in 100 s: 900 left at 0.95 epochs/s take 947 s = 15.8 min
+    assert progress() == ", 3/12 runs finished, 300/1200 epochs, about 16 min left"
+    run_dir = suite.fmnist_folder(suite.Options(tmp_path, quick=True)) / "lenet" / "fa-s3"
+    run_dir.mkdir(parents=True)
+    (run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
+    fmnist = suite.Progress(suite.BENCHES["fmnist-lenet"], suite.Options(tmp_path, quick=True, seeds=[3, 4]))
+    assert fmnist() == ", 1/6 runs finished, 1/6 epochs"  # quick: one seed, one epoch each
+    (run_dir.parent / "bp-s3").mkdir()
+    (run_dir.parent / "bp-s3" / "summary.json").write_text(json.dumps({"status": "finished"}))
+    clock[0] += 30.0  # 1 epoch in 30 s, 4 left
+    assert fmnist() == ", 2/6 runs finished, 2/6 epochs, about 2 min left"
+    clock[0] += 60000.0
+    assert fmnist().endswith(", about 66.7 h left")
+    for name in ("dfa-s3", "usf-s3", "brsf-s3"):
+        (run_dir.parent / name).mkdir()
+        (run_dir.parent / name / "summary.json").write_text(json.dumps({"status": "finished"}))
+    clock[0] = 1100.0 + 30.0 + 4 * 10.0  # 4 epochs in 40 s: the last one takes 10 s
+    assert fmnist() == ", 5/6 runs finished, 5/6 epochs, under a minute left"
+    assert suite.Progress(suite.BENCHES["speed-fa"], opts)() == ""
+
+
 def test_import_of_an_accuracy_temporal_json(tmp_path):
     """accuracy_temporal.py --json files are stored under their suite's name, their load and threads kept; a second
     file for the same suite and a file that is not one are refused, naming the file."""
