@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
+import torch
+
 import runpool
 from bioprop import train
 from bioprop.config import RunConfig
@@ -86,23 +88,30 @@ SUITES: dict[str, tuple[dict, dict[str, dict]]] = {
 VARIANTS: dict[str, dict[str, dict]] = {"ep-mlp": {"bp/feedforward": dict(arch="mlp:512", activation="hard_sigmoid")}}
 
 
-def run_one(run_dir: Path, suite: str, rule: str, seed: int, epochs: int | None, data_dir: str | None) -> dict:
-    """Train one run, or reuse it when finished, or resume it from its checkpoint when interrupted."""
-    budget, rules = SUITES[suite]
-    settings = dict(budget, rule=rule.split("/")[0], rule_opts=rules[rule], seed=seed, data="fashion-mnist",
-                    data_dir=data_dir, **VARIANTS.get(suite, {}).get(rule, {}))  # fmt: skip
-    if epochs:
-        settings["epochs"] = epochs
-    config = RunConfig(**settings)
-    if (run_dir / "config.yaml").is_file():
-        if RunConfig.from_yaml(run_dir / "config.yaml").fingerprint() != config.fingerprint():
-            raise BioPropError(f"{run_dir} holds a run with other settings; pass another --out or remove it")
-        summary_path = run_dir / "summary.json"
-        if summary_path.is_file() and json.loads(summary_path.read_text()).get("status") == "finished":
-            return json.loads(summary_path.read_text())
-        if (run_dir / "checkpoint.safetensors").is_file():
-            return train.resume(run_dir, quiet=True)
-    return train.run(config, run_dir, overwrite=True, quiet=True)
+def run_one(run_dir: Path, suite: str, rule: str, seed: int, epochs: int | None, data_dir: str | None,
+            threads: int) -> dict:  # fmt: skip
+    """Train one run with ``threads`` torch threads, or reuse it when finished, or resume it from its checkpoint when
+    interrupted."""
+    before = torch.get_num_threads()  # a run's config records its threads; bioprop's Python API does not set them
+    torch.set_num_threads(threads)
+    try:
+        budget, rules = SUITES[suite]
+        settings = dict(budget, rule=rule.split("/")[0], rule_opts=rules[rule], seed=seed, data="fashion-mnist",
+                        data_dir=data_dir, threads=threads, **VARIANTS.get(suite, {}).get(rule, {}))  # fmt: skip
+        if epochs:
+            settings["epochs"] = epochs
+        config = RunConfig(**settings)
+        if (run_dir / "config.yaml").is_file():
+            if RunConfig.from_yaml(run_dir / "config.yaml").fingerprint() != config.fingerprint():
+                raise BioPropError(f"{run_dir} holds a run with other settings; pass another --out or remove it")
+            summary_path = run_dir / "summary.json"
+            if summary_path.is_file() and json.loads(summary_path.read_text()).get("status") == "finished":
+                return json.loads(summary_path.read_text())
+            if (run_dir / "checkpoint.safetensors").is_file():
+                return train.resume(run_dir, quiet=True)
+        return train.run(config, run_dir, overwrite=True, quiet=True)
+    finally:
+        torch.set_num_threads(before)
 
 
 def fail(message: str) -> NoReturn:
@@ -121,14 +130,19 @@ def main() -> None:
     parser.add_argument("--data-dir", default=None)
     parser.add_argument("--jobs", type=int, default=1, help="runs side by side, each in a worker process of its own "
                         "(default 1; pin to as many CPUs, e.g. taskset -c 0-3 with --jobs 4)")  # fmt: skip
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: $OMP_NUM_THREADS, "
+                        "else the CPUs this process may use ÷ --jobs)")  # fmt: skip
     args = parser.parse_args()
     suites = list(SUITES) if args.suite == "all" else [args.suite]
     run_dirs: dict[str, list[Path]] = {suite: [] for suite in suites}
-    for flag, value in (("--jobs", args.jobs), ("--epochs", args.epochs)):
+    for flag, value in (("--threads", args.threads), ("--epochs", args.epochs)):
         if value is not None and value < 1:
             fail(f"{flag} {value}: at least 1")
-    if args.jobs > len(os.sched_getaffinity(0)):
-        fail(f"--jobs {args.jobs}: more than the {len(os.sched_getaffinity(0))} CPUs this process may use")
+    threads = args.threads if args.threads is not None else runpool.default_threads(args.jobs)
+    try:
+        runpool.check_jobs(args.jobs, threads, len(os.sched_getaffinity(0)), "this process")
+    except ValueError as err:
+        fail(str(err))
     for flag, values in (("--seeds", args.seeds), ("--rules", args.rules or [])):
         if len(set(values)) < len(values):
             fail(f"{flag} {' '.join(map(str, values))}: a value is named twice")
@@ -141,7 +155,7 @@ def main() -> None:
                 fail(f"suite {suite} has no rule {rule!r}; it has {', '.join(SUITES[suite][1])}")
             for seed in args.seeds:
                 run_dir = args.out / suite / f"{rule.replace('/', '-')}-s{seed}"
-                tasks.append((run_dir, suite, rule, seed, args.epochs, args.data_dir))
+                tasks.append((run_dir, suite, rule, seed, args.epochs, args.data_dir, threads))
                 run_dirs[suite].append(run_dir)
 
     def said(task: tuple, summary: dict) -> None:

@@ -96,18 +96,26 @@ ERROR_CRITERION = 0.07  # cue accumulation: Bellec et al.'s stopping criterion, 
 
 
 def run_one(run_dir: Path, suite: str, entry: str, seed: int, epochs: int | None, delay: int, threads: int) -> dict:
-    """Train one (suite, entry, seed) into ``run_dir`` and return its summary: a finished run there is only read, an
-    interrupted one resumed from its checkpoint, anything else (no checkpoint yet) started afresh."""
-    budget, entries, data = SUITES[suite]
-    rule, arch, opts = entries[entry]
-    settings = dict(budget, rule=rule, arch=arch, rule_opts=opts, seed=seed, data=data.format(delay=delay),
-                    threads=threads, device="cpu")  # fmt: skip
-    if epochs:
-        settings["epochs"] = epochs
-    config = RunConfig(**settings)
-    if (run_dir / train.CHECKPOINT).is_file() and RunConfig.from_yaml(run_dir / train.CONFIG) == config:
-        return train.resume(run_dir, quiet=True)
-    return train.run(config, run_dir, overwrite=True, quiet=True)
+    """Train one (suite, entry, seed) into ``run_dir`` with ``threads`` torch threads and return its summary: a
+    finished run there is only read, an interrupted one resumed from its checkpoint, anything else (no checkpoint
+    yet) started afresh. Raises :class:`BioPropError` for a run there made with other settings (kept as it is)."""
+    before = torch.get_num_threads()  # a run's config records its threads; bioprop's Python API does not set them
+    torch.set_num_threads(threads)
+    try:
+        budget, entries, data = SUITES[suite]
+        rule, arch, opts = entries[entry]
+        settings = dict(budget, rule=rule, arch=arch, rule_opts=opts, seed=seed, data=data.format(delay=delay),
+                        threads=threads, device="cpu")  # fmt: skip
+        if epochs:
+            settings["epochs"] = epochs
+        config = RunConfig(**settings)
+        if (run_dir / train.CHECKPOINT).is_file():
+            if RunConfig.from_yaml(run_dir / train.CONFIG).fingerprint() != config.fingerprint():
+                raise BioPropError(f"{run_dir} holds a run with other settings; pass another --out or remove it")
+            return train.resume(run_dir, quiet=True)  # --threads may differ: it does not change what is computed
+        return train.run(config, run_dir, overwrite=True, quiet=True)
+    finally:
+        torch.set_num_threads(before)
 
 
 def mean_std(values: list[float]) -> str:
@@ -254,12 +262,13 @@ def main() -> None:
         seeds = runpool.parse_seeds(args.seeds)
     except ValueError as err:
         fail(str(err))
-    for flag, value in (("--jobs", args.jobs), ("--threads", args.threads), ("--epochs", args.epochs)):
+    for flag, value in (("--threads", args.threads), ("--epochs", args.epochs)):
         if value is not None and value < 1:
             fail(f"{flag} {value}: at least 1")
-    if args.jobs * args.threads > len(os.sched_getaffinity(0)):
-        fail(f"--jobs {args.jobs} × --threads {args.threads}: more than the {len(os.sched_getaffinity(0))} CPUs this "
-             "process may use")  # fmt: skip
+    try:
+        runpool.check_jobs(args.jobs, args.threads, len(os.sched_getaffinity(0)), "this process")
+    except ValueError as err:
+        fail(str(err))
     runs: dict[str, list[tuple[Path, dict]]] = {entry: [] for entry in chosen}
 
     def said(task: tuple, summary: dict) -> None:

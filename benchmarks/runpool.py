@@ -12,6 +12,7 @@ worker that dies (killed, out of memory) raises :class:`WorkerDied` naming its t
 from __future__ import annotations
 
 import multiprocessing
+import os
 import signal
 import sys
 import time
@@ -35,6 +36,25 @@ def parse_seeds(text: str) -> list[int]:
             raise ValueError(f"--seeds: {token!r} is given twice")
         seeds.append(seed)
     return seeds
+
+
+def check_jobs(jobs: int, threads: int, available: int, where: str) -> None:
+    """``--jobs`` at least 1, and ``jobs`` × ``threads`` no more than the ``available`` CPUs (more would oversubscribe
+    them: the runs would fight over cores and their seconds per epoch would time the contention); ``where`` names
+    those CPUs in the message (``--cpus 0-1``, ``this process``). A :class:`ValueError` naming the flags otherwise."""
+    if jobs < 1:
+        raise ValueError(f"--jobs {jobs}: at least 1")
+    if jobs * threads > available:
+        raise ValueError(f"--jobs {jobs} × --threads {threads} needs {jobs * threads} CPUs; {where} has {available}")
+
+
+def default_threads(jobs: int) -> int:
+    """Torch threads per run when a script's ``--threads`` is not given: ``$OMP_NUM_THREADS`` (its first entry) when
+    set to a whole number ≥ 1, else the CPUs this process may use shared among the ``jobs`` runs, at least 1."""
+    text = os.environ.get("OMP_NUM_THREADS", "").split(",")[0].strip()
+    if text.isascii() and text.isdigit() and int(text) >= 1:
+        return int(text)
+    return max(1, len(os.sched_getaffinity(0)) // max(1, jobs))
 
 
 class WorkerDied(RuntimeError):

@@ -1295,14 +1295,12 @@ def cpu_count(cpus: str | None) -> int:
 
 
 def check_jobs(jobs: int, threads: int, cpus: str | None) -> None:
-    """``--jobs``: at least 1, and ``jobs`` × ``threads`` no more than the CPUs the benchmarks run on (more would
-    oversubscribe them and time the contention)."""
-    if jobs < 1:
-        raise BioPropError(f"--jobs must be at least 1, not {jobs}")
-    available = cpu_count(cpus)
-    if jobs * threads > available:
-        where = f"--cpus {cpus}" if cpus else "this process"
-        raise BioPropError(f"--jobs {jobs} × --threads {threads} needs {jobs * threads} CPUs; {where} has {available}")
+    """``--jobs``: at least 1, and ``jobs`` × ``threads`` no more than the CPUs the benchmarks run on
+    (:func:`runpool.check_jobs`)."""
+    try:
+        runpool.check_jobs(jobs, threads, cpu_count(cpus), f"--cpus {cpus}" if cpus else "this process")
+    except ValueError as err:
+        raise BioPropError(str(err)) from None
 
 
 def existing(path: str | None, flag: str) -> str | None:

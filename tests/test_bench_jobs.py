@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -106,6 +107,51 @@ def test_a_run_in_a_worker_equals_the_same_run_here(tmp_path: Path) -> None:
     assert in_workers[1]["status"] == here["status"] == "finished"
     assert (in_workers[1]["test_loss"], in_workers[1]["test_accuracy"]) == (here["test_loss"], here["test_accuracy"])
     assert in_workers[0]["test_loss"] != in_workers[1]["test_loss"]  # two seeds, two runs
+    # the same run asked for with another --threads is read, not retrained (threads do not change what is computed)
+    metrics = tmp_path / "here" / "tbptt-s1" / "metrics.csv"
+    written = metrics.read_bytes(), metrics.stat().st_mtime_ns
+    again = accuracy_temporal.run_one(tmp_path / "here" / "tbptt-s1", "store-recall", "tbptt", 1, 1, 5, 2)
+    assert again["test_loss"] == here["test_loss"] and (metrics.read_bytes(), metrics.stat().st_mtime_ns) == written
+    # another budget there is refused, the run left as it was (it used to be trained over)
+    with pytest.raises(BioPropError, match="tbptt-s1 holds a run with other settings"):
+        accuracy_temporal.run_one(tmp_path / "here" / "tbptt-s1", "store-recall", "tbptt", 1, 2, 5, 1)
+    assert (metrics.read_bytes(), metrics.stat().st_mtime_ns) == written
+
+
+@pytest.mark.parametrize("script", ["accuracy_temporal", "accuracy_fmnist"])
+def test_a_run_trains_with_its_threads_and_leaves_the_callers_as_they_were(tmp_path, monkeypatch, script) -> None:
+    """bioprop's Python API records a config's threads without setting them: run_one sets torch's for the run (in a
+    worker, or here with --jobs 1) and puts the caller's back, also when the run raises."""
+    import importlib
+
+    module = importlib.import_module(script)
+    seen: list[int] = []
+
+    def fake_run(config, run_dir, **kwargs):
+        seen.append((torch.get_num_threads(), config.threads))
+        raise BioPropError("stop here")
+
+    monkeypatch.setattr(module.train, "run", fake_run)
+    args = ("store-recall", "tbptt", 0, 1, 5) if script == "accuracy_temporal" else ("mlp", "fa", 0, 1, None)
+    before = torch.get_num_threads()
+    wanted = 2 if before != 2 else 1
+    with pytest.raises(BioPropError, match="stop here"):
+        module.run_one(tmp_path / "run", *args, wanted)
+    assert seen == [(wanted, wanted)] and torch.get_num_threads() == before
+
+
+def test_the_shared_jobs_check_and_the_default_threads(monkeypatch) -> None:
+    runpool.check_jobs(2, 1, 2, "here")
+    with pytest.raises(ValueError, match=r"^--jobs 2 × --threads 2 needs 4 CPUs; --cpus 0-2 has 3$"):
+        runpool.check_jobs(2, 2, 3, "--cpus 0-2")
+    with pytest.raises(ValueError, match=r"^--jobs 0: at least 1$"):
+        runpool.check_jobs(0, 1, 2, "here")
+    monkeypatch.setattr(runpool.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4})
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert [runpool.default_threads(jobs) for jobs in (1, 2, 3, 5, 6)] == [5, 2, 1, 1, 1]
+    for text, threads in (("3", 3), ("4,2", 4), ("0", 2), ("x", 2), ("", 2), ("²", 2)):
+        monkeypatch.setenv("OMP_NUM_THREADS", text)
+        assert runpool.default_threads(2) == threads, text
 
 
 def test_suite_jobs_are_checked_against_the_cpus_and_reach_the_accuracy_scripts_only(tmp_path: Path) -> None:
@@ -113,7 +159,7 @@ def test_suite_jobs_are_checked_against_the_cpus_and_reach_the_accuracy_scripts_
         suite.check_jobs(2, 1, "0")
     with pytest.raises(BioPropError, match=r"--jobs 2 × --threads 2 needs 4 CPUs; --cpus 0-2 has 3"):
         suite.check_jobs(2, 2, "0-2")
-    with pytest.raises(BioPropError, match="at least 1, not 0"):
+    with pytest.raises(BioPropError, match="--jobs 0: at least 1"):
         suite.check_jobs(0, 1, None)
     suite.check_jobs(3, 1, "0,2-3")
     assert suite.cpu_count("0,2-3") == 3
@@ -151,11 +197,14 @@ def test_accuracy_temporal_refuses_bad_input_before_training(monkeypatch, capsys
     ("args", "token"),
     [(["--seeds", "0", "0"], "--seeds 0 0"), (["--rules", "fa", "fa"], "--rules fa fa"),
      (["--epochs", "0"], "--epochs"), (["--seeds", "-1"], "non-negative"), (["--rules", "nope"], "'nope'"),
-     (["--jobs", "0"], "--jobs 0"), (["--jobs", "999"], "--jobs 999: more than")],
+     (["--jobs", "0"], "--jobs 0"), (["--threads", "0"], "--threads 0"),
+     (["--jobs", "999"], "--jobs 999 × --threads 1 needs 999 CPUs; this process has"),
+     (["--jobs", "1", "--threads", "999"], "--jobs 1 × --threads 999 needs 999 CPUs")],
 )  # fmt: skip
 def test_accuracy_fmnist_refuses_bad_input_before_training(monkeypatch, capsys, tmp_path, args, token) -> None:
     import accuracy_fmnist
 
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)  # the default threads: CPUs ÷ jobs, 1 with --jobs 999
     monkeypatch.setattr(sys, "argv", ["accuracy_fmnist.py", "--suite", "mlp", *args, "--out", str(tmp_path / "out")])
     with pytest.raises(SystemExit) as stop:
         accuracy_fmnist.main()
