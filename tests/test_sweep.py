@@ -321,3 +321,34 @@ def test_a_trial_that_raises_is_retried(tmp_path):
     after = summaries(out)
     assert len(after) == 2 and all(s["status"] == "finished" for s in after.values())
     assert epochs_trained(held) == [1, 2]
+
+
+@needs_ray
+def test_the_callers_sigterm_handler_is_back_after_the_sweep(tmp_path, monkeypatch):
+    """While a sweep runs in this process SIGTERM acts as Ctrl-C (Ray's core would abort on it); afterwards the
+    caller's handler is back, also when the sweep raised: a script or notebook that ran one keeps its own."""
+    import ray
+    from ray import tune
+
+    seen = []
+
+    class Refused:
+        def __init__(self, *args, **kwargs):
+            seen.append(signal.getsignal(signal.SIGTERM))
+            raise BioPropError("no trials here")
+
+    def mine(signum, frame):
+        return None
+
+    monkeypatch.setattr(sweeps, "_start_ray", lambda ray, address: None)  # no Ray started: the Tuner refuses first
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.append("shutdown"))
+    monkeypatch.setattr(tune, "Tuner", Refused)
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        with pytest.raises(BioPropError, match="no trials here"):
+            sweeps.run_sweep(write(tmp_path, spec()), tmp_path / "out")
+        assert len(seen) == 2 and seen[0] not in (mine, signal.SIG_DFL) and seen[1] == "shutdown"
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)

@@ -665,10 +665,12 @@ def run_sweep(
     from ray import tune
     from ray.tune.search import BasicVariantGenerator
 
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None  # the caller's, put back at the end
     started_here = not ray.is_initialized()
     if started_here:
         _start_ray(ray, address)
-    if threading.current_thread() is threading.main_thread():  # Ray's core took SIGTERM (it would abort): as Ctrl-C
+    if main_thread:  # Ray's core took SIGTERM (it would abort): as Ctrl-C while the sweep runs
         signal.signal(signal.SIGTERM, lambda signum, frame: os.kill(os.getpid(), signal.SIGINT))
     threads = sweep.cpus_per_trial
     context = Context(str(folder), sweep.base, sweep.seeds, threads, sweep.metric)
@@ -692,8 +694,12 @@ def run_sweep(
         )  # fmt: skip
         grid = tuner.fit()
     finally:
-        if started_here:
-            ray.shutdown()
+        try:
+            if started_here:
+                ray.shutdown()
+        finally:
+            if sigterm is not None:  # None: not set from Python, nothing to put back
+                signal.signal(signal.SIGTERM, sigterm)
     outcomes = [(result.config, result.error) for result in grid if result.config]
     records = collect(sweep, folder, outcomes)
     best = best_per_rule(sweep, records)
