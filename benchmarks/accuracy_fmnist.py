@@ -24,8 +24,6 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-import torch
-
 import runpool
 from bioprop import train
 from bioprop.config import RunConfig
@@ -92,26 +90,21 @@ def run_one(run_dir: Path, suite: str, rule: str, seed: int, epochs: int | None,
             threads: int) -> dict:  # fmt: skip
     """Train one run with ``threads`` torch threads, or reuse it when finished, or resume it from its checkpoint when
     interrupted."""
-    before = torch.get_num_threads()  # a run's config records its threads; bioprop's Python API does not set them
-    torch.set_num_threads(threads)
-    try:
-        budget, rules = SUITES[suite]
-        settings = dict(budget, rule=rule.split("/")[0], rule_opts=rules[rule], seed=seed, data="fashion-mnist",
-                        data_dir=data_dir, threads=threads, **VARIANTS.get(suite, {}).get(rule, {}))  # fmt: skip
-        if epochs:
-            settings["epochs"] = epochs
-        config = RunConfig(**settings)
-        if (run_dir / "config.yaml").is_file():
-            if RunConfig.from_yaml(run_dir / "config.yaml").fingerprint() != config.fingerprint():
-                raise BioPropError(f"{run_dir} holds a run with other settings; pass another --out or remove it")
-            summary_path = run_dir / "summary.json"
-            if summary_path.is_file() and json.loads(summary_path.read_text()).get("status") == "finished":
-                return json.loads(summary_path.read_text())
-            if (run_dir / "checkpoint.safetensors").is_file():
-                return train.resume(run_dir, quiet=True)
-        return train.run(config, run_dir, overwrite=True, quiet=True)
-    finally:
-        torch.set_num_threads(before)
+    budget, rules = SUITES[suite]
+    settings = dict(budget, rule=rule.split("/")[0], rule_opts=rules[rule], seed=seed, data="fashion-mnist",
+                    data_dir=data_dir, threads=threads, **VARIANTS.get(suite, {}).get(rule, {}))  # fmt: skip
+    if epochs:
+        settings["epochs"] = epochs
+    config = RunConfig(**settings)
+    if (run_dir / "config.yaml").is_file():
+        if RunConfig.from_yaml(run_dir / "config.yaml").fingerprint() != config.fingerprint():
+            raise BioPropError(f"{run_dir} holds a run with other settings; pass another --out or remove it")
+        summary_path = run_dir / "summary.json"
+        if summary_path.is_file() and json.loads(summary_path.read_text()).get("status") == "finished":
+            return json.loads(summary_path.read_text())
+        if (run_dir / "checkpoint.safetensors").is_file():
+            return train.resume(run_dir, quiet=True, threads=threads)
+    return train.run(config, run_dir, overwrite=True, quiet=True)
 
 
 def fail(message: str) -> NoReturn:

@@ -99,23 +99,18 @@ def run_one(run_dir: Path, suite: str, entry: str, seed: int, epochs: int | None
     """Train one (suite, entry, seed) into ``run_dir`` with ``threads`` torch threads and return its summary: a
     finished run there is only read, an interrupted one resumed from its checkpoint, anything else (no checkpoint
     yet) started afresh. Raises :class:`BioPropError` for a run there made with other settings (kept as it is)."""
-    before = torch.get_num_threads()  # a run's config records its threads; bioprop's Python API does not set them
-    torch.set_num_threads(threads)
-    try:
-        budget, entries, data = SUITES[suite]
-        rule, arch, opts = entries[entry]
-        settings = dict(budget, rule=rule, arch=arch, rule_opts=opts, seed=seed, data=data.format(delay=delay),
-                        threads=threads, device="cpu")  # fmt: skip
-        if epochs:
-            settings["epochs"] = epochs
-        config = RunConfig(**settings)
-        if (run_dir / train.CHECKPOINT).is_file():
-            if RunConfig.from_yaml(run_dir / train.CONFIG).fingerprint() != config.fingerprint():
-                raise BioPropError(f"{run_dir} holds a run with other settings; pass another --out or remove it")
-            return train.resume(run_dir, quiet=True)  # --threads may differ: it does not change what is computed
-        return train.run(config, run_dir, overwrite=True, quiet=True)
-    finally:
-        torch.set_num_threads(before)
+    budget, entries, data = SUITES[suite]
+    rule, arch, opts = entries[entry]
+    settings = dict(budget, rule=rule, arch=arch, rule_opts=opts, seed=seed, data=data.format(delay=delay),
+                    threads=threads, device="cpu")  # fmt: skip
+    if epochs:
+        settings["epochs"] = epochs
+    config = RunConfig(**settings)
+    if (run_dir / train.CHECKPOINT).is_file():
+        if RunConfig.from_yaml(run_dir / train.CONFIG).fingerprint() != config.fingerprint():
+            raise BioPropError(f"{run_dir} holds a run with other settings; pass another --out or remove it")
+        return train.resume(run_dir, quiet=True, threads=threads)  # other threads compute the same
+    return train.run(config, run_dir, overwrite=True, quiet=True)
 
 
 def mean_std(values: list[float]) -> str:

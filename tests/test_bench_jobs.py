@@ -7,6 +7,7 @@ to the accuracy scripts only and says it in the machine line."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 import os
@@ -17,7 +18,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -119,25 +119,27 @@ def test_a_run_in_a_worker_equals_the_same_run_here(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("script", ["accuracy_temporal", "accuracy_fmnist"])
-def test_a_run_trains_with_its_threads_and_leaves_the_callers_as_they_were(tmp_path, monkeypatch, script) -> None:
-    """bioprop's Python API records a config's threads without setting them: run_one sets torch's for the run (in a
-    worker, or here with --jobs 1) and puts the caller's back, also when the run raises."""
+def test_a_run_is_given_the_scripts_threads(tmp_path, monkeypatch, script) -> None:
+    """run_one hands ``--threads`` to bioprop, which sets torch's for the run (a new run: in its config; a resumed
+    one: to resume, which would otherwise use those its config recorded)."""
     import importlib
 
     module = importlib.import_module(script)
-    seen: list[int] = []
+    seen: list[tuple] = []
 
-    def fake_run(config, run_dir, **kwargs):
-        seen.append((torch.get_num_threads(), config.threads))
-        raise BioPropError("stop here")
+    def run(config, run_dir, **kwargs):
+        seen.append(("run", config.threads))
+        run_dir.mkdir()  # as an interrupted run leaves it (recorded with 1 thread)
+        (run_dir / "config.yaml").write_text(dataclasses.replace(config, threads=1).to_yaml())
+        (run_dir / "checkpoint.safetensors").write_bytes(b"")
+        return {}
 
-    monkeypatch.setattr(module.train, "run", fake_run)
+    monkeypatch.setattr(module.train, "run", run)
+    monkeypatch.setattr(module.train, "resume", lambda run_dir, **kwargs: seen.append(("resume", kwargs["threads"])))
     args = ("store-recall", "tbptt", 0, 1, 5) if script == "accuracy_temporal" else ("mlp", "fa", 0, 1, None)
-    before = torch.get_num_threads()
-    wanted = 2 if before != 2 else 1
-    with pytest.raises(BioPropError, match="stop here"):
-        module.run_one(tmp_path / "run", *args, wanted)
-    assert seen == [(wanted, wanted)] and torch.get_num_threads() == before
+    module.run_one(tmp_path / "run", *args, 3)
+    module.run_one(tmp_path / "run", *args, 2)
+    assert seen == [("run", 3), ("resume", 2)]
 
 
 def test_the_shared_jobs_check_and_the_default_threads(monkeypatch) -> None:

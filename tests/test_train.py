@@ -471,6 +471,31 @@ def test_resume_after_ctrl_c_is_bit_identical(tmp_path: Path, cli, monkeypatch) 
     assert_same_results(tmp_path / "whole", tmp_path / "stopped")
 
 
+def test_run_and_resume_train_with_the_configs_threads_and_put_the_callers_back(tmp_path: Path, monkeypatch) -> None:
+    """The Python API applies a config's ``threads`` for the run (it used to record them only, so a script's
+    ``threads=1`` ran on torch's full count); resume applies the recorded ones; the caller's count is back after,
+    also when the run is stopped by Ctrl-C."""
+    before = torch.get_num_threads()
+    wanted = 1 if before > 1 else 2
+    seen: list[int] = []
+    honest = train.train_epoch
+
+    def epoch(s, index, bar):
+        seen.append(torch.get_num_threads())
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # after epoch 1's checkpoint
+        return honest(s, index, bar)
+
+    monkeypatch.setattr(train, "train_epoch", epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(tiny_config(threads=wanted), tmp_path / "run", quiet=True)
+    assert seen == [wanted, wanted] and torch.get_num_threads() == before
+    assert train.resume(tmp_path / "run", quiet=True)["status"] == "finished"
+    assert seen == [wanted, wanted, wanted] and torch.get_num_threads() == before
+    train.run(tiny_config(epochs=1), tmp_path / "unset", quiet=True)  # threads None: torch's count as it stands
+    assert seen[-1] == before and torch.get_num_threads() == before
+
+
 def test_resume_of_a_finished_run_only_reports(run_copy: Path) -> None:
     before = {p.name: p.stat().st_mtime_ns for p in run_copy.iterdir()}
     summary = train.resume(run_copy, quiet=True)

@@ -41,7 +41,6 @@ from dataclasses import Field, fields
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -60,6 +59,7 @@ from bioprop.config import (
     parse_rule_opts,
     parse_seed,
     source_labels,
+    torch_threads,
 )
 from bioprop.errors import BioPropError
 from bioprop.report import logs
@@ -167,17 +167,6 @@ def default_threads() -> int:
             return thread_count(name, text)
     cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     return max(1, cpus // 2)
-
-
-@contextlib.contextmanager
-def torch_threads(count: int) -> Iterator[None]:
-    """Torch's intra-op thread pool at ``count`` threads inside the block, as it was after it."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(count)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------------------------------------------ commands
@@ -320,7 +309,7 @@ def resume(
     settings.check(source_labels(recorded if recorded.is_file() else None, given))
     with torch_threads(settings.threads):
         try:
-            summary = training.resume(folder, quiet=quiet)
+            summary = training.resume(folder, quiet=quiet, threads=settings.threads)
         except KeyboardInterrupt:
             raise Interrupted(folder) from None
     if summary["resumed_from"] >= summary["epochs"]:

@@ -42,11 +42,13 @@ the input shape and class count the dataset really has, once it is loaded and be
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import re
 import types
+from collections.abc import Iterator
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
@@ -67,6 +69,21 @@ THREADS_ENV = ("BIOPROP_THREADS", "OMP_NUM_THREADS")  # in order of precedence, 
 # Fields that say where inputs live or how many threads compute, not what the run computes: left out of the
 # fingerprint, so a run can be resumed with another --data-dir or --threads.
 NOT_FINGERPRINTED = ("data_dir", "download", "threads")
+
+
+@contextlib.contextmanager
+def torch_threads(count: int | None) -> Iterator[None]:
+    """Torch's intra-op thread pool at ``count`` threads inside the block (``None``: as it stands), as it was after
+    it. :func:`bioprop.train.run` and :func:`~bioprop.train.resume` apply a run's ``threads`` setting this way."""
+    before = torch.get_num_threads()
+    if count is not None:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 #: Settings added after runs were first written: left out of the fingerprint while at their default, so that those
 #: runs still resume.
 ADDED_LATER = {"clip": None, "validation": 0}
@@ -204,7 +221,8 @@ class RunConfig:
         check=parse_seed,
     )  # fmt: skip
     device: str = setting("auto", "Device; auto is cuda when available, else cpu.", choices=DEVICES)
-    threads: int | None = setting(  # None from Python: torch's count as it stands; the CLI chooses one and records it
+    threads: int | None = setting(  # None from Python: torch's count as it stands; the CLI chooses one and records it;
+        # bioprop.train.run and resume set torch's threads to it for the run's duration
         None,
         "Torch's intra-op CPU threads; recorded in config.yaml and reused by `bioprop resume`.",
         unset=f"${THREADS_ENV[0]}, else ${THREADS_ENV[1]}, else half the CPUs",

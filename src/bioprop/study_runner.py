@@ -329,7 +329,7 @@ def _describe(result: dict[str, Any]) -> str:
 
 
 def _in_process(jobs: list[Job], note: Callable[[dict], None]) -> list[dict[str, Any]]:
-    from bioprop.cli import torch_threads
+    from bioprop.config import torch_threads
 
     results = []
     for job in jobs:

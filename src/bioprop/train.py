@@ -35,6 +35,7 @@ import hashlib
 import itertools
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -53,7 +54,7 @@ from torch import Tensor, nn
 
 import bioprop
 from bioprop import checks, data, metrics, nets, rules
-from bioprop.config import NOT_FINGERPRINTED, RunConfig, dataset_name, short_dataset_name
+from bioprop.config import MAX_THREADS, NOT_FINGERPRINTED, RunConfig, dataset_name, short_dataset_name, torch_threads
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.report import logs
 from bioprop.report.progress import Progress
@@ -467,11 +468,17 @@ def restore(s: Session, tensors: dict[str, Tensor], meta: dict[str, Any]) -> Non
 def run(config: RunConfig, out_dir: str | Path, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Train from scratch into ``out_dir`` and return the summary; see the module docstring. With ``overwrite``
     an earlier run there is cleared, never anything bioprop did not write (:func:`bioprop.report.logs.open_run`).
+    Trains with ``config.threads`` torch threads when set (torch's count as it stands when None), put back after.
     Raises BioPropError on bad input before anything is written, DivergenceError, WriteError
     (:class:`bioprop.report.logs.WriteError`), KeyboardInterrupt (Ctrl-C; :class:`Terminated` on SIGTERM)."""
     config.check()
     out = Path(out_dir)
     logs.check_out_dir(out, overwrite)
+    with torch_threads(config.threads):
+        return _run(config, out, overwrite, quiet)
+
+
+def _run(config: RunConfig, out: Path, overwrite: bool, quiet: bool) -> dict[str, Any]:
     s = build(config, out)  # every input error surfaces here, before anything is written
     warn_plan(s)
     with logs.open_run(out, overwrite) as lock, sigterm_interrupts(), recorded(s):
@@ -485,10 +492,15 @@ def run(config: RunConfig, out_dir: str | Path, overwrite: bool = False, quiet: 
         return loop(s, quiet)
 
 
-def resume(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
+def resume(run_dir: str | Path, quiet: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint. Returns the summary with ``resumed_from``, the epoch
     the checkpoint held: equal to ``epochs`` when the run had already finished, which is then only reported.
-    Nothing is written unless ``run_dir`` holds a config and a valid checkpoint of it; raises as :func:`run`."""
+    Nothing is written unless ``run_dir`` holds a config and a valid checkpoint of it. Trains with ``threads`` torch
+    threads, by default those its config recorded (None there: torch's count as it stands), put back after; raises
+    as :func:`run`, and BioPropError for ``threads`` not a whole number from 1 to 1024."""
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= MAX_THREADS):  # fmt: skip
+        raise BioPropError(f"threads must be a whole number from 1 to {MAX_THREADS}, not {threads!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise BioPropError(f"no run directory '{run_dir}'")
@@ -510,6 +522,13 @@ def resume(run_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
         )
     if finished(run_dir, meta["epoch"], config.epochs):
         return {**logs.read_summary(run_dir), "resumed_from": meta["epoch"]}
+    with torch_threads(config.threads if threads is None else threads):
+        return _resume(config, run_dir, tensors, meta, read, quiet)
+
+
+def _resume(config: RunConfig, run_dir: Path, tensors: dict[str, Tensor], meta: dict[str, Any],
+            read: os.stat_result | None, quiet: bool) -> dict[str, Any]:  # fmt: skip
+    checkpoint = run_dir / CHECKPOINT
     s = build(config, run_dir)
     restore(s, tensors, meta)
     warn_plan(s)
