@@ -10,7 +10,8 @@
     python benchmarks/accuracy_fmnist.py --suite tp-mlp --seeds 0 1 2    # dtp, ddtp
 
 Each (suite, rule, seed) is an ordinary bioprop run directory under ``--out``; finished runs are reused and
-interrupted ones resumed, so the script can be stopped and restarted without losing work. At the end it
+interrupted ones resumed, so the script can be stopped and restarted without losing work. While they train, a
+line every five minutes gives the runs finished, the epochs trained and the time left. At the end it
 prints, per suite, ``bioprop compare``'s table: test accuracy (final and best epoch, mean ± std over seeds),
 each layer's update angle to backprop at the last epoch, and seconds per epoch.
 """
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -156,7 +158,9 @@ def main() -> None:
         print(f"{task[1]} {task[2]} seed {task[3]}: {accuracy:.2f} %", file=sys.stderr, flush=True)
 
     try:
-        runpool.run_tasks(run_one, tasks, args.jobs, done=said)
+        progress = runpool.RunProgress([(task[0], args.epochs or SUITES[task[1]][0]["epochs"]) for task in tasks])
+        runpool.run_tasks(run_one, tasks, args.jobs, done=said, tick=lambda: print(
+            f"accuracy_fmnist at {time.strftime('%H:%M')}: {progress()}", file=sys.stderr, flush=True))  # fmt: skip
     except (BioPropError, runpool.WorkerDied) as err:
         fail(str(err))
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: every run kept its last checkpoint

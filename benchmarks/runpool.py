@@ -11,14 +11,18 @@ worker that dies (killed, out of memory) raises :class:`WorkerDied` naming its t
 
 from __future__ import annotations
 
+import contextlib
+import json
 import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from pathlib import Path
 from typing import Any
 
 
@@ -55,6 +59,76 @@ def default_threads(jobs: int) -> int:
     if text.isascii() and text.isdigit() and int(text) >= 1:
         return int(text)
     return max(1, len(os.sched_getaffinity(0)) // max(1, jobs))
+
+
+def epochs_done(run_dir: Path, epochs: int) -> int:
+    """How many of its ``epochs`` a run directory has trained: all of them once its summary says finished, else the
+    rows of its ``metrics.csv`` (0 when it has none yet)."""
+    try:
+        if json.loads((run_dir / "summary.json").read_text()).get("status") == "finished":
+            return epochs
+    except (OSError, ValueError, AttributeError):
+        pass
+    try:
+        with open(run_dir / "metrics.csv", encoding="utf-8") as rows:
+            return min(epochs, max(0, sum(1 for line in rows if line.strip()) - 1))
+    except OSError:
+        return 0
+
+
+class RunProgress:
+    """Where a set of runs stands, read from their run directories, ``runs`` (run directory, epochs it is given)
+    pairs: ``2/12 runs finished, 310/1200 epochs, about 3.1 h left``. The time left is the epochs left at the rate
+    trained since this object was made (a resumed suite's earlier epochs do not count), so it appears once an epoch
+    has been trained."""
+
+    def __init__(self, runs: Sequence[tuple[Path, int]]) -> None:
+        self.runs = list(runs)
+        self.started = time.perf_counter()
+        self.at_start = self.counts()[1]
+
+    def counts(self) -> tuple[int, int]:
+        """(runs finished, epochs trained)."""
+        done = [(epochs_done(run_dir, epochs), epochs) for run_dir, epochs in self.runs]
+        return sum(d == epochs for d, epochs in done), sum(d for d, _ in done)
+
+    def __call__(self) -> str:
+        finished, trained = self.counts()
+        total = sum(epochs for _, epochs in self.runs)
+        line = f"{finished}/{len(self.runs)} runs finished, {trained}/{total} epochs"
+        rate = (trained - self.at_start) / max(time.perf_counter() - self.started, 1e-9)
+        if rate > 0 and trained < total:
+            left = (total - trained) / rate
+            if left >= 5400:
+                line += f", about {left / 3600:.1f} h left"
+            else:
+                line += f", about {left / 60:.0f} min left" if left >= 60 else ", under a minute left"
+        return line
+
+
+@contextlib.contextmanager
+def heartbeat(tick: Callable[[], None] | None, every: float) -> Iterator[None]:
+    """Call ``tick()`` every ``every`` seconds from a background thread while the block runs (None: nothing). A tick
+    that raises says so in one line on stderr and the block goes on: a progress line never stops the runs."""
+    if tick is None:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(every):
+            try:
+                tick()
+            except Exception as exc:  # noqa: BLE001 (a progress line must not end hours of training)
+                print(f"runpool: no progress line: {exc}", file=sys.stderr, flush=True)
+
+    thread = threading.Thread(target=beat, name="heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 class WorkerDied(RuntimeError):
@@ -110,16 +184,24 @@ def _stop_workers(executor: ProcessPoolExecutor) -> None:
 
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int = 1,
-              done: Callable[[tuple, Any], None] | None = None) -> list[Any]:  # fmt: skip
+              done: Callable[[tuple, Any], None] | None = None, tick: Callable[[], None] | None = None,
+              every: float = 300.0) -> list[Any]:  # fmt: skip
     """``[fn(*task) for task in tasks]``, with up to ``jobs`` tasks at a time in worker processes when ``jobs`` > 1.
 
     ``fn`` must be importable by name from a fresh process (a module-level function). ``done(task, result)`` is
-    called in this process as each task finishes (in finishing order). Raises :class:`ValueError` for ``jobs`` < 1,
+    called in this process as each task finishes (in finishing order); ``tick()`` every ``every`` seconds while
+    they run (:func:`heartbeat`; a progress line). Raises :class:`ValueError` for ``jobs`` < 1,
     the first error a task raised, :class:`WorkerDied` naming the task whose worker ended abruptly, or
     :class:`KeyboardInterrupt` on Ctrl-C or SIGTERM; in each case the other workers are stopped first.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, not {jobs}")
+    with heartbeat(tick, every):
+        return _run_tasks(fn, tasks, jobs, done)
+
+
+def _run_tasks(fn: Callable[..., Any], tasks: Sequence[tuple], jobs: int,
+               done: Callable[[tuple, Any], None] | None) -> list[Any]:  # fmt: skip
     results: list[Any] = [None] * len(tasks)
     if jobs == 1 or len(tasks) <= 1:
         for index, task in enumerate(tasks):

@@ -419,9 +419,9 @@ def write_record(out: Path, record: dict, suffix: str = "") -> Path:
     return path
 
 
-def accuracy_runs(bench: Bench, opts: Options) -> tuple[list[Path], int] | None:
-    """The run directories an accuracy suite (``fmnist-*`` or ``temporal-*``) trains and the epochs each is given, or
-    None for any other benchmark."""
+def accuracy_runs(bench: Bench, opts: Options) -> list[tuple[Path, int]] | None:
+    """The run directories an accuracy suite (``fmnist-*`` or ``temporal-*``) trains, each with the epochs it is
+    given, or None for any other benchmark."""
     seeds = opts.seeds[:1] if opts.quick else opts.seeds
     if bench.name.startswith("fmnist-"):
         suite = bench.name.removeprefix("fmnist-")
@@ -433,56 +433,18 @@ def accuracy_runs(bench: Bench, opts: Options) -> tuple[list[Path], int] | None:
         folder, names = opts.out / ("temporal-quick" if opts.quick else "temporal") / suite, list(entries)
     else:
         return None
-    return [folder / f"{name}-s{seed}" for name in names for seed in seeds], 1 if opts.quick else budget["epochs"]
+    epochs = 1 if opts.quick else budget["epochs"]
+    return [(folder / f"{name}-s{seed}", epochs) for name in names for seed in seeds]
 
 
-def epochs_done(run_dir: Path, epochs: int) -> int:
-    """How many of its ``epochs`` a run directory has trained: all of them once its summary says finished, else the
-    rows of its ``metrics.csv`` (0 when it has none yet)."""
-    try:
-        if json.loads((run_dir / "summary.json").read_text()).get("status") == "finished":
-            return epochs
-    except (OSError, ValueError, AttributeError):
-        pass
-    try:
-        with open(run_dir / "metrics.csv", encoding="utf-8") as rows:
-            return min(epochs, max(0, sum(1 for line in rows if line.strip()) - 1))
-    except OSError:
-        return 0
-
-
-class Progress:
-    """The progress an accuracy suite's heartbeat line adds, read from its run directories:
-    ``, 2/12 runs finished, 310/1200 epochs, about 3.1 h left``. The time left is the epochs left at the rate this
-    command has trained since it started (a resumed suite's earlier epochs do not count), so it appears once an epoch
-    has been trained. Empty for benchmarks that are not accuracy suites."""
-
-    def __init__(self, bench: Bench, opts: Options) -> None:
-        self.runs = accuracy_runs(bench, opts)
-        self.started = time.perf_counter()
-        self.at_start = self.counts()[1] if self.runs else 0
-
-    def counts(self) -> tuple[int, int]:
-        """(runs finished, epochs trained) over the suite."""
-        dirs, epochs = self.runs
-        done = [epochs_done(run_dir, epochs) for run_dir in dirs]
-        return sum(d == epochs for d in done), sum(done)
-
-    def __call__(self) -> str:
-        if not self.runs:
-            return ""
-        dirs, epochs = self.runs
-        finished, trained = self.counts()
-        total = len(dirs) * epochs
-        line = f", {finished}/{len(dirs)} runs finished, {trained}/{total} epochs"
-        rate = (trained - self.at_start) / max(time.perf_counter() - self.started, 1e-9)
-        if rate > 0 and trained < total:
-            left = (total - trained) / rate
-            if left >= 5400:
-                line += f", about {left / 3600:.1f} h left"
-            else:
-                line += f", about {left / 60:.0f} min left" if left >= 60 else ", under a minute left"
-        return line
+def heartbeat_progress(bench: Bench, opts: Options) -> Callable[[], str]:
+    """What an accuracy suite's heartbeat line adds (:class:`runpool.RunProgress`, e.g. ``, 2/12 runs finished,
+    310/1200 epochs, about 3.1 h left``), counted from the start of this command; empty for other benchmarks."""
+    runs = accuracy_runs(bench, opts)
+    if runs is None:
+        return lambda: ""
+    counter = runpool.RunProgress(runs)
+    return lambda: ", " + counter()
 
 
 def execute(command: Command, log_path: Path, label: str, progress: Callable[[], str]) -> int:
@@ -550,7 +512,7 @@ def run_bench(bench: Bench, opts: Options, force: bool = False) -> dict:
                               "machine": machine(opts.threads, opts.cpus, jobs=jobs)}  # fmt: skip
     started = time.perf_counter()
     print(f"{bench.name}: {bench.about}", file=sys.stderr, flush=True)
-    progress = Progress(bench, opts)
+    progress = heartbeat_progress(bench, opts)
     for command in commands:
         print(f"{bench.name}: $ {command.shown()}", file=sys.stderr, flush=True)
         status = execute(command, log_path, bench.name, progress)

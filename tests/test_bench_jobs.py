@@ -225,3 +225,22 @@ def test_suite_cpus_taskset_cannot_read_or_names_twice_are_refused(cpus: str, me
     with pytest.raises(BioPropError, match=message):
         suite.parse_cpus(cpus, allowed={0, 1})
     assert suite.cpu_set("0,2-3") == {0, 2, 3}
+
+
+def test_the_heartbeat_ticks_while_tasks_run_survives_a_failing_tick_and_stops_with_them(capsys) -> None:
+    ticks: list[float] = []
+
+    def tick() -> None:
+        ticks.append(time.monotonic())
+        if len(ticks) == 2:
+            raise OSError("disk gone")
+
+    assert runpool.run_tasks(time.sleep, [(0.35,), (0.35,)], jobs=1, tick=tick, every=0.1) == [None, None]
+    ended, count = time.monotonic(), len(ticks)
+    assert count >= 4  # ~7 in 0.7 s; the second raised and the ticks went on
+    assert capsys.readouterr().err.count("runpool: no progress line: disk gone\n") == 1
+    time.sleep(0.3)
+    assert len(ticks) == count and all(t <= ended for t in ticks)  # none after the tasks ended
+    ticks.clear()
+    assert runpool.run_tasks(operator.pow, [(2, 3), (3, 2)], jobs=2, tick=tick, every=30.0) == [8, 9]
+    assert ticks == []  # quicker than one interval: no line

@@ -627,7 +627,7 @@ def test_heartbeat_counts_runs_and_epochs_and_times_what_is_left(tmp_path, monke
     (partial / "summary.json").write_text(json.dumps({"status": "interrupted"}))
     (partial / "metrics.csv").write_text(header + "".join(f"{e},ce,0.5\n" for e in range(1, 6)))
     (folder / "bptt-alif-s1").mkdir()  # started, nothing written yet
-    progress = suite.Progress(bench, opts)
+    progress = suite.heartbeat_progress(bench, opts)
     assert progress() == ", 2/12 runs finished, 205/1200 epochs"  # no rate yet: no time left shown
     clock[0] += 100.0
     with open(partial / "metrics.csv", "a") as rows:
@@ -642,7 +642,7 @@ def test_heartbeat_counts_runs_and_epochs_and_times_what_is_left(tmp_path, monke
     run_dir = suite.fmnist_folder(suite.Options(tmp_path, quick=True)) / "lenet" / "fa-s3"
     run_dir.mkdir(parents=True)
     (run_dir / "summary.json").write_text(json.dumps({"status": "finished"}))
-    fmnist = suite.Progress(suite.BENCHES["fmnist-lenet"], suite.Options(tmp_path, quick=True, seeds=[3, 4]))
+    fmnist = suite.heartbeat_progress(suite.BENCHES["fmnist-lenet"], suite.Options(tmp_path, quick=True, seeds=[3, 4]))
     assert fmnist() == ", 1/6 runs finished, 1/6 epochs"  # quick: one seed, one epoch each
     (run_dir.parent / "bp-s3").mkdir()
     (run_dir.parent / "bp-s3" / "summary.json").write_text(json.dumps({"status": "finished"}))
@@ -655,7 +655,7 @@ def test_heartbeat_counts_runs_and_epochs_and_times_what_is_left(tmp_path, monke
         (run_dir.parent / name / "summary.json").write_text(json.dumps({"status": "finished"}))
     clock[0] = 1100.0 + 30.0 + 4 * 10.0  # 4 epochs in 40 s: the last one takes 10 s
     assert fmnist() == ", 5/6 runs finished, 5/6 epochs, under a minute left"
-    assert suite.Progress(suite.BENCHES["speed-fa"], opts)() == ""
+    assert suite.heartbeat_progress(suite.BENCHES["speed-fa"], opts)() == ""
 
 
 def test_import_of_an_accuracy_temporal_json(tmp_path):
