@@ -50,6 +50,24 @@ def tiny_config(**overrides) -> RunConfig:
     return RunConfig(**{**TINY, **overrides})
 
 
+def threads_per_epoch(monkeypatch: pytest.MonkeyPatch, stop_at: int = 2) -> list[int]:
+    """Record torch's thread count as each epoch bioprop trains begins, into the list returned; Ctrl-C
+    (KeyboardInterrupt) at the ``stop_at``-th epoch, after the checkpoint of the one before."""
+    from bioprop import train
+
+    seen: list[int] = []
+    honest = train.train_epoch
+
+    def epoch(s, index, bar):
+        seen.append(torch.get_num_threads())
+        if len(seen) == stop_at:
+            raise KeyboardInterrupt
+        return honest(s, index, bar)
+
+    monkeypatch.setattr(train, "train_epoch", epoch)
+    return seen
+
+
 @pytest.fixture(scope="session")
 def finished_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A finished 2-epoch feedback-alignment run. Read only: copy it (``run_copy``) before changing anything."""

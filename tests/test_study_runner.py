@@ -223,3 +223,21 @@ def test_compare_refuses_bad_study_flags_in_one_line(tmp_path: Path, cli, monkey
     code, _, err = cli("compare", *args)
     assert code == 2 and len(err.splitlines()) == 1 and err.startswith("bioprop: error: ") and message in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_job_trains_at_its_threads_also_when_it_resumes_a_run_recorded_with_others(tmp_path, monkeypatch):
+    """execute trains a job with ``job.threads`` (the study's count per worker), also when it resumes a run whose
+    config.yaml recorded another count (train.resume would otherwise apply that one), and puts the caller's back."""
+    from bioprop import train
+    from conftest import threads_per_epoch, tiny_config
+
+    before = torch.get_num_threads()
+    recorded, wanted = (1, 2) if before != 1 else (2, 3)
+    seen = threads_per_epoch(monkeypatch)  # Ctrl-C in epoch 2, after epoch 1's checkpoint
+    config = tiny_config(threads=recorded)
+    with pytest.raises(KeyboardInterrupt):
+        train.run(config, tmp_path / "run", quiet=True)
+    assert seen == [recorded, recorded]
+    job = study_runner.Job("run", config, tmp_path / "run", "resume", threads=wanted)
+    assert study_runner.execute(job)["status"] == "finished"
+    assert seen[2:] == [wanted] and torch.get_num_threads() == before

@@ -25,7 +25,7 @@ from bioprop.config import RunConfig
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.report import compare
 from bioprop.rules.backprop import Backprop
-from conftest import tiny_config
+from conftest import threads_per_epoch, tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUMMARY_KEYS = {
@@ -477,16 +477,7 @@ def test_run_and_resume_train_with_the_configs_threads_and_put_the_callers_back(
     also when the run is stopped by Ctrl-C."""
     before = torch.get_num_threads()
     wanted = 1 if before > 1 else 2
-    seen: list[int] = []
-    honest = train.train_epoch
-
-    def epoch(s, index, bar):
-        seen.append(torch.get_num_threads())
-        if len(seen) == 2:
-            raise KeyboardInterrupt  # after epoch 1's checkpoint
-        return honest(s, index, bar)
-
-    monkeypatch.setattr(train, "train_epoch", epoch)
+    seen = threads_per_epoch(monkeypatch)  # Ctrl-C in epoch 2, after epoch 1's checkpoint
     with pytest.raises(KeyboardInterrupt):
         train.run(tiny_config(threads=wanted), tmp_path / "run", quiet=True)
     assert seen == [wanted, wanted] and torch.get_num_threads() == before

@@ -65,7 +65,7 @@ from typing import Any
 
 from bioprop import config as settings
 from bioprop import rules as registry
-from bioprop.config import NOT_FINGERPRINTED, RunConfig, parse_number, parse_seed, source_labels
+from bioprop.config import NOT_FINGERPRINTED, RunConfig, parse_number, parse_seed, source_labels, torch_threads
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.report import logs
 from bioprop.rules.base import PlanWarning
@@ -260,16 +260,17 @@ def cores() -> int:
 
 
 def execute(job: Job) -> dict[str, Any]:
-    """Train, restart or resume ``job`` in this process (torch's threads as they are) and return its result (see
-    :func:`run_study`); a divergence or a failure is returned as such, Ctrl-C (KeyboardInterrupt) is raised."""
+    """Train, restart or resume ``job`` in this process with ``job.threads`` torch threads (the caller's count put
+    back after) and return its result (see :func:`run_study`); a divergence or a failure is returned as such, Ctrl-C
+    (KeyboardInterrupt) is raised."""
     from bioprop import train
 
     start = time.perf_counter()
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), torch_threads(job.threads):
             warnings.simplefilter("ignore", PlanWarning)  # given once by validate
-            if job.action == "resume":
-                summary = train.resume(job.run_dir, quiet=True)
+            if job.action == "resume":  # at job.threads, not the count the run recorded
+                summary = train.resume(job.run_dir, quiet=True, threads=job.threads)
             else:
                 summary = train.run(job.config, job.run_dir, overwrite=job.action == "restart", quiet=True)
     except DivergenceError as exc:
@@ -302,9 +303,6 @@ def _worker_init() -> None:
 def work(job: Job) -> dict[str, Any]:
     """A worker process's job: :func:`execute` with ``job.threads`` torch threads; SIGINT interrupts it (once), and
     the run, which records ``interrupted`` and keeps its checkpoint, is returned as ``interrupted``."""
-    import torch
-
-    torch.set_num_threads(job.threads)
     start = time.perf_counter()
     if job.interruptible:
         signal.signal(signal.SIGINT, _interrupt_once)
@@ -329,17 +327,14 @@ def _describe(result: dict[str, Any]) -> str:
 
 
 def _in_process(jobs: list[Job], note: Callable[[dict], None]) -> list[dict[str, Any]]:
-    from bioprop.config import torch_threads
-
     results = []
     for job in jobs:
-        with torch_threads(job.threads):
-            try:
-                result = execute(job)
-            except KeyboardInterrupt:
-                results.append(_result(job, "interrupted", "interrupted; run the study again to resume it", None))
-                note(results[-1])
-                raise StudyInterrupted(job.run_dir.parent, results) from None
+        try:
+            result = execute(job)
+        except KeyboardInterrupt:
+            results.append(_result(job, "interrupted", "interrupted; run the study again to resume it", None))
+            note(results[-1])
+            raise StudyInterrupted(job.run_dir.parent, results) from None
         results.append(result)
         note(result)
     return results
