@@ -8,6 +8,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -485,6 +486,18 @@ def test_run_and_resume_train_with_the_configs_threads_and_put_the_callers_back(
     assert seen == [wanted, wanted, wanted] and torch.get_num_threads() == before
     train.run(tiny_config(epochs=1), tmp_path / "unset", quiet=True)  # threads None: torch's count as it stands
     assert seen[-1] == before and torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("threads", [0, -1, 1025, 1.5, True, "2"])
+def test_resume_refuses_a_bad_thread_count_before_it_touches_the_run(tmp_path: Path, monkeypatch, threads) -> None:
+    seen = threads_per_epoch(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):  # stopped in epoch 2: a resume would train and write
+        train.run(tiny_config(), tmp_path / "run", quiet=True)
+    before, epochs = snapshot(tmp_path / "run"), len(seen)
+    message = f"threads must be a whole number from 1 to 1024, not {threads!r}"
+    with pytest.raises(BioPropError, match=re.escape(message)):
+        train.resume(tmp_path / "run", quiet=True, threads=threads)
+    assert snapshot(tmp_path / "run") == before and len(seen) == epochs, "refused before the first step"
 
 
 def test_resume_of_a_finished_run_only_reports(run_copy: Path) -> None:
