@@ -36,6 +36,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 TINY = {"data": "digits", "arch": "mlp:32", "epochs": 2, "limit": 300, "device": "cpu", "lr": 0.05}
+# TINY as `bioprop train` flags, less the epochs (each test gives its own)
+TINY_FLAGS = [item for key, value in TINY.items() if key != "epochs" for item in (f"--{key}", str(value))]
 
 
 def energy_rules() -> tuple[str, ...]:

@@ -142,6 +142,10 @@ def test_resume_without_checkpoint(cli, run_copy: Path) -> None:
 def test_resume_of_a_missing_directory(cli, tmp_path: Path) -> None:
     code, _, err = cli("resume", tmp_path / "nothing")
     assert_one_line_error(code, err, says="no run directory")
+    (tmp_path / "afile").write_text("mine")
+    code, _, err = cli("resume", tmp_path / "afile")  # it exists: not "no run directory"
+    assert_one_line_error(code, err, says=f"'{tmp_path / 'afile'}' is a file, not a run directory")
+    assert (tmp_path / "afile").read_text() == "mine"
 
 
 @pytest.mark.parametrize("keep", [0.5, 0.01])
@@ -178,6 +182,9 @@ def test_keyboard_interrupt_exits_130(cli, tmp_path: Path, monkeypatch) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(train, "run", interrupted)
+    code, _, err = cli("train", *TINY, "--out", tmp_path / "run")  # before the run directory was made
+    assert (code, err.strip()) == (130, "bioprop: interrupted before anything was written")
+    (tmp_path / "run").mkdir()
     code, _, err = cli("train", *TINY, "--out", tmp_path / "run")  # before any checkpoint: nothing to resume
     assert code == 130 and "interrupted before the first checkpoint" in err and "--overwrite" in err
     assert len(err.strip().splitlines()) == 1
@@ -314,3 +321,31 @@ def test_python_dash_m_bioprop_is_the_same_command_line() -> None:
     assert done.returncode == 2
     assert done.stderr.strip().splitlines() == [done.stderr.strip()]
     assert done.stderr.startswith("bioprop: error: unknown rule 'nope'; known: bp,")
+
+
+def test_ctrl_c_while_torch_loads_is_one_line_and_exit_130(monkeypatch, capsys) -> None:
+    """The console script's first seconds import torch; Ctrl-C there printed a traceback. The finder stands in for
+    Ctrl-C landing in ``import bioprop.cli``."""
+    import importlib.abc
+
+    from bioprop import __main__ as entry
+
+    class Interrupting(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "bioprop.cli":
+                raise KeyboardInterrupt
+            return None
+
+    monkeypatch.delitem(sys.modules, "bioprop.cli")
+    monkeypatch.setattr(sys, "meta_path", [Interrupting(), *sys.meta_path])
+    with pytest.raises(SystemExit) as stop:
+        entry.launch()
+    assert stop.value.code == 130 and capsys.readouterr().err == "bioprop: interrupted\n"
+
+
+def test_import_bioprop_leaves_torch_unloaded_until_nets_or_rules_are_used() -> None:
+    """What lets :func:`bioprop.__main__.launch` catch Ctrl-C while torch loads; ``bioprop.rules`` still works."""
+    script = ("import sys, bioprop; assert 'torch' not in sys.modules, 'torch loaded'; "
+              "assert bioprop.rules.create and bioprop.nets.build and 'torch' in sys.modules")  # fmt: skip
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

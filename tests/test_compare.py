@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 import shutil
 import statistics
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +23,7 @@ import yaml
 
 from bioprop import train
 from bioprop.errors import BioPropError
-from bioprop.report import compare
+from bioprop.report import compare, logs, tables
 from bioprop.report.tables import table
 from conftest import tiny_config
 
@@ -141,8 +143,25 @@ def test_unfinished_runs_are_counted_apart_and_left_out_of_the_numbers(tmp_path:
     assert row["s/epoch"] == f"{statistics.fmean([1, 2, 2, 3]):.2f}"
     assert row["epochs"] == "1/2, 2/2"
     write_run(tmp_path / "alone", lr=0.5, status="running")
-    [row] = rows_of([tmp_path / "alone"])
+    with logs.RunLock.acquire(tmp_path / "alone"):  # its process still trains
+        [row] = rows_of([tmp_path / "alone"])
     assert row["runs"] == "1 (1 running)" and row["test acc (%)"] == row["s/epoch"] == "–"
+
+
+def test_a_running_run_whose_process_died_counts_as_interrupted(tmp_path: Path) -> None:
+    """SIGKILL, or a Ray worker of a stopped sweep, leaves summary.json at ``running`` (and perhaps the lock file,
+    which the kernel unlocked): without a process holding the lock, it is interrupted, not running for good."""
+    write_run(tmp_path / "killed", status="running")
+    [row] = rows_of([tmp_path / "killed"])
+    assert row["runs"] == "1 (1 interrupted)"
+    run_dir = str(tmp_path / "killed")
+    script = f"import os; from bioprop.report import logs; logs.RunLock.acquire({run_dir!r}); os._exit(9)"
+    assert subprocess.run([sys.executable, "-c", script]).returncode == 9  # died holding it: the lock file stays
+    assert (tmp_path / "killed" / logs.LOCK).is_file()
+    [row] = rows_of([tmp_path / "killed"])
+    assert row["runs"] == "1 (1 interrupted)"
+    run = tables.read_run(tmp_path / "killed")
+    assert run.summary["message"].endswith(f"`bioprop resume {tmp_path / 'killed'}` continues from its last checkpoint")
 
 
 # ----------------------------------------------------------------------------------------- which runs are read

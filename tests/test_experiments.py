@@ -8,6 +8,7 @@ import dataclasses
 import itertools
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,14 @@ def test_an_out_that_is_a_file_is_refused_and_left_alone(toy, tmp_path: Path) ->
     with pytest.raises(BioPropError, match="is a file, not a folder"):
         experiments.run_experiment("toy", out)
     assert out.read_bytes() == b"not a folder" and toy == []
+
+
+def test_an_out_that_is_a_run_directory_is_refused_and_left_alone(toy, finished_run: Path) -> None:
+    """A run directory holding files it did not write would refuse its own ``--overwrite``."""
+    before = sorted(path.name for path in finished_run.iterdir())
+    with pytest.raises(BioPropError, match=f"^--out '{re.escape(str(finished_run))}' is a run directory; give a"):
+        experiments.run_experiment("toy", finished_run)
+    assert sorted(path.name for path in finished_run.iterdir()) == before and toy == []
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ from PIL import Image
 
 from bioprop import train
 from bioprop.errors import BioPropError
-from bioprop.report import study
+from bioprop.report import logs, study
 from conftest import tiny_config
 
 RULES, SEEDS = ("bp", "pc"), (0, 1)
@@ -143,6 +143,7 @@ def test_half_written_and_unfinished_runs_are_skipped_with_a_warning(runs: Path,
     running = Path(shutil.copytree(copy / "pc-s1", copy / "running"))
     summary = json.loads((running / "summary.json").read_text())
     (running / "summary.json").write_text(json.dumps({**summary, "status": "running", "seed": 7}))
+    lock = logs.RunLock.acquire(running)  # its process still trains
     broken = Path(shutil.copytree(copy / "pc-s1", copy / "broken"))
     (broken / "summary.json").write_text("{not json")
     # Finished runs with an unreadable metrics.csv or traces.csv: in the leaderboard, out of what they cannot draw.
@@ -151,6 +152,7 @@ def test_half_written_and_unfinished_runs_are_skipped_with_a_warning(runs: Path,
     (copy / "report.md").write_text(study.MARK + "\nan earlier report\n")  # ours: rewritten
     lines: list[str] = []
     md, web = study.build_report([copy], on_skip=lines.append)
+    lock.release()
     assert lines[0].startswith(f"skipped: {broken} (cannot read '{broken / 'summary.json'}': Expecting property")
     assert lines[1:] == [
         f"skipped: {half} (no summary.json: half-written or not a run)",
@@ -186,10 +188,16 @@ def test_bad_paths_and_a_missing_out_are_refused(tmp_path: Path, runs: Path) -> 
     (tmp_path / "file.txt").write_text("x")
     with pytest.raises(BioPropError, match=r"^'.*file.txt' is not a directory of runs"):
         study.build_report([tmp_path / "file.txt"], tmp_path / "out")
+    with pytest.raises(BioPropError, match=r"^'.*file.txt' is not a directory of runs"):  # not "--out ... is a file"
+        study.build_report([tmp_path / "file.txt"])
     with pytest.raises(BioPropError, match=r"^--out is needed: 2 directories given"):
         study.build_report([runs / "bp-s0", runs / "pc-s0"])
     with pytest.raises(BioPropError, match=r"^--out '.*file.txt' is a file, not a folder$"):
         study.build_report([runs], tmp_path / "file.txt")
+    before = sorted(path.name for path in (runs / "bp-s0").iterdir())
+    with pytest.raises(BioPropError, match=r"^--out '.*bp-s0' is a run directory; give a folder of its own$"):
+        study.build_report([runs], runs / "bp-s0")  # its --overwrite would refuse the report files as foreign
+    assert sorted(path.name for path in (runs / "bp-s0").iterdir()) == before
 
 
 @pytest.mark.parametrize("name", [study.REPORT_HTML, study.REPORT_MD])

@@ -21,12 +21,11 @@ import pytest
 
 from bioprop import train
 from bioprop.report import logs
-from conftest import TINY, tiny_config
+from conftest import TINY_FLAGS, tiny_config
 from test_train import assert_same_results, checkpoint_epoch, interrupter, snapshot
 
 # The flags of tiny_config(): 300 digits, 5 steps of 64 per epoch.
-FLAGS = ["--data", "digits", "--arch", "mlp:32", "--limit", "300", "--device", "cpu", "--lr", "0.05"]
-assert {"data", "arch", "limit", "device", "lr"} <= set(TINY) and TINY["limit"] == 300 and TINY["lr"] == 0.05
+FLAGS = TINY_FLAGS
 
 
 def one_line(err: str) -> str:

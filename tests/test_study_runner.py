@@ -167,6 +167,14 @@ def test_an_arch_the_data_cannot_take_is_refused_before_any_work(tmp_path: Path)
     assert "\n" not in str(caught.value) and not (tmp_path / "study").exists()
 
 
+def test_a_study_into_a_run_directory_is_refused_before_any_work(run_copy: Path) -> None:
+    """Its runs and report inside the run would be files that the run's own ``--overwrite`` refuses to clear."""
+    before = sorted(path.name for path in run_copy.iterdir())
+    with pytest.raises(BioPropError, match=r"^--out '.*copy' is a run directory; give a folder of its own$"):
+        study(run_copy, rules="bp", seeds="0")
+    assert sorted(path.name for path in run_copy.iterdir()) == before
+
+
 def test_foreign_files_are_refused_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "fa-s0").mkdir()
     (tmp_path / "fa-s0" / "notes.txt").write_text("mine")
@@ -216,6 +224,8 @@ def test_compare_says_which_runs_did_not_finish_and_exits_3(tmp_path: Path, cli)
         (["--rules", "bp"], "--rules needs --out DIR"),
         (["--rules", "bp,zz", "--out", "x"], "--rules: unknown rule 'zz'; known: bp, "),
         (["--rules", "bp", "--out", "x", "--jobs", "0"], "--jobs must be between 1 and 1024, not '0'"),
+        (["--rules", "bp", "--out", "x", "--seeds", ""], "--seeds needs at least one value"),  # was seed 0
+        (["--rules", "bp", "--out", "x", "--jobs", ""], "--jobs must be an integer, not ''"),  # was 1 job
     ],
 )
 def test_compare_refuses_bad_study_flags_in_one_line(tmp_path: Path, cli, monkeypatch, args, message) -> None:

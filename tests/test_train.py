@@ -26,7 +26,7 @@ from bioprop.config import RunConfig
 from bioprop.errors import BioPropError, DivergenceError
 from bioprop.report import compare
 from bioprop.rules.backprop import Backprop
-from conftest import threads_per_epoch, tiny_config
+from conftest import TINY_FLAGS, threads_per_epoch, tiny_config
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SUMMARY_KEYS = {
@@ -470,6 +470,38 @@ def test_resume_after_ctrl_c_is_bit_identical(tmp_path: Path, cli, monkeypatch) 
     assert f"resuming {tmp_path / 'stopped'} from epoch 2/3" in err
     assert "epoch 2/3  train (running mean) loss" in err and "epoch 1/3" not in err
     assert_same_results(tmp_path / "whole", tmp_path / "stopped")
+
+
+def test_ctrl_c_while_the_last_plots_are_drawn_exits_130_in_one_line_and_resume_finishes(
+    tmp_path: Path, cli, monkeypatch
+) -> None:
+    """Ctrl-C that lands in ``import matplotlib`` as the finished run's plots are drawn leaves matplotlib
+    half-imported: drawing the interrupted run's plots then raises a KeyError from inside it (it used to end in
+    that traceback, exit 1). The exit stays 130 with one line; resume writes the plots, the model and the final
+    summary."""
+    calls = {"n": 0}
+    honest = train.write_plots
+
+    def plots(run_dir):
+        calls["n"] += 1
+        raise KeyboardInterrupt if calls["n"] == 1 else KeyError("PolyCollection:kwdoc")
+
+    monkeypatch.setattr(train, "write_plots", plots)
+    out = tmp_path / "run"
+    code, _, err = cli("train", *TINY_FLAGS, "--epochs", "2", "--quiet", "--out", out)
+    assert code == 130 and calls["n"] == 2, err
+    assert err.strip().splitlines() == [f"bioprop: interrupted; the last checkpoint in {out} is kept; "
+                                        f"continue with `bioprop resume {out}`"]  # fmt: skip
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["status"] == "interrupted" and summary["epochs_done"] == 2
+    assert not (out / "model.safetensors").exists()
+    monkeypatch.setattr(train, "write_plots", honest)
+    code, got, err = cli("resume", out, "--quiet")
+    assert code == 0 and "already finished" not in got, got + err
+    assert json.loads((out / "summary.json").read_text())["status"] == "finished"
+    assert (out / "model.safetensors").is_file() and (out / "curves.png").is_file()
+    code, got, _ = cli("resume", out)
+    assert code == 0 and f"{out} already finished (2/2 epochs); nothing to do" in got
 
 
 def test_run_and_resume_train_with_the_configs_threads_and_put_the_callers_back(tmp_path: Path, monkeypatch) -> None:

@@ -1,5 +1,21 @@
-"""``python -m bioprop ...``: the same command line as ``bioprop ...`` (:func:`bioprop.cli.main`)."""
+"""The ``bioprop`` command (the console script) and ``python -m bioprop``: :func:`bioprop.cli.main`, reached through
+:func:`launch`, which answers Ctrl-C during the seconds that importing torch takes as the command line does
+afterwards: one line and exit code 130, no traceback."""
 
-from bioprop.cli import main
+import sys
 
-main()
+EXIT_INTERRUPTED = 130  # as bioprop.cli.EXIT_INTERRUPTED, which cannot be imported before torch is
+
+
+def launch() -> None:
+    """Import the command line (torch with it), then run it; Ctrl-C while importing is ``bioprop: interrupted``."""
+    try:
+        from bioprop.cli import main
+    except KeyboardInterrupt:
+        sys.stderr.write("bioprop: interrupted\n")
+        raise SystemExit(EXIT_INTERRUPTED) from None
+    main()
+
+
+if __name__ == "__main__":
+    launch()

@@ -312,7 +312,7 @@ def resume(
             summary = training.resume(folder, quiet=quiet, threads=settings.threads)
         except KeyboardInterrupt:
             raise Interrupted(folder) from None
-    if summary["resumed_from"] >= summary["epochs"]:
+    if summary["reported_only"]:
         typer.echo(f"{folder} already finished ({summary['epochs']}/{summary['epochs']} epochs); nothing to do")
         return
     _report(summary, folder, quiet)
@@ -520,8 +520,9 @@ def compare(**given: Any) -> None:
 
     try:
         with sigterm_interrupts():
-            result = study_runner.run_study(names, data, arch, epochs, seeds or "0", rule_opt or [], folder,
-                                            jobs=jobs or "1", progress=progress, **settings_given)  # fmt: skip
+            result = study_runner.run_study(names, data, arch, epochs, "0" if seeds is None else seeds,
+                                            rule_opt or [], folder, jobs="1" if jobs is None else jobs,
+                                            progress=progress, **settings_given)  # fmt: skip
     except study_runner.StudyInterrupted:
         _fail(f"interrupted; each run keeps its last checkpoint in {folder}; run the same command again to resume",
               EXIT_INTERRUPTED)  # fmt: skip
@@ -644,7 +645,12 @@ def run_reproduction(
         str, _opt(escape("Folder for its figures and NAME.json. [default: runs/reproduce]"), metavar="DIR")
     ] = "runs/reproduce",
     full: Annotated[
-        bool, _flag("The paper's scale (minutes) instead of the default (under a minute).", "--full")
+        bool,
+        _flag(
+            "The paper's scale instead of the default (about a minute): minutes, over half an hour a run "
+            "for bellec2020.",
+            "--full",
+        ),
     ] = False,
     quick: Annotated[
         bool, _flag("A smaller version of the same computation (seconds), for a first look.", "--quick")
@@ -816,6 +822,8 @@ def main(argv: list[str] | None = None) -> None:
         with warnings_as_lines():
             code = app(args=args or ["--help"], prog_name="bioprop", standalone_mode=False)
     except Interrupted as stop:
+        if not stop.run_dir.exists():
+            _fail("interrupted before anything was written", EXIT_INTERRUPTED)
         if not (stop.run_dir / logs.CHECKPOINT).is_file():
             _fail(f"interrupted before the first checkpoint: nothing to resume in {stop.run_dir}; start again with "
                   "--overwrite", EXIT_INTERRUPTED)  # fmt: skip

@@ -494,7 +494,8 @@ def _run(config: RunConfig, out: Path, overwrite: bool, quiet: bool) -> dict[str
 
 def resume(run_dir: str | Path, quiet: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Continue the run in ``run_dir`` from its checkpoint. Returns the summary with ``resumed_from``, the epoch
-    the checkpoint held: equal to ``epochs`` when the run had already finished, which is then only reported.
+    the checkpoint held, and ``reported_only``: True when the run had already finished and is only reported (a run
+    stopped after its last epoch, before its model was written, gets its plots, model and summary written now).
     Nothing is written unless ``run_dir`` holds a config and a valid checkpoint of it. Trains with ``threads`` torch
     threads, by default those its config recorded (None there: torch's count as it stands), put back after; raises
     as :func:`run`, and BioPropError for ``threads`` not a whole number from 1 to 1024."""
@@ -503,7 +504,8 @@ def resume(run_dir: str | Path, quiet: bool = False, threads: int | None = None)
         raise BioPropError(f"threads must be a whole number from 1 to {MAX_THREADS}, not {threads!r}")
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise BioPropError(f"no run directory '{run_dir}'")
+        raise BioPropError(f"'{run_dir}' is a file, not a run directory" if run_dir.exists()
+                           else f"no run directory '{run_dir}'")  # fmt: skip
     if not (run_dir / CONFIG).is_file():
         raise BioPropError(f"no {CONFIG} in '{run_dir}'; is it a bioprop run directory?")
     logs.check_not_in_use(run_dir)
@@ -521,7 +523,7 @@ def resume(run_dir: str | Path, quiet: bool = False, threads: int | None = None)
             f"checkpoint copied from another run; to train longer or otherwise, start a new run with `bioprop train`"
         )
     if finished(run_dir, meta["epoch"], config.epochs):
-        return {**logs.read_summary(run_dir), "resumed_from": meta["epoch"]}
+        return {**logs.read_summary(run_dir), "resumed_from": meta["epoch"], "reported_only": True}
     with torch_threads(config.threads if threads is None else threads):
         return _resume(config, run_dir, tensors, meta, read, quiet)
 
@@ -537,7 +539,7 @@ def _resume(config: RunConfig, run_dir: Path, tensors: dict[str, Tensor], meta: 
         if read is None or (now.st_ino, now.st_mtime_ns, now.st_size) != (read.st_ino, read.st_mtime_ns, read.st_size):
             raise BioPropError(f"{checkpoint} changed while it was being resumed; run `bioprop resume` again")
         note_takeover(lock, quiet)
-        return {**loop(s, quiet, resumed=True), "resumed_from": meta["epoch"]}
+        return {**loop(s, quiet, resumed=True), "resumed_from": meta["epoch"], "reported_only": False}
 
 
 def recorded_config(meta: dict[str, Any]) -> dict[str, Any]:
@@ -625,8 +627,9 @@ def sigterm_interrupts() -> Iterator[None]:
 @contextmanager
 def recorded(s: Session) -> Iterator[None]:
     """Record how a run that stops early ended: ``summary.json`` with its status and message, the metrics, and
-    the plots of a diverged or interrupted run (its epochs so far). What cannot be written (a full disk) is added
-    to the error's message."""
+    the plots of a diverged or interrupted run (its epochs so far). What cannot be written (a full disk), or drawn
+    (Ctrl-C that landed while matplotlib was being imported leaves it half-imported), is added to the error's
+    message: the error that stopped the run is the one raised."""
     try:
         yield
     except BaseException as exc:
@@ -640,6 +643,8 @@ def recorded(s: Session) -> Iterator[None]:
                 write()
             except BioPropError as failed:
                 failures.append(str(failed))
+            except Exception as failed:  # noqa: BLE001 - recording must not hide the error that stopped the run
+                failures.append(f"{type(failed).__name__}: {failed}")
         if failures:
             message = f"{message}; recording this failed too: {'; '.join(failures)}"
         if isinstance(exc, BioPropError) and message != str(exc):

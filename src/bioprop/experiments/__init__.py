@@ -147,10 +147,14 @@ def _written_by_us(out: Path, experiment: Experiment) -> set[str]:
 
 
 def check_out(out: Path, experiment: Experiment) -> None:
-    """Refuse an ``out`` that is a file, or that holds a file of a name this experiment writes which an earlier
-    run of it did not write (:class:`BioPropError`, naming the file)."""
+    """Refuse an ``out`` that is a file or a run directory, or that holds a file of a name this experiment writes
+    which an earlier run of it did not write (:class:`BioPropError`, naming the file)."""
     if out.exists() and not out.is_dir():
         raise BioPropError(f"--out {str(out)!r} is a file, not a folder")
+    from bioprop.report.logs import MARKER
+
+    if (out / MARKER).exists():
+        raise BioPropError(f"--out '{out}' is a run directory; give a folder of its own")
     if not out.is_dir():
         return
     ours = _written_by_us(out, experiment)

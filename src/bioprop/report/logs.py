@@ -361,6 +361,25 @@ def check_not_in_use(run_dir: Path) -> None:
         os.close(fd)
 
 
+def held(run_dir: Path) -> bool:
+    """Whether a process (this one included) holds ``run_dir``'s lock now: what tells a run whose summary says
+    ``running`` from one whose process was killed (SIGKILL, a Ray worker or a machine stopped) before it could say
+    so. Touches nothing."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False  # no lock file: nobody holds the run
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at close
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return False
+
+
 class RunLock:
     """The exclusive ``flock`` of ``<run_dir>/.bioprop-lock``, with the holder's description written in it.
 

@@ -553,10 +553,13 @@ def page(study: Study, paths: Sequence[str | Path]) -> str:
 
 
 def check_out(out: Path) -> None:
-    """Refuse an ``out`` that is a file, and a ``report.md`` or ``report.html`` in it that is a folder, a link, or a
-    file bioprop did not write (:class:`BioPropError`, naming it). Touches nothing."""
+    """Refuse an ``out`` that is a file or a run directory (a report or study written into a run would make it hold
+    files its own ``--overwrite`` refuses to clear), and a ``report.md`` or ``report.html`` in it that is a folder, a
+    link, or a file bioprop did not write (:class:`BioPropError`, naming it). Touches nothing."""
     if out.exists() and not out.is_dir():
         raise BioPropError(f"--out {str(out)!r} is a file, not a folder")
+    if (out / logs.MARKER).exists():
+        raise BioPropError(f"--out '{out}' is a run directory; give a folder of its own")
     for name in (REPORT_MD, REPORT_HTML):
         path = out / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
@@ -585,8 +588,8 @@ def build_report(
         if tables.is_run_dir(out):  # a run directory holds only what a run writes: the report goes beside it
             out = out.resolve().parent
     out = Path(out)
+    runs, skipped = read_runs(paths)  # first: a DIR that is a file is named as the DIR it was given as, not as --out
     check_out(out)
-    runs, skipped = read_runs(paths)
     header, rows = leaderboard(runs)
     study = Study(header, rows, skipped)
     draw(study)

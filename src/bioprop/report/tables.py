@@ -20,7 +20,8 @@ Test and best accuracy (mean ± sample standard deviation, in %), the final test
 with the run's loss: the figure of a regression run, which has no accuracy), the final angle to the rule's
 reference gradient per weight tensor and the seconds per epoch are over a row's *finished* runs. Runs that
 diverged, failed, were interrupted or are still running are counted in the ``runs`` column (``3 (1 diverged)``)
-and left out of those numbers; a row with no finished run shows ``–`` there.
+and left out of those numbers; a row with no finished run shows ``–`` there. A run whose summary says ``running``
+while no process holds its lock (:func:`bioprop.report.logs.held`) was killed before it could say so: interrupted.
 
 Two runs with the same settings *and* the same seed (a run directory copied, or a run repeated) are refused, naming
 both: they are not independent seeds, and counting both would shrink the standard deviation and inflate the count.
@@ -288,6 +289,9 @@ def read_run(path: Path) -> Run:
     """The run in ``path``. A summary or config that cannot be read, lacks rule/dataset/arch, or has a field compare
     reads of the wrong type or range (see the module docstring) is a :class:`BioPropError` naming file and field."""
     summary = check_summary(path / logs.SUMMARY, logs.read_summary(path))
+    if summary.get("status") == "running" and not logs.held(path):  # its process died before it could say so
+        summary = {**summary, "status": "interrupted", "message": "its process ended without recording how (killed, "
+                   f"or its machine stopped); `bioprop resume {path}` continues from its last checkpoint"}  # fmt: skip
     config = read_yaml(path / logs.CONFIG)
     check_fields(path / logs.CONFIG, config, CONFIG_FIELDS, required=("rule",))
     return Run(path, summary, settings_of(config, summary), seed_of(config, summary))
