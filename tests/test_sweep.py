@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -71,7 +72,7 @@ def test_counts_configurations_and_builds_the_space():
         ({"retries": -1}, "retries must be an integer from 0 to 100, not -1"),
         ({"metric": ["val_accuracy"]}, "metric ['val_accuracy'] is not one of"),
         ({"samples": 3}, "samples 3 would draw the same configurations again"),
-        ({"search": {"lr": {"choice": [0.1, 0.2]}}, "samples": 2}, "without a uniform or loguniform domain"),
+        ({"search": {"lr": {"choice": [0.1, 0.2]}}, "samples": 2}, "without a uniform, loguniform or randint domain"),
         ({"base": {**TINY, "threads": 2}}, "base.threads: threads is set by the section 'cpus_per_trial'"),
     ],
 )
@@ -187,6 +188,126 @@ def test_the_folder_of_another_sweep_or_a_foreign_file_is_refused(tmp_path):
     with pytest.raises(BioPropError, match=r"holds a sweep of another file \(seeds differs\)"):
         sweeps._check_folder(sweep, out, resume=True)
     assert (out / "sweep.yaml").read_text().startswith(sweeps.MARK)  # untouched
+
+
+# Sweep files as a person writes them (yaml.safe_dump would write 1e-3 as 0.001, which YAML 1.1 reads as a number)
+HEAD = "base: {data: digits, arch: mlp:16, epochs: 2, limit: 300, optimizer: adam}\n"
+
+
+def test_a_range_written_1e_3_is_read_as_its_numbers(tmp_path):
+    """YAML 1.1 reads ``1e-3`` as a string: the bounds of a range are read as the settings read a number (the
+    README: numbers may be written 1e-3 in YAML too), and so are samples and the other counts."""
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + "rules: {bp: {}, fa: {scale: {uniform: [5e-1, 2]}}}\n"
+                    "search: {lr: {loguniform: [1e-3, 1e-2]}, batch_size: {randint: ['16', 64.0]}}\n"
+                    "samples: '2'\nretries: 1.0\n")  # fmt: skip
+    sweep = sweeps.load(path)
+    assert sweep.search == {"lr": sweeps.Domain("loguniform", (0.001, 0.01)),
+                            "batch_size": sweeps.Domain("randint", (16, 64))}  # fmt: skip
+    assert sweep.rules["fa"] == {"scale": sweeps.Domain("uniform", (0.5, 2.0))}
+    assert (sweep.samples, sweep.retries) == (2, 1) and sweep.configurations() == 4
+    sweeps.check(sweep, tmp_path / "out")  # every bound is a value its setting or option takes
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("search: {lr: {uniform: [abc, 1e-2]}}",
+         "search.lr: uniform takes [low, high], two numbers, not ['abc', '1e-2']"),
+        ("search: {lr: {loguniform: [1e-2, 1e-3]}}",
+         "search.lr: loguniform needs finite low < high, not ['1e-2', '1e-3']"),
+        ("search: {lr: {loguniform: [0e0, 1e-3]}}", "search.lr: loguniform needs 0 < low, not '0e0'"),
+        ("search: {lr: {uniform: [1e-3, 1e999]}}",  # not finite: not a number as the settings read one
+         "search.lr: uniform takes [low, high], two numbers, not ['1e-3', '1e999']"),
+        ("search: {batch_size: {randint: [1e1, 64]}}",
+         "search.batch_size: randint takes two integers, not ['1e1', 64]"),
+        ("search: {lr: {uniform: [1e-3, 1e-2]}}\nsamples: 2e0", "samples must be an integer ≥ 1, not '2e0'"),
+    ],
+)  # fmt: skip
+def test_a_range_of_strings_that_are_no_numbers_is_refused_naming_them(tmp_path, text, says):
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + "rules: {bp: {}}\n" + text + ("" if "samples" in text else "\nsamples: 2") + "\n")
+    with pytest.raises(BioPropError) as caught:
+        sweeps.load(path)
+    assert str(caught.value) == f"sweep file '{path}': {says}"
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "line"),
+    [
+        ("rules: {bp: {}}\nsearch: {lr: [0.01, 0.1]}\nrules: {fa: {}}\n", "rules", 4),  # the last one won: fa alone
+        ("rules:\n  bp: {}\n  fa:\n    scale: 1\n    init: uniform\n    scale: 2\n", "scale", 7),
+        ("rules: {bp: {}, fa: {}}\nsearch:\n  lr: {grid: [0.1, 0.2], grid: [0.3, 0.4]}\n", "grid", 4),
+        ("rules: {bp: {}, fa: {}}\nsearch: {lr: [0.01, 0.1]}\nbase: {epochs: 1}\n", "base", 4),
+    ],
+)
+def test_a_key_given_twice_is_refused_at_every_level(tmp_path, text, key, line):
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + text)
+    with pytest.raises(BioPropError) as caught:
+        sweeps.load(path)
+    assert str(caught.value) == f"sweep file '{path}': key {key!r} given twice (line {line})"
+
+
+def test_randint_alone_is_a_random_search_whose_bounds_are_checked(tmp_path):
+    """randint is drawn from as uniform and loguniform are: searched alone with samples > 1 (more samples than it
+    holds values would repeat them), and both its ends are checked against the setting."""
+    alone = sweeps.parse(spec(rules={"bp": {}}, search={"batch_size": {"randint": [16, 64]}}, samples=2))
+    assert alone.configurations() == 2
+    sweeps.check(alone, tmp_path / "out")
+    opt = sweeps.parse(spec(rules={"bp": {}, "fa": {"seed": {"randint": [0, 2]}}}, search={}, samples=2))
+    assert opt.configurations() == 4  # bp drawn twice: one configuration, trained once (on local Ray, below)
+    with pytest.raises(BioPropError) as caught:
+        sweeps.parse(spec(rules={"bp": {}}, search={"batch_size": {"randint": [16, 18]}, "lr": {"choice": [0.1, 0.2]}},
+                          samples=5), source="sweep file 's.yaml'")  # fmt: skip
+    assert str(caught.value) == ("sweep file 's.yaml': samples 5 would draw the same configurations again: the randint "
+                                 "and choice domains hold 4 combinations; list the values as a grid")  # fmt: skip
+    low = sweeps.parse(spec(rules={"bp": {}}, search={"batch_size": {"randint": [0, 10]}}, samples=2),
+                       source="sweep file 's.yaml'")  # fmt: skip
+    with pytest.raises(BioPropError) as caught:
+        sweeps.check(low, tmp_path / "out")
+    assert (
+        str(caught.value) == "sweep file 's.yaml': search.batch_size: --batch-size must be a positive integer, not '0'"
+    )
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ("rules: {bp: {}}\nsearch: {lr: [0.01, 0.1]}\nrules: {fa: {}}\n", "key 'rules' given twice (line 4)"),
+        ("rules: {bp: {}}\nsearch: {batch_size: {randint: [0, 10]}}\nsamples: 2\n",
+         "search.batch_size: --batch-size must be a positive integer, not '0'"),
+    ],
+)  # fmt: skip
+def test_the_newcomers_files_are_one_line_before_ray(cli, tmp_path, text, says):
+    path = tmp_path / "s.yaml"
+    path.write_text(HEAD + text)
+    code, _, err = cli("sweep", path, "--out", tmp_path / "out")
+    assert (code, err) == (2, f"bioprop: error: sweep file '{path}': {says}\n")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_configuration_drawn_twice_waits_for_its_first_trial(tmp_path):
+    """Two trials of one configuration never train at once: the second waits for the first's lock (then finds its
+    runs finished and skips them); the kernel's flock, so another configuration does not wait."""
+    entered = []
+
+    def second(name):
+        with sweeps._one_trial_of(tmp_path, name, poll=0.01):
+            entered.append((name, time.monotonic()))
+
+    with sweeps._one_trial_of(tmp_path, "bp-00000000"):
+        held = time.monotonic()
+        other = threading.Thread(target=second, args=("fa-00000000",))
+        other.start()
+        other.join(5)
+        same = threading.Thread(target=second, args=("bp-00000000",))
+        same.start()
+        time.sleep(0.3)
+        assert [name for name, _ in entered] == ["fa-00000000"]  # the same configuration still waits
+    same.join(5)
+    assert [name for name, _ in entered] == ["fa-00000000", "bp-00000000"] and entered[1][1] - held >= 0.3
 
 
 # ------------------------------------------------------------------------------------------ on local Ray
@@ -321,6 +442,24 @@ def test_a_trial_that_raises_is_retried(tmp_path):
     after = summaries(out)
     assert len(after) == 2 and all(s["status"] == "finished" for s in after.values())
     assert epochs_trained(held) == [1, 2]
+
+
+@needs_ray
+def test_a_configuration_drawn_twice_is_trained_once_and_the_sweep_ends(tmp_path):
+    """samples 2 draws bp's one configuration twice (it has no domain of its own) and fa.seed from randint: the
+    sweep ends (exit 0, not "interrupted": each configuration is one record), each run trained once."""
+    raw = spec(rules={"bp": {}, "fa": {"seed": {"randint": [0, 1000]}}}, search={}, samples=2)  # 4 trials
+    path = write(tmp_path, raw)
+    out = tmp_path / "out"
+    code, _, stderr = finish(bioprop("sweep", str(path), "--out", str(out)))
+    assert code == 0, stderr
+    runs = summaries(out)
+    assert stderr.count("bp-") == 2 and "finished before; skipped" in stderr  # two trials, one trains
+    assert sorted(s["rule"] for s in runs.values()).count("bp") == 1
+    assert all(s["status"] == "finished" for s in runs.values())
+    for name in runs:
+        assert epochs_trained(out / name) == [1, 2]
+    assert len(json.loads((out / "best.json").read_text())["trials"]) == len(runs)
 
 
 @needs_ray

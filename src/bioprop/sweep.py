@@ -37,7 +37,9 @@ sweep (``--resume``: the same file starts Ray Tune again, whose draws repeat wit
 finished run; Ray Tune's own saved state (``OUT/.ray``) is not restored (that would unpickle it). A trial whose
 run fails (an error, or its worker process killed) is retried by Ray Tune (``retries``,
 :class:`ray.tune.FailureConfig`); its finished seeds are kept and the interrupted one resumes. ``samples`` > 1
-needs a uniform or loguniform domain (else the draws repeat configurations). SIGTERM stops a sweep as Ctrl-C does.
+needs a uniform, loguniform or randint domain (else every draw is the same configuration). A configuration drawn
+again (a randint's value drawn twice, or a rule with no domain drawn from under ``samples`` > 1) is trained once: its
+second trial waits for the first, then skips its runs. SIGTERM stops a sweep as Ctrl-C does.
 A worker whose Ray node died (the sweep killed) stops itself within a second, keeping its last checkpoint.
 
 Ray is started on this machine with the CPUs this process may use (``address`` None), or joined at ``address``
@@ -59,6 +61,7 @@ Ray Tune is an optional dependency: ``pip install 'bioprop[sweep]'``; without it
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -76,15 +79,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from bioprop import study_runner
+from bioprop.config import _DuplicateKey, _UniqueKeyLoader
 from bioprop.errors import BioPropError
 from bioprop.report import logs
+from bioprop.rules.options import coerce
 
 #: The top-level keys of a sweep file.
 KEYS = ("base", "rules", "search", "seeds", "samples", "metric", "cpus_per_trial", "retries", "sampler_seed")
 #: Search domains: name -> how many arguments (None: a list of values).
 DOMAINS = {"grid": None, "choice": None, "uniform": 2, "loguniform": 2, "randint": 2}
+#: The domains whose every sample draws a value of a range: ``samples`` > 1 needs one (a choice alone is a grid).
+SAMPLED = ("uniform", "loguniform", "randint")
 #: The metrics a sweep can select on (fields of a run's summary.json), with the direction that is better.
 METRICS = {"val_accuracy": "max", "test_accuracy": "max", "best_test_accuracy": "max",
            "test_accuracy_at_best_val": "max", "test_loss": "min"}  # fmt: skip
@@ -159,7 +167,8 @@ class Sweep:
         return METRICS[self.metric]
 
     def configurations(self) -> int:
-        """How many configurations the sweep trains (each with every seed): grid points × samples, per rule."""
+        """How many configurations the sweep trains (each with every seed): grid points × samples, per rule, Ray
+        Tune's trials (a configuration drawn twice is two trials, trained once: :func:`run_trial`)."""
         grid = math.prod(d.grid_size() for d in self.search.values() if isinstance(d, Domain))
         per_rule = [
             math.prod(d.grid_size() for d in opts.values() if isinstance(d, Domain)) for opts in self.rules.values()
@@ -196,19 +205,47 @@ def _domain(where: str, value: Any) -> Any:
         raise BioPropError(f"{where}: {kind} has no values: the search space is empty")
     arity = DOMAINS[kind]
     if arity is not None:
-        if len(args) != arity or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
+        bounds = [_number(a, int if kind == "randint" else float) for a in args]
+        if len(bounds) != arity or not all(isinstance(a, int | float) and not isinstance(a, bool) for a in bounds):
             raise BioPropError(f"{where}: {kind} takes [low, high], two numbers, not {args!r}")
-        low, high = args
+        low, high = bounds
         if kind == "randint" and not (isinstance(low, int) and isinstance(high, int)):
             raise BioPropError(f"{where}: randint takes two integers, not {args!r}")
-        if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        if not (_finite(low) and _finite(high) and low < high):
             raise BioPropError(f"{where}: {kind} needs finite low < high, not {args!r}")
         if kind == "loguniform" and low <= 0:
-            raise BioPropError(f"{where}: loguniform needs 0 < low, not {low!r}")
+            raise BioPropError(f"{where}: loguniform needs 0 < low, not {args[0]!r}")
+        args = bounds
     for i, item in enumerate(args):
         if args.index(item) != i:
             raise BioPropError(f"{where}: {kind} gives {item!r} twice")
     return Domain(kind, tuple(args))
+
+
+def _number(value: Any, kind: type) -> Any:
+    """A bound of a range domain read as the settings read a number (:func:`bioprop.rules.options.coerce`): as
+    ``kind`` (int for randint: ``5.0`` and ``"5"`` are 5), else as a float, so that a numeric string is its number
+    (YAML 1.1 reads ``1e-3`` as a string); anything else as given, for the caller to refuse."""
+    for as_kind in dict.fromkeys((kind, float)):
+        try:
+            return coerce(as_kind, value)
+        except ValidationError:
+            pass
+    return value
+
+
+def _finite(number: int | float) -> bool:
+    try:
+        return math.isfinite(number)
+    except OverflowError:  # an int too large for a float
+        return False
+
+
+def _draws(values: list[Any]) -> int:
+    """How many different draws the randint and choice domains among ``values`` hold together."""
+    sizes = [d.values[1] - d.values[0] if d.kind == "randint" else len(d.values)
+             for d in values if isinstance(d, Domain) and d.kind in ("randint", "choice")]  # fmt: skip
+    return math.prod(sizes)
 
 
 def _mapping(where: str, value: Any) -> dict[str, Any]:
@@ -220,10 +257,16 @@ def _mapping(where: str, value: Any) -> dict[str, Any]:
 
 
 def _whole(where: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low or high is not None and value > high:
+    """``value`` read as the settings read an integer (:func:`bioprop.rules.options.coerce`: ``2.0`` and ``"2"``
+    are 2, ``"1e1"`` and a bool are refused), from ``low`` to ``high``."""
+    try:
+        number = coerce(int, value)
+    except ValidationError:
+        number = None
+    if number is None or number < low or high is not None and number > high:
         bound = f"from {low} to {high}" if high is not None else f"≥ {low}"
         raise BioPropError(f"{where} must be an integer {bound}, not {value!r}")
-    return value
+    return number
 
 
 def parse(raw: Any, source: str = "sweep file") -> Sweep:
@@ -287,11 +330,17 @@ def parse(raw: Any, source: str = "sweep file") -> Sweep:
         sampler_seed=_whole(f"{source}: sampler_seed", raw.get("sampler_seed", 0), 0, 2**32 - 1),
         source=source, raw=raw,
     )  # fmt: skip
-    continuous = [d for d in [*search.values(), *(v for o in rules.values() for v in o.values())]
-                  if isinstance(d, Domain) and d.kind in ("uniform", "loguniform")]  # fmt: skip
-    if sweep.samples > 1 and not continuous:
+    sampled = [d for d in [*search.values(), *(v for o in rules.values() for v in o.values())]
+               if isinstance(d, Domain) and d.kind in SAMPLED]  # fmt: skip
+    if sweep.samples > 1 and not sampled:
         raise BioPropError(f"{source}: samples {sweep.samples} would draw the same configurations again: "
-                           "without a uniform or loguniform domain, list the values as a grid")  # fmt: skip
+                           "without a uniform, loguniform or randint domain, list the values as a grid")  # fmt: skip
+    if sweep.samples > 1 and all(d.kind == "randint" for d in sampled):  # finitely many draws: more samples repeat
+        draws = max(_draws([*search.values(), *opts.values()]) for opts in rules.values())
+        if sweep.samples > draws:
+            raise BioPropError(f"{source}: samples {sweep.samples} would draw the same configurations again: the "
+                               f"randint and choice domains hold {draws} combination{'s' if draws > 1 else ''}; "
+                               "list the values as a grid")  # fmt: skip
     count = sweep.configurations()
     if count > MAX_CONFIGURATIONS:
         raise BioPropError(f"{source}: the search space holds {count} configurations; at most {MAX_CONFIGURATIONS}")
@@ -303,7 +352,8 @@ def parse(raw: Any, source: str = "sweep file") -> Sweep:
 
 
 def load(path: str | Path) -> Sweep:
-    """The sweep file at ``path`` (:func:`parse`); a missing or unreadable file or bad YAML is a BioPropError."""
+    """The sweep file at ``path`` (:func:`parse`); a missing or unreadable file, bad YAML or a key given twice in one
+    mapping (at any depth) is a BioPropError."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -312,9 +362,13 @@ def load(path: str | Path) -> Sweep:
     except (OSError, UnicodeDecodeError) as exc:
         raise BioPropError(f"cannot read sweep file '{path}': {exc}") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # the safe loader, a key given twice refused (as --config)
+    except _DuplicateKey as exc:
+        raise BioPropError(f"sweep file '{path}': key {exc.key!r} given twice (line {exc.line})") from None
     except yaml.YAMLError as exc:
         raise BioPropError(f"sweep file '{path}' is not valid YAML: {' '.join(str(exc).split())}") from None
+    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits, nesting too deep
+        raise BioPropError(f"cannot parse sweep file '{path}': {' '.join(str(exc).split()[:12])}") from None
     return parse(raw, source=f"sweep file '{path}'")
 
 
@@ -410,30 +464,51 @@ def run_trial(params: dict[str, Any], context: Context) -> dict[str, Any]:
     name = trial_name(rule, opts, searched)
     summaries, skipped = [], True
     torch.set_num_threads(context.threads)
-    for seed in context.seeds:
-        config = study_runner.make_config(rule, seed, opts, {**context.base, **searched})
-        config.threads = context.threads
-        run = f"{name}-s{seed}"
-        try:
-            job = study_runner.plan(config, Path(context.out) / run, run)
-        except BioPropError as exc:
-            raise TrialFailed(f"{run}: {exc}") from None
-        job.threads = context.threads
-        if job.action == "skip":
-            summary = job.before
-        else:
-            skipped = False
-            result = study_runner.execute(job)
-            if result["status"] not in ("finished", "diverged"):
-                raise TrialFailed(f"{run}: {result['status']}: {result['message']}")
-            summary = logs.read_summary(job.run_dir)
-        summaries.append(summary)
+    with _one_trial_of(Path(context.out), name):  # a configuration drawn twice: its second trial skips its runs
+        for seed in context.seeds:
+            config = study_runner.make_config(rule, seed, opts, {**context.base, **searched})
+            config.threads = context.threads
+            run = f"{name}-s{seed}"
+            try:
+                job = study_runner.plan(config, Path(context.out) / run, run)
+            except BioPropError as exc:
+                raise TrialFailed(f"{run}: {exc}") from None
+            job.threads = context.threads
+            if job.action == "skip":
+                summary = job.before
+            else:
+                skipped = False
+                result = study_runner.execute(job)
+                if result["status"] not in ("finished", "diverged"):
+                    raise TrialFailed(f"{run}: {result['status']}: {result['message']}")
+                summary = logs.read_summary(job.run_dir)
+            summaries.append(summary)
     seeds = over_seeds(summaries, context.metric)
     nan = math.nan  # what Ray Tune records where there is no value
     return {"name": name, "rule": rule, "status": "diverged" if "diverged" in seeds["statuses"] else "finished",
             "skipped": skipped, context.metric: nan if seeds["mean"] is None else seeds["mean"],
             "per_seed": seeds["values"],
             "test_accuracy": nan if seeds["test_accuracy"] is None else seeds["test_accuracy"]}  # fmt: skip
+
+
+@contextlib.contextmanager
+def _one_trial_of(out: Path, name: str, poll: float = 0.5) -> Iterator[None]:
+    """Held while a trial of configuration ``name`` runs: the exclusive ``flock`` of ``OUT/.ray/<name>.lock``,
+    waited for (polled every ``poll`` seconds), so that a configuration drawn twice is never trained by two trials at
+    once. The kernel releases it when the process ends."""
+    path = out / RAY_DIR / f"{name}.lock"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                time.sleep(poll)
+        yield
+    finally:
+        os.close(fd)
 
 
 _WATCHED = False
@@ -503,9 +578,7 @@ def _check_folder(sweep: Sweep, out: Path, resume: bool) -> None:
 
     if out.exists() and not out.is_dir():
         raise BioPropError(f"--out {str(out)!r} is a file, not a folder")
-    study.check_out(out)
-    if (out / logs.MARKER).exists():
-        raise BioPropError(f"--out '{out}' is a run directory; give a folder of its own for the sweep")
+    study.check_out(out)  # a file, a run directory, a report bioprop did not write
     for path, ours in ((out / BEST_JSON, _best_json_ours), (out / BEST_MD, lambda p: logs.marked(p, MARK_BEST)),
                        (out / SPEC, lambda p: logs.marked(p, MARK))):  # fmt: skip
         if (path.exists() or path.is_symlink()) and not ours(path):
@@ -714,7 +787,9 @@ def run_sweep(
 
         report = study.build_report([folder], folder, on_skip=say)
     ended = [record for record in records if record["status"] in ("finished", "diverged", "failed")]
-    if len(ended) < sweep.configurations():  # Ctrl-C: Ray Tune stopped before every trial ended
+    # Ctrl-C: Ray Tune stopped before it returned every trial or before every configuration ended (a configuration
+    # drawn twice is one record)
+    if len(outcomes) < sweep.configurations() or len(ended) < len(records):
         raise SweepInterrupted(folder, len(ended), sweep.configurations())
     failed = [record["name"] for record in records if record["status"] != "finished"]
     return {"out": str(folder), "best": best, "trials": records, "report": report, "table": table, "failed": failed}
