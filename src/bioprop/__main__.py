@@ -4,7 +4,7 @@ afterwards: one line and exit code 130, no traceback."""
 
 import sys
 
-EXIT_INTERRUPTED = 130  # as bioprop.cli.EXIT_INTERRUPTED, which cannot be imported before torch is
+from bioprop.errors import EXIT_INTERRUPTED
 
 
 def launch() -> None:

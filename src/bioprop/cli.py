@@ -61,7 +61,7 @@ from bioprop.config import (
     source_labels,
     torch_threads,
 )
-from bioprop.errors import BioPropError
+from bioprop.errors import EXIT_INTERRUPTED, BioPropError
 from bioprop.report import logs
 from bioprop.rules.base import PlanWarning
 from bioprop.rules.options import say
@@ -72,7 +72,6 @@ except ImportError:  # pragma: no cover - older typer, on the click package
     from click import exceptions as click_errors
 
 EXIT_IO_ERROR = 74  # EX_IOERR of sysexits.h, as bioprop.report.logs.WriteError
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, as a shell reports a process ended by Ctrl-C
 
 
 class _NoFlagTypes:

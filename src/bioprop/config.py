@@ -523,21 +523,29 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if "\0" in text:
         raise BioPropError(f"{_file_source(path)} is not a text YAML file (it is binary or not UTF-8)")
     try:
-        values = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as exc:
-        raise BioPropError(f"{_file_source(path)}: key {exc.key!r} given twice (line {exc.line})") from None
+        values = load_yaml(text, _file_source(path))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or type(exc).__name__
         raise BioPropError(f"cannot parse {_file_source(path)}: {problem}{where}") from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits, nesting too deep
-        raise BioPropError(f"cannot parse {_file_source(path)}: {' '.join(str(exc).split()[:12])}") from None
     if values is None:
         raise BioPropError(f"{_file_source(path)} is empty; expected key: value lines such as `rule: fa`")
     if not isinstance(values, dict):
         raise BioPropError(f"{_file_source(path)} must be a mapping of key: value, not a {type(values).__name__}")
     return {str(k): v for k, v in values.items()}
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The document in ``text`` by YAML's safe loader, except that a key given twice in one mapping (at any depth),
+    an integer of more than 4300 digits or nesting too deep is a one-line BioPropError naming ``source`` (e.g.
+    ``config 'run.yaml'``); a syntax error is left to the caller to word (``yaml.YAMLError``)."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as exc:
+        raise BioPropError(f"{source}: key {exc.key!r} given twice (line {exc.line})") from None
+    except (ValueError, RecursionError) as exc:
+        raise BioPropError(f"cannot parse {source}: {' '.join(str(exc).split()[:12])}") from None
 
 
 class _DuplicateKey(Exception):

@@ -82,7 +82,7 @@ import yaml
 from pydantic import ValidationError
 
 from bioprop import study_runner
-from bioprop.config import _DuplicateKey, _UniqueKeyLoader
+from bioprop.config import load_yaml
 from bioprop.errors import BioPropError
 from bioprop.report import logs
 from bioprop.rules.options import coerce
@@ -362,13 +362,9 @@ def load(path: str | Path) -> Sweep:
     except (OSError, UnicodeDecodeError) as exc:
         raise BioPropError(f"cannot read sweep file '{path}': {exc}") from None
     try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # the safe loader, a key given twice refused (as --config)
-    except _DuplicateKey as exc:
-        raise BioPropError(f"sweep file '{path}': key {exc.key!r} given twice (line {exc.line})") from None
+        raw = load_yaml(text, f"sweep file '{path}'")  # a key given twice refused, as in a --config file
     except yaml.YAMLError as exc:
         raise BioPropError(f"sweep file '{path}' is not valid YAML: {' '.join(str(exc).split())}") from None
-    except (ValueError, RecursionError) as exc:  # e.g. an integer of more than 4300 digits, nesting too deep
-        raise BioPropError(f"cannot parse sweep file '{path}': {' '.join(str(exc).split()[:12])}") from None
     return parse(raw, source=f"sweep file '{path}'")
 
 
@@ -576,8 +572,6 @@ def _check_folder(sweep: Sweep, out: Path, resume: bool) -> None:
     """The sweep folder: new, or this sweep's with ``resume`` (module docstring). Touches nothing."""
     from bioprop.report import study
 
-    if out.exists() and not out.is_dir():
-        raise BioPropError(f"--out {str(out)!r} is a file, not a folder")
     study.check_out(out)  # a file, a run directory, a report bioprop did not write
     for path, ours in ((out / BEST_JSON, _best_json_ours), (out / BEST_MD, lambda p: logs.marked(p, MARK_BEST)),
                        (out / SPEC, lambda p: logs.marked(p, MARK))):  # fmt: skip

@@ -151,10 +151,9 @@ def check_out(out: Path, experiment: Experiment) -> None:
     which an earlier run of it did not write (:class:`BioPropError`, naming the file)."""
     if out.exists() and not out.is_dir():
         raise BioPropError(f"--out {str(out)!r} is a file, not a folder")
-    from bioprop.report.logs import MARKER
+    from bioprop.report.logs import check_not_a_run
 
-    if (out / MARKER).exists():
-        raise BioPropError(f"--out '{out}' is a run directory; give a folder of its own")
+    check_not_a_run(out)
     if not out.is_dir():
         return
     ours = _written_by_us(out, experiment)

@@ -346,38 +346,44 @@ def _stale(holder: dict[str, Any]) -> bool:
     return holder.get("host") == socket.gethostname() and not _pid_alive(holder["pid"])
 
 
-def check_not_in_use(run_dir: Path) -> None:
-    """Raise BioPropError naming the process that holds ``run_dir``'s lock, if one does. Touches nothing."""
+def _holder(run_dir: Path) -> tuple[bool, dict[str, Any] | None]:
+    """Whether a process (this one included) holds ``run_dir``'s lock now, and the description it wrote there (None
+    if it wrote none). Touches nothing."""
     try:
         fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
     except OSError:
-        return  # no lock file (or none we may read): nobody holds the run
+        return False, None  # no lock file (or none we may read): nobody holds the run
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at close; taken only if no writer holds it
-        except BlockingIOError:
-            raise _in_use(run_dir, _read_holder(fd)) from None
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at close; taken only if no writer holds it
+    except BlockingIOError:
+        return True, _read_holder(fd)
     finally:
         os.close(fd)
+    return False, None
+
+
+def check_not_in_use(run_dir: Path) -> None:
+    """Raise BioPropError naming the process that holds ``run_dir``'s lock, if one does. Touches nothing."""
+    in_use, holder = _holder(run_dir)
+    if in_use:
+        raise _in_use(run_dir, holder)
 
 
 def held(run_dir: Path) -> bool:
     """Whether a process (this one included) holds ``run_dir``'s lock now: what tells a run whose summary says
     ``running`` from one whose process was killed (SIGKILL, a Ray worker or a machine stopped) before it could say
-    so. Touches nothing."""
+    so. A lock that cannot be probed counts as not held. Touches nothing."""
     try:
-        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False  # no lock file: nobody holds the run
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # released at close
-    except BlockingIOError:
-        return True
+        return _holder(run_dir)[0]
     except OSError:
         return False
-    finally:
-        os.close(fd)
-    return False
+
+
+def check_not_a_run(out: Path) -> None:
+    """Refuse (BioPropError) an ``--out`` for a study, report, sweep or reproduction that is a run directory: what
+    it wrote there would be files the run's own ``--overwrite`` refuses to clear. Touches nothing."""
+    if (out / MARKER).exists():
+        raise BioPropError(f"--out '{out}' is a run directory; give a folder of its own")
 
 
 class RunLock:

@@ -558,8 +558,7 @@ def check_out(out: Path) -> None:
     link, or a file bioprop did not write (:class:`BioPropError`, naming it). Touches nothing."""
     if out.exists() and not out.is_dir():
         raise BioPropError(f"--out {str(out)!r} is a file, not a folder")
-    if (out / logs.MARKER).exists():
-        raise BioPropError(f"--out '{out}' is a run directory; give a folder of its own")
+    logs.check_not_a_run(out)
     for name in (REPORT_MD, REPORT_HTML):
         path = out / name
         if path.is_symlink() or (path.exists() and not path.is_file()):
