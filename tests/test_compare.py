@@ -164,6 +164,19 @@ def test_a_running_run_whose_process_died_counts_as_interrupted(tmp_path: Path) 
     assert run.summary["message"].endswith(f"`bioprop resume {tmp_path / 'killed'}` continues from its last checkpoint")
 
 
+def test_a_moved_runs_resume_hint_names_where_it_is_now(tmp_path: Path) -> None:
+    """summary.json records `bioprop resume <where the run was>`; read from a copy, the hint names the copy."""
+    old = write_run(tmp_path / "old", status="interrupted")
+    summary = json.loads((old / "summary.json").read_text())
+    summary["message"] = f"terminated by SIGTERM; kept epoch 1; resume with `bioprop resume {old}`"
+    (old / "summary.json").write_text(json.dumps(summary))
+    moved = Path(shutil.copytree(old, tmp_path / "elsewhere" / "run"))
+    assert tables.read_run(old).summary["message"] == summary["message"]
+    assert tables.read_run(moved).summary["message"] == (
+        f"terminated by SIGTERM; kept epoch 1; resume with `bioprop resume {moved}`"
+    )
+
+
 # ----------------------------------------------------------------------------------------- which runs are read
 
 
@@ -210,6 +223,26 @@ def test_paths_without_runs_are_refused(tmp_path: Path) -> None:
         assert str(err.value).startswith(says) and "\n" not in str(err.value)
     with pytest.raises(BioPropError, match="at least one"):
         compare([])
+
+
+def test_cli_compare_warns_about_each_half_written_run_it_leaves_out(cli, tmp_path: Path) -> None:
+    """A run killed before it wrote summary.json (or config.yaml) is not in the table, and compare says so on
+    stderr, one line each, as `bioprop report` does; a folder holding none of a run's files is not mentioned."""
+    write_run(tmp_path / "runs" / "fa-s0", acc=0.81)
+    killed = tmp_path / "runs" / "fa-s1"
+    killed.mkdir()
+    (killed / "config.yaml").write_text("rule: fa\n")  # died before its first summary
+    (killed / logs.MARKER).write_text("")
+    no_config = write_run(tmp_path / "runs" / "deeper" / "bp-s0", rule="bp")
+    (no_config / "config.yaml").unlink()
+    (tmp_path / "runs" / "figures").mkdir()  # not a run at all: no warning
+    code, out, err = cli("compare", tmp_path / "runs")
+    assert code == 0 and "| fa " in out and "| bp " not in out and "81.00" in out
+    assert err.splitlines() == [
+        f"bioprop: warning: skipped '{no_config}' (no config.yaml: half-written or not a run)",
+        f"bioprop: warning: skipped '{killed}' (no summary.json: half-written or not a run)",
+    ]
+    assert tables.half_written([tmp_path / "runs" / "fa-s0", tmp_path / "nowhere"]) == []
 
 
 def test_a_damaged_run_directory_is_named(tmp_path: Path) -> None:

@@ -60,9 +60,21 @@ def test_every_field_has_a_flag_with_its_help_and_default() -> None:
         assert option.default is None, f"{item.name}: a flag not given must leave a --config value standing"
         if value_kind(item.name) is bool:
             assert option.secondary_opts == [f"--no-{long_flag(item)[2:]}"] and option.metavar == ""
-        elif item.metadata.get("choices") and not item.metadata.get("metavar"):
-            assert option.metavar == f"[{'|'.join(item.metadata['choices'])}]"
+        elif item.metadata.get("choices"):
+            assert option.metavar == "NAME" and f"One of {', '.join(item.metadata['choices'])}." in option.help
     assert sorted(options) == ["--config", "--out", "--overwrite", "--quiet"], "options besides the settings"
+
+
+def test_help_at_80_columns_leaves_the_help_texts_room(cli, monkeypatch) -> None:
+    """At 80 columns the help texts of `train` and `compare` are at least 36 characters wide: no column of choices
+    (`[sgd|adam|adamw]`) or of negative flags (`--no-download`) crowds them to 20, as both once did."""
+    monkeypatch.setenv("COLUMNS", "80")
+    for command in ("train", "compare"):
+        code, out, _ = cli(command, "--help")
+        assert code == 0
+        row = next(line for line in out.splitlines() if "--epochs" in line)
+        help_column = len(row.rstrip()) - 1 - row.index("Passes")  # from the help's start to the panel's border
+        assert help_column >= 36, (command, help_column)
 
 
 def test_help_shows_every_setting_and_no_bool_placeholder(cli, monkeypatch) -> None:
@@ -72,7 +84,7 @@ def test_help_shows_every_setting_and_no_bool_placeholder(cli, monkeypatch) -> N
     text = plain(out)
     for item in FIELDS:
         assert long_flag(item) in text and item.metadata["help"] in text, item.name
-    assert "--download --no-download" in text
+    assert "--download " in text and "[default: --no-download]" in text  # the negative flag: its default
     assert "<bool>" not in out
     for args in (["--help"], ["resume", "--help"], ["datasets", "--help"]):
         assert "<bool>" not in cli(*args)[1], args

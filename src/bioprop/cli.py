@@ -98,6 +98,18 @@ class Command(_NoFlagTypes, TyperCommand):
             kwargs["help"] = reflow(kwargs["help"])
         super().__init__(*args, **kwargs)
 
+    def format_help(self, ctx: Any, formatter: Any) -> None:
+        """The help without a column of its own for ``--no-download``: that column alone would leave the help
+        texts 20 characters at 80 columns. Each such flag shows as its default (``[default: --no-download]``)."""
+        negatives = {param: param.secondary_opts for param in self.params if getattr(param, "secondary_opts", None)}
+        try:
+            for param in negatives:
+                param.secondary_opts = []
+            super().format_help(ctx, formatter)
+        finally:
+            for param, opts in negatives.items():
+                param.secondary_opts = opts
+
 
 class Group(_NoFlagTypes, TyperGroup):
     pass
@@ -215,8 +227,7 @@ def setting_option(item: Field) -> inspect.Parameter:
     if kind is bool:
         option, annotation = _flag(help, f"{name}/--no-{name[2:]}", rich_help_panel=SETTINGS_PANEL), bool | None
     else:
-        choices = f"[{'|'.join(meta['choices'])}]" if meta.get("choices") else None
-        metavar = meta.get("metavar") or choices or TEXT_METAVARS.get(kind, "<str>")
+        metavar = meta.get("metavar") or TEXT_METAVARS.get(kind, "<str>")
         option = _opt(help, name, metavar=metavar, rich_help_panel=SETTINGS_PANEL)
         annotation = list[str] | None if kind is dict else str | None
     return inspect.Parameter(item.name, inspect.Parameter.KEYWORD_ONLY, default=None,
@@ -477,7 +488,8 @@ def compare(**given: Any) -> None:
     Test and best accuracy (mean ± std over runs that differ only in their seed; runs with other differences get
     their own rows and a settings column naming them), final update angle to the reference gradient per weight
     tensor, seconds per epoch. Diverged, interrupted or running runs are counted apart and left out of the means.
-    A directory that is not a run is searched for run directories. The same run given twice, or two runs with the
+    A directory that is not a run is searched for run directories; one holding only part of a run's files (killed
+    before it wrote summary.json) is left out with a warning. The same run given twice, or two runs with the
     same configuration and seed (e.g. a copied run directory), are refused: they are not independent seeds. A
     summary.json or config.yaml field of the wrong type or range is refused, naming the file and the field.
 
@@ -501,7 +513,10 @@ def compare(**given: Any) -> None:
             raise BioPropError(f"{flags[0]} needs --rules (a study); without --rules, compare reads existing runs")
         if not run_dirs:
             raise BioPropError("missing argument 'DIR...' (the runs to compare), or --rules R1,R2 --out DIR: a study")
-        typer.echo(tables.compare([_path(text, "DIR") for text in run_dirs]))
+        paths = [_path(text, "DIR") for text in run_dirs]
+        typer.echo(tables.compare(paths))
+        for folder, reason in tables.half_written(paths):
+            typer.echo(f"bioprop: warning: skipped {str(folder)!r} ({reason})", err=True)
         return
     from bioprop import study_runner
     from bioprop.train import sigterm_interrupts

@@ -152,14 +152,15 @@ def setting(
 ) -> Any:
     """A :class:`RunConfig` field with what the command line and its ``--help`` need, in ``field.metadata``:
 
-    ``help`` (one sentence or two, without the default: :func:`help_text` adds it from the field), ``flag`` (the
-    long flag when it is not ``--`` + the name with ``-`` for ``_``), ``metavar`` (the value's placeholder in the
-    help; else the choices, else ``<int>``, ``<float>``, ``<str>``), ``choices`` (the only values
-    :meth:`RunConfig.check` accepts), ``unset`` (what a ``None`` or empty default means, shown as the default),
-    ``path`` (an empty string is refused) and ``check`` (the setting's own validator, ``check(label, value)``, which
-    returns the value or raises its one message: :func:`parse_seed`; applied by :meth:`RunConfig.check`, and in
-    place of the type's message where a value does not even parse). ``default`` or ``factory`` is the dataclass
-    default."""
+    ``help`` (one sentence or two, without the default: :func:`help_text` adds it from the field), ``flag`` (the long
+    flag when it is not ``--`` + the name with ``-`` for ``_``), ``metavar`` (the value's placeholder in the help;
+    ``NAME`` where there are choices, which the help lists; else ``<int>``, ``<float>``, ``<str>``), ``choices``
+    (the only values :meth:`RunConfig.check` accepts), ``unset`` (what a ``None`` or empty default means, shown as
+    the default), ``path`` (an empty string is refused) and ``check`` (the setting's own validator, ``check(label,
+    value)``, which returns the value or raises its one message: :func:`parse_seed`; applied by
+    :meth:`RunConfig.check`, and in place of the type's message where a value does not even parse). ``default`` or
+    ``factory`` is the dataclass default."""
+    metavar = metavar or ("NAME" if choices else None)  # a list of choices in the metavar crowds out the help
     metadata = {"help": help, "flag": flag, "metavar": metavar, "choices": choices, "unset": unset, "path": path,
                 "check": check}  # fmt: skip
     return field(default=default, default_factory=factory, metadata=metadata)

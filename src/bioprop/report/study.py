@@ -63,7 +63,6 @@ REPORT_MD, REPORT_HTML = "report.md", "report.html"
 BASELINE = "bp"  # the cost ratio's denominator: backprop's registered name
 COST = "cost ÷ bp"
 SECONDS = "s/epoch"  # the column of tables.table shown with 3 significant digits here
-RUN_HINTS = (logs.MARKER, logs.CONFIG, logs.SUMMARY, logs.METRICS)  # a directory with one of these is a run's
 DPI = 100
 FIGURE_ERRORS = (BioPropError, OSError, ValueError, KeyError, TypeError, IndexError)  # what a bad run file raises
 
@@ -96,10 +95,6 @@ class Study:
 # ------------------------------------------------------------------------------------------ finding the runs
 
 
-def _looks_like_run(folder: Path) -> bool:
-    return any((folder / name).exists() for name in RUN_HINTS)
-
-
 def candidates(paths: Sequence[str | Path]) -> list[Path]:
     """The run directories, whole or not (see the module docstring), among and under ``paths``, in order, each
     resolved path once. Raises :class:`BioPropError` for no path, a path that does not exist or is a file."""
@@ -112,7 +107,7 @@ def candidates(paths: Sequence[str | Path]) -> list[Path]:
         if not given.is_dir():
             raise BioPropError(f"{str(given)!r} is not a directory of runs (a run directory holds {logs.SUMMARY} and "
                                f"{logs.CONFIG})")  # fmt: skip
-        found += tables.search(given, _looks_like_run, visited)
+        found += tables.search(given, tables.looks_like_run, visited)
     return found
 
 
@@ -138,9 +133,9 @@ def read_runs(paths: Sequence[str | Path]) -> tuple[list[tables.Run], list[tuple
     kept: list[tables.Run] = []
     skipped: list[tuple[Path, str]] = []
     for folder in candidates(paths):
-        missing = [name for name in (logs.SUMMARY, logs.CONFIG) if not (folder / name).is_file()]
-        if missing:
-            skipped.append((folder, f"no {' and no '.join(missing)}: half-written or not a run"))
+        reason = tables.incomplete(folder)
+        if reason is not None:
+            skipped.append((folder, reason))
             continue
         try:
             run = tables.read_run(folder)

@@ -5,8 +5,9 @@
 
 A run directory holds ``summary.json`` and ``config.yaml``. A path given that is not one is searched, at any depth,
 for run directories (hidden directories are skipped; a run reached twice through symbolic links counts once); one
-that holds none is an error. The same run given twice (the same path, or a link to it, or inside a directory also
-given) is an error too: it would count as two seeds.
+that holds none is an error. A directory that looks like a run but lacks one of the two (:func:`half_written`) is
+not counted; ``bioprop compare`` warns about it. The same run given twice (the same path, or a link to it, or inside
+a directory also given) is an error too: it would count as two seeds.
 
 A row groups the runs that differ only in their seed: each run's whole ``config.yaml`` is compared, leaving out
 ``seed``, the fields the run's fingerprint leaves out (where the data came from, ``data_dir`` and ``download``, and
@@ -43,6 +44,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import statistics
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -60,6 +62,8 @@ IDENTITY = ("rule", "data", "arch")  # shown in columns of their own
 NOT_SETTINGS = (*IDENTITY, "epochs")  # the epochs column shows these
 RULE_OPTION = "rule_opts."  # prefix of rule options among a run's settings
 REQUIRED = ("rule", "dataset", "arch")  # a summary without these is not a run's
+RESUME_HINT = re.compile(r"`bioprop resume [^`]*`")  # the command a stopped run's message names, with its path
+RUN_HINTS = (logs.MARKER, logs.CONFIG, logs.SUMMARY, logs.METRICS)  # a directory with one of these is a run's
 
 
 @dataclass
@@ -84,6 +88,28 @@ class Run:
 def is_run_dir(path: Path) -> bool:
     """Whether ``path`` is a run directory: a directory holding ``summary.json`` and ``config.yaml``."""
     return path.is_dir() and (path / logs.SUMMARY).is_file() and (path / logs.CONFIG).is_file()
+
+
+def looks_like_run(path: Path) -> bool:
+    """Whether ``path`` holds one of :data:`RUN_HINTS`: a run directory, whole or half-written."""
+    return any((path / name).exists() for name in RUN_HINTS)
+
+
+def incomplete(folder: Path) -> str | None:
+    """Why ``folder`` is not a whole run directory (``"no summary.json: half-written or not a run"``), or None when
+    it holds both ``summary.json`` and ``config.yaml``."""
+    missing = [name for name in (logs.SUMMARY, logs.CONFIG) if not (folder / name).is_file()]
+    return f"no {' and no '.join(missing)}: half-written or not a run" if missing else None
+
+
+def half_written(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
+    """The directories among and under ``paths`` that look like a run (:func:`looks_like_run`) but lack
+    ``summary.json`` or ``config.yaml`` (a run killed before it wrote both, or not a run), each with the reason
+    (:func:`incomplete`). :func:`find_runs` does not count them; ``bioprop compare`` warns about each. Paths that
+    do not exist or are files are left out."""
+    visited: set[Path] = set()
+    found = [path for given in map(Path, paths) if given.is_dir() for path in search(given, looks_like_run, visited)]
+    return [(path, reason) for path in found if (reason := incomplete(path)) is not None]
 
 
 def search(root: Path, is_run: Callable[[Path], bool] = is_run_dir, visited: set[Path] | None = None) -> list[Path]:
@@ -292,6 +318,8 @@ def read_run(path: Path) -> Run:
     if summary.get("status") == "running" and not logs.held(path):  # its process died before it could say so
         summary = {**summary, "status": "interrupted", "message": "its process ended without recording how (killed, "
                    f"or its machine stopped); `bioprop resume {path}` continues from its last checkpoint"}  # fmt: skip
+    elif isinstance(summary.get("message"), str):  # a run moved or copied since: its hint names where it is now
+        summary = {**summary, "message": RESUME_HINT.sub(f"`bioprop resume {path}`", summary["message"])}
     config = read_yaml(path / logs.CONFIG)
     check_fields(path / logs.CONFIG, config, CONFIG_FIELDS, required=("rule",))
     return Run(path, summary, settings_of(config, summary), seed_of(config, summary))
