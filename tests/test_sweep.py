@@ -92,6 +92,10 @@ def test_the_file_is_refused_naming_the_key(change, says):
         ({"rules": {"bp": {}, "fa": {"scael": 2.0}}}, "rules.fa: "),
         ({"base": {**TINY, "arch": "mlp:0"}}, "rule bp: bad arch 'mlp:0'"),
         ({"base": {**TINY, "epochs": "ten"}}, "base: --epochs must be"),
+        # YAML 1.1 reads 1e-3 as a string: the two values would train the same runs twice
+        ({"search": {"lr": ["1e-3", 0.001]}}, "search.lr: '1e-3' and 0.001 mean the same, 0.001: give it once"),
+        ({"rules": {"fa": {"scale": [1, "1.0", 2]}}}, "rules.fa.scale: 1 and '1.0' mean the same, 1.0: give it once"),
+        ({"search": {"batch_size": {"choice": [32, " 32"]}}}, "search.batch_size: 32 and ' 32' mean the same, 32"),
     ],
 )
 def test_what_a_value_means_is_checked_before_ray(tmp_path, change, says):

@@ -50,7 +50,8 @@ per rule by the mean of ``metric`` over its seeds (the test accuracy beside it),
 
 Validated before Ray starts, each a one-line :class:`~bioprop.errors.BioPropError` naming the file and the key: an
 unknown top-level key, setting, rule or rule option; a malformed domain or one with no values; a value a setting or
-rule option refuses (each grid and choice value, and both ends of each range, are checked); fewer than two
+rule option refuses (each grid and choice value, and both ends of each range, are checked); two listed values
+that mean the same to it (``[1e-3, 0.001]``: YAML 1.1 reads the first as a string); fewer than two
 configurations (nothing to search: use ``bioprop compare``); then the data, network and rule options of each rule
 (:func:`bioprop.study_runner.validate`). ``OUT`` holding another sweep's ``sweep.yaml`` is refused, and so is a
 sweep there without ``--resume``, or ``--resume`` with a different file.
@@ -81,7 +82,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from bioprop import study_runner
+from bioprop import rules, study_runner
 from bioprop.config import load_yaml
 from bioprop.errors import BioPropError
 from bioprop.report import logs
@@ -368,6 +369,10 @@ def load(path: str | Path) -> Sweep:
     return parse(raw, source=f"sweep file '{path}'")
 
 
+def _hashable(value: Any) -> Any:
+    return repr(value) if isinstance(value, dict | list) else value
+
+
 def _first(value: Any) -> Any:
     return value.values[0] if isinstance(value, Domain) else value
 
@@ -392,12 +397,23 @@ def check(sweep: Sweep, out: Path) -> None:
                    for v in d.extremes()]  # fmt: skip
         probes += [(f"search.{key}", {}, {key: v}) for key, d in sweep.search.items() if isinstance(d, Domain)
                    for v in d.extremes()]  # fmt: skip
-        for where, opt_values, set_values in probes:
+        meant: dict[tuple[str, Any], tuple[int, Any]] = {}  # (where, what a value means) -> (probe, as written)
+        for probe, (where, opt_values, set_values) in enumerate(probes):
             try:
-                study_runner.make_config(rule, seed, {**fixed_opts, **opt_values},
-                                         {**sweep.base, **fixed_set, **set_values})  # fmt: skip
+                config = study_runner.make_config(rule, seed, {**fixed_opts, **opt_values},
+                                                  {**sweep.base, **fixed_set, **set_values})  # fmt: skip
+                if opt_values:
+                    [(key, given)] = opt_values.items()
+                    meaning = rules.entry(rule).cls.parse_options(rule, {key: given})[key]
+                else:
+                    [(key, given)] = set_values.items() or [(None, None)]
+                    meaning = getattr(config, key) if key else None
             except BioPropError as exc:
                 raise BioPropError(f"{sweep.source}: {where}: {exc}") from None
+            first, twin = meant.setdefault((where, _hashable(meaning)), (probe, given))
+            if first != probe:  # `[1e-3, 0.001]`: YAML 1.1 reads the first as a string; both are 0.001
+                raise BioPropError(f"{sweep.source}: {where}: {twin!r} and {given!r} mean the same, "
+                                   f"{meaning!r}: give it once")  # fmt: skip
         firsts = {key: _first(value) for key, value in opts.items()}
         try:
             config = study_runner.make_config(rule, seed, firsts, {**sweep.base, **searched})
