@@ -107,6 +107,12 @@ def test_what_a_value_means_is_checked_before_ray(tmp_path, change, says):
     assert not (tmp_path / "out").exists()  # nothing written
 
 
+def test_a_range_whose_ends_mean_one_value_is_no_value_listed_twice(tmp_path):
+    """randint [32, 33] draws 32 only: its ends, both checked, are 32 and 32, which no one listed twice."""
+    sweep = sweeps.parse(spec(search={"batch_size": {"randint": [32, 33]}}), source="sweep file 's.yaml'")
+    sweeps.check(sweep, tmp_path / "out")  # no error
+
+
 def test_a_run_directory_or_a_path_under_a_file_or_more_cpus_than_there_are_is_refused_before_ray(tmp_path):
     from bioprop import train
     from bioprop.config import RunConfig

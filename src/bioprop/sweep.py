@@ -92,6 +92,7 @@ from bioprop.rules.options import coerce
 KEYS = ("base", "rules", "search", "seeds", "samples", "metric", "cpus_per_trial", "retries", "sampler_seed")
 #: Search domains: name -> how many arguments (None: a list of values).
 DOMAINS = {"grid": None, "choice": None, "uniform": 2, "loguniform": 2, "randint": 2}
+LISTED = tuple(kind for kind, arity in DOMAINS.items() if arity is None)  # those that list values, not bounds
 #: The domains whose every sample draws a value of a range: ``samples`` > 1 needs one (a choice alone is a grid).
 SAMPLED = ("uniform", "loguniform", "randint")
 #: The metrics a sweep can select on (fields of a run's summary.json), with the direction that is better.
@@ -397,6 +398,8 @@ def check(sweep: Sweep, out: Path) -> None:
                    for v in d.extremes()]  # fmt: skip
         probes += [(f"search.{key}", {}, {key: v}) for key, d in sweep.search.items() if isinstance(d, Domain)
                    for v in d.extremes()]  # fmt: skip
+        listed = {f"rules.{rule}.{key}" for key, d in opts.items() if isinstance(d, Domain) and d.kind in LISTED}
+        listed |= {f"search.{key}" for key, d in sweep.search.items() if isinstance(d, Domain) and d.kind in LISTED}
         meant: dict[tuple[str, Any], tuple[int, Any]] = {}  # (where, what a value means) -> (probe, as written)
         for probe, (where, opt_values, set_values) in enumerate(probes):
             try:
@@ -411,7 +414,7 @@ def check(sweep: Sweep, out: Path) -> None:
             except BioPropError as exc:
                 raise BioPropError(f"{sweep.source}: {where}: {exc}") from None
             first, twin = meant.setdefault((where, _hashable(meaning)), (probe, given))
-            if first != probe:  # `[1e-3, 0.001]`: YAML 1.1 reads the first as a string; both are 0.001
+            if first != probe and where in listed:  # `[1e-3, 0.001]`: YAML 1.1 reads 1e-3 as a string
                 raise BioPropError(f"{sweep.source}: {where}: {twin!r} and {given!r} mean the same, "
                                    f"{meaning!r}: give it once")  # fmt: skip
         firsts = {key: _first(value) for key, value in opts.items()}
