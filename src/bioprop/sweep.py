@@ -393,28 +393,26 @@ def check(sweep: Sweep, out: Path) -> None:
             study_runner.make_config(rule, seed, {}, dict(sweep.base))
         except BioPropError as exc:
             raise BioPropError(f"{sweep.source}: base: {exc}") from None
-        probes = [(f"rules.{rule}", {}, {})]  # the fixed values first, then each domain's values alone with them
-        probes += [(f"rules.{rule}.{key}", {key: v}, {}) for key, d in opts.items() if isinstance(d, Domain)
-                   for v in d.extremes()]  # fmt: skip
-        probes += [(f"search.{key}", {}, {key: v}) for key, d in sweep.search.items() if isinstance(d, Domain)
-                   for v in d.extremes()]  # fmt: skip
-        listed = {f"rules.{rule}.{key}" for key, d in opts.items() if isinstance(d, Domain) and d.kind in LISTED}
-        listed |= {f"search.{key}" for key, d in sweep.search.items() if isinstance(d, Domain) and d.kind in LISTED}
-        meant: dict[tuple[str, Any], tuple[int, Any]] = {}  # (where, what a value means) -> (probe, as written)
-        for probe, (where, opt_values, set_values) in enumerate(probes):
+        # the fixed values first, then each domain's values alone with them (listed: a grid's or choice's)
+        probes = [(f"rules.{rule}", {}, {}, False)]
+        probes += [(f"rules.{rule}.{key}", {key: v}, {}, d.kind in LISTED) for key, d in opts.items()
+                   if isinstance(d, Domain) for v in d.extremes()]  # fmt: skip
+        probes += [(f"search.{key}", {}, {key: v}, d.kind in LISTED) for key, d in sweep.search.items()
+                   if isinstance(d, Domain) for v in d.extremes()]  # fmt: skip
+        meant: dict[tuple[str, Any], Any] = {}  # (where, what a listed value means) -> the value as written
+        for where, opt_values, set_values, listed in probes:
             try:
                 config = study_runner.make_config(rule, seed, {**fixed_opts, **opt_values},
                                                   {**sweep.base, **fixed_set, **set_values})  # fmt: skip
-                if opt_values:
-                    [(key, given)] = opt_values.items()
-                    meaning = rules.entry(rule).cls.parse_options(rule, {key: given})[key]
-                else:
-                    [(key, given)] = set_values.items() or [(None, None)]
-                    meaning = getattr(config, key) if key else None
+                if not listed:
+                    continue
+                [(key, given)] = (opt_values or set_values).items()
+                meaning = (rules.entry(rule).cls.parse_options(rule, opt_values)[key] if opt_values
+                           else getattr(config, key))  # fmt: skip
             except BioPropError as exc:
                 raise BioPropError(f"{sweep.source}: {where}: {exc}") from None
-            first, twin = meant.setdefault((where, _hashable(meaning)), (probe, given))
-            if first != probe and where in listed:  # `[1e-3, 0.001]`: YAML 1.1 reads 1e-3 as a string
+            twin = meant.setdefault((where, _hashable(meaning)), given)
+            if twin is not given:  # another value, unequal (_domain refused repeats): `[1e-3, 0.001]`, say
                 raise BioPropError(f"{sweep.source}: {where}: {twin!r} and {given!r} mean the same, "
                                    f"{meaning!r}: give it once")  # fmt: skip
         firsts = {key: _first(value) for key, value in opts.items()}
