@@ -243,6 +243,11 @@ def test_cli_compare_warns_about_each_half_written_run_it_leaves_out(cli, tmp_pa
         f"bioprop: warning: skipped '{killed}' (no summary.json: half-written or not a run)",
     ]
     assert tables.half_written([tmp_path / "runs" / "fa-s0", tmp_path / "nowhere"]) == []
+    code, out, err = cli("compare", tmp_path / "runs" / "deeper")  # nothing whole left: the error says why
+    assert (code, out) == (2, "") and err == (
+        f"bioprop: error: no run directories in '{tmp_path / 'runs' / 'deeper'}' (a run directory holds summary.json "
+        f"and config.yaml); skipped '{no_config}' (no config.yaml: half-written or not a run)\n"
+    )
 
 
 def test_a_damaged_run_directory_is_named(tmp_path: Path) -> None:

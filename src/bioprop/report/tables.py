@@ -150,9 +150,11 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
         elif given.is_dir():
             found = search(given)
             if not found:
-                raise BioPropError(
-                    f"no run directories in {str(given)!r} (a run directory holds {logs.SUMMARY} and {logs.CONFIG})"
-                )
+                half = half_written([given])
+                why = f"; skipped {str(half[0][0])!r} ({half[0][1]})" if half else ""
+                why += f" and {len(half) - 1} more" if len(half) > 1 else ""
+                raise BioPropError(f"no run directories in {str(given)!r} (a run directory holds {logs.SUMMARY} and "
+                                   f"{logs.CONFIG}){why}")  # fmt: skip
         elif given.exists():
             raise BioPropError(f"{str(given)!r} is not a run directory (one holds {logs.SUMMARY} and {logs.CONFIG})")
         else:
