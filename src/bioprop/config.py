@@ -485,11 +485,11 @@ def default_text(item: Field) -> str:
 
 
 def help_text(item: Field) -> str:
-    """The ``--help`` text of a :class:`RunConfig` field: its ``metadata["help"]``, its choices when its metavar
-    does not show them, and its default (:func:`default_text`), which no help sentence states by hand."""
+    """The ``--help`` text of a :class:`RunConfig` field: its ``metadata["help"]``, its choices (the metavar says
+    only ``NAME``, see :func:`setting`) and its default (:func:`default_text`), which no help sentence states."""
     text = item.metadata["help"]
     choices = item.metadata.get("choices")
-    if choices and item.metadata.get("metavar"):
+    if choices:
         text += f" One of {', '.join(choices)}."
     return f"{text} [default: {default_text(item)}]"
 

@@ -157,9 +157,7 @@ def read_runs(paths: Sequence[str | Path]) -> tuple[list[tables.Run], list[tuple
         if not skipped:
             raise BioPropError(f"no run directories in {where} (a run directory holds {logs.SUMMARY} and "
                                f"{logs.CONFIG})")  # fmt: skip
-        first, reason = skipped[0]
-        more = f" and {len(skipped) - 1} more" if len(skipped) > 1 else ""
-        raise BioPropError(f"no finished run to report in {where}: skipped {str(first)!r} ({reason}){more}")
+        raise BioPropError(f"no finished run to report in {where}: {tables.skipped_text(skipped)}")
     return kept, skipped
 
 

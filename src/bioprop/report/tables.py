@@ -112,6 +112,13 @@ def half_written(paths: Sequence[str | Path]) -> list[tuple[Path, str]]:
     return [(path, reason) for path in found if (reason := incomplete(path)) is not None]
 
 
+def skipped_text(skipped: Sequence[tuple[Path, str]]) -> str:
+    """The first of the (path, reason) pairs ``skipped`` as an error names it, ``skipped 'PATH' (reason)``, with
+    `` and N more`` for the others."""
+    (first, reason), more = skipped[0], len(skipped) - 1
+    return f"skipped {str(first)!r} ({reason})" + (f" and {more} more" if more else "")
+
+
 def search(root: Path, is_run: Callable[[Path], bool] = is_run_dir, visited: set[Path] | None = None) -> list[Path]:
     """The folders under ``root`` (``root`` included) that ``is_run`` accepts, depth first, in name order, not
     looking inside them; hidden folders skipped; each resolved path once (``visited``, shared between calls when
@@ -151,8 +158,7 @@ def find_runs(paths: Sequence[str | Path]) -> list[Path]:
             found = search(given)
             if not found:
                 half = half_written([given])
-                why = f"; skipped {str(half[0][0])!r} ({half[0][1]})" if half else ""
-                why += f" and {len(half) - 1} more" if len(half) > 1 else ""
+                why = f"; {skipped_text(half)}" if half else ""
                 raise BioPropError(f"no run directories in {str(given)!r} (a run directory holds {logs.SUMMARY} and "
                                    f"{logs.CONFIG}){why}")  # fmt: skip
         elif given.exists():
